@@ -1,0 +1,7 @@
+"""bulkinfer: open, self-hosted batch inference for foundation models."""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+__all__ = ["__version__"]

@@ -1,0 +1,1 @@
+"""The ``bulkinfer`` command line: the sync edge around the async engine."""

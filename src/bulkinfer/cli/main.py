@@ -1,0 +1,222 @@
+"""``bulkinfer`` commands."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import orjson
+import typer
+from rich.console import Console
+
+from bulkinfer.cli.progress import JobProgress
+from bulkinfer.cli.summary import print_catalog, print_dry_run, print_report
+from bulkinfer.dialects.registry import get_dialect
+from bulkinfer.domain.job import JobStatus
+from bulkinfer.engine.job import LocalJob, RunRequest
+from bulkinfer.engine.runner import EngineSettings
+from bulkinfer.engine.validate import dry_run
+from bulkinfer.errors import BulkinferError, UserError
+from bulkinfer.formats.bedrock import output_text
+from bulkinfer.providers.catalog import Catalog
+from bulkinfer.storage.files import list_inputs
+
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+
+app = typer.Typer(
+    help="Open, self-hosted batch inference: run every record of JSONL files through a model.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+out = Console()
+err = Console(stderr=True)
+
+ModelsOption = Annotated[
+    Path | None,
+    typer.Option("--models", envvar="BULKINFER_MODELS", help="TOML catalog adding or overriding models."),
+]
+
+
+@app.command()
+def run(
+    input: Annotated[Path, typer.Argument(help="A .jsonl file or a folder of them.")],
+    model: Annotated[str, typer.Option("--model", "-m", help="Model name from `bulkinfer models`.")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Outputs land in OUTPUT/<job-id>/.")],
+    job_id: Annotated[
+        str | None, typer.Option("--job-id", help="Name the job; re-running with the same id resumes it.")
+    ] = None,
+    resume: Annotated[
+        bool, typer.Option("--resume", help="Resume the most recent unfinished job in OUTPUT.")
+    ] = False,
+    models: ModelsOption = None,
+    dialect: Annotated[
+        str | None, typer.Option("--dialect", help="Read every modelInput in this dialect (default: detect).")
+    ] = None,
+    dry: Annotated[bool, typer.Option("--dry-run", help="Validate and count; run nothing.")] = False,
+) -> None:
+    """Run a batch job to completion (or resume one)."""
+    try:
+        if resume and job_id is None:
+            job_id = _latest_unfinished(output)
+        request = RunRequest(input, model, output, job_id, models, dialect)
+        if dry:
+            _dry_run(request)
+            return
+        code = asyncio.run(_run(request))
+    except UserError as exc:
+        err.print(f"[red]error:[/red] {exc}", highlight=False)
+        raise typer.Exit(EXIT_USAGE) from None
+    except BulkinferError as exc:
+        err.print(f"[red]job failed:[/red] {exc}", highlight=False)
+        raise typer.Exit(EXIT_FAILED) from None
+    raise typer.Exit(code)
+
+
+async def _run(request: RunRequest) -> int:
+    job = LocalJob.open(request)
+    try:
+        return await _execute(job)
+    finally:
+        job.close()
+
+
+async def _execute(job: LocalJob) -> int:
+    resumed = job.committed().processed
+    if job.completed:
+        err.print(f"job {job.job_id} already completed", highlight=False)
+    elif resumed:
+        err.print(f"resuming job {job.job_id}: {resumed:,} records already done", highlight=False)
+    else:
+        err.print(f"job {job.job_id}", highlight=False)
+    main = asyncio.current_task()
+    assert main is not None
+    interrupts = _install_interrupts(job, main)
+    try:
+        with JobProgress(err, job.estimated_total(), resumed) as progress:
+            report = await job.execute(progress, status=lambda m: err.print(m, highlight=False))
+    except asyncio.CancelledError:
+        _say_resume(job, "stopped at once")
+        return EXIT_INTERRUPTED
+    except BulkinferError as exc:
+        err.print(f"[red]job failed:[/red] {exc}", highlight=False)
+        _say_resume(job, "failed")
+        return EXIT_FAILED
+    finally:
+        _remove_interrupts(interrupts)
+    print_report(out, report)
+    if report.job.status == JobStatus.STOPPED:
+        _say_resume(job, "stopped")
+        return EXIT_INTERRUPTED
+    return 0
+
+
+def _install_interrupts(job: LocalJob, main: asyncio.Task[int]) -> list[signal.Signals]:
+    loop = asyncio.get_running_loop()
+    presses = 0
+
+    def on_signal() -> None:
+        nonlocal presses
+        presses += 1
+        if presses == 1:
+            err.print(
+                "stopping: finishing the records in flight (press Ctrl-C again to stop at once)",
+                highlight=False,
+            )
+            job.request_stop()
+        else:
+            main.cancel()
+
+    installed = []
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, on_signal)
+            installed.append(sig)
+    return installed
+
+
+def _remove_interrupts(installed: list[signal.Signals]) -> None:
+    loop = asyncio.get_running_loop()
+    for sig in installed:
+        loop.remove_signal_handler(sig)
+
+
+def _say_resume(job: LocalJob, what: str) -> None:
+    r = job.request
+    command = f"bulkinfer run {r.input} --model {r.model} --output {r.output} --job-id {job.job_id}"
+    err.print(
+        f"job {job.job_id} {what}; finished records are kept. Resume with:\n  {command}", highlight=False
+    )
+
+
+def _latest_unfinished(output: Path) -> str:
+    from bulkinfer.engine.job import STATE_DIR
+    from bulkinfer.store.state import StateStore
+
+    db = output / STATE_DIR / "state.db"
+    if not db.is_file():
+        raise UserError(f"no job to resume in {output}")
+    store = StateStore.at(db)
+    try:
+        job = store.latest_unfinished()
+    finally:
+        store.close()
+    if job is None:
+        raise UserError(f"no unfinished job to resume in {output}")
+    return job.job_id
+
+
+def _dry_run(request: RunRequest) -> None:
+    spec = Catalog.load(request.catalog_file).get(request.model)
+    files = list_inputs(request.input)
+    forced = get_dialect(request.dialect) if request.dialect else None
+    report = dry_run(files, spec, forced, EngineSettings().max_line_bytes)
+    print_dry_run(out, report, spec.price.cost(report.input_tokens, report.output_tokens))
+
+
+@app.command("models")
+def list_models(models: ModelsOption = None) -> None:
+    """List the models in the catalog."""
+    try:
+        print_catalog(out, Catalog.load(models))
+    except UserError as exc:
+        err.print(f"[red]error:[/red] {exc}", highlight=False)
+        raise typer.Exit(EXIT_USAGE) from None
+
+
+@app.command()
+def results(
+    job_dir: Annotated[Path, typer.Argument(help="A job's output folder, OUTPUT/<job-id>.")],
+    limit: Annotated[int, typer.Option("--limit", "-n", help="Records to show; 0 for all.")] = 10,
+) -> None:
+    """Show the records of a finished job: id and model text, or the error."""
+    files = sorted(job_dir.rglob("*.jsonl.out")) if job_dir.is_dir() else []
+    if not files:
+        err.print(f"[red]error:[/red] no .jsonl.out file in {job_dir}", highlight=False)
+        raise typer.Exit(EXIT_USAGE)
+    shown = 0
+    for path in files:
+        with path.open("rb") as f:
+            for raw in f:
+                if limit and shown >= limit:
+                    return
+                line = orjson.loads(raw)
+                if "modelOutput" in line:
+                    text = output_text(line["modelOutput"])
+                    out.print(f"[bold]{line['recordId']}[/bold] {text}", highlight=False)
+                else:
+                    out.print(f"[bold red]{line['recordId']}[/bold red] {line['error']['errorMessage']}")
+                shown += 1
+
+
+def main() -> None:
+    try:
+        app()
+    except KeyboardInterrupt:
+        sys.exit(EXIT_INTERRUPTED)

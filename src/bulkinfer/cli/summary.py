@@ -1,0 +1,96 @@
+"""Tables the CLI prints: the job summary, the dry-run report, the model catalog."""
+
+from __future__ import annotations
+
+from rich.console import Console
+from rich.table import Table
+
+from bulkinfer.engine.job import MANIFEST_NAME, JobReport
+from bulkinfer.engine.validate import DryRunReport
+from bulkinfer.providers.catalog import Catalog
+
+
+def print_report(console: Console, report: JobReport) -> None:
+    job, c = report.job, report.counts
+    table = Table(title=f"Job {job.job_id}: {job.status.value}", show_header=False, title_justify="left")
+    table.add_column(style="bold")
+    table.add_column()
+    manifest = report.manifest or {}
+    rows = [
+        ("model", job.model),
+        ("records", f"{c.processed:,} of {report.total_records:,} processed"),
+        ("succeeded", f"{c.success:,}"),
+        ("errors", f"{c.errors:,}" + (f"  {_codes(c.error_codes)}" if c.error_codes else "")),
+        ("input tokens", f"{c.input_tokens:,}"),
+        ("output tokens", f"{c.output_tokens:,}"),
+    ]
+    if "durationSeconds" in manifest:
+        rows += [
+            ("duration", f"{manifest['durationSeconds']:,.1f} s"),
+            (
+                "throughput",
+                f"{manifest['recordsPerSecond']:,.2f} rec/s, {manifest['tokensPerSecond']:,.1f} tok/s",
+            ),
+        ]
+    rows.append(("estimated cost", f"${report.estimated_cost_usd:,.6f}"))
+    if report.manifest is not None:
+        rows.append(("output", str(report.output_dir)))
+        rows.append(("manifest", str(report.output_dir / MANIFEST_NAME)))
+    for key, value in rows:
+        table.add_row(key, value)
+    console.print(table)
+    if report.error_samples:
+        console.print("[bold]First errors:[/bold]")
+        for message in report.error_samples[:5]:
+            console.print(f"  {message}", highlight=False, markup=False)
+
+
+def _codes(codes: dict[str, int]) -> str:
+    return "(" + ", ".join(f"{code}: {n}" for code, n in sorted(codes.items())) + ")"
+
+
+def print_dry_run(console: Console, report: DryRunReport, cost: float) -> None:
+    table = Table(title="Dry run: nothing was sent to a model", title_justify="left")
+    for column in ("file", "records", "invalid"):
+        table.add_column(column, justify="right" if column != "file" else "left")
+    for f in report.files:
+        table.add_row(f.name, f"{f.records:,}", f"{f.invalid:,}")
+    table.add_row("[bold]total", f"[bold]{report.records:,}", f"[bold]{report.invalid:,}")
+    console.print(table)
+    dialects = ", ".join(f"{name}: {n:,}" for name, n in sorted(report.dialects.items())) or "none"
+    console.print(f"dialects: {dialects}")
+    console.print(f"estimated input tokens: {report.input_tokens:,} (about 4 characters a token)")
+    console.print(f"most output tokens: {report.output_tokens:,} (max_tokens of every record)")
+    console.print(f"estimated cost at most: ${cost:,.6f}")
+    for message in report.samples:
+        console.print(f"  {message}", highlight=False, markup=False)
+
+
+def print_catalog(console: Console, catalog: Catalog) -> None:
+    table = Table(title="Models")
+    for column in (
+        "name",
+        "provider",
+        "kind",
+        "dialects",
+        "context",
+        "batch",
+        "$/1M in",
+        "$/1M out",
+        "batch off",
+    ):
+        table.add_column(column)
+    for spec in catalog:
+        p = spec.price
+        table.add_row(
+            spec.name,
+            spec.provider,
+            spec.kind,
+            ", ".join(spec.dialects),
+            f"{spec.context_length:,}",
+            f"{spec.batch_size}",
+            f"{p.input_per_million:g}",
+            f"{p.output_per_million:g}",
+            f"{p.batch_discount:.0%}",
+        )
+    console.print(table)

@@ -1,0 +1,169 @@
+"""OpenAI chat-completions and embeddings bodies."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from typing import Annotated, Any, ClassVar, Literal
+
+from pydantic import Field
+
+from bulkinfer.dialects.base import Body, Dialect, new_id, now
+from bulkinfer.domain.request import (
+    ChatRequest,
+    ChatResult,
+    EmbeddingRequest,
+    EmbeddingResult,
+    GenerationParams,
+    ImagePart,
+    Message,
+    Part,
+    Request,
+    Result,
+    TextPart,
+)
+from bulkinfer.errors import RecordInvalid
+
+_FINISH_REASONS = {"end_turn": "stop", "stop_sequence": "stop", "max_tokens": "length"}
+
+
+class TextContent(Body):
+    type: Literal["text"]
+    text: str
+
+
+class ImageURL(Body):
+    url: str
+
+
+class ImageContent(Body):
+    type: Literal["image_url"]
+    image_url: ImageURL
+
+
+ContentPart = Annotated[TextContent | ImageContent, Field(discriminator="type")]
+
+
+class ChatMessage(Body):
+    role: Literal["system", "developer", "user", "assistant"]
+    content: str | list[ContentPart]
+
+
+class ChatBody(Body):
+    model: str | None = None
+    messages: list[ChatMessage] = Field(min_length=1)
+    max_tokens: int | None = Field(default=None, ge=1)
+    max_completion_tokens: int | None = Field(default=None, ge=1)
+    temperature: float | None = Field(default=None, ge=0, le=2)
+    top_p: float | None = Field(default=None, ge=0, le=1)
+    stop: str | list[str] | None = None
+    n: int | None = Field(default=None, ge=1, le=1)
+    tools: list[Any] | None = None
+
+
+class OpenAIChatDialect(Dialect[ChatBody]):
+    name: ClassVar[str] = "openai-chat"
+    kind = "chat"
+    body_model = ChatBody
+
+    def build_request(self, body: ChatBody) -> Request:
+        if body.tools:
+            raise RecordInvalid("tool use is not supported in batch jobs", field="modelInput.tools")
+        system = [m for m in body.messages if m.role in ("system", "developer")]
+        turns = [(i, m) for i, m in enumerate(body.messages) if m.role not in ("system", "developer")]
+        if not turns:
+            raise RecordInvalid("at least one user message is required", field="modelInput.messages")
+        stop = (body.stop,) if isinstance(body.stop, str) else tuple(body.stop or ())
+        params = GenerationParams(
+            max_tokens=body.max_completion_tokens or body.max_tokens,
+            temperature=body.temperature,
+            top_p=body.top_p,
+            stop=stop,
+        )
+        return ChatRequest(
+            messages=tuple(_message(i, m) for i, m in turns),
+            system="\n".join(_text_of(m) for m in system) or None,
+            params=params,
+        )
+
+    def render(self, result: Result, request: Request) -> dict[str, Any]:
+        assert isinstance(result, ChatResult)
+        usage = result.usage
+        return {
+            "id": new_id("chatcmpl-"),
+            "object": "chat.completion",
+            "created": now(),
+            "model": result.model,
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": result.text},
+                    "finish_reason": _FINISH_REASONS[result.stop_reason],
+                }
+            ],
+            "usage": {
+                "prompt_tokens": usage.input_tokens,
+                "completion_tokens": usage.output_tokens,
+                "total_tokens": usage.input_tokens + usage.output_tokens,
+            },
+        }
+
+
+def _text_of(message: ChatMessage) -> str:
+    if isinstance(message.content, str):
+        return message.content
+    return "".join(p.text for p in message.content if isinstance(p, TextContent))
+
+
+def _message(index: int, message: ChatMessage) -> Message:
+    role: Literal["user", "assistant"] = "assistant" if message.role == "assistant" else "user"
+    if isinstance(message.content, str):
+        return Message(role, (TextPart(message.content),))
+    parts: list[Part] = []
+    for j, part in enumerate(message.content):
+        if isinstance(part, TextContent):
+            parts.append(TextPart(part.text))
+        else:
+            parts.append(_image(part.image_url.url, f"modelInput.messages.{index}.content.{j}.image_url"))
+    return Message(role, tuple(parts))
+
+
+def _image(url: str, field: str) -> ImagePart:
+    if not url.startswith("data:"):
+        return ImagePart(media_type="", url=url)
+    header, _, payload = url.partition(",")
+    media_type = header[5:].split(";")[0]
+    try:
+        return ImagePart(media_type=media_type, data=base64.b64decode(payload, validate=True))
+    except binascii.Error:
+        raise RecordInvalid("data URL is not valid base64", field=f"{field}.url") from None
+
+
+class EmbeddingsBody(Body):
+    model: str | None = None
+    input: str | list[str] = Field(min_length=1)
+    dimensions: int | None = Field(default=None, ge=1)
+    encoding_format: Literal["float"] | None = None
+
+
+class OpenAIEmbeddingsDialect(Dialect[EmbeddingsBody]):
+    name: ClassVar[str] = "openai-embeddings"
+    kind = "embedding"
+    body_model = EmbeddingsBody
+
+    def build_request(self, body: EmbeddingsBody) -> Request:
+        texts = (body.input,) if isinstance(body.input, str) else tuple(body.input)
+        return EmbeddingRequest(texts=texts, dimensions=body.dimensions)
+
+    def render(self, result: Result, request: Request) -> dict[str, Any]:
+        assert isinstance(result, EmbeddingResult)
+        tokens = result.usage.input_tokens
+        return {
+            "object": "list",
+            "data": [
+                {"object": "embedding", "index": i, "embedding": list(vector)}
+                for i, vector in enumerate(result.vectors)
+            ],
+            "model": result.model,
+            "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+        }

@@ -1,0 +1,92 @@
+"""Jobs: their status lifecycle and the counts a manifest reports."""
+
+from __future__ import annotations
+
+import enum
+import secrets
+import string
+from collections import Counter
+from dataclasses import dataclass, field
+
+JOB_ID_ALPHABET = string.ascii_lowercase + string.digits
+JOB_ID_LENGTH = 12
+
+
+class JobStatus(enum.StrEnum):
+    """Bedrock's ModelInvocationJobStatus values."""
+
+    SUBMITTED = "Submitted"
+    VALIDATING = "Validating"
+    SCHEDULED = "Scheduled"
+    IN_PROGRESS = "InProgress"
+    STOPPING = "Stopping"
+    STOPPED = "Stopped"
+    COMPLETED = "Completed"
+    PARTIALLY_COMPLETED = "PartiallyCompleted"
+    FAILED = "Failed"
+    EXPIRED = "Expired"
+
+    @property
+    def is_terminal(self) -> bool:
+        return self in _TERMINAL
+
+
+_TERMINAL = frozenset(
+    {JobStatus.COMPLETED, JobStatus.PARTIALLY_COMPLETED, JobStatus.FAILED, JobStatus.EXPIRED}
+)
+
+#: Which status may follow which. Stopped is not terminal for a local run: re-running resumes it.
+TRANSITIONS: dict[JobStatus, frozenset[JobStatus]] = {
+    JobStatus.SUBMITTED: frozenset({JobStatus.VALIDATING, JobStatus.IN_PROGRESS, JobStatus.FAILED}),
+    JobStatus.VALIDATING: frozenset({JobStatus.SCHEDULED, JobStatus.FAILED}),
+    JobStatus.SCHEDULED: frozenset({JobStatus.IN_PROGRESS, JobStatus.STOPPED, JobStatus.EXPIRED}),
+    JobStatus.IN_PROGRESS: frozenset(
+        {
+            JobStatus.IN_PROGRESS,
+            JobStatus.STOPPING,
+            JobStatus.STOPPED,
+            JobStatus.COMPLETED,
+            JobStatus.PARTIALLY_COMPLETED,
+            JobStatus.FAILED,
+        }
+    ),
+    JobStatus.STOPPING: frozenset({JobStatus.STOPPED, JobStatus.COMPLETED, JobStatus.FAILED}),
+    JobStatus.STOPPED: frozenset({JobStatus.IN_PROGRESS}),
+    JobStatus.FAILED: frozenset({JobStatus.IN_PROGRESS}),
+    JobStatus.COMPLETED: frozenset(),
+    JobStatus.PARTIALLY_COMPLETED: frozenset(),
+    JobStatus.EXPIRED: frozenset(),
+}
+
+
+def can_transition(current: JobStatus, new: JobStatus) -> bool:
+    return new in TRANSITIONS[current]
+
+
+def new_job_id() -> str:
+    """A Bedrock-style job id: 12 characters of ``[a-z0-9]``."""
+    return "".join(secrets.choice(JOB_ID_ALPHABET) for _ in range(JOB_ID_LENGTH))
+
+
+@dataclass(frozen=True, slots=True)
+class Counts:
+    """Record and token counts; additive, so chunk counts sum to job counts."""
+
+    processed: int = 0
+    success: int = 0
+    errors: int = 0
+    input_tokens: int = 0
+    output_tokens: int = 0
+    error_codes: dict[str, int] = field(default_factory=dict)
+
+    def __add__(self, other: Counts) -> Counts:
+        codes = Counter(self.error_codes)
+        codes.update(other.error_codes)
+        return Counts(
+            processed=self.processed + other.processed,
+            success=self.success + other.success,
+            errors=self.errors + other.errors,
+            input_tokens=self.input_tokens + other.input_tokens,
+            output_tokens=self.output_tokens + other.output_tokens,
+            error_codes=dict(codes),
+        )

@@ -1,0 +1,123 @@
+"""The canonical request every dialect translates into, and the results providers give back.
+
+Dialects turn a record's ``modelInput`` into one of these; providers only ever see these; the result is
+translated back into the dialect the record came in.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+Role = Literal["user", "assistant"]
+StopReason = Literal["end_turn", "max_tokens", "stop_sequence"]
+
+
+@dataclass(frozen=True, slots=True)
+class TextPart:
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class ImagePart:
+    """An image given inline (``data``) or by reference (``url``)."""
+
+    media_type: str
+    data: bytes | None = None
+    url: str | None = None
+
+
+Part = TextPart | ImagePart
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    role: Role
+    parts: tuple[Part, ...]
+
+    @property
+    def text(self) -> str:
+        """The message's text parts joined, images left out."""
+        return "".join(p.text for p in self.parts if isinstance(p, TextPart))
+
+
+@dataclass(frozen=True, slots=True)
+class GenerationParams:
+    max_tokens: int | None = None
+    """None means the model's default from the catalog."""
+    temperature: float | None = None
+    top_p: float | None = None
+    top_k: int | None = None
+    stop: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class ChatRequest:
+    messages: tuple[Message, ...]
+    system: str | None = None
+    params: GenerationParams = field(default_factory=GenerationParams)
+
+    @property
+    def last_user_text(self) -> str:
+        for message in reversed(self.messages):
+            if message.role == "user":
+                return message.text
+        return ""
+
+    def char_count(self) -> int:
+        return len(self.system or "") + sum(len(m.text) for m in self.messages)
+
+
+@dataclass(frozen=True, slots=True)
+class EmbeddingRequest:
+    texts: tuple[str, ...]
+    dimensions: int | None = None
+    normalize: bool = True
+
+    def char_count(self) -> int:
+        return sum(len(t) for t in self.texts)
+
+
+Request = ChatRequest | EmbeddingRequest
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    input_tokens: int = 0
+    output_tokens: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class ChatResult:
+    text: str
+    stop_reason: StopReason
+    usage: Usage
+    model: str = ""
+    latency_ms: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class EmbeddingResult:
+    vectors: tuple[tuple[float, ...], ...]
+    usage: Usage
+    model: str = ""
+    latency_ms: int = 0
+
+
+Result = ChatResult | EmbeddingResult
+
+
+@dataclass(frozen=True, slots=True)
+class RecordError:
+    """Why one record produced no output. Written as the record's ``error`` object, never raised.
+
+    ``code`` follows HTTP semantics as Bedrock's error lines do: 400 for a record that cannot be valid,
+    408 for a timeout, 429 for throttling, 500 for a model failure.
+    """
+
+    code: int
+    message: str
+    kind: str = "ValidationError"
+
+
+Outcome = Result | RecordError

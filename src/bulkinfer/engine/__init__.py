@@ -1,0 +1,1 @@
+"""Runs one job: stream records, dispatch micro-batches under limits, commit chunks, finalize outputs."""

@@ -1,0 +1,259 @@
+"""One local run of a batch job: state file, lock, resume, the record pipeline, and finalization."""
+
+from __future__ import annotations
+
+import asyncio
+import fcntl
+import os
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+import orjson
+
+from bulkinfer.dialects.registry import get_dialect
+from bulkinfer.domain.job import Counts, JobStatus, new_job_id
+from bulkinfer.engine.committer import Committer
+from bulkinfer.engine.finalize import write_output
+from bulkinfer.engine.progress import ProgressSink
+from bulkinfer.engine.runner import EngineSettings, RecordPipeline
+from bulkinfer.errors import JobConflictError
+from bulkinfer.formats.jsonl import count_lines
+from bulkinfer.formats.manifest import ManifestInfo, build_manifest
+from bulkinfer.providers.base import Provider
+from bulkinfer.providers.catalog import Catalog, ModelSpec
+from bulkinfer.providers.registry import load_provider
+from bulkinfer.storage.files import InputFile, list_inputs, read_blocks, write_durably
+from bulkinfer.store.state import JobRecord, StateStore, now
+
+STATE_DIR = ".bulkinfer"
+MANIFEST_NAME = "manifest.json.out"
+
+
+@dataclass(frozen=True, slots=True)
+class RunRequest:
+    input: Path
+    model: str
+    output: Path
+    job_id: str | None = None
+    catalog_file: Path | None = None
+    dialect: str | None = None
+    settings: EngineSettings | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class JobReport:
+    job: JobRecord
+    counts: Counts
+    total_records: int
+    output_dir: Path
+    estimated_cost_usd: float
+    error_samples: list[str] = field(default_factory=list)
+    manifest: dict[str, Any] | None = None
+
+
+class LocalJob:
+    """A job run in this process. Open it, ``await execute()``, then ``close()``."""
+
+    def __init__(self, request: RunRequest, spec: ModelSpec, files: list[InputFile]) -> None:
+        self.request = request
+        self.spec = spec
+        self.files = files
+        self.job_id = request.job_id or new_job_id()
+        self.output_dir = request.output / self.job_id
+        self.work_dir = request.output / STATE_DIR / self.job_id
+        self._forced = get_dialect(request.dialect) if request.dialect else None
+        self._lock: IO[str] | None = None
+        self.store = StateStore.at(request.output / STATE_DIR / "state.db")
+        self.job = self._open_job()
+        self._pipeline: RecordPipeline | None = None
+
+    @classmethod
+    def open(cls, request: RunRequest) -> LocalJob:
+        catalog = Catalog.load(request.catalog_file)
+        spec = catalog.get(request.model)
+        files = list_inputs(request.input)
+        return cls(request, spec, files)
+
+    # set-up
+
+    def _open_job(self) -> JobRecord:
+        self.work_dir.mkdir(parents=True, exist_ok=True)
+        self._take_lock()
+        existing = self.store.get_job(self.job_id)
+        options = {"dialect": self.request.dialect, "inputs": {f.name: f.size for f in self.files}}
+        if existing is None:
+            job = JobRecord(
+                job_id=self.job_id,
+                model=self.spec.name,
+                input_uri=str(self.request.input.resolve()),
+                output_uri=str(self.request.output.resolve()),
+                status=JobStatus.SUBMITTED,
+                created_at=now(),
+                options=options,
+            )
+            self.store.create_job(job)
+            return job
+        self._check_same(existing, options)
+        return existing
+
+    def _check_same(self, job: JobRecord, options: dict[str, Any]) -> None:
+        problems = []
+        if job.model != self.spec.name:
+            problems.append(f"model {job.model!r}, not {self.spec.name!r}")
+        if job.input_uri != str(self.request.input.resolve()):
+            problems.append(f"input {job.input_uri}")
+        if job.options.get("inputs") != options["inputs"] and not job.status.is_terminal:
+            problems.append("input files that have changed since (names or sizes differ)")
+        if problems:
+            raise JobConflictError(f"job {self.job_id} was started with " + "; ".join(problems))
+
+    def _take_lock(self) -> None:
+        handle = (self.work_dir / "lock").open("w")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.close()
+            raise JobConflictError(f"job {self.job_id} is already running in another process") from None
+        handle.write(str(os.getpid()))
+        handle.flush()
+        self._lock = handle
+
+    def close(self) -> None:
+        self.store.close()
+        if self._lock is not None:
+            self._lock.close()
+            self._lock = None
+
+    # facts for the progress display
+
+    @property
+    def completed(self) -> bool:
+        return self.job.status == JobStatus.COMPLETED
+
+    def estimated_total(self) -> int:
+        if self.job.total_records is not None:
+            return self.job.total_records
+        return sum(count_lines(read_blocks(f.path)) for f in self.files)
+
+    def committed(self) -> Counts:
+        return self.store.counts(self.job_id)
+
+    def request_stop(self) -> None:
+        if self._pipeline is not None:
+            self._pipeline.request_stop()
+
+    # running
+
+    async def execute(
+        self, progress: ProgressSink, status: Callable[[str], None] = lambda _: None
+    ) -> JobReport:
+        if self.completed:
+            return self.report(self._read_manifest())
+        status(f"loading model {self.spec.name}")
+        provider = await asyncio.to_thread(load_provider, self.spec)
+        try:
+            return await self._run(provider, progress, status)
+        except BaseException as exc:
+            message = f"{type(exc).__name__}: {exc}" if isinstance(exc, Exception) else "interrupted"
+            status_after = JobStatus.FAILED if isinstance(exc, Exception) else JobStatus.STOPPED
+            self.job = self.store.update_job(self.job, status=status_after, message=message, ended_at=now())
+            raise
+        finally:
+            await provider.aclose()
+
+    async def _run(
+        self, provider: Provider, progress: ProgressSink, status: Callable[[str], None]
+    ) -> JobReport:
+        started = self.job.started_at or now()
+        self.job = self.store.update_job(
+            self.job, status=JobStatus.IN_PROGRESS, started_at=started, message=None
+        )
+        settings = self.request.settings or EngineSettings.for_model(self.spec)
+        chunk_dir = self.work_dir / "chunks"
+        chunk_dir.mkdir(parents=True, exist_ok=True)
+        committer = Committer(
+            self.store, self.job_id, chunk_dir, settings.chunk_records, settings.commit_interval_s
+        )
+        committer.remove_orphans()
+        self._pipeline = RecordPipeline(
+            job_id=self.job_id,
+            spec=self.spec,
+            provider=provider,
+            store=self.store,
+            committer=committer,
+            progress=progress,
+            settings=settings,
+            forced_dialect=self._forced,
+        )
+        status(f"running {self.spec.name}")
+        timer = asyncio.create_task(committer.run_timer())
+        try:
+            await self._pipeline.run(self.files)
+        finally:
+            timer.cancel()
+        if self._pipeline.stopping:
+            self.job = self.store.update_job(self.job, status=JobStatus.STOPPED, ended_at=now())
+            return self.report()
+        status("writing outputs")
+        return await asyncio.to_thread(self._finalize, self._pipeline.record_counts, chunk_dir)
+
+    def _finalize(self, record_counts: dict[int, int], chunk_dir: Path) -> JobReport:
+        errors: list[str] = []
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        for f in self.files:
+            chunks = self.store.chunks(self.job_id, f.index)
+            target = self.output_dir / f"{f.name}.out"
+            write_output(chunks, chunk_dir, target, record_counts[f.index], errors)
+        total = sum(record_counts.values())
+        ended = now()
+        counts = self.committed()
+        info = ManifestInfo(
+            job_id=self.job_id,
+            model=self.spec.name,
+            status=JobStatus.COMPLETED.value,
+            total_records=total,
+            counts=counts,
+            started_at=self.job.started_at or ended,
+            ended_at=ended,
+            inputs=[f.name for f in self.files],
+            estimated_cost_usd=self.spec.price.cost(counts.input_tokens, counts.output_tokens),
+        )
+        manifest = build_manifest(info)
+        manifest["errorSamples"] = errors
+        write_durably(self.output_dir / MANIFEST_NAME, [orjson.dumps(manifest, option=orjson.OPT_INDENT_2)])
+        self.job = self.store.update_job(
+            self.job, status=JobStatus.COMPLETED, ended_at=ended, total_records=total
+        )
+        shutil.rmtree(chunk_dir, ignore_errors=True)
+        return self.report(manifest)
+
+    def _read_manifest(self) -> dict[str, Any] | None:
+        path = self.output_dir / MANIFEST_NAME
+        return orjson.loads(path.read_bytes()) if path.is_file() else None
+
+    def report(self, manifest: dict[str, Any] | None = None) -> JobReport:
+        if manifest is not None:
+            counts = Counts(
+                processed=manifest["processedRecordCount"],
+                success=manifest["successRecordCount"],
+                errors=manifest["errorRecordCount"],
+                input_tokens=manifest["inputTokenCount"],
+                output_tokens=manifest["outputTokenCount"],
+                error_codes=manifest.get("errorCodeCounts", {}),
+            )
+            total = manifest["totalRecordCount"]
+        else:
+            counts = self.committed()
+            total = self.job.total_records or self.estimated_total()
+        return JobReport(
+            job=self.job,
+            counts=counts,
+            total_records=total,
+            output_dir=self.output_dir,
+            estimated_cost_usd=self.spec.price.cost(counts.input_tokens, counts.output_tokens),
+            error_samples=list((manifest or {}).get("errorSamples", [])),
+            manifest=manifest,
+        )

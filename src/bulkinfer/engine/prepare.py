@@ -1,0 +1,58 @@
+"""From a parsed input line to a canonical request, and from an outcome to an output line."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from bulkinfer.dialects.base import Dialect
+from bulkinfer.dialects.registry import detect
+from bulkinfer.domain.request import ChatRequest, Outcome, RecordError, Request
+from bulkinfer.engine.committer import Finished
+from bulkinfer.errors import RecordInvalid
+from bulkinfer.formats.bedrock import InputRecord, render_error, render_output
+
+
+@dataclass(frozen=True, slots=True)
+class Prepared:
+    record: InputRecord
+    dialect: Dialect[Any] | None = None
+    request: Request | None = None
+    error: RecordError | None = None
+
+
+def prepare(
+    record: InputRecord, *, source: str, default_dialect: str, forced: Dialect[Any] | None
+) -> Prepared:
+    """Translate a record's body; a body that does not fit becomes an error naming file, line and field."""
+    if record.error is not None:
+        return Prepared(record, error=record.error)
+    try:
+        dialect = forced or detect(record.model_input, default_dialect)
+        return Prepared(record, dialect, dialect.to_request(record.model_input))
+    except RecordInvalid as exc:
+        message = f"{source} line {record.line}: {exc}"
+        return Prepared(record, error=RecordError(400, message, "ValidationError"))
+
+
+def with_error(item: Prepared, error: RecordError) -> Prepared:
+    return Prepared(item.record, item.dialect, item.request, error)
+
+
+def finish(item: Prepared, outcome: Outcome) -> Finished:
+    """Render the output line for one record."""
+    record = item.record
+    if isinstance(outcome, RecordError):
+        return Finished(record.line, render_error(record, outcome), error_code=outcome.code)
+    assert item.dialect is not None and item.request is not None
+    body = item.dialect.render(outcome, item.request)
+    usage = outcome.usage
+    return Finished(record.line, render_output(record, body), usage.input_tokens, usage.output_tokens)
+
+
+def sampling_group(request: Request) -> tuple[float, float | None, int | None] | None:
+    """Requests with different sampling settings cannot share one generate call."""
+    if isinstance(request, ChatRequest):
+        p = request.params
+        return (p.temperature or 0.0, p.top_p, p.top_k) if p.temperature else (0.0, None, None)
+    return None

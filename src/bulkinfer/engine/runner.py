@@ -1,0 +1,230 @@
+"""The record pipeline of one job: read, translate, micro-batch, infer, render, commit.
+
+Reading is a stream: at most ``blocks_in_flight`` blocks of records are between the reader and the
+committer at any time, so memory stays flat whatever the input size.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from bulkinfer.dialects.base import Dialect
+from bulkinfer.domain.lineset import LineSet
+from bulkinfer.domain.request import ChatRequest, Outcome, RecordError
+from bulkinfer.engine.batching import Item, plan_batches
+from bulkinfer.engine.committer import Committer, Finished
+from bulkinfer.engine.prepare import Prepared, finish, prepare, sampling_group, with_error
+from bulkinfer.engine.progress import ProgressSink
+from bulkinfer.formats.bedrock import InputRecord, parse_line
+from bulkinfer.formats.jsonl import split_lines
+from bulkinfer.providers.base import Provider
+from bulkinfer.providers.catalog import ModelSpec
+from bulkinfer.storage.files import InputFile, read_blocks
+from bulkinfer.store.state import IdSighting, StateStore
+
+
+@dataclass(frozen=True, slots=True)
+class EngineSettings:
+    block_records: int = 1024
+    """Records read and planned together; local models sort each block into micro-batches by length."""
+    blocks_in_flight: int = 4
+    chunk_records: int = 4096
+    """Commit once this many records have finished..."""
+    commit_interval_s: float = 1.0
+    """...or once this much time has passed since the last commit."""
+    max_line_bytes: int = 25_000_000
+    """Bedrock's InvokeModel body limit; a longer line becomes an error line without being held."""
+
+    @classmethod
+    def for_model(cls, spec: ModelSpec) -> EngineSettings:
+        block = min(4096, max(64, spec.batch_size * 4))
+        return cls(block_records=block, blocks_in_flight=max(2, spec.concurrency + 1))
+
+
+class RecordPipeline:
+    """Runs every uncommitted record of a job's files through the provider."""
+
+    def __init__(
+        self,
+        *,
+        job_id: str,
+        spec: ModelSpec,
+        provider: Provider,
+        store: StateStore,
+        committer: Committer,
+        progress: ProgressSink,
+        settings: EngineSettings,
+        forced_dialect: Dialect[Any] | None = None,
+    ) -> None:
+        self._job_id = job_id
+        self._spec = spec
+        self._provider = provider
+        self._store = store
+        self._committer = committer
+        self._progress = progress
+        self._settings = settings
+        self._forced = forced_dialect
+        self._slots = asyncio.Semaphore(spec.concurrency)
+        self._stopping = False
+        self._failure: BaseException | None = None
+        self.record_counts: dict[int, int] = {}
+        """Records seen per file index (committed or not), known once a file was read to its end."""
+
+    def request_stop(self) -> None:
+        """Start no new block; the blocks already running finish and are committed."""
+        self._stopping = True
+
+    @property
+    def stopping(self) -> bool:
+        return self._stopping
+
+    async def run(self, files: Sequence[InputFile]) -> None:
+        window = asyncio.Semaphore(self._settings.blocks_in_flight)
+        running: set[asyncio.Task[None]] = set()
+        try:
+            for f in files:
+                if self._stopping:
+                    break
+                await self._read_file(f, window, running)
+            await asyncio.gather(*running)
+            if self._failure is not None:
+                raise self._failure
+        finally:
+            for task in running:
+                task.cancel()
+            await asyncio.gather(*running, return_exceptions=True)
+            await self._committer.flush()
+
+    async def _read_file(
+        self, f: InputFile, window: asyncio.Semaphore, running: set[asyncio.Task[None]]
+    ) -> None:
+        done = LineSet()
+        for chunk in self._store.chunks(self._job_id, f.index):
+            done = done.union(chunk.lines)
+        seed = f"{self._job_id}:{f.name}"
+        block: list[InputRecord] = []
+        seen = 0
+        for number, raw in split_lines(read_blocks(f.path), self._settings.max_line_bytes):
+            seen += 1
+            if number in done:
+                continue
+            block.append(parse_line(raw, number, source=f.name, seed=seed))
+            if len(block) >= self._settings.block_records:
+                await self._start(f, block, window, running)
+                block = []
+                if self._stopping:
+                    return
+        if block:
+            await self._start(f, block, window, running)
+        self.record_counts[f.index] = seen
+
+    async def _start(
+        self,
+        f: InputFile,
+        block: list[InputRecord],
+        window: asyncio.Semaphore,
+        running: set[asyncio.Task[None]],
+    ) -> None:
+        await window.acquire()
+        task = asyncio.create_task(self._run_block(f, block))
+        running.add(task)
+
+        def _done(t: asyncio.Task[None]) -> None:
+            running.discard(t)
+            window.release()
+            if not t.cancelled() and t.exception() is not None:
+                self._failure = self._failure or t.exception()
+                self._stopping = True
+
+        task.add_done_callback(_done)
+        await asyncio.sleep(0)
+
+    async def _run_block(self, f: InputFile, block: list[InputRecord]) -> None:
+        default = self._spec.default_dialect
+        items = [prepare(r, source=f.name, default_dialect=default, forced=self._forced) for r in block]
+        items = await asyncio.to_thread(self._mark_duplicates, f, items)
+        items = [self._refuse(item) for item in items]
+        failed = [finish(item, item.error) for item in items if item.error is not None]
+        if failed:
+            await self._finished(f, failed)
+        runnable = [item for item in items if item.error is None]
+        batches = self._plan(runnable)
+        await asyncio.gather(*(self._run_batch(f, batch) for batch in batches))
+
+    def _refuse(self, item: Prepared) -> Prepared:
+        if item.error is not None or item.request is None:
+            return item
+        refusal = self._provider.refusal(item.request)
+        return item if refusal is None else with_error(item, refusal)
+
+    def _mark_duplicates(self, f: InputFile, items: list[Prepared]) -> list[Prepared]:
+        sightings = [IdSighting(_id_hash(i.record.record_id), f.index, i.record.line) for i in items]
+        first = self._store.first_sightings(self._job_id, sightings)
+        marked = []
+        for item, mine in zip(items, sightings, strict=True):
+            seen = first.get(mine.id_hash, mine)
+            if (seen.file_index, seen.line) != (mine.file_index, mine.line):
+                where = f"line {seen.line}" if seen.file_index == f.index else f"file #{seen.file_index + 1}"
+                message = (
+                    f"{f.name} line {item.record.line}: recordId: duplicate of {item.record.record_id!r} "
+                    f"first seen at {where}; record ids must be unique in a job"
+                )
+                item = with_error(item, RecordError(400, message, "DuplicateRecordId"))
+            marked.append(item)
+        return marked
+
+    def _plan(self, runnable: list[Prepared]) -> list[list[Prepared]]:
+        spec = self._spec
+        if len(runnable) <= spec.batch_size and spec.token_budget >= 10**8:
+            return [runnable] if runnable else []
+        sized = [
+            Item(i, self._provider.count_tokens(p.request) + self._max_new(p), sampling_group(p.request))
+            for i, p in enumerate(runnable)
+            if p.request is not None
+        ]
+        return [
+            [runnable[i] for i in batch] for batch in plan_batches(sized, spec.batch_size, spec.token_budget)
+        ]
+
+    def _max_new(self, item: Prepared) -> int:
+        request = item.request
+        if isinstance(request, ChatRequest):
+            return request.params.max_tokens or self._spec.default_max_tokens
+        return 0
+
+    async def _run_batch(self, f: InputFile, batch: list[Prepared]) -> None:
+        requests = [item.request for item in batch if item.request is not None]
+        async with self._slots:
+            outcomes = await self._infer(requests)
+        finished = [finish(item, outcome) for item, outcome in zip(batch, outcomes, strict=True)]
+        await self._finished(f, finished)
+
+    async def _infer(self, requests: list[Any]) -> list[Outcome]:
+        try:
+            outcomes = await self._provider.infer(requests)
+        except Exception as exc:  # a model failure fails these records, not the job
+            error = RecordError(500, f"model error: {type(exc).__name__}: {exc}", "ModelError")
+            return [error] * len(requests)
+        if len(outcomes) != len(requests):
+            error = RecordError(500, "model returned a wrong number of results", "ModelError")
+            return [error] * len(requests)
+        return outcomes
+
+    async def _finished(self, f: InputFile, finished: list[Finished]) -> None:
+        errors = sum(1 for x in finished if x.error_code is not None)
+        await self._committer.add(f.index, finished)
+        self._progress.advance(
+            len(finished),
+            errors,
+            sum(x.input_tokens for x in finished),
+            sum(x.output_tokens for x in finished),
+        )
+
+
+def _id_hash(record_id: str) -> int:
+    digest = hashlib.blake2b(record_id.encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big", signed=True)

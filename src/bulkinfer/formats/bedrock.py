@@ -1,0 +1,113 @@
+"""Bedrock batch record lines: ``{"recordId", "modelInput"}`` in, ``modelOutput`` or ``error`` out."""
+
+from __future__ import annotations
+
+import hashlib
+import string
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from bulkinfer.domain.request import RecordError
+from bulkinfer.formats.jsonl import Line, OversizeLine
+
+RECORD_ID_ALPHABET = string.ascii_uppercase + string.digits
+RECORD_ID_LENGTH = 11
+MAX_RECORD_ID_LENGTH = 256
+
+
+@dataclass(frozen=True, slots=True)
+class InputRecord:
+    """One input line, parsed. ``error`` is set when the line itself is unusable."""
+
+    line: int
+    record_id: str
+    model_input: Any
+    error: RecordError | None = None
+
+
+def generated_record_id(seed: str, line: int) -> str:
+    """An 11-character ``[A-Z0-9]`` id, stable for the same job, file and line so resumes agree."""
+    digest = hashlib.blake2b(f"{seed}:{line}".encode(), digest_size=8).digest()
+    value = int.from_bytes(digest, "big")
+    chars = []
+    for _ in range(RECORD_ID_LENGTH):
+        value, index = divmod(value, len(RECORD_ID_ALPHABET))
+        chars.append(RECORD_ID_ALPHABET[index])
+    return "".join(chars)
+
+
+def parse_line(raw: Line, line: int, *, source: str, seed: str) -> InputRecord:
+    """Parse one input line; every problem becomes an ``error`` naming file, line and field."""
+    where = f"{source} line {line}"
+    if isinstance(raw, OversizeLine):
+        return _invalid(seed, line, f"{where}: line is {raw.size} bytes, over the size limit")
+    try:
+        obj = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        return _invalid(seed, line, f"{where}: {_json_problem(raw, exc)}")
+    if not isinstance(obj, dict):
+        return _invalid(seed, line, f"{where}: expected a JSON object, got {_type_name(obj)}")
+    record_id = obj.get("recordId")
+    if record_id is None:
+        record_id = generated_record_id(seed, line)
+    elif not isinstance(record_id, str) or not record_id or len(record_id) > MAX_RECORD_ID_LENGTH:
+        return _invalid(
+            seed, line, f"{where}: recordId: must be a non-empty string of at most 256 characters"
+        )
+    model_input = obj.get("modelInput")
+    if model_input is None:
+        return InputRecord(line, record_id, None, _bad(f"{where}: modelInput: field required"))
+    if not isinstance(model_input, dict):
+        message = f"{where}: modelInput: expected a JSON object, got {_type_name(model_input)}"
+        return InputRecord(line, record_id, model_input, _bad(message))
+    return InputRecord(line, record_id, model_input)
+
+
+def render_output(record: InputRecord, output: dict[str, Any]) -> bytes:
+    return orjson.dumps(
+        {"recordId": record.record_id, "modelInput": record.model_input, "modelOutput": output}
+    )
+
+
+def render_error(record: InputRecord, error: RecordError) -> bytes:
+    body = {"errorCode": error.code, "errorMessage": error.message}
+    return orjson.dumps({"recordId": record.record_id, "modelInput": record.model_input, "error": body})
+
+
+def _invalid(seed: str, line: int, message: str) -> InputRecord:
+    return InputRecord(line, generated_record_id(seed, line), None, _bad(message))
+
+
+def _bad(message: str) -> RecordError:
+    return RecordError(400, message, "ValidationError")
+
+
+def _json_problem(raw: bytes, exc: orjson.JSONDecodeError) -> str:
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        return f"line is not valid UTF-8 (byte {err.start})"
+    return f"invalid JSON: {exc}"
+
+
+def _type_name(value: object) -> str:
+    names = {dict: "object", list: "array", str: "string", int: "number", float: "number", bool: "boolean"}
+    return "null" if value is None else names.get(type(value), type(value).__name__)
+
+
+def output_text(model_output: dict[str, Any]) -> str:
+    """A short human-readable form of any dialect's ``modelOutput``, for previews."""
+    if "content" in model_output:  # Anthropic
+        return "".join(b.get("text", "") for b in model_output["content"] if isinstance(b, dict))
+    if "output" in model_output:  # Converse
+        blocks = model_output["output"].get("message", {}).get("content", [])
+        return "".join(b.get("text", "") for b in blocks if isinstance(b, dict))
+    if "choices" in model_output:  # OpenAI chat
+        return str(model_output["choices"][0]["message"]["content"])
+    if "embedding" in model_output:  # Titan
+        return f"embedding of {len(model_output['embedding'])} dimensions"
+    if "data" in model_output:  # OpenAI embeddings
+        return f"{len(model_output['data'])} embedding(s)"
+    return orjson.dumps(model_output).decode()[:200]

@@ -1,0 +1,51 @@
+"""The job manifest, ``manifest.json.out``: Bedrock's counts first, then bulkinfer's own keys."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from bulkinfer.domain.job import Counts
+
+
+@dataclass(frozen=True, slots=True)
+class ManifestInfo:
+    job_id: str
+    model: str
+    status: str
+    total_records: int
+    counts: Counts
+    started_at: float
+    ended_at: float
+    inputs: list[str]
+    estimated_cost_usd: float
+
+
+def build_manifest(info: ManifestInfo) -> dict[str, Any]:
+    c = info.counts
+    duration = max(info.ended_at - info.started_at, 1e-9)
+    return {
+        "totalRecordCount": info.total_records,
+        "processedRecordCount": c.processed,
+        "successRecordCount": c.success,
+        "errorRecordCount": c.errors,
+        "inputTokenCount": c.input_tokens,
+        "outputTokenCount": c.output_tokens,
+        "jobId": info.job_id,
+        "modelId": info.model,
+        "status": info.status,
+        "inputFiles": info.inputs,
+        "startTime": iso(info.started_at),
+        "endTime": iso(info.ended_at),
+        "durationSeconds": round(duration, 3),
+        "recordsPerSecond": round(c.processed / duration, 3),
+        "tokensPerSecond": round((c.input_tokens + c.output_tokens) / duration, 3),
+        "outputTokensPerSecond": round(c.output_tokens / duration, 3),
+        "errorCodeCounts": dict(sorted(c.error_codes.items())),
+        "estimatedCostUSD": round(info.estimated_cost_usd, 6),
+    }
+
+
+def iso(timestamp: float) -> str:
+    return datetime.fromtimestamp(timestamp, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")

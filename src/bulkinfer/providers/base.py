@@ -1,0 +1,53 @@
+"""The provider seam."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from bulkinfer.domain.request import ChatRequest, EmbeddingRequest, ImagePart, Outcome, RecordError, Request
+
+
+@dataclass(frozen=True, slots=True)
+class Capabilities:
+    chat: bool = False
+    embeddings: bool = False
+    images: bool = False
+
+
+class Provider(ABC):
+    """A model that answers canonical requests.
+
+    ``infer`` returns exactly one outcome per request, in order; a request it cannot serve gets a
+    ``RecordError``, never an exception.
+    """
+
+    capabilities: Capabilities = Capabilities()
+
+    @abstractmethod
+    async def infer(self, requests: Sequence[Request]) -> list[Outcome]:
+        """Run a batch of requests."""
+
+    def count_tokens(self, request: Request) -> int:
+        """Prompt length in tokens, used to sort and cap micro-batches; a rough estimate by default."""
+        return request.char_count() // 4 + 1
+
+    async def aclose(self) -> None:  # noqa: B027 - optional hook
+        """Release the model."""
+
+    def refusal(self, request: Request) -> RecordError | None:
+        """Why this provider cannot serve a request at all, or None."""
+        caps = self.capabilities
+        if isinstance(request, EmbeddingRequest) and not caps.embeddings:
+            return RecordError(400, "this model does not produce embeddings; send a chat body")
+        if isinstance(request, ChatRequest):
+            if not caps.chat:
+                return RecordError(400, "this model only produces embeddings; send an embeddings body")
+            if not caps.images and _has_image(request):
+                return RecordError(400, "this model does not accept images")
+        return None
+
+
+def _has_image(request: ChatRequest) -> bool:
+    return any(isinstance(p, ImagePart) for m in request.messages for p in m.parts)

@@ -1,0 +1,87 @@
+"""A deterministic, instant model for tests, demos of the machinery, and overhead benchmarks."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from bulkinfer.domain.request import (
+    ChatRequest,
+    ChatResult,
+    EmbeddingRequest,
+    EmbeddingResult,
+    Outcome,
+    Request,
+    Usage,
+)
+from bulkinfer.providers.base import Capabilities, Provider
+
+EMBEDDING_DIMENSIONS = 8
+
+
+class EchoProvider(Provider):
+    """Replies with the last user text; embeds a text as a hash-derived unit vector.
+
+    Options: ``delay_s`` sleeps that long per batch (to watch progress or test interruption);
+    ``invocation_log`` appends the last user text of every request it runs to a file, one per line,
+    so a test can tell which records ran, and how often.
+    """
+
+    capabilities = Capabilities(chat=True, embeddings=True, images=True)
+
+    def __init__(self, name: str, options: dict[str, Any]) -> None:
+        self._name = name
+        self._delay = float(options.get("delay_s", 0.0))
+        log = options.get("invocation_log")
+        self._log = Path(log).open("a", encoding="utf-8") if log else None  # noqa: SIM115 - closed in aclose
+
+    async def infer(self, requests: Sequence[Request]) -> list[Outcome]:
+        self._record(requests)
+        if self._delay:
+            await asyncio.sleep(self._delay)
+        return [self._answer(r) for r in requests]
+
+    def _answer(self, request: Request) -> Outcome:
+        if isinstance(request, EmbeddingRequest):
+            vectors = tuple(_vector(t, request.dimensions or EMBEDDING_DIMENSIONS) for t in request.texts)
+            tokens = sum(_words(t) for t in request.texts)
+            return EmbeddingResult(vectors, Usage(tokens, 0), self._name)
+        text = request.last_user_text
+        limit = request.params.max_tokens
+        words = text.split()
+        if limit is not None and len(words) > limit:
+            return ChatResult(" ".join(words[:limit]), "max_tokens", _usage(request, limit), self._name)
+        return ChatResult(text, "end_turn", _usage(request, len(words)), self._name)
+
+    def _record(self, requests: Sequence[Request]) -> None:
+        if self._log is None:
+            return
+        lines = (
+            (r.last_user_text if isinstance(r, ChatRequest) else " ".join(r.texts)).replace("\n", " ")
+            for r in requests
+        )
+        self._log.write("".join(f"{line}\n" for line in lines))
+        self._log.flush()
+
+    async def aclose(self) -> None:
+        if self._log is not None:
+            self._log.close()
+
+
+def _words(text: str) -> int:
+    return len(text.split())
+
+
+def _usage(request: ChatRequest, output_tokens: int) -> Usage:
+    prompt = sum(_words(m.text) for m in request.messages) + _words(request.system or "")
+    return Usage(prompt, output_tokens)
+
+
+def _vector(text: str, dimensions: int) -> tuple[float, ...]:
+    digest = hashlib.shake_128(text.encode()).digest(dimensions)
+    raw = [b - 127.5 for b in digest]
+    norm = sum(x * x for x in raw) ** 0.5 or 1.0
+    return tuple(round(x / norm, 6) for x in raw)

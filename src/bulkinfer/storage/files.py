@@ -1,0 +1,77 @@
+"""Finding input files, reading them in blocks, and writing output durably."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from bulkinfer.errors import InputError
+
+READ_BLOCK_BYTES = 1 << 20
+
+
+@dataclass(frozen=True, slots=True)
+class InputFile:
+    index: int
+    path: Path
+    name: str
+    """Path relative to the input location; the output file is ``<name>.out``."""
+    size: int
+
+
+def list_inputs(location: Path) -> list[InputFile]:
+    """The ``.jsonl`` files at a location: the file itself, or every one under a folder, sorted."""
+    if not location.exists():
+        raise InputError(f"input not found: {location}")
+    if location.is_file():
+        if location.suffix != ".jsonl":
+            raise InputError(f"input {location} is not a .jsonl file")
+        return [InputFile(0, location, location.name, location.stat().st_size)]
+    paths = sorted(p for p in location.rglob("*.jsonl") if p.is_file() and not _hidden(p, location))
+    if not paths:
+        raise InputError(f"no .jsonl file under {location}")
+    return [
+        InputFile(i, p, p.relative_to(location).as_posix(), p.stat().st_size) for i, p in enumerate(paths)
+    ]
+
+
+def _hidden(path: Path, root: Path) -> bool:
+    return any(part.startswith(".") for part in path.relative_to(root).parts)
+
+
+def read_blocks(path: Path, block_bytes: int = READ_BLOCK_BYTES) -> Iterator[bytes]:
+    try:
+        with path.open("rb") as f:
+            while block := f.read(block_bytes):
+                yield block
+    except OSError as exc:
+        raise InputError(f"cannot read {path}: {exc.strerror}") from exc
+
+
+def write_durably(path: Path, parts: Iterable[bytes]) -> None:
+    """Write a file so that after a crash it is either whole or absent (temp file, fsync, rename)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    with tmp.open("wb") as f:
+        for part in parts:
+            f.write(part)
+        f.flush()
+        os.fsync(f.fileno())
+    tmp.replace(path)
+    fsync_dir(path.parent)
+
+
+def fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def remove_quietly(path: Path) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        path.unlink()

@@ -1,0 +1,52 @@
+"""Tables of the job-state store."""
+
+from __future__ import annotations
+
+from sqlalchemy import BigInteger, Column, Float, Integer, MetaData, String, Table, Text
+
+metadata = MetaData()
+
+jobs = Table(
+    "jobs",
+    metadata,
+    Column("job_id", String(64), primary_key=True),
+    Column("model", String(200), nullable=False),
+    Column("input_uri", Text, nullable=False),
+    Column("output_uri", Text, nullable=False),
+    Column("status", String(32), nullable=False),
+    Column("message", Text),
+    Column("options", Text, nullable=False, default="{}"),
+    Column("created_at", Float, nullable=False),
+    Column("started_at", Float),
+    Column("ended_at", Float),
+    Column("total_records", Integer),
+)
+
+# One row per durable chunk of finished output lines of one input file.
+chunks = Table(
+    "chunks",
+    metadata,
+    Column("chunk_id", Integer, primary_key=True, autoincrement=True),
+    Column("job_id", String(64), nullable=False, index=True),
+    Column("file_index", Integer, nullable=False),
+    Column("path", Text, nullable=False),
+    Column("lines", Text, nullable=False),
+    Column("first_line", Integer, nullable=False),
+    Column("records", Integer, nullable=False),
+    Column("success", Integer, nullable=False),
+    Column("errors", Integer, nullable=False),
+    Column("input_tokens", BigInteger, nullable=False),
+    Column("output_tokens", BigInteger, nullable=False),
+    Column("error_codes", Text, nullable=False, default="{}"),
+)
+
+# The first place each recordId was seen, to report duplicates without holding every id in memory.
+record_ids = Table(
+    "record_ids",
+    metadata,
+    Column("job_id", String(64), primary_key=True),
+    Column("id_hash", BigInteger, primary_key=True),
+    Column("file_index", Integer, nullable=False),
+    Column("line", Integer, nullable=False),
+    sqlite_with_rowid=False,
+)

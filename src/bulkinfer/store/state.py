@@ -1,0 +1,231 @@
+"""The job-state store: jobs, committed chunks, and first sightings of record ids."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import orjson
+from sqlalchemy import Engine, create_engine, event, func, insert, select, update
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+from bulkinfer.domain.job import Counts, JobStatus
+from bulkinfer.domain.lineset import LineSet
+from bulkinfer.store.schema import chunks, jobs, metadata, record_ids
+
+
+@dataclass(frozen=True, slots=True)
+class JobRecord:
+    job_id: str
+    model: str
+    input_uri: str
+    output_uri: str
+    status: JobStatus
+    created_at: float
+    options: dict[str, Any] = field(default_factory=dict)
+    message: str | None = None
+    started_at: float | None = None
+    ended_at: float | None = None
+    total_records: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ChunkRecord:
+    file_index: int
+    path: str
+    lines: LineSet
+    first_line: int
+    counts: Counts
+
+
+@dataclass(frozen=True, slots=True)
+class IdSighting:
+    id_hash: int
+    file_index: int
+    line: int
+
+
+class StateStore:
+    """Durable state of the jobs that share one state file."""
+
+    def __init__(self, url: str) -> None:
+        self._engine = _make_engine(url)
+        metadata.create_all(self._engine)
+
+    @classmethod
+    def at(cls, path: Path) -> StateStore:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return cls(f"sqlite:///{path}")
+
+    def close(self) -> None:
+        self._engine.dispose()
+
+    # jobs
+
+    def create_job(self, job: JobRecord) -> None:
+        with self._engine.begin() as conn:
+            conn.execute(insert(jobs).values(**_job_row(job)))
+
+    def get_job(self, job_id: str) -> JobRecord | None:
+        with self._engine.connect() as conn:
+            row = conn.execute(select(jobs).where(jobs.c.job_id == job_id)).mappings().first()
+        return None if row is None else _job_from_row(row)
+
+    def update_job(self, job: JobRecord, **changes: Any) -> JobRecord:
+        new = replace(job, **changes)
+        row = _job_row(new)
+        del row["job_id"]
+        with self._engine.begin() as conn:
+            conn.execute(update(jobs).where(jobs.c.job_id == job.job_id).values(**row))
+        return new
+
+    # chunks
+
+    def add_chunk(self, job_id: str, chunk: ChunkRecord) -> None:
+        c = chunk.counts
+        with self._engine.begin() as conn:
+            conn.execute(
+                insert(chunks).values(
+                    job_id=job_id,
+                    file_index=chunk.file_index,
+                    path=chunk.path,
+                    lines=str(chunk.lines),
+                    first_line=chunk.first_line,
+                    records=c.processed,
+                    success=c.success,
+                    errors=c.errors,
+                    input_tokens=c.input_tokens,
+                    output_tokens=c.output_tokens,
+                    error_codes=orjson.dumps(c.error_codes).decode(),
+                )
+            )
+
+    def chunks(self, job_id: str, file_index: int | None = None) -> list[ChunkRecord]:
+        query = select(chunks).where(chunks.c.job_id == job_id)
+        if file_index is not None:
+            query = query.where(chunks.c.file_index == file_index)
+        with self._engine.connect() as conn:
+            rows = conn.execute(query.order_by(chunks.c.first_line, chunks.c.chunk_id)).mappings().all()
+        return [_chunk_from_row(r) for r in rows]
+
+    def counts(self, job_id: str) -> Counts:
+        total = Counts()
+        for chunk in self.chunks(job_id):
+            total = total + chunk.counts
+        return total
+
+    def delete_chunks(self, job_id: str) -> None:
+        with self._engine.begin() as conn:
+            conn.execute(chunks.delete().where(chunks.c.job_id == job_id))
+
+    # record ids
+
+    def first_sightings(self, job_id: str, sightings: Sequence[IdSighting]) -> dict[int, IdSighting]:
+        """Record where each id was first seen; returns the first sighting of every id given.
+
+        Idempotent: a resumed job re-reading a line finds its own sighting, not a duplicate.
+        """
+        if not sightings:
+            return {}
+        rows = [
+            {"job_id": job_id, "id_hash": s.id_hash, "file_index": s.file_index, "line": s.line}
+            for s in sightings
+        ]
+        with self._engine.begin() as conn:
+            result = conn.execute(sqlite_insert(record_ids).on_conflict_do_nothing(), rows)
+            if result.rowcount == len(rows):
+                return {s.id_hash: s for s in sightings}
+            found = conn.execute(
+                select(record_ids.c.id_hash, record_ids.c.file_index, record_ids.c.line).where(
+                    record_ids.c.job_id == job_id,
+                    record_ids.c.id_hash.in_([s.id_hash for s in sightings]),
+                )
+            ).all()
+        return {h: IdSighting(h, f, line) for h, f, line in found}
+
+    def forget_ids(self, job_id: str) -> None:
+        with self._engine.begin() as conn:
+            conn.execute(record_ids.delete().where(record_ids.c.job_id == job_id))
+
+    def latest_unfinished(self) -> JobRecord | None:
+        done = [s.value for s in JobStatus if s.is_terminal]
+        query = select(jobs).where(jobs.c.status.not_in(done)).order_by(jobs.c.created_at.desc())
+        with self._engine.connect() as conn:
+            row = conn.execute(query.limit(1)).mappings().first()
+        return None if row is None else _job_from_row(row)
+
+    def count_jobs(self) -> int:
+        with self._engine.connect() as conn:
+            return int(conn.execute(select(func.count()).select_from(jobs)).scalar_one())
+
+
+def _make_engine(url: str) -> Engine:
+    engine = create_engine(url)
+    if url.startswith("sqlite"):
+
+        @event.listens_for(engine, "connect")
+        def _pragmas(dbapi_conn: Any, _record: Any) -> None:
+            cursor = dbapi_conn.cursor()
+            # WAL lets a reader watch progress while the job writes; FULL makes each commit durable.
+            cursor.execute("PRAGMA journal_mode=WAL")
+            cursor.execute("PRAGMA synchronous=FULL")
+            cursor.execute("PRAGMA busy_timeout=30000")
+            cursor.close()
+
+    return engine
+
+
+def _job_row(job: JobRecord) -> dict[str, Any]:
+    return {
+        "job_id": job.job_id,
+        "model": job.model,
+        "input_uri": job.input_uri,
+        "output_uri": job.output_uri,
+        "status": job.status.value,
+        "message": job.message,
+        "options": orjson.dumps(job.options).decode(),
+        "created_at": job.created_at,
+        "started_at": job.started_at,
+        "ended_at": job.ended_at,
+        "total_records": job.total_records,
+    }
+
+
+def _job_from_row(row: Any) -> JobRecord:
+    return JobRecord(
+        job_id=row["job_id"],
+        model=row["model"],
+        input_uri=row["input_uri"],
+        output_uri=row["output_uri"],
+        status=JobStatus(row["status"]),
+        created_at=row["created_at"],
+        options=orjson.loads(row["options"]),
+        message=row["message"],
+        started_at=row["started_at"],
+        ended_at=row["ended_at"],
+        total_records=row["total_records"],
+    )
+
+
+def _chunk_from_row(row: Any) -> ChunkRecord:
+    return ChunkRecord(
+        file_index=row["file_index"],
+        path=row["path"],
+        lines=LineSet.parse(row["lines"]),
+        first_line=row["first_line"],
+        counts=Counts(
+            processed=row["records"],
+            success=row["success"],
+            errors=row["errors"],
+            input_tokens=row["input_tokens"],
+            output_tokens=row["output_tokens"],
+            error_codes=orjson.loads(row["error_codes"]),
+        ),
+    )
+
+
+def now() -> float:
+    return time.time()

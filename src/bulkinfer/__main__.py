@@ -1,0 +1,3 @@
+from bulkinfer.cli.main import main
+
+main()

@@ -1,0 +1,241 @@
+"""A whole job in-process on the echo model: output layout, manifest, bad input, resume, duplicates."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+from bulkinfer.domain.job import JobStatus
+from bulkinfer.engine.job import STATE_DIR, JobReport, LocalJob, RunRequest
+from bulkinfer.engine.progress import NoProgress
+from bulkinfer.engine.runner import EngineSettings
+from bulkinfer.errors import InputError, JobConflictError, UnknownModelError
+from tests.conftest import anthropic_record, read_jsonl, write_jsonl
+
+
+def run_job(request: RunRequest) -> JobReport:
+    job = LocalJob.open(request)
+    try:
+        return asyncio.run(job.execute(NoProgress()))
+    finally:
+        job.close()
+
+
+def test_output_layout_and_manifest_match_bedrock(tmp_path: Path) -> None:
+    records = [anthropic_record(f"REC{i:08d}", f"hello number {i}") for i in range(250)]
+    source = write_jsonl(tmp_path / "in" / "calls.jsonl", records)
+    report = run_job(RunRequest(source, "echo", tmp_path / "out", job_id="job1"))
+
+    job_dir = tmp_path / "out" / "job1"
+    assert sorted(p.name for p in job_dir.iterdir()) == ["calls.jsonl.out", "manifest.json.out"]
+    lines = read_jsonl(job_dir / "calls.jsonl.out")
+    assert [line["recordId"] for line in lines] == [r["recordId"] for r in records]
+    first = lines[0]
+    assert set(first) == {"recordId", "modelInput", "modelOutput"}
+    assert first["modelInput"] == records[0]["modelInput"]
+    assert first["modelOutput"]["content"][0]["text"] == "hello number 0"
+    assert first["modelOutput"]["stop_reason"] == "end_turn"
+
+    manifest = orjson.loads((job_dir / "manifest.json.out").read_bytes())
+    assert list(manifest)[:6] == [
+        "totalRecordCount",
+        "processedRecordCount",
+        "successRecordCount",
+        "errorRecordCount",
+        "inputTokenCount",
+        "outputTokenCount",
+    ]
+    assert manifest["totalRecordCount"] == manifest["processedRecordCount"] == 250
+    assert manifest["successRecordCount"] == 250 and manifest["errorRecordCount"] == 0
+    assert manifest["inputTokenCount"] == 250 * 3
+    assert manifest["outputTokenCount"] == 250 * 3
+    assert manifest["jobId"] == "job1" and manifest["modelId"] == "echo"
+    assert report.job.status == JobStatus.COMPLETED
+
+
+BAD_LINES: list[tuple[bytes, str]] = [
+    (b'{"recordId": "BADJSON0001", "modelInput": {', "invalid JSON"),
+    (b'{"recordId": "NOINPUT0001"}', "modelInput: field required"),
+    (b'{"recordId": "WRONGTYPE01", "modelInput": "just text"}', "modelInput: expected a JSON object"),
+    (b'{"recordId": 12, "modelInput": {}}', "recordId: must be a non-empty string"),
+    (b"[1, 2, 3]", "expected a JSON object, got array"),
+    (b'{"recordId": "LATIN10001", "modelInput": {"x": "caf\xe9"}}', "not valid UTF-8"),
+    (
+        orjson.dumps(
+            {"recordId": "BADROLE0001", "modelInput": {"messages": [{"role": "bot", "content": "x"}]}}
+        ),
+        "modelInput.messages.0.role",
+    ),
+    (
+        orjson.dumps({"recordId": "BADTOKENS01", **{"modelInput": {"max_tokens": 0, "messages": []}}}),
+        "modelInput.max_tokens",
+    ),
+]
+
+
+def test_malformed_lines_become_error_lines_and_the_rest_completes(tmp_path: Path) -> None:
+    good = [orjson.dumps(anthropic_record(f"GOOD{i:07d}", f"fine {i}")) for i in range(20)]
+    huge = b'{"recordId": "HUGE0000001", "modelInput": {"inputText": "' + b"x" * 5000 + b'"}}'
+    lines: list[bytes] = []
+    for i, (bad, _) in enumerate(BAD_LINES):
+        lines += [good[i], bad]
+    lines += [huge, *good[len(BAD_LINES) :]]
+    source = write_jsonl(tmp_path / "mixed.jsonl", lines)
+    settings = EngineSettings(max_line_bytes=4096, block_records=7)
+    report = run_job(RunRequest(source, "echo", tmp_path / "out", job_id="mixed", settings=settings))
+
+    out = read_jsonl(tmp_path / "out" / "mixed" / "mixed.jsonl.out")
+    assert len(out) == len(lines)
+    errors = [line for line in out if "error" in line]
+    assert len(errors) == len(BAD_LINES) + 1
+    for line_number, (line, (_, expected)) in enumerate(zip(errors, BAD_LINES, strict=False)):
+        message = line["error"]["errorMessage"]
+        assert "mixed.jsonl line" in message and expected in message, (line_number, message)
+        assert line["error"]["errorCode"] == 400
+    assert "over the size limit" in errors[-1]["error"]["errorMessage"]
+    assert all(len(line["recordId"]) >= 10 for line in errors)
+    assert report.counts.success == 20 and report.counts.errors == len(BAD_LINES) + 1
+    assert report.counts.error_codes == {"400": len(BAD_LINES) + 1}
+    assert report.error_samples and "mixed.jsonl line 2" in report.error_samples[0]
+
+
+def test_folder_input_nested_files_empty_file_and_generated_ids(tmp_path: Path) -> None:
+    src = tmp_path / "in"
+    write_jsonl(src / "a.jsonl", [anthropic_record(None, f"a{i}") for i in range(5)])
+    write_jsonl(src / "sub" / "b.jsonl", [anthropic_record("B0000000001", "b")])
+    (src / "empty.jsonl").write_bytes(b"")
+    (src / "notes.txt").write_text("ignored")
+    run_job(RunRequest(src, "echo", tmp_path / "out", job_id="folder"))
+
+    job_dir = tmp_path / "out" / "folder"
+    assert (job_dir / "sub" / "b.jsonl.out").is_file()
+    assert (job_dir / "empty.jsonl.out").read_bytes() == b""
+    generated = [line["recordId"] for line in read_jsonl(job_dir / "a.jsonl.out")]
+    assert len(set(generated)) == 5
+    assert all(len(i) == 11 and i.isalnum() and i.upper() == i for i in generated)
+    manifest = orjson.loads((job_dir / "manifest.json.out").read_bytes())
+    assert manifest["totalRecordCount"] == 6
+    assert manifest["inputFiles"] == ["a.jsonl", "empty.jsonl", "sub/b.jsonl"]
+
+
+def test_duplicate_record_ids_are_reported_as_error_lines(tmp_path: Path) -> None:
+    records = [anthropic_record("SAME0000001", "first"), anthropic_record("OTHER000001", "x")]
+    records.append(anthropic_record("SAME0000001", "second"))
+    source = write_jsonl(tmp_path / "dups.jsonl", records)
+    report = run_job(RunRequest(source, "echo", tmp_path / "out", job_id="dups"))
+
+    out = read_jsonl(tmp_path / "out" / "dups" / "dups.jsonl.out")
+    assert "modelOutput" in out[0] and "modelOutput" in out[1]
+    assert "duplicate" in out[2]["error"]["errorMessage"]
+    assert "first seen at line 1" in out[2]["error"]["errorMessage"]
+    assert report.counts.error_codes == {"400": 1}
+
+
+def test_every_dialect_runs_and_answers_in_its_own_shape(tmp_path: Path) -> None:
+    text = "say this back"
+    bodies: list[dict[str, Any]] = [
+        {
+            "anthropic_version": "bedrock-2023-05-31",
+            "max_tokens": 9,
+            "messages": [{"role": "user", "content": text}],
+        },
+        {"messages": [{"role": "user", "content": [{"text": text}]}], "inferenceConfig": {"maxTokens": 9}},
+        {
+            "model": "x",
+            "messages": [{"role": "system", "content": "be brief"}, {"role": "user", "content": text}],
+        },
+        {"inputText": text},
+        {"input": [text, "another"]},
+    ]
+    records = [{"recordId": f"DIALECT000{i}", "modelInput": b} for i, b in enumerate(bodies)]
+    source = write_jsonl(tmp_path / "dialects.jsonl", records)
+    run_job(RunRequest(source, "echo", tmp_path / "out", job_id="dialects"))
+    out = [line["modelOutput"] for line in read_jsonl(tmp_path / "out" / "dialects" / "dialects.jsonl.out")]
+    assert out[0]["content"][0]["text"] == text and out[0]["usage"]["output_tokens"] == 3
+    assert out[1]["output"]["message"]["content"][0]["text"] == text and out[1]["stopReason"] == "end_turn"
+    assert out[2]["choices"][0]["message"]["content"] == text and out[2]["object"] == "chat.completion"
+    assert len(out[3]["embedding"]) == 8 and out[3]["inputTextTokenCount"] == 3
+    assert [d["index"] for d in out[4]["data"]] == [0, 1]
+
+
+def test_dialect_can_be_forced(tmp_path: Path) -> None:
+    body = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 5}
+    source = write_jsonl(tmp_path / "f.jsonl", [{"recordId": "FORCED00001", "modelInput": body}])
+    run_job(RunRequest(source, "echo", tmp_path / "out", job_id="forced", dialect="openai-chat"))
+    (line,) = read_jsonl(tmp_path / "out" / "forced" / "f.jsonl.out")
+    assert line["modelOutput"]["object"] == "chat.completion"
+
+
+def test_resume_after_stop_redoes_only_uncommitted_records(
+    tmp_path: Path, echo_catalog: Callable[..., Path]
+) -> None:
+    log = tmp_path / "invocations.log"
+    catalog = echo_catalog(delay_s=0.05, invocation_log=str(log), batch_size=10, concurrency=1)
+    records = [anthropic_record(f"R{i:010d}", f"record-{i}") for i in range(200)]
+    source = write_jsonl(tmp_path / "in.jsonl", records)
+    settings = EngineSettings(block_records=20, blocks_in_flight=2, chunk_records=10, commit_interval_s=0.05)
+    request = RunRequest(source, "echo-test", tmp_path / "out", "resumable", catalog, settings=settings)
+
+    async def stop_midway() -> JobReport:
+        job = LocalJob.open(request)
+        try:
+            task = asyncio.create_task(job.execute(NoProgress()))
+            await asyncio.sleep(0.4)
+            job.request_stop()
+            return await task
+        finally:
+            job.close()
+
+    first = asyncio.run(stop_midway())
+    assert first.job.status == JobStatus.STOPPED
+    done_first = first.counts.processed
+    assert 0 < done_first < 200
+    assert not (tmp_path / "out" / "resumable").exists()
+    ran_first = log.read_text().splitlines()
+    assert len(ran_first) == done_first  # a graceful stop finishes what it started
+
+    second = run_job(request)
+    assert second.job.status == JobStatus.COMPLETED
+    ran = log.read_text().splitlines()
+    assert sorted(ran) == sorted(f"record-{i}" for i in range(200))  # each record ran exactly once
+    out = read_jsonl(tmp_path / "out" / "resumable" / "in.jsonl.out")
+    assert [line["recordId"] for line in out] == [r["recordId"] for r in records]
+
+
+def test_completed_job_rerun_is_a_no_op_and_conflicts_are_refused(tmp_path: Path) -> None:
+    source = write_jsonl(tmp_path / "in.jsonl", [anthropic_record("ONLY0000001", "x")])
+    run_job(RunRequest(source, "echo", tmp_path / "out", job_id="done"))
+    before = (tmp_path / "out" / "done" / "in.jsonl.out").read_bytes()
+    again = run_job(RunRequest(source, "echo", tmp_path / "out", job_id="done"))
+    assert again.job.status == JobStatus.COMPLETED and again.counts.processed == 1
+    assert (tmp_path / "out" / "done" / "in.jsonl.out").read_bytes() == before
+    with pytest.raises(JobConflictError, match="model 'echo'"):
+        LocalJob.open(RunRequest(source, "smollm2-135m-instruct", tmp_path / "out", job_id="done"))
+
+
+def test_a_job_cannot_run_twice_at_once(tmp_path: Path) -> None:
+    source = write_jsonl(tmp_path / "in.jsonl", [anthropic_record("ONLY0000001", "x")])
+    request = RunRequest(source, "echo", tmp_path / "out", job_id="locked")
+    first = LocalJob.open(request)
+    try:
+        with pytest.raises(JobConflictError, match="already running"):
+            LocalJob.open(request)
+    finally:
+        first.close()
+    assert (tmp_path / "out" / STATE_DIR / "state.db").is_file()
+
+
+def test_missing_input_and_unknown_model_are_user_errors(tmp_path: Path) -> None:
+    with pytest.raises(InputError, match="input not found"):
+        LocalJob.open(RunRequest(tmp_path / "nope.jsonl", "echo", tmp_path / "out"))
+    source = write_jsonl(tmp_path / "in.jsonl", [anthropic_record("ONLY0000001", "x")])
+    with pytest.raises(UnknownModelError, match="available models: .*echo"):
+        LocalJob.open(RunRequest(source, "gpt-17", tmp_path / "out"))
+    (tmp_path / "folder").mkdir()
+    with pytest.raises(InputError, match="no .jsonl file"):
+        LocalJob.open(RunRequest(tmp_path / "folder", "echo", tmp_path / "out"))

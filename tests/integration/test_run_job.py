@@ -72,7 +72,7 @@ BAD_LINES: list[tuple[bytes, str]] = [
         "modelInput.messages.0.role",
     ),
     (
-        orjson.dumps({"recordId": "BADTOKENS01", **{"modelInput": {"max_tokens": 0, "messages": []}}}),
+        orjson.dumps({"recordId": "BADTOKENS01", "modelInput": {"max_tokens": 0, "messages": []}}),
         "modelInput.max_tokens",
     ),
 ]
@@ -234,8 +234,8 @@ def test_missing_input_and_unknown_model_are_user_errors(tmp_path: Path) -> None
     with pytest.raises(InputError, match="input not found"):
         LocalJob.open(RunRequest(tmp_path / "nope.jsonl", "echo", tmp_path / "out"))
     source = write_jsonl(tmp_path / "in.jsonl", [anthropic_record("ONLY0000001", "x")])
-    with pytest.raises(UnknownModelError, match="available models: .*echo"):
+    with pytest.raises(UnknownModelError, match=r"available models: .*echo"):
         LocalJob.open(RunRequest(source, "gpt-17", tmp_path / "out"))
     (tmp_path / "folder").mkdir()
-    with pytest.raises(InputError, match="no .jsonl file"):
+    with pytest.raises(InputError, match=r"no \.jsonl file"):
         LocalJob.open(RunRequest(tmp_path / "folder", "echo", tmp_path / "out"))

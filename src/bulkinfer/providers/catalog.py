@@ -35,7 +35,7 @@ class ModelEntry(BaseModel):
     concurrency: int = Field(1, ge=1, le=1024, description="micro-batches in flight at once")
     batch_size: int = Field(8, ge=1, le=65536, description="records per micro-batch")
     token_budget: int = Field(16384, ge=1, description="padded prompt+output tokens per micro-batch")
-    price: PriceEntry = Field(default_factory=lambda: PriceEntry())
+    price: PriceEntry = Field(default_factory=PriceEntry)
     options: dict[str, Any] = Field(default_factory=dict)
 
 

@@ -28,6 +28,7 @@ class SentenceEmbeddingProvider(Provider):
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         torch = require("torch")
         st = require("sentence_transformers")
+        require("transformers").logging.disable_progress_bar()
         package = str(spec.options["package"])
         folder = package_dir(package, f"pip install {package.replace('_', '-')}") / "model"
         device, _ = pick_device_and_dtype(torch, "float32")

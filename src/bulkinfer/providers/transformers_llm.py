@@ -37,6 +37,7 @@ class TransformersChatProvider(Provider):
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         torch = require("torch")
         transformers = require("transformers")
+        transformers.logging.disable_progress_bar()  # our own progress display is the one to watch
         device, dtype = pick_device_and_dtype(torch, str(spec.options.get("dtype", "auto")))
         folder = converted_weights(spec)
         tokenizer = transformers.AutoTokenizer.from_pretrained(folder)
@@ -70,40 +71,38 @@ class TransformersChatProvider(Provider):
         prompts: dict[int, str] = {}
         for i, request in enumerate(requests):
             if outcomes[i] is None and isinstance(request, ChatRequest):
-                prompts[i] = self._prompt(request)
+                prompt = self._prompt(request)
+                length = len(self._tok(prompt, add_special_tokens=False).input_ids)
+                if length + self._max_tokens(request) > self._spec.context_length:
+                    outcomes[i] = _too_long(length, self._max_tokens(request), self._spec.context_length)
+                else:
+                    prompts[i] = prompt
         if prompts:
-            results = self._generate([requests[i] for i in prompts], list(prompts.values()))
-            for i, outcome in zip(prompts, results, strict=True):
+            chats = [r for i, r in enumerate(requests) if i in prompts and isinstance(r, ChatRequest)]
+            for i, outcome in zip(prompts, self._generate(chats, list(prompts.values())), strict=True):
                 outcomes[i] = outcome
         return [o if o is not None else RecordError(500, "no result") for o in outcomes]
 
-    def _generate(self, requests: list[Request], prompts: list[str]) -> list[Outcome]:
+    def _generate(self, chats: list[ChatRequest], prompts: list[str]) -> list[ChatResult]:
         import torch
 
-        chats = [r for r in requests if isinstance(r, ChatRequest)]
         encoded = self._tok(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
         lengths = encoded.attention_mask.sum(dim=1).tolist()
-        limit = self._spec.context_length
-        too_long = [n + self._max_tokens(r) > limit for n, r in zip(lengths, chats, strict=True)]
-        if all(too_long):
-            return [_too_long(n, self._max_tokens(r), limit) for n, r in zip(lengths, chats, strict=True)]
         started = time.perf_counter()
         with torch.inference_mode():
             output = self._model.generate(
                 **encoded.to(self._device),
                 max_new_tokens=max(self._max_tokens(r) for r in chats),
                 pad_token_id=self._tok.pad_token_id,
+                repetition_penalty=self._spec.options.get("repetition_penalty"),
                 **_sampling(chats[0]),
             )
         latency = int((time.perf_counter() - started) * 1000)
         generated = output[:, encoded.input_ids.shape[1] :].tolist()
-        results: list[Outcome] = []
-        for request, tokens, n, skip in zip(chats, generated, lengths, too_long, strict=True):
-            if skip:
-                results.append(_too_long(n, self._max_tokens(request), limit))
-            else:
-                results.append(self._decode(request, tokens, n, latency))
-        return results
+        return [
+            self._decode(request, tokens, n, latency)
+            for request, tokens, n in zip(chats, generated, lengths, strict=True)
+        ]
 
     def _decode(
         self, request: ChatRequest, tokens: list[int], prompt_tokens: int, latency: int

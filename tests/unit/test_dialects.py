@@ -524,14 +524,6 @@ WRONG_BLOCK: list[tuple[str, dict[str, Any], str]] = [
 ]
 
 
-@pytest.mark.xfail(
-    reason=(
-        "BUG: dialects/base.validate reports pydantic's first error, which for a `str | list[...]` "
-        "union is the str branch: field becomes 'modelInput.messages.0.content.str' "
-        "('Input should be a valid string') instead of naming the bad content block"
-    ),
-    strict=True,
-)
 @pytest.mark.parametrize(("dialect", "body", "prefix"), WRONG_BLOCK)
 def test_bad_content_block_names_the_block_not_the_union_branch(
     dialect: str, body: dict[str, Any], prefix: str

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import random
 from collections.abc import Iterator
 
@@ -32,7 +33,7 @@ def random_chunks(data: bytes, rng: random.Random) -> list[bytes]:
     """Split at random points, empty blocks included."""
     cuts = sorted(rng.randint(0, len(data)) for _ in range(rng.randint(0, 12)))
     bounds = [0, *cuts, len(data)]
-    return [data[a:b] for a, b in zip(bounds, bounds[1:], strict=False)]
+    return [data[a:b] for a, b in itertools.pairwise(bounds)]
 
 
 def split(data: bytes, limit: int = 1000, block: int | None = None) -> list[tuple[int, Line]]:

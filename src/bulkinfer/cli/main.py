@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import signal
 import sys
 from pathlib import Path
@@ -216,6 +217,11 @@ def results(
 
 
 def main() -> None:
+    # Records are acyclic and freed by reference counting; the cyclic collector only rescans the
+    # long-lived objects of the libraries loaded at start-up. Freezing those and collecting less often
+    # cut the per-record cost of the echo benchmark by about half.
+    gc.freeze()
+    gc.set_threshold(50_000, 50, 100)
     try:
         app()
     except KeyboardInterrupt:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import time
 import uuid
 from abc import ABC, abstractmethod
@@ -48,17 +49,40 @@ class Dialect(ABC, Generic[BodyT]):
 
 
 def validate(model: type[BaseModel], body: dict[str, Any]) -> BaseModel:
-    """Validate a body; the first problem becomes a ``RecordInvalid`` naming its field."""
+    """Validate a body; the deepest problem becomes a ``RecordInvalid`` naming its field."""
     try:
         return model.model_validate(body)
     except ValidationError as exc:
-        first = exc.errors()[0]
-        field = ".".join(str(part) for part in ("modelInput", *first["loc"]))
-        raise RecordInvalid(first["msg"], field=field) from None
+        problems = [(_field_path(e["loc"]), e["msg"]) for e in exc.errors()]
+        path, message = max(problems, key=lambda p: len(p[0]))  # the deepest is the most specific
+        raise RecordInvalid(message, field=".".join(str(p) for p in ("modelInput", *path))) from None
+
+
+def _field_path(loc: tuple[int | str, ...]) -> list[int | str]:
+    """A pydantic error location without its union labels (``str``, ``list[...]``, tag values)."""
+    path: list[int | str] = []
+    tag_next = False
+    for part in loc:
+        if isinstance(part, str) and ("[" in part or part in _TYPE_LABELS):
+            tag_next = "tagged-union[" in part
+            continue
+        if tag_next and isinstance(part, str):
+            tag_next = False  # the discriminator value pydantic inserts after a tagged union
+            continue
+        path.append(part)
+    return path
+
+
+_TYPE_LABELS = frozenset({"str", "int", "float", "bool", "list", "dict", "none"})
+
+
+_ID_PREFIX = uuid.uuid4().hex[:12]
+_id_counter = itertools.count()
 
 
 def new_id(prefix: str) -> str:
-    return f"{prefix}{uuid.uuid4().hex[:24]}"
+    """A response id unique across processes (random per process) and cheap (a counter within one)."""
+    return f"{prefix}{_ID_PREFIX}{next(_id_counter):012x}"
 
 
 def now() -> int:

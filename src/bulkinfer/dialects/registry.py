@@ -55,6 +55,8 @@ def get_dialect(name: str) -> Dialect[Any]:
 def detect(body: dict[str, Any], default: str) -> Dialect[Any]:
     """The dialect a body is written in, or ``default`` when its keys fit several."""
     keys = body.keys()
+    if "anthropic_version" in keys:  # how Bedrock users write Claude records: the common case first
+        return DIALECTS["anthropic"]
     if "inputText" in keys:
         return DIALECTS["titan-embed"]
     if "input" in keys and "messages" not in keys:

@@ -20,7 +20,7 @@ from bulkinfer.storage.files import remove_quietly, write_durably
 from bulkinfer.store.state import ChunkRecord, StateStore
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: built per record (see domain.request)
 class Finished:
     """One record's rendered output line and what it counts for."""
 

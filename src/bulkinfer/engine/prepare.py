@@ -13,7 +13,7 @@ from bulkinfer.errors import RecordInvalid
 from bulkinfer.formats.bedrock import InputRecord, render_error, render_output
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: built per record (see domain.request)
 class Prepared:
     record: InputRecord
     dialect: Dialect[Any] | None = None

@@ -179,8 +179,9 @@ class RecordPipeline:
 
     def _plan(self, runnable: list[Prepared]) -> list[list[Prepared]]:
         spec = self._spec
-        if len(runnable) <= spec.batch_size and spec.token_budget >= 10**8:
-            return [runnable] if runnable else []
+        if not self._provider.capabilities.padded_batches:
+            size = spec.batch_size
+            return [runnable[i : i + size] for i in range(0, len(runnable), size)]
         sized = [
             Item(i, self._provider.count_tokens(p.request) + self._max_new(p), sampling_group(p.request))
             for i, p in enumerate(runnable)

@@ -17,7 +17,7 @@ RECORD_ID_LENGTH = 11
 MAX_RECORD_ID_LENGTH = 256
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: built per record (see domain.request)
 class InputRecord:
     """One input line, parsed. ``error`` is set when the line itself is unusable."""
 
@@ -40,29 +40,27 @@ def generated_record_id(seed: str, line: int) -> str:
 
 def parse_line(raw: Line, line: int, *, source: str, seed: str) -> InputRecord:
     """Parse one input line; every problem becomes an ``error`` naming file, line and field."""
-    where = f"{source} line {line}"
     if isinstance(raw, OversizeLine):
-        return _invalid(seed, line, f"{where}: line is {raw.size} bytes, over the size limit")
+        return _invalid(seed, line, f"{source} line {line}: line is {raw.size} bytes, over the size limit")
     try:
         obj = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
-        return _invalid(seed, line, f"{where}: {_json_problem(raw, exc)}")
-    if not isinstance(obj, dict):
-        return _invalid(seed, line, f"{where}: expected a JSON object, got {_type_name(obj)}")
+        return _invalid(seed, line, f"{source} line {line}: {_json_problem(raw, exc)}")
+    if type(obj) is not dict:
+        return _invalid(seed, line, f"{source} line {line}: expected a JSON object, got {_type_name(obj)}")
     record_id = obj.get("recordId")
     if record_id is None:
         record_id = generated_record_id(seed, line)
-    elif not isinstance(record_id, str) or not record_id or len(record_id) > MAX_RECORD_ID_LENGTH:
-        return _invalid(
-            seed, line, f"{where}: recordId: must be a non-empty string of at most 256 characters"
-        )
+    elif type(record_id) is not str or not record_id or len(record_id) > MAX_RECORD_ID_LENGTH:
+        message = f"{source} line {line}: recordId: must be a non-empty string of at most 256 characters"
+        return _invalid(seed, line, message)
     model_input = obj.get("modelInput")
+    if type(model_input) is dict:
+        return InputRecord(line, record_id, model_input)
     if model_input is None:
-        return InputRecord(line, record_id, None, _bad(f"{where}: modelInput: field required"))
-    if not isinstance(model_input, dict):
-        message = f"{where}: modelInput: expected a JSON object, got {_type_name(model_input)}"
-        return InputRecord(line, record_id, model_input, _bad(message))
-    return InputRecord(line, record_id, model_input)
+        return InputRecord(line, record_id, None, _bad(f"{source} line {line}: modelInput: field required"))
+    message = f"{source} line {line}: modelInput: expected a JSON object, got {_type_name(model_input)}"
+    return InputRecord(line, record_id, model_input, _bad(message))
 
 
 def render_output(record: InputRecord, output: dict[str, Any]) -> bytes:

@@ -14,6 +14,8 @@ class Capabilities:
     chat: bool = False
     embeddings: bool = False
     images: bool = False
+    padded_batches: bool = False
+    """Batches are padded to their longest request, so sorting by length pays (local models)."""
 
 
 class Provider(ABC):

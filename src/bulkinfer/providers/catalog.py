@@ -115,14 +115,17 @@ def _parse(text: str, source: str) -> dict[str, ModelSpec]:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first["loc"])
         raise ConfigError(f"{source}: {where}: {first['msg']}") from exc
-    return {name: _spec(name, entry) for name, entry in parsed.models.items()}
+    return {name: _spec(name, entry, source) for name, entry in parsed.models.items()}
 
 
-def _spec(name: str, entry: ModelEntry) -> ModelSpec:
+def _spec(name: str, entry: ModelEntry, source: str) -> ModelSpec:
     from bulkinfer.dialects.registry import get_dialect
 
     for dialect in entry.dialects:
-        get_dialect(dialect)
+        try:
+            get_dialect(dialect)
+        except ConfigError as exc:
+            raise ConfigError(f"{source}: models.{name}.dialects: {exc}") from None
     return ModelSpec(
         name=name,
         provider=entry.provider,

@@ -15,7 +15,7 @@ from bulkinfer.providers.local import package_dir, pick_device_and_dtype, requir
 
 
 class SentenceEmbeddingProvider(Provider):
-    capabilities = Capabilities(embeddings=True)
+    capabilities = Capabilities(embeddings=True, padded_batches=True)
 
     def __init__(self, spec: ModelSpec, model: Any) -> None:
         self._spec = spec

@@ -23,7 +23,7 @@ from bulkinfer.providers.local import cache_root, package_dir, pick_device_and_d
 
 
 class TransformersChatProvider(Provider):
-    capabilities = Capabilities(chat=True)
+    capabilities = Capabilities(chat=True, padded_batches=True)
 
     def __init__(self, spec: ModelSpec, model: Any, tokenizer: Any, device: str) -> None:
         self._spec = spec

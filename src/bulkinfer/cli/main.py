@@ -36,8 +36,10 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-out = Console()
-err = Console(stderr=True)
+# Piped output (logs, CI) gets wide tables instead of rich's 80-column default.
+_WIDTH = None if sys.stdout.isatty() else 160
+out = Console(width=_WIDTH)
+err = Console(stderr=True, width=_WIDTH)
 
 ModelsOption = Annotated[
     Path | None,
@@ -105,7 +107,7 @@ async def _execute(job: LocalJob) -> int:
     except asyncio.CancelledError:
         _say_resume(job, "stopped at once")
         return EXIT_INTERRUPTED
-    except BulkinferError as exc:
+    except (BulkinferError, OSError) as exc:
         err.print(f"[red]job failed:[/red] {exc}", highlight=False)
         _say_resume(job, "failed")
         return EXIT_FAILED

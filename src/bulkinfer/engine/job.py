@@ -66,9 +66,14 @@ class LocalJob:
         self.work_dir = request.output / STATE_DIR / self.job_id
         self._forced = get_dialect(request.dialect) if request.dialect else None
         self._lock: IO[str] | None = None
-        self.store = StateStore.at(request.output / STATE_DIR / "state.db")
-        self.job = self._open_job()
         self._pipeline: RecordPipeline | None = None
+        self._stop_requested = False
+        self.store = StateStore.at(request.output / STATE_DIR / "state.db")
+        try:
+            self.job = self._open_job()
+        except BaseException:
+            self.close()
+            raise
 
     @classmethod
     def open(cls, request: RunRequest) -> LocalJob:
@@ -142,6 +147,8 @@ class LocalJob:
         return self.store.counts(self.job_id)
 
     def request_stop(self) -> None:
+        """Stop gracefully: also honoured when asked while the model is still loading."""
+        self._stop_requested = True
         if self._pipeline is not None:
             self._pipeline.request_stop()
 
@@ -188,6 +195,8 @@ class LocalJob:
             settings=settings,
             forced_dialect=self._forced,
         )
+        if self._stop_requested:
+            self._pipeline.request_stop()
         status(f"running {self.spec.name}")
         timer = asyncio.create_task(committer.run_timer())
         try:
@@ -228,6 +237,7 @@ class LocalJob:
             self.job, status=JobStatus.COMPLETED, ended_at=ended, total_records=total
         )
         shutil.rmtree(chunk_dir, ignore_errors=True)
+        self.store.forget_ids(self.job_id)  # only needed while records may still run
         return self.report(manifest)
 
     def _read_manifest(self) -> dict[str, Any] | None:

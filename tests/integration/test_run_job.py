@@ -239,3 +239,45 @@ def test_missing_input_and_unknown_model_are_user_errors(tmp_path: Path) -> None
     (tmp_path / "folder").mkdir()
     with pytest.raises(InputError, match=r"no \.jsonl file"):
         LocalJob.open(RunRequest(tmp_path / "folder", "echo", tmp_path / "out"))
+
+
+def test_duplicate_across_files_names_the_first_file(tmp_path: Path) -> None:
+    write_jsonl(tmp_path / "in" / "a.jsonl", [anthropic_record("SHARED00001", "a")])
+    write_jsonl(
+        tmp_path / "in" / "b.jsonl",
+        [anthropic_record("B0000000001", "b"), anthropic_record("SHARED00001", "c")],
+    )
+    run_job(RunRequest(tmp_path / "in", "echo", tmp_path / "out", job_id="cross"))
+    a = read_jsonl(tmp_path / "out" / "cross" / "a.jsonl.out")
+    b = read_jsonl(tmp_path / "out" / "cross" / "b.jsonl.out")
+    assert "modelOutput" in a[0] and "modelOutput" in b[0]
+    assert "b.jsonl line 2: recordId: duplicate" in b[1]["error"]["errorMessage"]
+    assert "first seen at a.jsonl line 1" in b[1]["error"]["errorMessage"]
+
+
+def test_duplicates_are_judged_the_same_after_a_resume(
+    tmp_path: Path, echo_catalog: Callable[..., Path]
+) -> None:
+    catalog = echo_catalog(delay_s=0.05, batch_size=5, concurrency=1)
+    records = [anthropic_record(f"U{i:010d}", f"r{i}") for i in range(120)]
+    records[100] = anthropic_record("U0000000003", "repeat of line 4")  # a later line repeats an early id
+    source = write_jsonl(tmp_path / "in.jsonl", records)
+    settings = EngineSettings(block_records=10, blocks_in_flight=1, chunk_records=5, commit_interval_s=0.01)
+    request = RunRequest(source, "echo-test", tmp_path / "out", "dupresume", catalog, settings=settings)
+
+    async def stop_early() -> None:
+        job = LocalJob.open(request)
+        try:
+            task = asyncio.create_task(job.execute(NoProgress()))
+            await asyncio.sleep(0.3)
+            job.request_stop()
+            await task
+        finally:
+            job.close()
+
+    asyncio.run(stop_early())
+    report = run_job(request)
+    out = read_jsonl(tmp_path / "out" / "dupresume" / "in.jsonl.out")
+    assert "modelOutput" in out[3]
+    assert "first seen at line 4" in out[100]["error"]["errorMessage"]
+    assert report.counts.errors == 1

@@ -237,7 +237,6 @@ class LocalJob:
             self.job, status=JobStatus.COMPLETED, ended_at=ended, total_records=total
         )
         shutil.rmtree(chunk_dir, ignore_errors=True)
-        self.store.forget_ids(self.job_id)  # only needed while records may still run
         return self.report(manifest)
 
     def _read_manifest(self) -> dict[str, Any] | None:

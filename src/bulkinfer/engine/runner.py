@@ -7,7 +7,6 @@ committer at any time, so memory stays flat whatever the input size.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -19,12 +18,13 @@ from bulkinfer.engine.batching import Item, plan_batches
 from bulkinfer.engine.committer import Committer, Finished
 from bulkinfer.engine.prepare import Prepared, finish, prepare, sampling_group, with_error
 from bulkinfer.engine.progress import ProgressSink
+from bulkinfer.engine.seen import SeenIds, id_hash, position, unpack
 from bulkinfer.formats.bedrock import InputRecord, parse_line
 from bulkinfer.formats.jsonl import split_lines
 from bulkinfer.providers.base import Provider
 from bulkinfer.providers.catalog import ModelSpec
 from bulkinfer.storage.files import InputFile, read_blocks
-from bulkinfer.store.state import IdSighting, StateStore
+from bulkinfer.store.state import StateStore
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,6 +71,8 @@ class RecordPipeline:
         self._slots = asyncio.Semaphore(spec.concurrency)
         self._stopping = False
         self._failure: BaseException | None = None
+        self._seen = SeenIds()
+        self._names: dict[int, str] = {}
         self.record_counts: dict[int, int] = {}
         """Records seen per file index (committed or not), known once a file was read to its end."""
 
@@ -83,6 +85,7 @@ class RecordPipeline:
         return self._stopping
 
     async def run(self, files: Sequence[InputFile]) -> None:
+        self._names = {f.index: f.name for f in files}
         window = asyncio.Semaphore(self._settings.blocks_in_flight)
         running: set[asyncio.Task[None]] = set()
         try:
@@ -106,21 +109,50 @@ class RecordPipeline:
         for chunk in self._store.chunks(self._job_id, f.index):
             done = done.union(chunk.lines)
         seed = f"{self._job_id}:{f.name}"
-        block: list[InputRecord] = []
-        seen = 0
+        # Committed lines are parsed too, so their ids count when looking for duplicates: the first
+        # sighting of an id must be the same in a resumed run as in an uninterrupted one.
+        pending: list[InputRecord] = []
+        to_run = 0
+        count = 0
         for number, raw in split_lines(read_blocks(f.path), self._settings.max_line_bytes):
-            seen += 1
-            if number in done:
-                continue
-            block.append(parse_line(raw, number, source=f.name, seed=seed))
-            if len(block) >= self._settings.block_records:
-                await self._start(f, block, window, running)
-                block = []
-                if self._stopping:
-                    return
+            count += 1
+            pending.append(parse_line(raw, number, source=f.name, seed=seed))
+            if number not in done:
+                to_run += 1
+                if to_run >= self._settings.block_records:
+                    await self._start(f, self._checked(f, pending, done), window, running)
+                    pending, to_run = [], 0
+                    if self._stopping:
+                        return
+        block = self._checked(f, pending, done)
         if block:
             await self._start(f, block, window, running)
-        self.record_counts[f.index] = seen
+        self.record_counts[f.index] = count
+
+    def _checked(self, f: InputFile, records: list[InputRecord], done: LineSet) -> list[InputRecord]:
+        """The records still to run, with repeated record ids turned into errors. Call in line order."""
+        firsts = self._seen.first(
+            [id_hash(r.record_id) for r in records], [position(f.index, r.line) for r in records]
+        )
+        block = []
+        for record, first in zip(records, firsts, strict=True):
+            if record.line in done:
+                continue
+            if record.error is None and first != position(f.index, record.line):
+                record = InputRecord(
+                    record.line, record.record_id, record.model_input, self._duplicate(f, record, first)
+                )
+            block.append(record)
+        return block
+
+    def _duplicate(self, f: InputFile, record: InputRecord, first: int) -> RecordError:
+        file_index, line = unpack(first)
+        where = f"line {line}" if file_index == f.index else f"{self._names[file_index]} line {line}"
+        message = (
+            f"{f.name} line {record.line}: recordId: duplicate of {record.record_id!r} first seen at "
+            f"{where}; record ids must be unique in a job"
+        )
+        return RecordError(400, message, "DuplicateRecordId")
 
     async def _start(
         self,
@@ -146,7 +178,6 @@ class RecordPipeline:
     async def _run_block(self, f: InputFile, block: list[InputRecord]) -> None:
         default = self._spec.default_dialect
         items = [prepare(r, source=f.name, default_dialect=default, forced=self._forced) for r in block]
-        items = await asyncio.to_thread(self._mark_duplicates, f, items)
         items = [self._refuse(item) for item in items]
         failed = [finish(item, item.error) for item in items if item.error is not None]
         if failed:
@@ -160,22 +191,6 @@ class RecordPipeline:
             return item
         refusal = self._provider.refusal(item.request)
         return item if refusal is None else with_error(item, refusal)
-
-    def _mark_duplicates(self, f: InputFile, items: list[Prepared]) -> list[Prepared]:
-        sightings = [IdSighting(_id_hash(i.record.record_id), f.index, i.record.line) for i in items]
-        first = self._store.first_sightings(self._job_id, sightings)
-        marked = []
-        for item, mine in zip(items, sightings, strict=True):
-            seen = first.get(mine.id_hash, mine)
-            if (seen.file_index, seen.line) != (mine.file_index, mine.line):
-                where = f"line {seen.line}" if seen.file_index == f.index else f"file #{seen.file_index + 1}"
-                message = (
-                    f"{f.name} line {item.record.line}: recordId: duplicate of {item.record.record_id!r} "
-                    f"first seen at {where}; record ids must be unique in a job"
-                )
-                item = with_error(item, RecordError(400, message, "DuplicateRecordId"))
-            marked.append(item)
-        return marked
 
     def _plan(self, runnable: list[Prepared]) -> list[list[Prepared]]:
         spec = self._spec
@@ -224,8 +239,3 @@ class RecordPipeline:
             sum(x.input_tokens for x in finished),
             sum(x.output_tokens for x in finished),
         )
-
-
-def _id_hash(record_id: str) -> int:
-    digest = hashlib.blake2b(record_id.encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "big", signed=True)

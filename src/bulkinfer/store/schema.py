@@ -39,14 +39,3 @@ chunks = Table(
     Column("output_tokens", BigInteger, nullable=False),
     Column("error_codes", Text, nullable=False, default="{}"),
 )
-
-# The first place each recordId was seen, to report duplicates without holding every id in memory.
-record_ids = Table(
-    "record_ids",
-    metadata,
-    Column("job_id", String(64), primary_key=True),
-    Column("id_hash", BigInteger, primary_key=True),
-    Column("file_index", Integer, nullable=False),
-    Column("line", Integer, nullable=False),
-    sqlite_with_rowid=False,
-)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -13,7 +12,7 @@ from sqlalchemy import Engine, create_engine, event, func, insert, select, updat
 
 from bulkinfer.domain.job import Counts, JobStatus
 from bulkinfer.domain.lineset import LineSet
-from bulkinfer.store.schema import chunks, jobs, metadata, record_ids
+from bulkinfer.store.schema import chunks, jobs, metadata
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,13 +37,6 @@ class ChunkRecord:
     lines: LineSet
     first_line: int
     counts: Counts
-
-
-@dataclass(slots=True)  # not frozen: built per record (see domain.request)
-class IdSighting:
-    id_hash: int
-    file_index: int
-    line: int
 
 
 class StateStore:
@@ -119,37 +111,6 @@ class StateStore:
     def delete_chunks(self, job_id: str) -> None:
         with self._engine.begin() as conn:
             conn.execute(chunks.delete().where(chunks.c.job_id == job_id))
-
-    # record ids
-
-    def first_sightings(self, job_id: str, sightings: Sequence[IdSighting]) -> dict[int, IdSighting]:
-        """Record where each id was first seen; returns the first sighting of every id given.
-
-        Idempotent: a resumed job re-reading a line finds its own sighting, not a duplicate.
-        """
-        if not sightings:
-            return {}
-        rows = [(job_id, s.id_hash, s.file_index, s.line) for s in sightings]
-        with self._engine.begin() as conn:
-            # The driver's executemany directly: this runs for every record, and the ORM-level
-            # parameter handling cost more than the insert itself.
-            inserted = conn.exec_driver_sql(
-                "INSERT OR IGNORE INTO record_ids (job_id, id_hash, file_index, line) VALUES (?, ?, ?, ?)",
-                rows,
-            ).rowcount
-            if inserted == len(rows):
-                return {s.id_hash: s for s in sightings}
-            found = conn.execute(
-                select(record_ids.c.id_hash, record_ids.c.file_index, record_ids.c.line).where(
-                    record_ids.c.job_id == job_id,
-                    record_ids.c.id_hash.in_([s.id_hash for s in sightings]),
-                )
-            ).all()
-        return {h: IdSighting(h, f, line) for h, f, line in found}
-
-    def forget_ids(self, job_id: str) -> None:
-        with self._engine.begin() as conn:
-            conn.execute(record_ids.delete().where(record_ids.c.job_id == job_id))
 
     def latest_unfinished(self) -> JobRecord | None:
         done = [s.value for s in JobStatus if s.is_terminal]

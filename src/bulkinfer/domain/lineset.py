@@ -46,6 +46,11 @@ class LineSet:
         i = bisect_right(self._starts, line) - 1
         return i >= 0 and line <= self._ends[i]
 
+    @property
+    def last(self) -> int:
+        """The highest line in the set (-1 when empty)."""
+        return self._ends[-1] if self._ends else -1
+
     def __iter__(self) -> Iterator[int]:
         for start, end in zip(self._starts, self._ends, strict=True):
             yield from range(start, end + 1)

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
+
+from bulkinfer.engine.job import JobReport, LocalJob, RunRequest
+from bulkinfer.engine.progress import NoProgress
 
 
 def anthropic_record(record_id: str | None, text: str, max_tokens: int = 64) -> dict[str, Any]:
@@ -33,6 +37,31 @@ def write_jsonl(path: Path, records: Iterable[dict[str, Any] | bytes]) -> Path:
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
     return [orjson.loads(line) for line in path.read_bytes().splitlines() if line.strip()]
+
+
+def run_job(request: RunRequest) -> JobReport:
+    """Run a job in this process to its end."""
+    job = LocalJob.open(request)
+    try:
+        return asyncio.run(job.execute(NoProgress()))
+    finally:
+        job.close()
+
+
+def run_until_stopped(request: RunRequest, after_s: float) -> JobReport:
+    """Start a job and ask it to stop gracefully after a while, as Ctrl-C does."""
+
+    async def go() -> JobReport:
+        job = LocalJob.open(request)
+        try:
+            task = asyncio.create_task(job.execute(NoProgress()))
+            await asyncio.sleep(after_s)
+            job.request_stop()
+            return await task
+        finally:
+            job.close()
+
+    return asyncio.run(go())
 
 
 @pytest.fixture

@@ -8,12 +8,11 @@ from pathlib import Path
 import pytest
 
 from bulkinfer.domain.request import ChatRequest, ChatResult, GenerationParams, Message, TextPart
-from bulkinfer.engine.job import JobReport, LocalJob, RunRequest
-from bulkinfer.engine.progress import NoProgress
+from bulkinfer.engine.job import RunRequest
 from bulkinfer.providers.base import Provider
 from bulkinfer.providers.catalog import Catalog
 from bulkinfer.providers.registry import load_provider
-from tests.conftest import anthropic_record, read_jsonl, write_jsonl
+from tests.conftest import anthropic_record, read_jsonl, run_job, write_jsonl
 
 pytestmark = pytest.mark.slow
 
@@ -21,14 +20,6 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="session")
 def smollm2() -> Provider:
     return load_provider(Catalog.load().get("smollm2-135m-instruct"))
-
-
-def run_job(request: RunRequest) -> JobReport:
-    job = LocalJob.open(request)
-    try:
-        return asyncio.run(job.execute(NoProgress()))
-    finally:
-        job.close()
 
 
 def ask(text: str, max_tokens: int = 24, stop: tuple[str, ...] = ()) -> ChatRequest:

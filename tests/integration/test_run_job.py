@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -11,19 +10,10 @@ import orjson
 import pytest
 
 from bulkinfer.domain.job import JobStatus
-from bulkinfer.engine.job import STATE_DIR, JobReport, LocalJob, RunRequest
-from bulkinfer.engine.progress import NoProgress
+from bulkinfer.engine.job import STATE_DIR, LocalJob, RunRequest
 from bulkinfer.engine.runner import EngineSettings
 from bulkinfer.errors import InputError, JobConflictError, UnknownModelError
-from tests.conftest import anthropic_record, read_jsonl, write_jsonl
-
-
-def run_job(request: RunRequest) -> JobReport:
-    job = LocalJob.open(request)
-    try:
-        return asyncio.run(job.execute(NoProgress()))
-    finally:
-        job.close()
+from tests.conftest import anthropic_record, read_jsonl, run_job, run_until_stopped, write_jsonl
 
 
 def test_output_layout_and_manifest_match_bedrock(tmp_path: Path) -> None:
@@ -181,17 +171,7 @@ def test_resume_after_stop_redoes_only_uncommitted_records(
     settings = EngineSettings(block_records=20, blocks_in_flight=2, chunk_records=10, commit_interval_s=0.05)
     request = RunRequest(source, "echo-test", tmp_path / "out", "resumable", catalog, settings=settings)
 
-    async def stop_midway() -> JobReport:
-        job = LocalJob.open(request)
-        try:
-            task = asyncio.create_task(job.execute(NoProgress()))
-            await asyncio.sleep(0.4)
-            job.request_stop()
-            return await task
-        finally:
-            job.close()
-
-    first = asyncio.run(stop_midway())
+    first = run_until_stopped(request, 0.4)
     assert first.job.status == JobStatus.STOPPED
     done_first = first.counts.processed
     assert 0 < done_first < 200
@@ -265,17 +245,7 @@ def test_duplicates_are_judged_the_same_after_a_resume(
     settings = EngineSettings(block_records=10, blocks_in_flight=1, chunk_records=5, commit_interval_s=0.01)
     request = RunRequest(source, "echo-test", tmp_path / "out", "dupresume", catalog, settings=settings)
 
-    async def stop_early() -> None:
-        job = LocalJob.open(request)
-        try:
-            task = asyncio.create_task(job.execute(NoProgress()))
-            await asyncio.sleep(0.3)
-            job.request_stop()
-            await task
-        finally:
-            job.close()
-
-    asyncio.run(stop_early())
+    run_until_stopped(request, 0.3)
     report = run_job(request)
     out = read_jsonl(tmp_path / "out" / "dupresume" / "in.jsonl.out")
     assert "modelOutput" in out[3]

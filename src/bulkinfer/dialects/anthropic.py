@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import base64
-import binascii
 from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import Field
 
-from bulkinfer.dialects.base import Body, Dialect, StrictBody, new_id
+from bulkinfer.dialects.base import Body, Dialect, StrictBody, decode_base64, new_id
 from bulkinfer.domain.request import (
     ChatRequest,
     ChatResult,
@@ -117,8 +115,4 @@ def _image(source: ImageSource, field: str) -> ImagePart:
         return ImagePart(media_type=source.media_type or "", url=source.url)
     if not source.data or not source.media_type:
         raise RecordInvalid("media_type and data required for a base64 image source", field=field)
-    try:
-        data = base64.b64decode(source.data, validate=True)
-    except binascii.Error:
-        raise RecordInvalid("data is not valid base64", field=f"{field}.data") from None
-    return ImagePart(media_type=source.media_type, data=data)
+    return ImagePart(media_type=source.media_type, data=decode_base64(source.data, f"{field}.data"))

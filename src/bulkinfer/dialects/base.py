@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
 import itertools
 import time
 import uuid
@@ -78,6 +80,14 @@ _TYPE_LABELS = frozenset({"str", "int", "float", "bool", "list", "dict", "none"}
 
 _ID_PREFIX = uuid.uuid4().hex[:12]
 _id_counter = itertools.count()
+
+
+def decode_base64(data: str, field: str) -> bytes:
+    """Inline image bytes; bad base64 is the record's error, naming the field."""
+    try:
+        return base64.b64decode(data, validate=True)
+    except binascii.Error:
+        raise RecordInvalid("not valid base64", field=field) from None
 
 
 def new_id(prefix: str) -> str:

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import base64
-import binascii
 from typing import Any, ClassVar, Literal
 
 from pydantic import Field
 
-from bulkinfer.dialects.base import Body, Dialect
+from bulkinfer.dialects.base import Body, Dialect, decode_base64
 from bulkinfer.domain.request import (
     ChatRequest,
     ChatResult,
@@ -114,8 +112,5 @@ def _message(index: int, message: ConverseMessage) -> Message:
 
 
 def _image(image: ImageContent, field: str) -> ImagePart:
-    try:
-        data = base64.b64decode(image.source.bytes, validate=True)
-    except binascii.Error:
-        raise RecordInvalid("not valid base64", field=f"{field}.image.source.bytes") from None
+    data = decode_base64(image.source.bytes, f"{field}.image.source.bytes")
     return ImagePart(media_type=f"image/{image.format}", data=data)

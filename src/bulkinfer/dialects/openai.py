@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import base64
-import binascii
 from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import Field
 
-from bulkinfer.dialects.base import Body, Dialect, new_id, now
+from bulkinfer.dialects.base import Body, Dialect, decode_base64, new_id, now
 from bulkinfer.domain.request import (
     ChatRequest,
     ChatResult,
@@ -133,10 +131,7 @@ def _image(url: str, field: str) -> ImagePart:
         return ImagePart(media_type="", url=url)
     header, _, payload = url.partition(",")
     media_type = header[5:].split(";")[0]
-    try:
-        return ImagePart(media_type=media_type, data=base64.b64decode(payload, validate=True))
-    except binascii.Error:
-        raise RecordInvalid("data URL is not valid base64", field=f"{field}.url") from None
+    return ImagePart(media_type=media_type, data=decode_base64(payload, f"{field}.url"))
 
 
 class EmbeddingsBody(Body):

@@ -16,6 +16,7 @@ import asyncio
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import orjson
 
@@ -64,7 +65,8 @@ def baseline(spec: ModelSpec, texts: list[str], max_tokens: int) -> tuple[int, f
     folder = converted_weights(spec)
     device, dtype = pick_device_and_dtype(torch, str(spec.options.get("dtype", "auto")))
     tok = AutoTokenizer.from_pretrained(folder)
-    model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype).to(device).eval()
+    model: Any = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype)
+    model = model.to(device).eval()
     penalty = spec.options.get("repetition_penalty")
 
     def generate(text: str) -> int:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from bulkinfer.domain.request import ChatRequest, ChatResult, GenerationParams, Message, TextPart
+from bulkinfer.domain.request import ChatRequest, ChatResult, GenerationParams, Message, RecordError, TextPart
 from bulkinfer.engine.job import RunRequest
 from bulkinfer.providers.base import Provider
 from bulkinfer.providers.catalog import Catalog
@@ -50,7 +50,7 @@ def test_smollm2_stop_sequences_and_context_limit(smollm2: Provider) -> None:
         and stop_at.stop_reason == "stop_sequence"
         and stop_at.text.endswith("Paris")
     )
-    assert not isinstance(too_long, ChatResult) and too_long.code == 400 and "context" in too_long.message
+    assert isinstance(too_long, RecordError) and too_long.code == 400 and "context" in too_long.message
 
 
 def test_smollm2_job_end_to_end(tmp_path: Path) -> None:

@@ -146,13 +146,22 @@ def converted_weights(spec: ModelSpec) -> Path:
     gguf = package_dir(package, hint) / str(spec.options["gguf_file"])
     if not gguf.is_file():
         raise ProviderError(f"{gguf} is missing: reinstall with {hint}")
-    stat = gguf.stat()
-    key = hashlib.sha256(f"{gguf.name}:{stat.st_size}:{int(stat.st_mtime)}".encode()).hexdigest()[:12]
-    target = cache_root() / "models" / f"{spec.name}-{key}"
+    target = cache_root() / "models" / f"{spec.name}-{_fingerprint(gguf)}"
     if (target / "config.json").is_file():
         return target
     _convert(gguf, target)
     return target
+
+
+def _fingerprint(path: Path) -> str:
+    """Identify the weights by size and their first and last MiB: cheap, and the same in every venv."""
+    size = path.stat().st_size
+    digest = hashlib.sha256(f"{path.name}:{size}".encode())
+    with path.open("rb") as f:
+        digest.update(f.read(1 << 20))
+        f.seek(max(0, size - (1 << 20)))
+        digest.update(f.read(1 << 20))
+    return digest.hexdigest()[:12]
 
 
 def _convert(gguf: Path, target: Path) -> None:
@@ -160,6 +169,7 @@ def _convert(gguf: Path, target: Path) -> None:
     transformers = require("transformers")
     require("gguf", "pip install gguf")
     require("accelerate", "pip install accelerate")
+    os.environ.setdefault("TQDM_DISABLE", "1")  # the de-quantisation bar would garble the job's display
     tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tokenizer = transformers.AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)

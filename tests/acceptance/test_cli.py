@@ -8,7 +8,6 @@ import sqlite3
 import subprocess
 import sys
 import time
-from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
@@ -81,12 +80,16 @@ def test_sigkill_mid_job_then_rerun_gives_every_record_exactly_once(
     assert manifest["totalRecordCount"] == manifest["successRecordCount"] == total
 
     ran_after = log.read_text().splitlines()[len(ran_before) :]
-    committed_texts = {f"record-{i}" for i in range(total)} - set(ran_after)
-    assert len(committed_texts) == committed_at_kill  # the rerun skipped exactly the committed records
-    assert len(ran_after) == total - committed_at_kill
-    repeated = Counter(ran_before + ran_after) - Counter(set(ran_before + ran_after))
-    # only records in flight or finished-but-uncommitted at the kill ran twice: at most a few blocks
-    assert sum(repeated.values()) <= 2 * 40 + 10
+    everything = {f"record-{i}" for i in range(total)}
+    committed = everything - set(ran_after)
+    assert len(committed) == committed_at_kill  # the rerun ran exactly the records not committed
+    assert len(ran_after) == len(set(ran_after)) == total - committed_at_kill
+    assert len(ran_before) == len(set(ran_before))  # no record ran twice within the first run
+    run_twice = set(ran_before) & set(ran_after)
+    # the only records that ran twice are those in flight (invoked, not yet committed) at the kill
+    assert run_twice == set(ran_before) - committed
+    # and those are bounded by the read-ahead window plus about one commit interval of results
+    assert len(run_twice) <= 3 * 64 + 250
 
 
 def test_ctrl_c_stops_gracefully_and_says_how_to_resume(

@@ -111,22 +111,24 @@ class RecordPipeline:
         seed = f"{self._job_id}:{f.name}"
         # Committed lines are parsed too, so their ids count when looking for duplicates: the first
         # sighting of an id must be the same in a resumed run as in an uninterrupted one.
+        size = self._settings.block_records
         pending: list[InputRecord] = []
-        to_run = 0
+        ready: list[InputRecord] = []
         count = 0
         for number, raw in split_lines(read_blocks(f.path), self._settings.max_line_bytes):
             count += 1
             pending.append(parse_line(raw, number, source=f.name, seed=seed))
-            if number not in done:
-                to_run += 1
-                if to_run >= self._settings.block_records:
-                    await self._start(f, self._checked(f, pending, done), window, running)
-                    pending, to_run = [], 0
+            if len(pending) >= size:
+                ready += self._checked(f, pending, done)
+                pending = []
+                if len(ready) >= size:
+                    await self._start(f, ready, window, running)
+                    ready = []
                     if self._stopping:
                         return
-        block = self._checked(f, pending, done)
-        if block:
-            await self._start(f, block, window, running)
+        ready += self._checked(f, pending, done)
+        if ready:
+            await self._start(f, ready, window, running)
         self.record_counts[f.index] = count
 
     def _checked(self, f: InputFile, records: list[InputRecord], done: LineSet) -> list[InputRecord]:

@@ -102,6 +102,8 @@ def test_ctrl_c_stops_gracefully_and_says_how_to_resume(
     args += ["--models", str(catalog)]
     proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env())
     wait_for(lambda: committed_records(out, "ctrlc") >= 10, timeout=60)
+    live = bulkinfer("status", out, "--job-id", "ctrlc")  # another terminal watching the job
+    assert live.returncode == 0 and "InProgress" in live.stdout and "of 300" in live.stdout
     proc.send_signal(signal.SIGINT)
     stdout, stderr = proc.communicate(timeout=60)
     assert proc.returncode == 130, stderr
@@ -112,6 +114,8 @@ def test_ctrl_c_stops_gracefully_and_says_how_to_resume(
     assert resumed.returncode == 0, resumed.stderr
     assert "resuming job ctrlc" in resumed.stderr
     assert len(read_jsonl(out / "ctrlc" / "in.jsonl.out")) == 300
+    done = bulkinfer("status", out)
+    assert "Completed" in done.stdout and "300 of 300" in done.stdout
 
 
 def test_resume_flag_picks_the_unfinished_job(tmp_path: Path, echo_catalog: Callable[..., Path]) -> None:

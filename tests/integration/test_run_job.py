@@ -251,3 +251,20 @@ def test_duplicates_are_judged_the_same_after_a_resume(
     assert "modelOutput" in out[3]
     assert "first seen at line 4" in out[100]["error"]["errorMessage"]
     assert report.counts.errors == 1
+
+
+def test_a_failing_model_batch_becomes_error_lines_and_the_job_completes(
+    tmp_path: Path, echo_catalog: Callable[..., Path]
+) -> None:
+    catalog = echo_catalog(fail_text="EXPLODE", batch_size=4, concurrency=1)
+    texts = [f"fine {i}" for i in range(12)]
+    texts[5] = "please EXPLODE now"
+    records = [anthropic_record(f"F{i:010d}", t) for i, t in enumerate(texts)]
+    source = write_jsonl(tmp_path / "in.jsonl", records)
+    report = run_job(RunRequest(source, "echo-test", tmp_path / "out", "failing", catalog))
+    out = read_jsonl(tmp_path / "out" / "failing" / "in.jsonl.out")
+    failed = [i for i, line in enumerate(out) if "error" in line]
+    assert failed == [4, 5, 6, 7]  # the batch holding the bad record, and only that batch
+    assert out[5]["error"]["errorCode"] == 500
+    assert "model error: ProviderError" in out[5]["error"]["errorMessage"]
+    assert report.job.status == JobStatus.COMPLETED and report.counts.error_codes == {"500": 4}

@@ -7,6 +7,7 @@ import contextlib
 import gc
 import signal
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated
 
@@ -15,16 +16,17 @@ import typer
 from rich.console import Console
 
 from bulkinfer.cli.progress import JobProgress
-from bulkinfer.cli.summary import print_catalog, print_dry_run, print_report
+from bulkinfer.cli.summary import print_catalog, print_dry_run, print_jobs, print_report
 from bulkinfer.dialects.registry import get_dialect
 from bulkinfer.domain.job import JobStatus
-from bulkinfer.engine.job import LocalJob, RunRequest
+from bulkinfer.engine.job import STATE_DIR, LocalJob, RunRequest
 from bulkinfer.engine.runner import EngineSettings
 from bulkinfer.engine.validate import dry_run
 from bulkinfer.errors import BulkinferError, UserError
 from bulkinfer.formats.bedrock import output_text
 from bulkinfer.providers.catalog import Catalog
 from bulkinfer.storage.files import list_inputs
+from bulkinfer.store.state import StateStore
 
 EXIT_FAILED = 1
 EXIT_USAGE = 2
@@ -159,20 +161,24 @@ def _say_resume(job: LocalJob, what: str) -> None:
 
 
 def _latest_unfinished(output: Path) -> str:
-    from bulkinfer.engine.job import STATE_DIR
-    from bulkinfer.store.state import StateStore
-
-    db = output / STATE_DIR / "state.db"
-    if not db.is_file():
-        raise UserError(f"no job to resume in {output}")
-    store = StateStore.at(db)
-    try:
+    with _state(output) as store:
         job = store.latest_unfinished()
-    finally:
-        store.close()
     if job is None:
         raise UserError(f"no unfinished job to resume in {output}")
     return job.job_id
+
+
+@contextlib.contextmanager
+def _state(output: Path) -> Iterator[StateStore]:
+    """The state file of the jobs run into an output folder, which must already exist."""
+    db = output / STATE_DIR / "state.db"
+    if not db.is_file():
+        raise UserError(f"no bulkinfer job has run into {output}")
+    store = StateStore.at(db)
+    try:
+        yield store
+    finally:
+        store.close()
 
 
 def _dry_run(request: RunRequest) -> None:
@@ -181,6 +187,23 @@ def _dry_run(request: RunRequest) -> None:
     forced = get_dialect(request.dialect) if request.dialect else None
     report = dry_run(files, spec, forced, EngineSettings().max_line_bytes)
     print_dry_run(out, report, spec.price.cost(report.input_tokens, report.output_tokens))
+
+
+@app.command()
+def status(
+    output: Annotated[Path, typer.Argument(help="The --output folder the jobs were run into.")],
+    job_id: Annotated[str | None, typer.Option("--job-id", help="Only this job.")] = None,
+) -> None:
+    """Show the jobs of an output folder and their committed progress (also while they run)."""
+    try:
+        with _state(output) as store:
+            jobs = [j for j in store.list_jobs() if job_id is None or j.job_id == job_id]
+            if job_id is not None and not jobs:
+                raise UserError(f"no job {job_id!r} in {output}")
+            print_jobs(out, [(j, store.counts(j.job_id)) for j in jobs])
+    except UserError as exc:
+        err.print(f"[red]error:[/red] {exc}", highlight=False)
+        raise typer.Exit(EXIT_USAGE) from None
 
 
 @app.command("models")

@@ -5,9 +5,12 @@ from __future__ import annotations
 from rich.console import Console
 from rich.table import Table
 
+from bulkinfer.domain.job import Counts
 from bulkinfer.engine.job import MANIFEST_NAME, JobReport
 from bulkinfer.engine.validate import DryRunReport
+from bulkinfer.formats.manifest import iso
 from bulkinfer.providers.catalog import Catalog
+from bulkinfer.store.state import JobRecord
 
 
 def print_report(console: Console, report: JobReport) -> None:
@@ -64,6 +67,25 @@ def print_dry_run(console: Console, report: DryRunReport, cost: float) -> None:
     console.print(f"estimated cost at most: ${cost:,.6f}")
     for message in report.samples:
         console.print(f"  {message}", highlight=False, markup=False)
+
+
+def print_jobs(console: Console, rows: list[tuple[JobRecord, Counts]]) -> None:
+    table = Table(title="Jobs")
+    for column in ("job", "model", "status", "records", "errors", "tokens in/out", "started", "ended"):
+        table.add_column(column)
+    for job, c in rows:
+        total = job.total_records if job.total_records is not None else job.options.get("estimated_records")
+        table.add_row(
+            job.job_id,
+            job.model,
+            job.status.value + (f" ({job.message})" if job.message else ""),
+            f"{c.processed:,}" + (f" of {total:,}" if total is not None else ""),
+            f"{c.errors:,}",
+            f"{c.input_tokens:,} / {c.output_tokens:,}",
+            iso(job.started_at) if job.started_at else "",
+            iso(job.ended_at) if job.ended_at else "",
+        )
+    console.print(table)
 
 
 def print_catalog(console: Console, catalog: Catalog) -> None:

@@ -139,9 +139,14 @@ class LocalJob:
         return self.job.status == JobStatus.COMPLETED
 
     def estimated_total(self) -> int:
+        """The record count: exact once a run has read every file, a quick line count before."""
         if self.job.total_records is not None:
             return self.job.total_records
-        return sum(count_lines(read_blocks(f.path)) for f in self.files)
+        if "estimated_records" not in self.job.options:
+            estimate = sum(count_lines(read_blocks(f.path)) for f in self.files)
+            options = {**self.job.options, "estimated_records": estimate}
+            self.job = self.store.update_job(self.job, options=options)
+        return int(self.job.options["estimated_records"])
 
     def committed(self) -> Counts:
         return self.store.counts(self.job_id)

@@ -17,6 +17,7 @@ from bulkinfer.domain.request import (
     Request,
     Usage,
 )
+from bulkinfer.errors import ProviderError
 from bulkinfer.providers.base import Capabilities, Provider
 
 EMBEDDING_DIMENSIONS = 8
@@ -27,7 +28,8 @@ class EchoProvider(Provider):
 
     Options: ``delay_s`` sleeps that long per batch (to watch progress or test interruption);
     ``invocation_log`` appends the last user text of every request it runs to a file, one per line,
-    so a test can tell which records ran, and how often.
+    so a test can tell which records ran, and how often; ``fail_text`` makes a whole batch fail, as a
+    crashed model would, when one of its requests contains that text.
     """
 
     capabilities = Capabilities(chat=True, embeddings=True, images=True)
@@ -35,6 +37,7 @@ class EchoProvider(Provider):
     def __init__(self, name: str, options: dict[str, Any]) -> None:
         self._name = name
         self._delay = float(options.get("delay_s", 0.0))
+        self._fail_text = options.get("fail_text")
         log = options.get("invocation_log")
         self._log = Path(log).open("a", encoding="utf-8") if log else None  # noqa: SIM115 - closed in aclose
 
@@ -42,6 +45,10 @@ class EchoProvider(Provider):
         self._record(requests)
         if self._delay:
             await asyncio.sleep(self._delay)
+        if self._fail_text and any(
+            isinstance(r, ChatRequest) and self._fail_text in r.last_user_text for r in requests
+        ):
+            raise ProviderError(f"echo was told to fail on {self._fail_text!r}")
         return [self._answer(r) for r in requests]
 
     def _answer(self, request: Request) -> Outcome:

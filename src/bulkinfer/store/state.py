@@ -112,6 +112,11 @@ class StateStore:
         with self._engine.begin() as conn:
             conn.execute(chunks.delete().where(chunks.c.job_id == job_id))
 
+    def list_jobs(self) -> list[JobRecord]:
+        with self._engine.connect() as conn:
+            rows = conn.execute(select(jobs).order_by(jobs.c.created_at)).mappings().all()
+        return [_job_from_row(r) for r in rows]
+
     def latest_unfinished(self) -> JobRecord | None:
         done = [s.value for s in JobStatus if s.is_terminal]
         query = select(jobs).where(jobs.c.status.not_in(done)).order_by(jobs.c.created_at.desc())

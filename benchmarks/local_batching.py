@@ -62,8 +62,8 @@ def baseline(spec: ModelSpec, texts: list[str], max_tokens: int) -> tuple[int, f
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    folder = converted_weights(spec)
     device, dtype = pick_device_and_dtype(torch, str(spec.options.get("dtype", "auto")))
+    folder = converted_weights(spec, dtype)
     tok = AutoTokenizer.from_pretrained(folder)
     model: Any = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype)
     model = model.to(device).eval()

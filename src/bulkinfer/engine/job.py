@@ -164,10 +164,7 @@ class LocalJob:
     ) -> JobReport:
         if self.completed:
             return self.report(self._read_manifest())
-        status(
-            f"loading model {self.spec.name}"
-            + (" (a first load may convert weights, ~20 s)" if self.spec.provider == "transformers" else "")
-        )
+        status(f"loading model {self.spec.name}")
         provider = await asyncio.to_thread(load_provider, self.spec)
         try:
             return await self._run(provider, progress, status)

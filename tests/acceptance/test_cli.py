@@ -165,11 +165,18 @@ def test_models_lists_the_catalog() -> None:
 
 
 def test_run_prints_a_summary_and_results_shows_records(tmp_path: Path) -> None:
-    source = write_jsonl(
-        tmp_path / "in.jsonl", [anthropic_record(f"S{i:010d}", f"text {i}") for i in range(5)]
-    )
+    records = [anthropic_record(f"S{i:010d}", f"text {i}") for i in range(5)]
+    records[1] = anthropic_record("[/x]markup", "[bold]not markup[/bold]")  # shown as written
+    source = write_jsonl(tmp_path / "in.jsonl", records)
     result = bulkinfer("run", source, "--model", "echo", "--output", tmp_path / "out", "--job-id", "sum")
     assert result.returncode == 0, result.stderr
     assert "Job sum: Completed" in result.stdout and "5 of 5 processed" in result.stdout
     shown = bulkinfer("results", tmp_path / "out" / "sum", "-n", "2")
-    assert shown.stdout.splitlines() == ["S0000000000 text 0", "S0000000001 text 1"]
+    assert shown.returncode == 0, shown.stderr
+    assert shown.stdout.splitlines() == ["S0000000000 text 0", "[/x]markup [bold]not markup[/bold]"]
+
+
+def test_a_bad_job_id_is_a_usage_error(tmp_path: Path) -> None:
+    source = write_jsonl(tmp_path / "in.jsonl", [anthropic_record("X0000000001", "hi")])
+    result = bulkinfer("run", source, "--model", "echo", "--output", tmp_path / "out", "--job-id", "../up")
+    assert result.returncode == 2 and "invalid job id '../up'" in result.stderr

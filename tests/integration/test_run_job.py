@@ -12,7 +12,7 @@ import pytest
 from bulkinfer.domain.job import JobStatus
 from bulkinfer.engine.job import STATE_DIR, LocalJob, RunRequest
 from bulkinfer.engine.runner import EngineSettings
-from bulkinfer.errors import InputError, JobConflictError, UnknownModelError
+from bulkinfer.errors import InputError, JobConflictError, UnknownModelError, UserError
 from tests.conftest import anthropic_record, read_jsonl, run_job, run_until_stopped, write_jsonl
 
 
@@ -268,3 +268,71 @@ def test_a_failing_model_batch_becomes_error_lines_and_the_job_completes(
     assert out[5]["error"]["errorCode"] == 500
     assert "model error: ProviderError" in out[5]["error"]["errorMessage"]
     assert report.job.status == JobStatus.COMPLETED and report.counts.error_codes == {"500": 4}
+
+
+def test_nasty_records_become_error_lines_and_never_stop_the_job(tmp_path: Path) -> None:
+    deep = b"[" * 300 + b"1" + b"]" * 300  # orjson reads this deep but cannot write it
+    schema_body = {
+        "model": "m",
+        "messages": [{"role": "user", "content": "fill the form"}],
+        "response_format": {
+            "type": "json_schema",
+            "json_schema": {"properties": {"error": {"type": "string"}}},
+        },
+    }
+    image = {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": "é"}}
+    records: list[dict[str, Any] | bytes] = [
+        {"recordId": "SCHEMA00001", "modelInput": schema_body},  # holds the bytes '"error":{' in a success
+        b'{"recordId": "DEEP0000001", "modelInput": {"messages": ' + deep + b"}}",
+        {
+            "recordId": "IMAGE000001",
+            "modelInput": {"max_tokens": 5, "messages": [{"role": "user", "content": [image]}]},
+        },
+        {"recordId": "[/bold]0001", "modelInput": {"inputText": "markup-looking id"}},
+    ]
+    source = write_jsonl(tmp_path / "nasty.jsonl", records)
+    source.write_bytes(b"\xef\xbb\xbf" + source.read_bytes())  # a byte-order mark, as some editors write
+    report = run_job(RunRequest(source, "echo", tmp_path / "out", job_id="nasty"))
+    assert report.job.status == JobStatus.COMPLETED
+    out = read_jsonl(tmp_path / "out" / "nasty" / "nasty.jsonl.out")
+    assert out[0]["recordId"] == "SCHEMA00001"
+    assert "modelOutput" in out[0] and "modelOutput" in out[3]
+    assert "nested deeper than 200 levels" in out[1]["error"]["errorMessage"]
+    assert "modelInput.messages.0.content.0.source.data: not valid base64" in out[2]["error"]["errorMessage"]
+    assert report.counts.success == 2 and report.counts.errors == 2
+
+
+def test_resume_refuses_changed_input_or_dialect_even_after_a_failure(tmp_path: Path) -> None:
+    source = write_jsonl(tmp_path / "in.jsonl", [anthropic_record(f"I{i:010d}", "x") for i in range(3)])
+    request = RunRequest(source, "echo", tmp_path / "out", job_id="changing", dialect="anthropic")
+    job = LocalJob.open(request)
+    job.job = job.store.update_job(job.job, status=JobStatus.FAILED)
+    job.close()
+    with pytest.raises(JobConflictError, match="--dialect anthropic"):
+        LocalJob.open(RunRequest(source, "echo", tmp_path / "out", job_id="changing"))
+    write_jsonl(source, [anthropic_record(f"I{i:010d}", "changed") for i in range(2)])
+    with pytest.raises(JobConflictError, match="input files that have changed"):
+        LocalJob.open(request)
+
+
+@pytest.mark.parametrize("job_id", ["..", "a/b", "-x", "x" * 65, "white space"])
+def test_job_ids_that_could_escape_the_output_folder_are_refused(tmp_path: Path, job_id: str) -> None:
+    source = write_jsonl(tmp_path / "in.jsonl", [anthropic_record("ONLY0000001", "x")])
+    with pytest.raises(UserError, match="invalid job id"):
+        LocalJob.open(RunRequest(source, "echo", tmp_path / "out", job_id=job_id))
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_model_that_cannot_load_fails_the_job_visibly(
+    tmp_path: Path, echo_catalog: Callable[..., Path]
+) -> None:
+    catalog = echo_catalog(invocation_log=str(tmp_path / "missing-folder" / "log.txt"))
+    source = write_jsonl(tmp_path / "in.jsonl", [anthropic_record("ONLY0000001", "x")])
+    request = RunRequest(source, "echo-test", tmp_path / "out", "noload", catalog)
+    with pytest.raises(FileNotFoundError):
+        run_job(request)
+    job = LocalJob.open(request)
+    try:
+        assert job.job.status == JobStatus.FAILED and "FileNotFoundError" in (job.job.message or "")
+    finally:
+        job.close()

@@ -48,6 +48,7 @@ def info(**overrides: object) -> ManifestInfo:
         "ended_at": STARTED + 50.0,
         "inputs": ["a.jsonl", "sub/b.jsonl"],
         "estimated_cost_usd": 0.01234567,
+        "active_seconds": 50.0,
     }
     values.update(overrides)
     return ManifestInfo(**values)  # type: ignore[arg-type]
@@ -83,7 +84,7 @@ def test_rates() -> None:
 
 
 def test_rates_are_rounded_to_three_places() -> None:
-    manifest = build_manifest(info(ended_at=STARTED + 3.0))
+    manifest = build_manifest(info(ended_at=STARTED + 3.0, active_seconds=3.0))
     assert manifest["recordsPerSecond"] == 33.333
     assert manifest["durationSeconds"] == 3.0
 
@@ -106,8 +107,14 @@ def test_empty_job() -> None:
     assert manifest["errorCodeCounts"] == {}
 
 
-def test_clock_going_backwards_does_not_divide_by_zero_or_go_negative() -> None:
-    manifest = build_manifest(info(ended_at=STARTED - 5))
+def test_rates_use_running_time_not_the_wall_time_between_runs() -> None:
+    manifest = build_manifest(info(ended_at=STARTED + 3600.0, active_seconds=50.0))
+    assert manifest["durationSeconds"] == 50.0 and manifest["recordsPerSecond"] == 2.0
+    assert manifest["endTime"] == "2024-08-01T13:00:00.000Z"
+
+
+def test_zero_running_time_does_not_divide_by_zero() -> None:
+    manifest = build_manifest(info(ended_at=STARTED - 5, active_seconds=0.0))
     assert manifest["durationSeconds"] >= 0
     assert manifest["recordsPerSecond"] >= 0
 

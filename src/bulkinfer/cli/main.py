@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import os
 import signal
 import sys
 from collections.abc import Iterator
@@ -14,6 +15,7 @@ from typing import Annotated
 import orjson
 import typer
 from rich.console import Console
+from rich.text import Text
 
 from bulkinfer.cli.progress import JobProgress
 from bulkinfer.cli.summary import print_catalog, print_dry_run, print_jobs, print_report
@@ -78,8 +80,10 @@ def run(
     except UserError as exc:
         err.print(f"[red]error:[/red] {exc}", highlight=False)
         raise typer.Exit(EXIT_USAGE) from None
-    except BulkinferError as exc:
-        err.print(f"[red]job failed:[/red] {exc}", highlight=False)
+    except Exception as exc:
+        if os.environ.get("BULKINFER_DEBUG"):
+            raise
+        err.print(f"[red]job failed:[/red] {_describe(exc)}", highlight=False)
         raise typer.Exit(EXIT_FAILED) from None
     raise typer.Exit(code)
 
@@ -109,9 +113,11 @@ async def _execute(job: LocalJob) -> int:
     except asyncio.CancelledError:
         _say_resume(job, "stopped at once")
         return EXIT_INTERRUPTED
-    except (BulkinferError, OSError) as exc:
-        err.print(f"[red]job failed:[/red] {exc}", highlight=False)
+    except Exception as exc:  # any failure: say what and how to resume, never a bare traceback
+        err.print(f"[red]job failed:[/red] {_describe(exc)}", highlight=False)
         _say_resume(job, "failed")
+        if os.environ.get("BULKINFER_DEBUG"):
+            raise
         return EXIT_FAILED
     finally:
         _remove_interrupts(interrupts)
@@ -120,6 +126,10 @@ async def _execute(job: LocalJob) -> int:
         _say_resume(job, "stopped")
         return EXIT_INTERRUPTED
     return 0
+
+
+def _describe(exc: Exception) -> str:
+    return str(exc) if isinstance(exc, BulkinferError) else f"{type(exc).__name__}: {exc}"
 
 
 def _install_interrupts(job: LocalJob, main: asyncio.Task[int]) -> list[signal.Signals]:
@@ -155,6 +165,10 @@ def _remove_interrupts(installed: list[signal.Signals]) -> None:
 def _say_resume(job: LocalJob, what: str) -> None:
     r = job.request
     command = f"bulkinfer run {r.input} --model {r.model} --output {r.output} --job-id {job.job_id}"
+    if r.catalog_file is not None:
+        command += f" --models {r.catalog_file}"
+    if r.dialect is not None:
+        command += f" --dialect {r.dialect}"
     err.print(
         f"job {job.job_id} {what}; finished records are kept. Resume with:\n  {command}", highlight=False
     )
@@ -233,11 +247,12 @@ def results(
                 if limit and shown >= limit:
                     return
                 line = orjson.loads(raw)
+                record = Text(str(line.get("recordId")), style="bold")
                 if "modelOutput" in line:
-                    text = output_text(line["modelOutput"])
-                    out.print(f"[bold]{line['recordId']}[/bold] {text}", highlight=False)
+                    out.print(record, Text(output_text(line["modelOutput"])))
                 else:
-                    out.print(f"[bold red]{line['recordId']}[/bold red] {line['error']['errorMessage']}")
+                    record.stylize("red")
+                    out.print(record, Text(str(line.get("error", {}).get("errorMessage"))))
                 shown += 1
 
 

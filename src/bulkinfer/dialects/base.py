@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-import binascii
 import itertools
 import time
 import uuid
@@ -16,6 +15,8 @@ from bulkinfer.domain.request import Request, Result
 from bulkinfer.errors import RecordInvalid
 
 Kind = Literal["chat", "embedding"]
+MAX_DIMENSIONS = 16384
+"""No embedding model has more; a larger request is an error, not a giant allocation."""
 BodyT = TypeVar("BodyT", bound=BaseModel)
 
 
@@ -86,7 +87,7 @@ def decode_base64(data: str, field: str) -> bytes:
     """Inline image bytes; bad base64 is the record's error, naming the field."""
     try:
         return base64.b64decode(data, validate=True)
-    except binascii.Error:
+    except ValueError:  # binascii.Error, or non-ASCII text
         raise RecordInvalid("not valid base64", field=field) from None
 
 

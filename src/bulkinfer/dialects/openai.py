@@ -6,7 +6,7 @@ from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import Field
 
-from bulkinfer.dialects.base import Body, Dialect, decode_base64, new_id, now
+from bulkinfer.dialects.base import MAX_DIMENSIONS, Body, Dialect, decode_base64, new_id, now
 from bulkinfer.domain.request import (
     ChatRequest,
     ChatResult,
@@ -137,7 +137,7 @@ def _image(url: str, field: str) -> ImagePart:
 class EmbeddingsBody(Body):
     model: str | None = None
     input: str | list[str] = Field(min_length=1)
-    dimensions: int | None = Field(default=None, ge=1)
+    dimensions: int | None = Field(default=None, ge=1, le=MAX_DIMENSIONS)
     encoding_format: Literal["float"] | None = None
 
 

@@ -6,13 +6,13 @@ from typing import Any, ClassVar
 
 from pydantic import Field
 
-from bulkinfer.dialects.base import Dialect, StrictBody
+from bulkinfer.dialects.base import MAX_DIMENSIONS, Dialect, StrictBody
 from bulkinfer.domain.request import EmbeddingRequest, EmbeddingResult, Request, Result
 
 
 class TitanEmbeddingBody(StrictBody):
     inputText: str = Field(min_length=1)
-    dimensions: int | None = Field(default=None, ge=1)
+    dimensions: int | None = Field(default=None, ge=1, le=MAX_DIMENSIONS)
     normalize: bool = True
     embeddingTypes: list[str] | None = None
 

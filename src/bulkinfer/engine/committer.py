@@ -46,8 +46,11 @@ class Committer:
         self._pending_count = 0
         self._lock = asyncio.Lock()
         self._last_flush = time.monotonic()
+        self._failure: BaseException | None = None
 
     async def add(self, file_index: int, finished: list[Finished]) -> None:
+        if self._failure is not None:
+            raise self._failure
         self._pending.setdefault(file_index, []).extend(finished)
         self._pending_count += len(finished)
         due = time.monotonic() - self._last_flush >= self._interval
@@ -55,6 +58,8 @@ class Committer:
             await self.flush()
 
     async def flush(self) -> None:
+        if self._failure is not None:
+            raise self._failure
         async with self._lock:
             taken, self._pending, self._pending_count = self._pending, {}, 0
             self._last_flush = time.monotonic()
@@ -66,7 +71,11 @@ class Committer:
         while True:
             await asyncio.sleep(self._interval / 2)
             if self._pending_count and time.monotonic() - self._last_flush >= self._interval:
-                await self.flush()
+                try:
+                    await self.flush()
+                except Exception as exc:  # the next add() or flush() raises it in the pipeline
+                    self._failure = exc
+                    return
 
     def _commit(self, taken: dict[int, list[Finished]]) -> None:
         for file_index, items in taken.items():

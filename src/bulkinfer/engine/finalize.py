@@ -108,11 +108,14 @@ def _overlapping_groups(chunks: Sequence[ChunkRecord]) -> list[list[ChunkRecord]
 
 def _merged(group: list[ChunkRecord], folder: Path, target: Path) -> Iterator[bytes]:
     last = -1
-    for line, data in merged_lines(group, folder):
-        if line <= last:
-            raise IncompleteOutput(f"{target.name}: line {line} committed twice")
-        last = line
-        yield data + b"\n"
+    try:
+        for line, data in merged_lines(group, folder):
+            if line <= last:
+                raise IncompleteOutput(f"{target.name}: line {line} committed twice")
+            last = line
+            yield data + b"\n"
+    except ValueError as exc:  # zip(strict=True): a chunk file and its recorded lines disagree
+        raise IncompleteOutput(f"{target.name}: a chunk does not match its recorded lines") from exc
 
 
 def _sample_errors(data: bytes, errors: list[str]) -> None:
@@ -120,4 +123,6 @@ def _sample_errors(data: bytes, errors: list[str]) -> None:
         return
     for line in data.splitlines():
         if _ERROR_MARK in line and len(errors) < 10:
-            errors.append(orjson.loads(line)["error"]["errorMessage"])
+            error = orjson.loads(line).get("error")  # the mark may also sit inside an echoed modelInput
+            if isinstance(error, dict) and "errorMessage" in error:
+                errors.append(str(error["errorMessage"]))

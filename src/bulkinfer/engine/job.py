@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import fcntl
 import os
+import re
 import shutil
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,7 +21,7 @@ from bulkinfer.engine.committer import Committer
 from bulkinfer.engine.finalize import write_output
 from bulkinfer.engine.progress import ProgressSink
 from bulkinfer.engine.runner import EngineSettings, RecordPipeline
-from bulkinfer.errors import JobConflictError
+from bulkinfer.errors import JobConflictError, UserError
 from bulkinfer.formats.jsonl import count_lines
 from bulkinfer.formats.manifest import ManifestInfo, build_manifest
 from bulkinfer.providers.base import Provider
@@ -54,6 +56,17 @@ class JobReport:
     manifest: dict[str, Any] | None = None
 
 
+JOB_ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
+
+
+def _valid_job_id(job_id: str) -> str:
+    """A job id names folders, so it may hold only letters, digits, '-' and '_'."""
+    if not JOB_ID_PATTERN.fullmatch(job_id):
+        rule = "up to 64 letters, digits, '-' or '_', starting with a letter or digit"
+        raise UserError(f"invalid job id {job_id!r}: use {rule}")
+    return job_id
+
+
 class LocalJob:
     """A job run in this process. Open it, ``await execute()``, then ``close()``."""
 
@@ -61,13 +74,14 @@ class LocalJob:
         self.request = request
         self.spec = spec
         self.files = files
-        self.job_id = request.job_id or new_job_id()
+        self.job_id = _valid_job_id(request.job_id) if request.job_id else new_job_id()
         self.output_dir = request.output / self.job_id
         self.work_dir = request.output / STATE_DIR / self.job_id
         self._forced = get_dialect(request.dialect) if request.dialect else None
         self._lock: IO[str] | None = None
         self._pipeline: RecordPipeline | None = None
         self._stop_requested = False
+        self._run_started = time.monotonic()
         self.store = StateStore.at(request.output / STATE_DIR / "state.db")
         try:
             self.job = self._open_job()
@@ -88,7 +102,7 @@ class LocalJob:
         self.work_dir.mkdir(parents=True, exist_ok=True)
         self._take_lock()
         existing = self.store.get_job(self.job_id)
-        options = {"dialect": self.request.dialect, "inputs": {f.name: f.size for f in self.files}}
+        options = {"dialect": self.request.dialect, "inputs": {f.name: f.fingerprint for f in self.files}}
         if existing is None:
             job = JobRecord(
                 job_id=self.job_id,
@@ -110,18 +124,26 @@ class LocalJob:
             problems.append(f"model {job.model!r}, not {self.spec.name!r}")
         if job.input_uri != str(self.request.input.resolve()):
             problems.append(f"input {job.input_uri}")
-        if job.options.get("inputs") != options["inputs"] and not job.status.is_terminal:
-            problems.append("input files that have changed since (names or sizes differ)")
+        if job.options.get("dialect") != options["dialect"]:
+            problems.append(f"--dialect {job.options.get('dialect')}")
+        if job.options.get("inputs") != options["inputs"] and job.status != JobStatus.COMPLETED:
+            problems.append("input files that have changed since (names, sizes or modification times)")
         if problems:
             raise JobConflictError(f"job {self.job_id} was started with " + "; ".join(problems))
 
     def _take_lock(self) -> None:
-        handle = (self.work_dir / "lock").open("w")
+        handle = (self.work_dir / "lock").open("a+")  # not "w": that would wipe a running job's pid
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "?"
             handle.close()
-            raise JobConflictError(f"job {self.job_id} is already running in another process") from None
+            raise JobConflictError(
+                f"job {self.job_id} is already running in another process (pid {holder})"
+            ) from None
+        handle.seek(0)
+        handle.truncate()
         handle.write(str(os.getpid()))
         handle.flush()
         self._lock = handle
@@ -164,17 +186,38 @@ class LocalJob:
     ) -> JobReport:
         if self.completed:
             return self.report(self._read_manifest())
-        status(f"loading model {self.spec.name}")
-        provider = await asyncio.to_thread(load_provider, self.spec)
+        self._run_started = time.monotonic()
+        provider: Provider | None = None
         try:
+            status(f"loading model {self.spec.name}")
+            provider = await asyncio.to_thread(load_provider, self.spec)
             return await self._run(provider, progress, status)
         except BaseException as exc:
-            message = f"{type(exc).__name__}: {exc}" if isinstance(exc, Exception) else "interrupted"
-            status_after = JobStatus.FAILED if isinstance(exc, Exception) else JobStatus.STOPPED
-            self.job = self.store.update_job(self.job, status=status_after, message=message, ended_at=now())
+            self._record_end(exc)
             raise
         finally:
-            await provider.aclose()
+            if provider is not None:
+                await provider.aclose()
+
+    def _record_end(self, exc: BaseException) -> None:
+        """Mark the job Failed (an error) or Stopped (an interrupt), unless it completed meanwhile."""
+        stored = self.store.get_job(self.job_id)
+        if stored is not None and stored.status == JobStatus.COMPLETED:
+            self.job = stored  # finalize finished in its thread while we were interrupted
+            return
+        failed = isinstance(exc, Exception)
+        self.job = self.store.update_job(
+            stored or self.job,
+            status=JobStatus.FAILED if failed else JobStatus.STOPPED,
+            message=f"{type(exc).__name__}: {exc}" if failed else "interrupted",
+            ended_at=now(),
+            options=self._with_active_time(stored or self.job),
+        )
+
+    def _with_active_time(self, job: JobRecord) -> dict[str, Any]:
+        """Job options with this run's running time added, so rates leave out the gaps between runs."""
+        ran = time.monotonic() - self._run_started
+        return {**job.options, "active_seconds": job.options.get("active_seconds", 0.0) + ran}
 
     async def _run(
         self, provider: Provider, progress: ProgressSink, status: Callable[[str], None]
@@ -208,8 +251,10 @@ class LocalJob:
             await self._pipeline.run(self.files)
         finally:
             timer.cancel()
-        if self._pipeline.stopping:
-            self.job = self.store.update_job(self.job, status=JobStatus.STOPPED, ended_at=now())
+        if len(self._pipeline.record_counts) < len(self.files):  # stopped before reading everything
+            self.job = self.store.update_job(
+                self.job, status=JobStatus.STOPPED, ended_at=now(), options=self._with_active_time(self.job)
+            )
             return self.report()
         status("writing outputs")
         return await asyncio.to_thread(self._finalize, self._pipeline.record_counts, chunk_dir)
@@ -233,6 +278,7 @@ class LocalJob:
             started_at=self.job.started_at or ended,
             ended_at=ended,
             inputs=[f.name for f in self.files],
+            active_seconds=self._with_active_time(self.job)["active_seconds"],
             estimated_cost_usd=self.spec.price.cost(counts.input_tokens, counts.output_tokens),
         )
         manifest = build_manifest(info)

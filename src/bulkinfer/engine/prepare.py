@@ -33,6 +33,9 @@ def prepare(
     except RecordInvalid as exc:
         message = f"{source} line {record.line}: {exc}"
         return Prepared(record, error=RecordError(400, message, "ValidationError"))
+    except Exception as exc:  # a record must never stop the job, even one that trips a bug of ours
+        message = f"{source} line {record.line}: could not read the record: {type(exc).__name__}: {exc}"
+        return Prepared(record, error=RecordError(500, message, "InternalError"))
 
 
 def with_error(item: Prepared, error: RecordError) -> Prepared:
@@ -40,14 +43,19 @@ def with_error(item: Prepared, error: RecordError) -> Prepared:
 
 
 def finish(item: Prepared, outcome: Outcome) -> Finished:
-    """Render the output line for one record."""
+    """Render the output line for one record; one that cannot be written becomes an error line."""
     record = item.record
-    if isinstance(outcome, RecordError):
-        return Finished(record.line, render_error(record, outcome), error_code=outcome.code)
-    assert item.dialect is not None and item.request is not None
-    body = item.dialect.render(outcome, item.request)
-    usage = outcome.usage
-    return Finished(record.line, render_output(record, body), usage.input_tokens, usage.output_tokens)
+    try:
+        if isinstance(outcome, RecordError):
+            return Finished(record.line, render_error(record, outcome), error_code=outcome.code)
+        assert item.dialect is not None and item.request is not None
+        body = item.dialect.render(outcome, item.request)
+        usage = outcome.usage
+        return Finished(record.line, render_output(record, body), usage.input_tokens, usage.output_tokens)
+    except (TypeError, ValueError) as exc:
+        error = RecordError(500, f"could not write the output line: {exc}", "InternalError")
+        bare = InputRecord(record.line, record.record_id, None)
+        return Finished(record.line, render_error(bare, error), error_code=error.code)
 
 
 def sampling_group(request: Request) -> tuple[float, float | None, int | None] | None:

@@ -121,6 +121,7 @@ class RecordPipeline:
             if len(pending) >= size:
                 ready += self._checked(f, pending, done)
                 pending = []
+                await asyncio.sleep(0)  # a long resume scan must not starve signals and the timer
                 if len(ready) >= size:
                     await self._start(f, ready, window, running)
                     ready = []
@@ -164,6 +165,9 @@ class RecordPipeline:
         running: set[asyncio.Task[None]],
     ) -> None:
         await window.acquire()
+        if self._stopping:  # asked to stop while waiting for room: start nothing new
+            window.release()
+            return
         task = asyncio.create_task(self._run_block(f, block))
         running.add(task)
 
@@ -185,8 +189,13 @@ class RecordPipeline:
         if failed:
             await self._finished(f, failed)
         runnable = [item for item in items if item.error is None]
-        batches = self._plan(runnable)
-        await asyncio.gather(*(self._run_batch(f, batch) for batch in batches))
+        # A task group: if one batch fails, its siblings are cancelled rather than left running.
+        try:
+            async with asyncio.TaskGroup() as group:
+                for batch in self._plan(runnable):
+                    group.create_task(self._run_batch(f, batch))
+        except BaseExceptionGroup as failed:
+            raise failed.exceptions[0] from None
 
     def _refuse(self, item: Prepared) -> Prepared:
         if item.error is not None or item.request is None:

@@ -12,6 +12,8 @@ import orjson
 from bulkinfer.domain.request import RecordError
 from bulkinfer.formats.jsonl import Line, OversizeLine
 
+MAX_DEPTH = 200
+"""orjson writes at most 255 levels of nesting; deeper input could be read but never written back."""
 RECORD_ID_ALPHABET = string.ascii_uppercase + string.digits
 RECORD_ID_LENGTH = 11
 MAX_RECORD_ID_LENGTH = 256
@@ -48,6 +50,8 @@ def parse_line(raw: Line, line: int, *, source: str, seed: str) -> InputRecord:
         return _invalid(seed, line, f"{source} line {line}: {_json_problem(raw, exc)}")
     if type(obj) is not dict:
         return _invalid(seed, line, f"{source} line {line}: expected a JSON object, got {_type_name(obj)}")
+    if raw.count(b"{") + raw.count(b"[") > MAX_DEPTH and _depth(obj) > MAX_DEPTH:
+        return _invalid(seed, line, f"{source} line {line}: nested deeper than {MAX_DEPTH} levels")
     record_id = obj.get("recordId")
     if record_id is None:
         record_id = generated_record_id(seed, line)
@@ -88,6 +92,20 @@ def _json_problem(raw: bytes, exc: orjson.JSONDecodeError) -> str:
     except UnicodeDecodeError as err:
         return f"line is not valid UTF-8 (byte {err.start})"
     return f"invalid JSON: {exc}"
+
+
+def _depth(value: Any) -> int:
+    """How deeply a parsed JSON value nests (iteratively: it may be deeper than Python's stack)."""
+    deepest = 0
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        item, level = stack.pop()
+        if isinstance(item, dict):
+            item = list(item.values())
+        if isinstance(item, list):
+            deepest = max(deepest, level)
+            stack.extend((child, level + 1) for child in item)
+    return deepest
 
 
 def _type_name(value: object) -> str:

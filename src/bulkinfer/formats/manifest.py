@@ -20,11 +20,13 @@ class ManifestInfo:
     ended_at: float
     inputs: list[str]
     estimated_cost_usd: float
+    active_seconds: float
+    """Time spent running, summed over runs: a resumed job's rates leave out the time between runs."""
 
 
 def build_manifest(info: ManifestInfo) -> dict[str, Any]:
     c = info.counts
-    duration = max(info.ended_at - info.started_at, 1e-9)
+    duration = max(info.active_seconds, 1e-3)
     return {
         "totalRecordCount": info.total_records,
         "processedRecordCount": c.processed,

@@ -11,6 +11,7 @@ from pathlib import Path
 from bulkinfer.errors import InputError
 
 READ_BLOCK_BYTES = 1 << 20
+UTF8_BOM = b"\xef\xbb\xbf"
 
 
 @dataclass(frozen=True, slots=True)
@@ -20,6 +21,12 @@ class InputFile:
     name: str
     """Path relative to the input location; the output file is ``<name>.out``."""
     size: int
+    mtime_ns: int = 0
+
+    @property
+    def fingerprint(self) -> str:
+        """Changes when the file does: a resumed job must read the same records."""
+        return f"{self.size}:{self.mtime_ns}"
 
 
 def list_inputs(location: Path) -> list[InputFile]:
@@ -29,13 +36,16 @@ def list_inputs(location: Path) -> list[InputFile]:
     if location.is_file():
         if location.suffix != ".jsonl":
             raise InputError(f"input {location} is not a .jsonl file")
-        return [InputFile(0, location, location.name, location.stat().st_size)]
+        return [_input(0, location, location.name)]
     paths = sorted(p for p in location.rglob("*.jsonl") if p.is_file() and not _hidden(p, location))
     if not paths:
         raise InputError(f"no .jsonl file under {location}")
-    return [
-        InputFile(i, p, p.relative_to(location).as_posix(), p.stat().st_size) for i, p in enumerate(paths)
-    ]
+    return [_input(i, p, p.relative_to(location).as_posix()) for i, p in enumerate(paths)]
+
+
+def _input(index: int, path: Path, name: str) -> InputFile:
+    stat = path.stat()
+    return InputFile(index, path, name, stat.st_size, stat.st_mtime_ns)
 
 
 def _hidden(path: Path, root: Path) -> bool:
@@ -43,8 +53,12 @@ def _hidden(path: Path, root: Path) -> bool:
 
 
 def read_blocks(path: Path, block_bytes: int = READ_BLOCK_BYTES) -> Iterator[bytes]:
+    """A file's bytes in blocks, without the byte-order mark some editors put before UTF-8 text."""
     try:
         with path.open("rb") as f:
+            first = f.read(max(block_bytes, len(UTF8_BOM))).removeprefix(UTF8_BOM)
+            if first:
+                yield first
             while block := f.read(block_bytes):
                 yield block
     except OSError as exc:

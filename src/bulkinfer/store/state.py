@@ -118,7 +118,8 @@ class StateStore:
         return [_job_from_row(r) for r in rows]
 
     def latest_unfinished(self) -> JobRecord | None:
-        done = [s.value for s in JobStatus if s.is_terminal]
+        """The newest job a re-run would resume: any not Completed (a Failed one included)."""
+        done = [JobStatus.COMPLETED.value, JobStatus.PARTIALLY_COMPLETED.value, JobStatus.EXPIRED.value]
         query = select(jobs).where(jobs.c.status.not_in(done)).order_by(jobs.c.created_at.desc())
         with self._engine.connect() as conn:
             row = conn.execute(query.limit(1)).mappings().first()

@@ -123,14 +123,13 @@ class RecordPipeline:
                 pending = []
                 await asyncio.sleep(0)  # a long resume scan must not starve signals and the timer
                 if len(ready) >= size:
-                    await self._start(f, ready, window, running)
-                    ready = []
-                    if self._stopping:
+                    if not await self._start(f, ready, window, running):
                         return
+                    ready = []
         ready += self._checked(f, pending, done)
-        if ready:
-            await self._start(f, ready, window, running)
-        self.record_counts[f.index] = count
+        if ready and not await self._start(f, ready, window, running):
+            return
+        self.record_counts[f.index] = count  # only once every record of the file is under way
 
     def _checked(self, f: InputFile, records: list[InputRecord], done: LineSet) -> list[InputRecord]:
         """The records still to run, with repeated record ids turned into errors. Call in line order."""
@@ -163,11 +162,14 @@ class RecordPipeline:
         block: list[InputRecord],
         window: asyncio.Semaphore,
         running: set[asyncio.Task[None]],
-    ) -> None:
+    ) -> bool:
+        """Start a block once there is room; False (and nothing started) when the run is stopping."""
+        if self._stopping:
+            return False
         await window.acquire()
-        if self._stopping:  # asked to stop while waiting for room: start nothing new
+        if self._stopping:  # asked to stop while waiting for room
             window.release()
-            return
+            return False
         task = asyncio.create_task(self._run_block(f, block))
         running.add(task)
 
@@ -180,6 +182,7 @@ class RecordPipeline:
 
         task.add_done_callback(_done)
         await asyncio.sleep(0)
+        return True
 
     async def _run_block(self, f: InputFile, block: list[InputRecord]) -> None:
         default = self._spec.default_dialect

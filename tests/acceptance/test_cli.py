@@ -32,10 +32,12 @@ def committed_records(output: Path, job_id: str) -> int:
     db = output / ".bulkinfer" / "state.db"
     if not db.is_file():
         return 0
-    with sqlite3.connect(db) as conn:
-        row = conn.execute(
-            "SELECT COALESCE(SUM(records), 0) FROM chunks WHERE job_id = ?", (job_id,)
-        ).fetchone()
+    try:
+        with sqlite3.connect(db) as conn:
+            query = "SELECT COALESCE(SUM(records), 0) FROM chunks WHERE job_id = ?"
+            row = conn.execute(query, (job_id,)).fetchone()
+    except sqlite3.OperationalError:  # the job has not created its tables yet
+        return 0
     return int(row[0])
 
 

@@ -336,3 +336,25 @@ def test_a_model_that_cannot_load_fails_the_job_visibly(
         assert job.job.status == JobStatus.FAILED and "FileNotFoundError" in (job.job.message or "")
     finally:
         job.close()
+
+
+def test_a_service_stop_writes_the_finished_records_and_a_manifest(
+    tmp_path: Path, echo_catalog: Callable[..., Path]
+) -> None:
+    catalog = echo_catalog(delay_s=0.05, batch_size=5, concurrency=1)
+    records = [anthropic_record(f"P{i:010d}", f"r{i}") for i in range(200)]
+    source = write_jsonl(tmp_path / "in.jsonl", records)
+    settings = EngineSettings(block_records=10, blocks_in_flight=1, chunk_records=5, commit_interval_s=0.01)
+    state = tmp_path / "service-state"
+    request = RunRequest(
+        source, "echo-test", tmp_path / "out", "partial", catalog, None, settings, state, keep_partial=True
+    )
+    report = run_until_stopped(request, 0.4)
+    assert report.job.status == JobStatus.STOPPED
+    out = read_jsonl(tmp_path / "out" / "partial" / "in.jsonl.out")
+    assert 0 < len(out) < 200
+    assert [line["recordId"] for line in out] == [r["recordId"] for r in records[: len(out)]]
+    manifest = orjson.loads((tmp_path / "out" / "partial" / "manifest.json.out").read_bytes())
+    assert manifest["status"] == "Stopped" and manifest["processedRecordCount"] == len(out)
+    assert manifest["totalRecordCount"] == 200
+    assert (state / "state.db").is_file() and not (tmp_path / "out" / ".bulkinfer").exists()

@@ -63,9 +63,11 @@ def _push(
 
 
 def write_output(
-    chunks: Sequence[ChunkRecord], folder: Path, target: Path, expected: int, errors: list[str]
+    chunks: Sequence[ChunkRecord], folder: Path, target: Path, expected: int | None, errors: list[str]
 ) -> None:
     """Write one output file; fails rather than write a file missing or repeating a record.
+
+    ``expected`` is the file's record count, or None for a stopped job's partial output.
 
     Chunks that overlap no other are copied whole (the usual case: records finish nearly in order);
     only overlapping ones are merged line by line. Appends the first few error messages it passes to
@@ -90,7 +92,7 @@ def write_output(
                     yield data
 
     write_durably(target, parts())
-    if written != expected:
+    if expected is not None and written != expected:
         raise IncompleteOutput(f"{target.name}: {written} records committed, {expected} expected")
 
 

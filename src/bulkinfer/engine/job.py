@@ -43,6 +43,11 @@ class RunRequest:
     catalog_file: Path | None = None
     dialect: str | None = None
     settings: EngineSettings | None = None
+    state_dir: Path | None = None
+    """Where the state file and chunks live; by default OUTPUT/.bulkinfer (a service keeps its own)."""
+    keep_partial: bool = False
+    """On stop, write the finished records and a manifest and end Stopped, as a service's Stop does,
+    instead of leaving the job to be resumed."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,13 +81,14 @@ class LocalJob:
         self.files = files
         self.job_id = _valid_job_id(request.job_id) if request.job_id else new_job_id()
         self.output_dir = request.output / self.job_id
-        self.work_dir = request.output / STATE_DIR / self.job_id
+        state_root = request.state_dir or request.output / STATE_DIR
+        self.work_dir = state_root / self.job_id
         self._forced = get_dialect(request.dialect) if request.dialect else None
         self._lock: IO[str] | None = None
         self._pipeline: RecordPipeline | None = None
         self._stop_requested = False
         self._run_started = time.monotonic()
-        self.store = StateStore.at(request.output / STATE_DIR / "state.db")
+        self.store = StateStore.at(state_root / "state.db")
         try:
             self.job = self._open_job()
         except BaseException:
@@ -251,28 +257,37 @@ class LocalJob:
             await self._pipeline.run(self.files)
         finally:
             timer.cancel()
-        if len(self._pipeline.record_counts) < len(self.files):  # stopped before reading everything
+        stopped_early = len(self._pipeline.record_counts) < len(self.files)
+        if stopped_early and self.request.keep_partial:
+            status("writing the finished records")
+            counts = self._pipeline.record_counts
+            return await asyncio.to_thread(self._finalize, counts, chunk_dir, JobStatus.STOPPED)
+        if stopped_early:
             self.job = self.store.update_job(
                 self.job, status=JobStatus.STOPPED, ended_at=now(), options=self._with_active_time(self.job)
             )
             return self.report()
         status("writing outputs")
-        return await asyncio.to_thread(self._finalize, self._pipeline.record_counts, chunk_dir)
+        counts = self._pipeline.record_counts
+        return await asyncio.to_thread(self._finalize, counts, chunk_dir, JobStatus.COMPLETED)
 
-    def _finalize(self, record_counts: dict[int, int], chunk_dir: Path) -> JobReport:
+    def _finalize(self, record_counts: dict[int, int], chunk_dir: Path, final: JobStatus) -> JobReport:
+        """Write outputs and manifest. Completed: every record, checked; Stopped: what finished."""
+        complete = final == JobStatus.COMPLETED
         errors: list[str] = []
         self.output_dir.mkdir(parents=True, exist_ok=True)
         for f in self.files:
             chunks = self.store.chunks(self.job_id, f.index)
-            target = self.output_dir / f"{f.name}.out"
-            write_output(chunks, chunk_dir, target, record_counts[f.index], errors)
-        total = sum(record_counts.values())
+            if complete or chunks:
+                target = self.output_dir / f"{f.name}.out"
+                write_output(chunks, chunk_dir, target, record_counts.get(f.index), errors)
+        total = sum(record_counts.values()) if complete else self.estimated_total()
         ended = now()
         counts = self.committed()
         info = ManifestInfo(
             job_id=self.job_id,
             model=self.spec.name,
-            status=JobStatus.COMPLETED.value,
+            status=final.value,
             total_records=total,
             counts=counts,
             started_at=self.job.started_at or ended,
@@ -285,7 +300,11 @@ class LocalJob:
         manifest["errorSamples"] = errors
         write_durably(self.output_dir / MANIFEST_NAME, [orjson.dumps(manifest, option=orjson.OPT_INDENT_2)])
         self.job = self.store.update_job(
-            self.job, status=JobStatus.COMPLETED, ended_at=ended, total_records=total
+            self.job,
+            status=final,
+            ended_at=ended,
+            total_records=total,
+            options=self._with_active_time(self.job),
         )
         shutil.rmtree(chunk_dir, ignore_errors=True)
         return self.report(manifest)

@@ -220,6 +220,59 @@ def status(
         raise typer.Exit(EXIT_USAGE) from None
 
 
+@app.command()
+def serve(
+    host: Annotated[str, typer.Option(envvar="BULKINFER_HOST", help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(envvar="BULKINFER_PORT", help="Port (0 picks a free one).")] = 8080,
+    data_dir: Annotated[
+        Path, typer.Option(envvar="BULKINFER_DATA_DIR", help="State, work files and local buckets.")
+    ] = Path("bulkinfer-data"),
+    database_url: Annotated[
+        str | None, typer.Option(envvar="BULKINFER_DATABASE_URL", help="Job store (default: SQLite).")
+    ] = None,
+    models: ModelsOption = None,
+    jobs_per_model: Annotated[
+        int, typer.Option(envvar="BULKINFER_JOBS_PER_MODEL", help="Jobs of one model running at once.")
+    ] = 3,
+    insecure_dev: Annotated[
+        bool, typer.Option(envvar="BULKINFER_INSECURE_DEV", help="Accept any credentials.")
+    ] = False,
+) -> None:
+    """Serve the Bedrock batch API (boto3's `bedrock` client with endpoint_url) and run its jobs."""
+    try:
+        import uvicorn
+
+        from bulkinfer.api.app import create_app
+        from bulkinfer.settings import ServerSettings
+    except ImportError as exc:
+        err.print(f"[red]error:[/red] {exc.name} is missing: pip install 'bulkinfer[serve]'", highlight=False)
+        raise typer.Exit(EXIT_USAGE) from None
+    settings = ServerSettings(
+        host=host,
+        port=port,
+        data_dir=data_dir,
+        database_url=database_url,
+        models=models,
+        jobs_per_model=jobs_per_model,
+        insecure_dev=insecure_dev,
+    )
+    if not insecure_dev:
+        err.print("warning: request signatures are not verified yet; the access key only names the tenant")
+    config = uvicorn.Config(create_app(settings), host=host, port=port, log_level="warning")
+    server = uvicorn.Server(config)
+
+    async def announce_and_serve() -> None:
+        task = asyncio.create_task(server.serve())
+        while not server.started and not task.done():
+            await asyncio.sleep(0.05)
+        if server.started:
+            bound = server.servers[0].sockets[0].getsockname()
+            out.print(f"bulkinfer serving on http://{bound[0]}:{bound[1]}", highlight=False)
+        await task
+
+    asyncio.run(announce_and_serve())
+
+
 @app.command("models")
 def list_models(models: ModelsOption = None) -> None:
     """List the models in the catalog."""

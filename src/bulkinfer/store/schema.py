@@ -39,3 +39,24 @@ chunks = Table(
     Column("output_tokens", BigInteger, nullable=False),
     Column("error_codes", Text, nullable=False, default="{}"),
 )
+
+# Jobs submitted to the service (the Bedrock control plane); the engine's own rows live in `jobs`.
+batch_jobs = Table(
+    "batch_jobs",
+    metadata,
+    Column("job_id", String(64), primary_key=True),
+    Column("tenant", String(128), nullable=False, index=True),
+    Column("name", String(63), nullable=False),
+    Column("model_id", String(2048), nullable=False),
+    Column("client_token", String(256), nullable=True, index=True),
+    Column("status", String(32), nullable=False, index=True),
+    Column("message", Text),
+    Column("submit_time", Float, nullable=False),
+    Column("last_modified", Float, nullable=False),
+    Column("end_time", Float),
+    Column("request", Text, nullable=False),
+    Column("total", BigInteger),
+    Column("processed", BigInteger),
+    Column("success", BigInteger),
+    Column("errors", BigInteger),
+)

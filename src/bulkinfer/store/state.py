@@ -43,7 +43,7 @@ class StateStore:
     """Durable state of the jobs that share one state file."""
 
     def __init__(self, url: str) -> None:
-        self._engine = _make_engine(url)
+        self._engine = make_engine(url)
         metadata.create_all(self._engine)
 
     @classmethod
@@ -130,7 +130,7 @@ class StateStore:
             return int(conn.execute(select(func.count()).select_from(jobs)).scalar_one())
 
 
-def _make_engine(url: str) -> Engine:
+def make_engine(url: str) -> Engine:
     engine = create_engine(url)
     if url.startswith("sqlite"):
 

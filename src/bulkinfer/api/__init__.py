@@ -1,0 +1,1 @@
+"""HTTP APIs: thin layers that turn wire requests into service calls."""

@@ -1,0 +1,42 @@
+"""The HTTP application: built from settings, with the scheduler running for its lifetime."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from bulkinfer import __version__
+from bulkinfer.api import errors
+from bulkinfer.api.bedrock.routes import router as bedrock_router
+from bulkinfer.providers.catalog import Catalog
+from bulkinfer.scheduler.scheduler import Scheduler
+from bulkinfer.services.batch import BatchService
+from bulkinfer.settings import ServerSettings
+from bulkinfer.store.batch_jobs import BatchJobStore
+
+
+def create_app(settings: ServerSettings) -> FastAPI:
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    catalog = Catalog.load(settings.models)
+    store = BatchJobStore(settings.store_url)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        scheduler = Scheduler(store, settings, catalog)
+        app.state.batch = BatchService(store, scheduler, catalog)
+        loop = asyncio.create_task(scheduler.run())
+        try:
+            yield
+        finally:
+            loop.cancel()
+            await scheduler.close()
+            store.close()
+
+    app = FastAPI(title="bulkinfer", version=__version__, lifespan=lifespan)
+    app.state.settings = settings
+    errors.install(app)
+    app.include_router(bedrock_router)
+    return app

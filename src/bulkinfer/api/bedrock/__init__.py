@@ -1,0 +1,1 @@
+"""The Amazon Bedrock batch control plane, as the unmodified boto3 ``bedrock`` client calls it."""

@@ -1,0 +1,106 @@
+"""Routes of the Bedrock batch control plane."""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Any
+from urllib.parse import unquote
+
+from fastapi import APIRouter, Depends, Request, Response
+from fastapi.responses import JSONResponse
+
+from bulkinfer.api.bedrock.schemas import (
+    JOB_IDENTIFIER,
+    CreateJobRequest,
+    ListJobsQuery,
+    job_arn,
+    job_summary,
+)
+from bulkinfer.domain.job import JobStatus
+from bulkinfer.errors import UserError
+from bulkinfer.services.batch import BatchService, NewJob
+from bulkinfer.settings import ServerSettings
+from bulkinfer.store.batch_jobs import JobFilter
+
+router = APIRouter()
+_CREDENTIAL = re.compile(r"Credential=([^/,\s]+)/\d{8}/([^/,\s]+)/")
+
+
+class Caller:
+    """Who is calling (the access key names the tenant) and the region their request was signed for."""
+
+    def __init__(self, tenant: str, region: str) -> None:
+        self.tenant = tenant
+        self.region = region
+
+
+def caller(request: Request) -> Caller:
+    settings: ServerSettings = request.app.state.settings
+    match = _CREDENTIAL.search(request.headers.get("authorization", ""))
+    if match is None:
+        return Caller("anonymous", settings.region)
+    return Caller(match.group(1), match.group(2))
+
+
+def service(request: Request) -> BatchService:
+    batch: BatchService = request.app.state.batch
+    return batch
+
+
+CallerDep = Annotated[Caller, Depends(caller)]
+ServiceDep = Annotated[BatchService, Depends(service)]
+
+
+def _job_id(identifier: str) -> str:
+    match = JOB_IDENTIFIER.fullmatch(unquote(identifier))
+    if match is None:
+        raise UserError(f"jobIdentifier: {identifier!r} is neither a job id nor a job ARN")
+    return match.group(3)
+
+
+def _account(request: Request) -> str:
+    settings: ServerSettings = request.app.state.settings
+    return settings.account_id
+
+
+@router.post("/model-invocation-job")
+def create_job(body: CreateJobRequest, who: CallerDep, jobs: ServiceDep, request: Request) -> dict[str, str]:
+    sent = body.model_dump(exclude_none=True)
+    sent.pop("clientRequestToken", None)
+    new = NewJob(who.tenant, body.jobName, body.modelId, body.clientRequestToken, sent)
+    job = jobs.submit(new)
+    return {"jobArn": job_arn(job.job_id, who.region, _account(request))}
+
+
+@router.get("/model-invocation-jobs")
+def list_jobs(
+    query: Annotated[ListJobsQuery, Depends()], who: CallerDep, jobs: ServiceDep, request: Request
+) -> dict[str, Any]:
+    wanted = JobFilter(
+        tenant=who.tenant,
+        status=JobStatus(query.statusEquals) if query.statusEquals else None,
+        name_contains=query.nameContains,
+        submitted_after=query.submitTimeAfter.timestamp() if query.submitTimeAfter else None,
+        submitted_before=query.submitTimeBefore.timestamp() if query.submitTimeBefore else None,
+        ascending=query.sortOrder == "Ascending",
+    )
+    page = jobs.list(wanted, query.maxResults, query.nextToken)
+    account = _account(request)
+    body: dict[str, Any] = {
+        "invocationJobSummaries": [job_summary(j, who.region, account) for j in page.jobs]
+    }
+    if page.next_token:
+        body["nextToken"] = page.next_token
+    return body
+
+
+@router.post("/model-invocation-job/{identifier:path}/stop")
+def stop_job(identifier: str, who: CallerDep, jobs: ServiceDep) -> Response:
+    jobs.stop(who.tenant, _job_id(identifier))
+    return JSONResponse({})
+
+
+@router.get("/model-invocation-job/{identifier:path}")
+def get_job(identifier: str, who: CallerDep, jobs: ServiceDep, request: Request) -> dict[str, Any]:
+    job = jobs.get(who.tenant, _job_id(identifier))
+    return job_summary(job, who.region, _account(request))

@@ -1,0 +1,49 @@
+"""Errors on the wire as botocore reads them: ``x-amzn-ErrorType`` plus ``{"message", "__type"}``."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+
+from bulkinfer.errors import UserError
+from bulkinfer.services.batch import JobConflict, JobNotFound
+
+log = logging.getLogger(__name__)
+
+
+def error_response(status: int, code: str, message: str) -> JSONResponse:
+    return JSONResponse(
+        {"message": message[:2048] or code, "__type": code},
+        status_code=status,
+        headers={"x-amzn-ErrorType": code, "x-amzn-RequestId": str(uuid.uuid4())},
+    )
+
+
+def install(app: FastAPI) -> None:
+    @app.exception_handler(RequestValidationError)
+    async def invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"] if p not in ("body", "query", "path"))
+        detail = str(first["msg"]).removeprefix("Value error, ")
+        return error_response(400, "ValidationException", f"{where}: {detail}" if where else detail)
+
+    @app.exception_handler(JobNotFound)
+    async def not_found(_: Request, exc: JobNotFound) -> JSONResponse:
+        return error_response(404, "ResourceNotFoundException", str(exc))
+
+    @app.exception_handler(JobConflict)
+    async def conflict(_: Request, exc: JobConflict) -> JSONResponse:
+        return error_response(400, "ValidationException", str(exc))
+
+    @app.exception_handler(UserError)
+    async def user_error(_: Request, exc: UserError) -> JSONResponse:
+        return error_response(400, "ValidationException", str(exc))
+
+    @app.exception_handler(Exception)
+    async def internal(_: Request, exc: Exception) -> JSONResponse:
+        log.exception("request failed")
+        return error_response(500, "InternalServerException", f"{type(exc).__name__}: {exc}")

@@ -1,0 +1,111 @@
+"""Submit, read, list and stop service jobs."""
+
+from __future__ import annotations
+
+import base64
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from bulkinfer.domain.job import JobStatus, new_job_id
+from bulkinfer.errors import BulkinferError, UserError
+from bulkinfer.providers.catalog import Catalog
+from bulkinfer.scheduler.scheduler import Scheduler
+from bulkinfer.store.batch_jobs import BatchJob, BatchJobStore, JobFilter
+
+
+class JobNotFound(BulkinferError):
+    """No such job."""
+
+
+class JobConflict(BulkinferError):
+    """The job is not in a state that allows this."""
+
+
+@dataclass(frozen=True, slots=True)
+class NewJob:
+    tenant: str
+    name: str
+    model_id: str
+    client_token: str | None
+    request: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Page:
+    jobs: list[BatchJob]
+    next_token: str | None
+
+
+class BatchService:
+    def __init__(self, store: BatchJobStore, scheduler: Scheduler, catalog: Catalog) -> None:
+        self._store = store
+        self._scheduler = scheduler
+        self._catalog = catalog
+
+    def submit(self, new: NewJob) -> BatchJob:
+        """Record a job (Submitted) and wake the scheduler; a repeated client token returns the first job."""
+        if new.client_token:
+            existing = self._store.by_token(new.tenant, new.client_token)
+            if existing is not None:
+                return existing
+        self._catalog.get(new.model_id)  # unknown model: a UserError naming the available ones
+        now = time.time()
+        job = BatchJob(
+            job_id=new_job_id(),
+            tenant=new.tenant,
+            name=new.name,
+            model_id=new.model_id,
+            status=JobStatus.SUBMITTED,
+            submit_time=now,
+            last_modified=now,
+            request=new.request,
+            client_token=new.client_token,
+        )
+        self._store.create(job)
+        self._scheduler.notify()
+        return job
+
+    def get(self, tenant: str, job_id: str) -> BatchJob:
+        job = self._store.get(job_id)
+        if job is None or job.tenant != tenant:
+            raise JobNotFound(f"Could not find job {job_id}")
+        live = self._scheduler.live_counts(job_id)
+        if live is not None and job.status in (JobStatus.IN_PROGRESS, JobStatus.STOPPING):
+            success = live.processed - live.errors
+            return BatchJob(
+                **{**_fields(job), "processed": live.processed, "errors": live.errors, "success": success}
+            )
+        return job
+
+    def list(self, wanted: JobFilter, page_size: int, token: str | None) -> Page:
+        offset = _decode_token(token) if token else 0
+        jobs = self._store.find(wanted, offset, page_size + 1)
+        more = len(jobs) > page_size
+        jobs = [self.get(wanted.tenant, j.job_id) for j in jobs[:page_size]]
+        return Page(jobs, _encode_token(offset + page_size) if more else None)
+
+    def stop(self, tenant: str, job_id: str) -> None:
+        job = self.get(tenant, job_id)
+        if job.status.is_terminal or job.status in (JobStatus.STOPPED, JobStatus.STOPPING):
+            raise JobConflict(f"Job {job_id} cannot be stopped. State was: {job.status.value}")
+        self._scheduler.stop(job)
+        self._scheduler.notify()
+
+
+def _fields(job: BatchJob) -> dict[str, Any]:
+    return {name: getattr(job, name) for name in BatchJob.__dataclass_fields__}
+
+
+def _encode_token(offset: int) -> str:
+    return base64.urlsafe_b64encode(f"offset:{offset}".encode()).decode()
+
+
+def _decode_token(token: str) -> int:
+    try:
+        kind, _, value = base64.urlsafe_b64decode(token.encode()).decode().partition(":")
+        if kind == "offset" and value.isdigit():
+            return int(value)
+    except ValueError:
+        pass
+    raise UserError(f"invalid nextToken {token!r}")

@@ -1,0 +1,33 @@
+"""Server settings: built once from flags and ``BULKINFER_*`` variables, then passed down."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class ServerSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="BULKINFER_", extra="ignore")
+
+    host: str = Field("127.0.0.1", description="Address to listen on.")
+    port: int = Field(8080, ge=0, le=65535, description="Port to listen on (0 picks a free one).")
+    data_dir: Path = Field(Path("bulkinfer-data"), description="State, job work files and local buckets.")
+    database_url: str | None = Field(None, description="Job store URL; SQLite under the data dir by default.")
+    s3_endpoint_url: str | None = Field(
+        None, description="S3-protocol server; none maps s3:// to local buckets."
+    )
+    models: Path | None = Field(None, description="TOML catalog adding or overriding models.")
+    insecure_dev: bool = Field(False, description="Accept any credentials (development only).")
+    region: str = Field("us-east-1", description="Region used in job ARNs when a request names none.")
+    account_id: str = Field("123456789012", pattern=r"[0-9]{12}", description="Account id in job ARNs.")
+    jobs_per_model: int = Field(3, ge=1, description="Jobs of one model that run at once; more wait.")
+
+    @property
+    def store_url(self) -> str:
+        return self.database_url or f"sqlite:///{self.data_dir / 'bulkinfer.db'}"
+
+    @property
+    def engine_state_dir(self) -> Path:
+        return self.data_dir / "engine"

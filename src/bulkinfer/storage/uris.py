@@ -1,0 +1,37 @@
+"""One policy for every URI a job names: ``s3://bucket/key`` maps to a local bucket folder.
+
+With no S3 endpoint configured, bucket ``B`` is the folder ``DATA_DIR/s3/B``, so the boto3 flow works
+out of the box; a key may not climb out of its bucket.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from bulkinfer.errors import InputError
+
+S3_URI = re.compile(r"s3://([a-z0-9][-.a-z0-9]{1,61}[a-z0-9])(?:/(.*))?")
+
+
+class LocalBuckets:
+    def __init__(self, data_dir: Path) -> None:
+        self.root = (data_dir / "s3").resolve()
+
+    def path(self, uri: str, *, must_exist: bool = True) -> Path:
+        """The local path of an ``s3://`` URI."""
+        match = S3_URI.fullmatch(uri)
+        if match is None:
+            raise InputError(f"{uri}: not an s3://bucket/key URI")
+        bucket, key = match.group(1), match.group(2) or ""
+        if ".." in key.split("/"):
+            raise InputError(f"{uri}: a key may not contain '..'")
+        bucket_dir = self.root / bucket
+        if must_exist and not bucket_dir.is_dir():
+            raise InputError(f"{uri}: bucket {bucket!r} does not exist")
+        target = (bucket_dir / key).resolve()
+        if not target.is_relative_to(bucket_dir.resolve()):
+            raise InputError(f"{uri}: the key leaves its bucket")
+        if must_exist and not target.exists():
+            raise InputError(f"{uri}: no such key or prefix")
+        return target

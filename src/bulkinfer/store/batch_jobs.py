@@ -1,0 +1,132 @@
+"""Service jobs: what was asked for (the request as sent), where each job stands, and its counts."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import orjson
+from sqlalchemy import Engine, insert, select, update
+
+from bulkinfer.domain.job import JobStatus
+from bulkinfer.store.schema import batch_jobs, metadata
+from bulkinfer.store.state import make_engine
+
+
+@dataclass(frozen=True, slots=True)
+class BatchJob:
+    job_id: str
+    tenant: str
+    name: str
+    model_id: str
+    status: JobStatus
+    submit_time: float
+    last_modified: float
+    request: dict[str, Any] = field(default_factory=dict)
+    """The create request as validated: data configs, role, timeout, tags, invocation type."""
+    client_token: str | None = None
+    message: str | None = None
+    end_time: float | None = None
+    total: int | None = None
+    processed: int | None = None
+    success: int | None = None
+    errors: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class JobFilter:
+    tenant: str
+    status: JobStatus | None = None
+    name_contains: str | None = None
+    submitted_after: float | None = None
+    submitted_before: float | None = None
+    ascending: bool = False
+
+
+class BatchJobStore:
+    def __init__(self, url: str) -> None:
+        self._engine: Engine = make_engine(url)
+        metadata.create_all(self._engine)
+
+    def close(self) -> None:
+        self._engine.dispose()
+
+    def create(self, job: BatchJob) -> None:
+        with self._engine.begin() as conn:
+            conn.execute(insert(batch_jobs).values(**_row(job)))
+
+    def get(self, job_id: str) -> BatchJob | None:
+        with self._engine.connect() as conn:
+            row = conn.execute(select(batch_jobs).where(batch_jobs.c.job_id == job_id)).mappings().first()
+        return None if row is None else _job(row)
+
+    def by_token(self, tenant: str, token: str) -> BatchJob | None:
+        query = select(batch_jobs).where(batch_jobs.c.tenant == tenant, batch_jobs.c.client_token == token)
+        with self._engine.connect() as conn:
+            row = conn.execute(query).mappings().first()
+        return None if row is None else _job(row)
+
+    def update(self, job: BatchJob, **changes: Any) -> BatchJob:
+        new = replace(job, last_modified=time.time(), **changes)
+        row = _row(new)
+        del row["job_id"]
+        with self._engine.begin() as conn:
+            conn.execute(update(batch_jobs).where(batch_jobs.c.job_id == job.job_id).values(**row))
+        return new
+
+    def find(self, wanted: JobFilter, offset: int = 0, limit: int | None = None) -> list[BatchJob]:
+        c = batch_jobs.c
+        query = select(batch_jobs).where(c.tenant == wanted.tenant)
+        if wanted.status is not None:
+            query = query.where(c.status == wanted.status.value)
+        if wanted.name_contains:
+            query = query.where(c.name.contains(wanted.name_contains, autoescape=True))
+        if wanted.submitted_after is not None:
+            query = query.where(c.submit_time > wanted.submitted_after)
+        if wanted.submitted_before is not None:
+            query = query.where(c.submit_time < wanted.submitted_before)
+        order = (
+            (c.submit_time.asc(), c.job_id.asc())
+            if wanted.ascending
+            else (c.submit_time.desc(), c.job_id.desc())
+        )
+        query = query.order_by(*order).offset(offset).limit(limit)
+        with self._engine.connect() as conn:
+            return [_job(r) for r in conn.execute(query).mappings().all()]
+
+    def with_status(self, *statuses: JobStatus) -> list[BatchJob]:
+        """Jobs in these statuses, oldest first (the order they are served in)."""
+        query = select(batch_jobs).where(batch_jobs.c.status.in_([s.value for s in statuses]))
+        with self._engine.connect() as conn:
+            rows = (
+                conn.execute(query.order_by(batch_jobs.c.submit_time, batch_jobs.c.job_id)).mappings().all()
+            )
+        return [_job(r) for r in rows]
+
+
+def _row(job: BatchJob) -> dict[str, Any]:
+    return {
+        "job_id": job.job_id,
+        "tenant": job.tenant,
+        "name": job.name,
+        "model_id": job.model_id,
+        "client_token": job.client_token,
+        "status": job.status.value,
+        "message": job.message,
+        "submit_time": job.submit_time,
+        "last_modified": job.last_modified,
+        "end_time": job.end_time,
+        "request": orjson.dumps(job.request).decode(),
+        "total": job.total,
+        "processed": job.processed,
+        "success": job.success,
+        "errors": job.errors,
+    }
+
+
+def _job(row: Any) -> BatchJob:
+    values = dict(row)
+    values["status"] = JobStatus(values["status"])
+    values["request"] = orjson.loads(values["request"])
+    return BatchJob(**values)

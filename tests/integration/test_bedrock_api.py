@@ -1,0 +1,265 @@
+"""`bulkinfer serve` driven only through the unmodified boto3 `bedrock` client, on 127.0.0.1."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import boto3
+import orjson
+import pytest
+
+from tests.conftest import anthropic_record, read_jsonl, write_jsonl
+
+ROLE = "arn:aws:iam::123456789012:role/BatchRole"
+CATALOG = """
+[models.slow-echo]
+provider = "echo"
+batch_size = 5
+concurrency = 1
+[models.slow-echo.options]
+delay_s = 0.1
+"""
+
+
+@dataclass
+class Server:
+    url: str
+    data_dir: Path
+    process: subprocess.Popen[str]
+
+    def stop(self, sig: signal.Signals = signal.SIGTERM) -> None:
+        self.process.send_signal(sig)
+        self.process.wait(timeout=20)
+        if self.process.stdout is not None:
+            self.process.stdout.close()
+
+    def bucket(self, name: str) -> Path:
+        path = self.data_dir / "s3" / name
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+
+def start_server(data_dir: Path, catalog: Path) -> Server:
+    command = [sys.executable, "-m", "bulkinfer", "serve", "--port", "0", "--data-dir", str(data_dir)]
+    command += ["--models", str(catalog), "--jobs-per-model", "2", "--insecure-dev"]
+    env = {**os.environ, "COLUMNS": "200", "PYTHONUNBUFFERED": "1"}
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env)
+    assert process.stdout is not None
+    line = process.stdout.readline()  # the server prints one line with its URL when it is ready
+    assert "serving on http://127.0.0.1:" in line, line
+    return Server(line.split()[-1], data_dir, process)
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    root = tmp_path_factory.mktemp("serve")
+    catalog = root / "models.toml"
+    catalog.write_text(CATALOG)
+    running = start_server(root / "data", catalog)
+    yield running
+    running.stop()
+
+
+def client(server: Server, key: str = "AKIDTENANTA") -> Any:
+    return boto3.client(
+        "bedrock",
+        endpoint_url=server.url,
+        region_name="eu-west-1",
+        aws_access_key_id=key,
+        aws_secret_access_key="secret",
+    )
+
+
+def create(
+    bedrock: Any, name: str, input_uri: str, output_uri: str, model: str = "echo", **extra: Any
+) -> str:
+    response = bedrock.create_model_invocation_job(
+        jobName=name,
+        roleArn=ROLE,
+        modelId=model,
+        inputDataConfig={"s3InputDataConfig": {"s3Uri": input_uri, "s3InputFormat": "JSONL"}},
+        outputDataConfig={"s3OutputDataConfig": {"s3Uri": output_uri}},
+        **extra,
+    )
+    return str(response["jobArn"])
+
+
+def wait_status(bedrock: Any, arn: str, wanted: set[str], timeout: float = 60) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while True:
+        job: dict[str, Any] = bedrock.get_model_invocation_job(jobIdentifier=arn)
+        if job["status"] in wanted:
+            return job
+        assert time.monotonic() < deadline, f"job still {job['status']}"
+        time.sleep(0.1)
+
+
+def records(count: int, prefix: str = "R") -> list[dict[str, Any]]:
+    return [anthropic_record(f"{prefix}{i:010d}", f"text {i}") for i in range(count)]
+
+
+def test_a_job_runs_to_completion_with_bedrock_outputs(server: Server) -> None:
+    write_jsonl(server.bucket("input-bucket") / "calls" / "part-1.jsonl", records(30))
+    write_jsonl(server.bucket("input-bucket") / "calls" / "part-2.jsonl", records(12, "S"))
+    bedrock = client(server)
+    arn = create(bedrock, "calls-nov", "s3://input-bucket/calls/", "s3://output-bucket/results/")
+    assert arn.startswith("arn:aws:bedrock:eu-west-1:123456789012:model-invocation-job/")
+    job_id = arn.rsplit("/", 1)[1]
+
+    job = wait_status(bedrock, arn, {"Completed", "Failed"})
+    assert job["status"] == "Completed", job.get("message")
+    assert job["totalRecordCount"] == job["processedRecordCount"] == job["successRecordCount"] == 42
+    assert job["errorRecordCount"] == 0 and job["jobName"] == "calls-nov" and job["modelId"] == "echo"
+    assert job["inputDataConfig"]["s3InputDataConfig"]["s3Uri"] == "s3://input-bucket/calls/"
+    assert job["endTime"] >= job["submitTime"] and job["timeoutDurationInHours"] == 24
+
+    out = server.data_dir / "s3" / "output-bucket" / "results" / job_id
+    assert len(read_jsonl(out / "part-1.jsonl.out")) == 30 and len(read_jsonl(out / "part-2.jsonl.out")) == 12
+    manifest = orjson.loads((out / "manifest.json.out").read_bytes())
+    assert manifest["totalRecordCount"] == 42 and manifest["successRecordCount"] == 42
+    assert bedrock.get_model_invocation_job(jobIdentifier=job_id)["jobArn"] == arn  # id or ARN
+
+
+def test_list_filters_sorts_and_pages_with_the_boto3_paginator(server: Server) -> None:
+    write_jsonl(server.bucket("list-bucket") / "one.jsonl", records(3))
+    bedrock = client(server, "AKIDLISTER1")
+    arns = [create(bedrock, f"listing-{i}", "s3://list-bucket/one.jsonl", "s3://list-out/") for i in range(5)]
+    for arn in arns:
+        wait_status(bedrock, arn, {"Completed"})
+    pages = bedrock.get_paginator("list_model_invocation_jobs").paginate(PaginationConfig={"PageSize": 2})
+    seen = [s["jobArn"] for page in pages for s in page["invocationJobSummaries"]]
+    assert seen == list(reversed(arns))  # newest first by default, every job once
+    ascending = bedrock.list_model_invocation_jobs(sortBy="CreationTime", sortOrder="Ascending", maxResults=2)
+    assert [s["jobArn"] for s in ascending["invocationJobSummaries"]] == arns[:2] and "nextToken" in ascending
+    named = bedrock.list_model_invocation_jobs(nameContains="listing-3")["invocationJobSummaries"]
+    assert [s["jobName"] for s in named] == ["listing-3"]
+    assert bedrock.list_model_invocation_jobs(statusEquals="Failed")["invocationJobSummaries"] == []
+    other_tenant = client(server, "AKIDSOMEONEELSE").list_model_invocation_jobs()
+    assert all(s["jobName"] != "listing-0" for s in other_tenant["invocationJobSummaries"])
+
+
+def test_stop_keeps_the_finished_records_and_writes_a_manifest(server: Server) -> None:
+    write_jsonl(server.bucket("stop-bucket") / "big.jsonl", records(400))
+    bedrock = client(server)
+    arn = create(bedrock, "to-stop", "s3://stop-bucket/big.jsonl", "s3://stop-out/", model="slow-echo")
+    wait_status(bedrock, arn, {"InProgress"})
+    time.sleep(0.5)
+    bedrock.stop_model_invocation_job(jobIdentifier=arn)
+    job = wait_status(bedrock, arn, {"Stopped"})
+    assert 0 < job["processedRecordCount"] < 400
+    out = server.data_dir / "s3" / "stop-out" / arn.rsplit("/", 1)[1]
+    assert len(read_jsonl(out / "big.jsonl.out")) == job["processedRecordCount"]
+    assert orjson.loads((out / "manifest.json.out").read_bytes())["status"] == "Stopped"
+    with pytest.raises(bedrock.exceptions.ValidationException, match="State was: Stopped"):
+        bedrock.stop_model_invocation_job(jobIdentifier=arn)
+
+
+def test_the_same_client_token_creates_one_job(server: Server) -> None:
+    write_jsonl(server.bucket("token-bucket") / "in.jsonl", records(2))
+    bedrock = client(server)
+    token = "7c1d2f3e-aaaa-bbbb-cccc-123456789abc"
+    first = create(bedrock, "once", "s3://token-bucket/in.jsonl", "s3://token-out/", clientRequestToken=token)
+    again = create(bedrock, "once", "s3://token-bucket/in.jsonl", "s3://token-out/", clientRequestToken=token)
+    assert first == again
+
+
+def test_a_missing_input_fails_the_job_with_a_message(server: Server) -> None:
+    server.bucket("empty-bucket")
+    bedrock = client(server)
+    arn = create(bedrock, "no-input", "s3://empty-bucket/nothing/", "s3://out-bucket/")
+    job = wait_status(bedrock, arn, {"Failed"})
+    assert "s3://empty-bucket/nothing/" in job["message"] and "no such key" in job["message"]
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"jobName": "bad_name!"}, "jobName"),
+        ({"jobName": "x" * 64}, "jobName"),
+        ({"roleArn": "not-an-arn"}, "roleArn"),
+        ({"timeoutDurationInHours": 200}, "timeoutDurationInHours"),
+        ({"modelId": "no-such-model"}, "unknown model 'no-such-model'"),
+        ({"inputDataConfig": {"s3InputDataConfig": {"s3Uri": "s3://UPPER/x"}}}, "s3Uri"),
+        ({"modelInvocationType": "Foo"}, "modelInvocationType"),
+        ({"tags": [{"key": "bad{key}", "value": "v"}]}, "tags.0.key"),
+    ],
+)
+def test_invalid_requests_raise_validation_exception(
+    server: Server, changes: dict[str, Any], message: str
+) -> None:
+    request: dict[str, Any] = {
+        "jobName": "fine",
+        "roleArn": ROLE,
+        "modelId": "echo",
+        "inputDataConfig": {"s3InputDataConfig": {"s3Uri": "s3://input-bucket/x.jsonl"}},
+        "outputDataConfig": {"s3OutputDataConfig": {"s3Uri": "s3://output-bucket/"}},
+        **changes,
+    }
+    bedrock = client(server)
+    with pytest.raises(bedrock.exceptions.ValidationException, match=message):
+        bedrock.create_model_invocation_job(**request)
+
+
+def test_unknown_jobs_and_bad_identifiers(server: Server) -> None:
+    bedrock = client(server)
+    with pytest.raises(bedrock.exceptions.ResourceNotFoundException):
+        bedrock.get_model_invocation_job(jobIdentifier="abcdefabcdef")
+    with pytest.raises(bedrock.exceptions.ResourceNotFoundException):
+        bedrock.stop_model_invocation_job(jobIdentifier="abcdefabcdef")
+    with pytest.raises(bedrock.exceptions.ValidationException, match="jobIdentifier"):
+        bedrock.get_model_invocation_job(jobIdentifier="NOT-A-JOB")
+    with pytest.raises(bedrock.exceptions.ValidationException, match="nextToken"):
+        bedrock.list_model_invocation_jobs(nextToken="garbage")
+    with pytest.raises(bedrock.exceptions.ValidationException, match="maxResults"):
+        bedrock.list_model_invocation_jobs(maxResults=5000)
+
+
+def test_never_more_jobs_of_a_model_run_than_its_slots(server: Server) -> None:
+    write_jsonl(server.bucket("queue-bucket") / "in.jsonl", records(20))
+    bedrock = client(server, "AKIDQUEUE01")
+    arns = [
+        create(bedrock, f"queued-{i}", "s3://queue-bucket/in.jsonl", "s3://queue-out/", model="slow-echo")
+        for i in range(5)
+    ]
+    most = 0
+    deadline = time.monotonic() + 60
+    while True:
+        running = bedrock.list_model_invocation_jobs(statusEquals="InProgress")  # one consistent read
+        most = max(most, len(running["invocationJobSummaries"]))
+        done = bedrock.list_model_invocation_jobs(statusEquals="Completed")["invocationJobSummaries"]
+        if len(done) == len(arns):
+            break
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    assert most == 2  # --jobs-per-model 2: the others waited Scheduled
+
+
+def test_a_killed_server_resumes_its_job_on_restart(tmp_path: Path) -> None:
+    catalog = tmp_path / "models.toml"
+    catalog.write_text(CATALOG)
+    first = start_server(tmp_path / "data", catalog)
+    write_jsonl(first.bucket("resume-bucket") / "in.jsonl", records(300))
+    bedrock = client(first)
+    arn = create(bedrock, "survivor", "s3://resume-bucket/in.jsonl", "s3://resume-out/", model="slow-echo")
+    job = wait_status(bedrock, arn, {"InProgress"})
+    while job.get("processedRecordCount", 0) < 40:
+        time.sleep(0.1)
+        job = bedrock.get_model_invocation_job(jobIdentifier=arn)
+    first.stop(signal.SIGKILL)
+
+    second = start_server(tmp_path / "data", catalog)
+    try:
+        job = wait_status(client(second), arn, {"Completed", "Failed"}, timeout=90)
+        assert job["status"] == "Completed", job.get("message")
+        lines = read_jsonl(tmp_path / "data" / "s3" / "resume-out" / arn.rsplit("/", 1)[1] / "in.jsonl.out")
+        assert [line["recordId"] for line in lines] == [r["recordId"] for r in records(300)]
+    finally:
+        second.stop()

@@ -263,3 +263,41 @@ def test_a_killed_server_resumes_its_job_on_restart(tmp_path: Path) -> None:
         assert [line["recordId"] for line in lines] == [r["recordId"] for r in records(300)]
     finally:
         second.stop()
+
+
+def runtime(server: Server) -> Any:
+    return boto3.client(
+        "bedrock-runtime",
+        endpoint_url=server.url,
+        region_name="us-east-1",
+        aws_access_key_id="AKIDTENANTA",
+        aws_secret_access_key="secret",
+    )
+
+
+def test_runtime_invoke_model_and_converse_answer_on_demand(server: Server) -> None:
+    client_ = runtime(server)
+    body = {
+        "anthropic_version": "bedrock-2023-05-31",
+        "max_tokens": 20,
+        "messages": [{"role": "user", "content": "hi there"}],
+    }
+    answer = orjson.loads(client_.invoke_model(modelId="echo", body=orjson.dumps(body))["body"].read())
+    assert answer["type"] == "message" and answer["content"][0]["text"] == "hi there"
+    embedded = orjson.loads(
+        client_.invoke_model(modelId="echo", body=b'{"inputText": "a b c"}')["body"].read()
+    )
+    assert len(embedded["embedding"]) == 8 and embedded["inputTextTokenCount"] == 3
+
+    reply = client_.converse(
+        modelId="echo",
+        messages=[{"role": "user", "content": [{"text": "converse with me"}]}],
+        inferenceConfig={"maxTokens": 2},
+    )
+    assert reply["output"]["message"]["content"][0]["text"] == "converse with"
+    assert reply["stopReason"] == "max_tokens" and reply["usage"]["outputTokens"] == 2
+
+    with pytest.raises(client_.exceptions.ResourceNotFoundException):
+        client_.invoke_model(modelId="no-such-model", body=b"{}")
+    with pytest.raises(client_.exceptions.ValidationException, match=r"modelInput\.messages\.0\.role"):
+        client_.invoke_model(modelId="echo", body=b'{"messages": [{"role": "bot", "content": "x"}]}')

@@ -11,9 +11,11 @@ from fastapi import FastAPI
 from bulkinfer import __version__
 from bulkinfer.api import errors
 from bulkinfer.api.bedrock.routes import router as bedrock_router
+from bulkinfer.api.runtime.routes import router as runtime_router
 from bulkinfer.providers.catalog import Catalog
 from bulkinfer.scheduler.scheduler import Scheduler
 from bulkinfer.services.batch import BatchService
+from bulkinfer.services.invoke import InvokeService, ModelPool
 from bulkinfer.settings import ServerSettings
 from bulkinfer.store.batch_jobs import BatchJobStore
 
@@ -26,17 +28,21 @@ def create_app(settings: ServerSettings) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         scheduler = Scheduler(store, settings, catalog)
+        pool = ModelPool(catalog)
         app.state.batch = BatchService(store, scheduler, catalog)
+        app.state.invoke = InvokeService(catalog, pool)
         loop = asyncio.create_task(scheduler.run())
         try:
             yield
         finally:
             loop.cancel()
             await scheduler.close()
+            await pool.close()
             store.close()
 
     app = FastAPI(title="bulkinfer", version=__version__, lifespan=lifespan)
     app.state.settings = settings
     errors.install(app)
     app.include_router(bedrock_router)
+    app.include_router(runtime_router)
     return app

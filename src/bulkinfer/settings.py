@@ -23,6 +23,12 @@ class ServerSettings(BaseSettings):
     region: str = Field("us-east-1", description="Region used in job ARNs when a request names none.")
     account_id: str = Field("123456789012", pattern=r"[0-9]{12}", description="Account id in job ARNs.")
     jobs_per_model: int = Field(3, ge=1, description="Jobs of one model that run at once; more wait.")
+    watch: str | None = Field(
+        None,
+        description="s3://bucket/prefix whose to-process/ .jsonl files become jobs (outputs: processed/).",
+    )
+    watch_model: str | None = Field(None, description="The model that jobs from the watch folder run on.")
+    watch_every_s: float = Field(1.0, gt=0, description="How often the watch folder is looked at.")
 
     @property
     def store_url(self) -> str:

@@ -47,9 +47,9 @@ class Server:
         return path
 
 
-def start_server(data_dir: Path, catalog: Path) -> Server:
+def start_server(data_dir: Path, catalog: Path, *extra: str) -> Server:
     command = [sys.executable, "-m", "bulkinfer", "serve", "--port", "0", "--data-dir", str(data_dir)]
-    command += ["--models", str(catalog), "--jobs-per-model", "2", "--insecure-dev"]
+    command += ["--models", str(catalog), "--jobs-per-model", "2", "--insecure-dev", *extra]
     env = {**os.environ, "COLUMNS": "200", "PYTHONUNBUFFERED": "1"}
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env)
     assert process.stdout is not None
@@ -301,3 +301,27 @@ def test_runtime_invoke_model_and_converse_answer_on_demand(server: Server) -> N
         client_.invoke_model(modelId="no-such-model", body=b"{}")
     with pytest.raises(client_.exceptions.ValidationException, match=r"modelInput\.messages\.0\.role"):
         client_.invoke_model(modelId="echo", body=b'{"messages": [{"role": "bot", "content": "x"}]}')
+
+
+def test_a_file_dropped_in_the_watch_folder_is_processed_without_an_api_call(tmp_path: Path) -> None:
+    catalog = tmp_path / "models.toml"
+    catalog.write_text(CATALOG)
+    server = start_server(
+        tmp_path / "data", catalog, "--watch", "s3://watch-bucket/inbox", "--watch-model", "echo"
+    )
+    try:
+        inbox = server.bucket("watch-bucket") / "inbox" / "to-process"
+        write_jsonl(inbox / "calls.jsonl", records(7))
+        processed = server.data_dir / "s3" / "watch-bucket" / "inbox" / "processed"
+        deadline = time.monotonic() + 30
+        while not list(processed.glob("*/manifest.json.out")):
+            assert time.monotonic() < deadline, "the watch folder did not pick the file up"
+            time.sleep(0.1)
+        (job_dir,) = [p.parent for p in processed.glob("*/manifest.json.out")]
+        assert len(read_jsonl(job_dir / "calls.jsonl.out")) == 7
+        time.sleep(1.5)  # later scans find the job they already made
+        assert len(list(processed.iterdir())) == 1
+        jobs = client(server, "watch-folder").list_model_invocation_jobs()["invocationJobSummaries"]
+        assert [(j["jobName"], j["status"]) for j in jobs] == [("calls", "Completed")]
+    finally:
+        server.stop()

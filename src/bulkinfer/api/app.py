@@ -14,9 +14,11 @@ from bulkinfer.api.bedrock.routes import router as bedrock_router
 from bulkinfer.api.runtime.routes import router as runtime_router
 from bulkinfer.providers.catalog import Catalog
 from bulkinfer.scheduler.scheduler import Scheduler
+from bulkinfer.scheduler.watch import WatchFolder
 from bulkinfer.services.batch import BatchService
 from bulkinfer.services.invoke import InvokeService, ModelPool
 from bulkinfer.settings import ServerSettings
+from bulkinfer.storage.uris import LocalBuckets
 from bulkinfer.store.batch_jobs import BatchJobStore
 
 
@@ -31,11 +33,17 @@ def create_app(settings: ServerSettings) -> FastAPI:
         pool = ModelPool(catalog)
         app.state.batch = BatchService(store, scheduler, catalog)
         app.state.invoke = InvokeService(catalog, pool)
-        loop = asyncio.create_task(scheduler.run())
+        tasks = [asyncio.create_task(scheduler.run())]
+        if settings.watch and settings.watch_model:
+            watch = WatchFolder(
+                settings.watch, settings.watch_model, LocalBuckets(settings.data_dir), app.state.batch
+            )
+            tasks.append(asyncio.create_task(watch.run(settings.watch_every_s)))
         try:
             yield
         finally:
-            loop.cancel()
+            for task in tasks:
+                task.cancel()
             await scheduler.close()
             await pool.close()
             store.close()

@@ -237,6 +237,13 @@ def serve(
     insecure_dev: Annotated[
         bool, typer.Option(envvar="BULKINFER_INSECURE_DEV", help="Accept any credentials.")
     ] = False,
+    watch: Annotated[
+        str | None,
+        typer.Option(envvar="BULKINFER_WATCH", help="s3://bucket/prefix: its to-process/ files become jobs."),
+    ] = None,
+    watch_model: Annotated[
+        str | None, typer.Option(envvar="BULKINFER_WATCH_MODEL", help="Model for watch-folder jobs.")
+    ] = None,
 ) -> None:
     """Serve the Bedrock batch API (boto3's `bedrock` client with endpoint_url) and run its jobs."""
     try:
@@ -255,7 +262,12 @@ def serve(
         models=models,
         jobs_per_model=jobs_per_model,
         insecure_dev=insecure_dev,
+        watch=watch,
+        watch_model=watch_model,
     )
+    if (watch is None) != (watch_model is None):
+        err.print("[red]error:[/red] --watch and --watch-model go together", highlight=False)
+        raise typer.Exit(EXIT_USAGE)
     if not insecure_dev:
         err.print("warning: request signatures are not verified yet; the access key only names the tenant")
     config = uvicorn.Config(create_app(settings), host=host, port=port, log_level="warning")

@@ -7,6 +7,8 @@ from pathlib import Path
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from bulkinfer.scheduler.quotas import Quotas
+
 
 class ServerSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="BULKINFER_", extra="ignore")
@@ -23,12 +25,27 @@ class ServerSettings(BaseSettings):
     region: str = Field("us-east-1", description="Region used in job ARNs when a request names none.")
     account_id: str = Field("123456789012", pattern=r"[0-9]{12}", description="Account id in job ARNs.")
     jobs_per_model: int = Field(3, ge=1, description="Jobs of one model that run at once; more wait.")
+    min_records_per_job: int = Field(1, ge=0, description="Fewer records fail the job while Validating.")
+    max_records_per_job: int = Field(50_000, ge=1, description="More records fail the job while Validating.")
+    max_records_per_file: int = Field(50_000, ge=1, description="Most records in one input file.")
+    max_file_bytes: int = Field(200 * 2**20, ge=1, description="Largest input file.")
+    max_job_bytes: int = Field(2**30, ge=1, description="Most input bytes in one job.")
     watch: str | None = Field(
         None,
         description="s3://bucket/prefix whose to-process/ .jsonl files become jobs (outputs: processed/).",
     )
     watch_model: str | None = Field(None, description="The model that jobs from the watch folder run on.")
     watch_every_s: float = Field(1.0, gt=0, description="How often the watch folder is looked at.")
+
+    @property
+    def quotas(self) -> Quotas:
+        return Quotas(
+            min_records_per_job=self.min_records_per_job,
+            max_records_per_job=self.max_records_per_job,
+            max_records_per_file=self.max_records_per_file,
+            max_file_bytes=self.max_file_bytes,
+            max_job_bytes=self.max_job_bytes,
+        )
 
     @property
     def store_url(self) -> str:

@@ -50,7 +50,7 @@ class Server:
 def start_server(data_dir: Path, catalog: Path, *extra: str) -> Server:
     command = [sys.executable, "-m", "bulkinfer", "serve", "--port", "0", "--data-dir", str(data_dir)]
     command += ["--models", str(catalog), "--jobs-per-model", "2", "--insecure-dev", *extra]
-    env = {**os.environ, "COLUMNS": "200", "PYTHONUNBUFFERED": "1"}
+    env = {**os.environ, "COLUMNS": "200", "PYTHONUNBUFFERED": "1", "BULKINFER_MAX_RECORDS_PER_FILE": "1000"}
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env)
     assert process.stdout is not None
     line = process.stdout.readline()  # the server prints one line with its URL when it is ready
@@ -169,6 +169,14 @@ def test_the_same_client_token_creates_one_job(server: Server) -> None:
     first = create(bedrock, "once", "s3://token-bucket/in.jsonl", "s3://token-out/", clientRequestToken=token)
     again = create(bedrock, "once", "s3://token-bucket/in.jsonl", "s3://token-out/", clientRequestToken=token)
     assert first == again
+
+
+def test_a_file_over_the_quota_fails_validation_with_a_message(server: Server) -> None:
+    write_jsonl(server.bucket("quota-bucket") / "huge.jsonl", records(1001))
+    bedrock = client(server)
+    arn = create(bedrock, "too-big", "s3://quota-bucket/huge.jsonl", "s3://quota-out/")
+    job = wait_status(bedrock, arn, {"Failed"})
+    assert job["message"] == "huge.jsonl: 1,001 records, over the 1,000 a file may hold"
 
 
 def test_a_missing_input_fails_the_job_with_a_message(server: Server) -> None:

@@ -15,11 +15,12 @@ from pathlib import Path
 
 from bulkinfer.domain.job import JobStatus
 from bulkinfer.engine.job import LocalJob, RunRequest
+from bulkinfer.engine.runner import EngineSettings
 from bulkinfer.errors import BulkinferError
-from bulkinfer.formats.jsonl import count_lines
 from bulkinfer.providers.catalog import Catalog
+from bulkinfer.scheduler.quotas import check_quotas
 from bulkinfer.settings import ServerSettings
-from bulkinfer.storage.files import list_inputs, read_blocks
+from bulkinfer.storage.files import list_inputs
 from bulkinfer.storage.uris import LocalBuckets
 from bulkinfer.store.batch_jobs import BatchJob, BatchJobStore
 
@@ -98,9 +99,11 @@ class Scheduler:
 
     async def _validate(self, job: BatchJob) -> None:
         job = self._store.update(job, status=JobStatus.VALIDATING)
+        uri = job.request["inputDataConfig"]["s3InputDataConfig"]["s3Uri"]
         try:
             files = list_inputs(self._input_path(job))
-            total = await asyncio.to_thread(lambda: sum(count_lines(read_blocks(f.path)) for f in files))
+            quotas, max_line = self._settings.quotas, EngineSettings().max_line_bytes
+            total = await asyncio.to_thread(check_quotas, files, quotas, max_line, uri)
         except BulkinferError as exc:
             self._store.update(job, status=JobStatus.FAILED, message=str(exc), end_time=time.time())
             return

@@ -22,6 +22,9 @@ class ServerSettings(BaseSettings):
     )
     models: Path | None = Field(None, description="TOML catalog adding or overriding models.")
     insecure_dev: bool = Field(False, description="Accept any credentials (development only).")
+    access_keys: str | None = Field(
+        None, description="KEY:SECRET pairs, comma-separated: each key is a tenant; requests must be signed."
+    )
     region: str = Field("us-east-1", description="Region used in job ARNs when a request names none.")
     account_id: str = Field("123456789012", pattern=r"[0-9]{12}", description="Account id in job ARNs.")
     jobs_per_model: int = Field(3, ge=1, description="Jobs of one model that run at once; more wait.")

@@ -15,6 +15,7 @@ from typing import Any
 import boto3
 import orjson
 import pytest
+from botocore.exceptions import ClientError
 
 from tests.conftest import anthropic_record, read_jsonl, write_jsonl
 
@@ -49,7 +50,7 @@ class Server:
 
 def start_server(data_dir: Path, catalog: Path, *extra: str) -> Server:
     command = [sys.executable, "-m", "bulkinfer", "serve", "--port", "0", "--data-dir", str(data_dir)]
-    command += ["--models", str(catalog), "--jobs-per-model", "2", "--insecure-dev", *extra]
+    command += ["--models", str(catalog), "--jobs-per-model", "2", *(extra or ["--insecure-dev"])]
     env = {**os.environ, "COLUMNS": "200", "PYTHONUNBUFFERED": "1", "BULKINFER_MAX_RECORDS_PER_FILE": "1000"}
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env)
     assert process.stdout is not None
@@ -68,13 +69,13 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     running.stop()
 
 
-def client(server: Server, key: str = "AKIDTENANTA") -> Any:
+def client(server: Server, key: str = "AKIDTENANTA", secret: str = "secret") -> Any:
     return boto3.client(
         "bedrock",
         endpoint_url=server.url,
         region_name="eu-west-1",
         aws_access_key_id=key,
-        aws_secret_access_key="secret",
+        aws_secret_access_key=secret,
     )
 
 
@@ -315,7 +316,13 @@ def test_a_file_dropped_in_the_watch_folder_is_processed_without_an_api_call(tmp
     catalog = tmp_path / "models.toml"
     catalog.write_text(CATALOG)
     server = start_server(
-        tmp_path / "data", catalog, "--watch", "s3://watch-bucket/inbox", "--watch-model", "echo"
+        tmp_path / "data",
+        catalog,
+        "--watch",
+        "s3://watch-bucket/inbox",
+        "--watch-model",
+        "echo",
+        "--insecure-dev",
     )
     try:
         inbox = server.bucket("watch-bucket") / "inbox" / "to-process"
@@ -333,3 +340,37 @@ def test_a_file_dropped_in_the_watch_folder_is_processed_without_an_api_call(tmp
         assert [(j["jobName"], j["status"]) for j in jobs] == [("calls", "Completed")]
     finally:
         server.stop()
+
+
+def test_signatures_are_verified_and_each_key_is_a_tenant(tmp_path: Path) -> None:
+    catalog = tmp_path / "models.toml"
+    catalog.write_text(CATALOG)
+    server = start_server(
+        tmp_path / "data", catalog, "--access-keys", "AKIDALICE:alice-secret,AKIDBOB:bob-secret"
+    )
+    try:
+        write_jsonl(server.bucket("auth-bucket") / "in.jsonl", records(3))
+        alice = client(server, "AKIDALICE", "alice-secret")
+        arn = create(alice, "alices-job", "s3://auth-bucket/in.jsonl", "s3://auth-out/")
+        assert wait_status(alice, arn, {"Completed"})["jobName"] == "alices-job"  # an ARN path, %2F and all
+        assert len(alice.list_model_invocation_jobs(nameContains="alices")["invocationJobSummaries"]) == 1
+
+        bob = client(server, "AKIDBOB", "bob-secret")
+        with pytest.raises(bob.exceptions.ResourceNotFoundException):
+            bob.get_model_invocation_job(jobIdentifier=arn)
+        assert bob.list_model_invocation_jobs()["invocationJobSummaries"] == []
+
+        forged = client(server, "AKIDALICE", "not-alices-secret")
+        with pytest.raises(forged.exceptions.AccessDeniedException, match="signature"):
+            forged.list_model_invocation_jobs()
+        stranger = client(server, "AKIDNOBODY", "whatever")
+        with pytest.raises(ClientError, match="UnrecognizedClientException"):
+            stranger.get_model_invocation_job(jobIdentifier=arn)
+    finally:
+        server.stop()
+
+
+def test_serve_refuses_to_start_without_keys_or_insecure_dev(tmp_path: Path) -> None:
+    command = [sys.executable, "-m", "bulkinfer", "serve", "--port", "0", "--data-dir", str(tmp_path)]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2 and "--access-keys" in result.stderr

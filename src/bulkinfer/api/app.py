@@ -10,6 +10,7 @@ from fastapi import FastAPI
 
 from bulkinfer import __version__
 from bulkinfer.api import errors
+from bulkinfer.api.auth import Authenticator, parse_keys
 from bulkinfer.api.bedrock.routes import router as bedrock_router
 from bulkinfer.api.runtime.routes import router as runtime_router
 from bulkinfer.providers.catalog import Catalog
@@ -50,6 +51,7 @@ def create_app(settings: ServerSettings) -> FastAPI:
 
     app = FastAPI(title="bulkinfer", version=__version__, lifespan=lifespan)
     app.state.settings = settings
+    app.state.auth = Authenticator(parse_keys(settings.access_keys), settings.insecure_dev, settings.region)
     errors.install(app)
     app.include_router(bedrock_router)
     app.include_router(runtime_router)

@@ -9,6 +9,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
+from bulkinfer.api.auth import AuthFailed
 from bulkinfer.errors import UserError
 from bulkinfer.services.batch import JobConflict, JobNotFound
 
@@ -30,6 +31,10 @@ def install(app: FastAPI) -> None:
         where = ".".join(str(p) for p in first["loc"] if p not in ("body", "query", "path"))
         detail = str(first["msg"]).removeprefix("Value error, ")
         return error_response(400, "ValidationException", f"{where}: {detail}" if where else detail)
+
+    @app.exception_handler(AuthFailed)
+    async def refused(_: Request, exc: AuthFailed) -> JSONResponse:
+        return error_response(403, exc.code, str(exc))
 
     @app.exception_handler(JobNotFound)
     async def not_found(_: Request, exc: JobNotFound) -> JSONResponse:

@@ -237,6 +237,12 @@ def serve(
     insecure_dev: Annotated[
         bool, typer.Option(envvar="BULKINFER_INSECURE_DEV", help="Accept any credentials.")
     ] = False,
+    access_keys: Annotated[
+        str | None,
+        typer.Option(
+            envvar="BULKINFER_ACCESS_KEYS", help="KEY:SECRET,...: the keys allowed to sign requests."
+        ),
+    ] = None,
     watch: Annotated[
         str | None,
         typer.Option(envvar="BULKINFER_WATCH", help="s3://bucket/prefix: its to-process/ files become jobs."),
@@ -262,14 +268,18 @@ def serve(
         models=models,
         jobs_per_model=jobs_per_model,
         insecure_dev=insecure_dev,
+        access_keys=access_keys,
         watch=watch,
         watch_model=watch_model,
     )
     if (watch is None) != (watch_model is None):
         err.print("[red]error:[/red] --watch and --watch-model go together", highlight=False)
         raise typer.Exit(EXIT_USAGE)
-    if not insecure_dev:
-        err.print("warning: request signatures are not verified yet; the access key only names the tenant")
+    if insecure_dev:
+        err.print("insecure dev mode: any credentials are accepted; do not expose this server")
+    elif not access_keys:
+        err.print("[red]error:[/red] give --access-keys KEY:SECRET,... or --insecure-dev", highlight=False)
+        raise typer.Exit(EXIT_USAGE)
     config = uvicorn.Config(create_app(settings), host=host, port=port, log_level="warning")
     server = uvicorn.Server(config)
 

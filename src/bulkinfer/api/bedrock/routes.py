@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import re
 from typing import Annotated, Any
 from urllib.parse import unquote
 
 from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import JSONResponse
 
+from bulkinfer.api.auth import Authenticator, Caller
 from bulkinfer.api.bedrock.schemas import (
     JOB_IDENTIFIER,
     CreateJobRequest,
@@ -23,23 +23,11 @@ from bulkinfer.settings import ServerSettings
 from bulkinfer.store.batch_jobs import JobFilter
 
 router = APIRouter()
-_CREDENTIAL = re.compile(r"Credential=([^/,\s]+)/\d{8}/([^/,\s]+)/")
 
 
-class Caller:
-    """Who is calling (the access key names the tenant) and the region their request was signed for."""
-
-    def __init__(self, tenant: str, region: str) -> None:
-        self.tenant = tenant
-        self.region = region
-
-
-def caller(request: Request) -> Caller:
-    settings: ServerSettings = request.app.state.settings
-    match = _CREDENTIAL.search(request.headers.get("authorization", ""))
-    if match is None:
-        return Caller("anonymous", settings.region)
-    return Caller(match.group(1), match.group(2))
+async def caller(request: Request) -> Caller:
+    auth: Authenticator = request.app.state.auth
+    return await auth(request)
 
 
 def service(request: Request) -> BatchService:

@@ -6,8 +6,9 @@ from typing import Any
 from urllib.parse import unquote
 
 import orjson
-from fastapi import APIRouter, Request, Response
+from fastapi import APIRouter, Depends, Request, Response
 
+from bulkinfer.api.bedrock.routes import caller
 from bulkinfer.api.errors import error_response
 from bulkinfer.errors import RecordInvalid, UnknownModelError
 from bulkinfer.services.invoke import InvokeService, ModelFailed
@@ -49,11 +50,11 @@ async def _answer(request: Request, model: str, dialect: str | None) -> Response
     return Response(orjson.dumps(answer), media_type="application/json")
 
 
-@router.post("/model/{model:path}/invoke")
+@router.post("/model/{model:path}/invoke", dependencies=[Depends(caller)])
 async def invoke_model(model: str, request: Request) -> Response:
     return await _answer(request, model, None)
 
 
-@router.post("/model/{model:path}/converse")
+@router.post("/model/{model:path}/converse", dependencies=[Depends(caller)])
 async def converse(model: str, request: Request) -> Response:
     return await _answer(request, model, "converse")

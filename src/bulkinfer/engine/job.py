@@ -87,6 +87,7 @@ class LocalJob:
         self._lock: IO[str] | None = None
         self._pipeline: RecordPipeline | None = None
         self._stop_requested = False
+        self._final_on_stop = JobStatus.STOPPED
         self._run_started = time.monotonic()
         self.store = StateStore.at(state_root / "state.db")
         try:
@@ -179,9 +180,14 @@ class LocalJob:
     def committed(self) -> Counts:
         return self.store.counts(self.job_id)
 
-    def request_stop(self) -> None:
-        """Stop gracefully: also honoured when asked while the model is still loading."""
+    def request_stop(self, final: JobStatus = JobStatus.STOPPED) -> None:
+        """Stop gracefully: also honoured when asked while the model is still loading.
+
+        With ``keep_partial``, the job then ends in ``final``: Stopped for a user's stop,
+        PartiallyCompleted when its time ran out.
+        """
         self._stop_requested = True
+        self._final_on_stop = final
         if self._pipeline is not None:
             self._pipeline.request_stop()
 
@@ -261,7 +267,7 @@ class LocalJob:
         if stopped_early and self.request.keep_partial:
             status("writing the finished records")
             counts = self._pipeline.record_counts
-            return await asyncio.to_thread(self._finalize, counts, chunk_dir, JobStatus.STOPPED)
+            return await asyncio.to_thread(self._finalize, counts, chunk_dir, self._final_on_stop)
         if stopped_early:
             self.job = self.store.update_job(
                 self.job, status=JobStatus.STOPPED, ended_at=now(), options=self._with_active_time(self.job)

@@ -8,8 +8,10 @@ running are scheduled again and resume from their committed chunks.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -46,8 +48,27 @@ class Running:
     counts: LiveCounts = field(default_factory=LiveCounts)
 
 
+DEFAULT_TIMEOUT_HOURS = 24
+MAX_SLEEP_S = 60.0
+_WAITING = (JobStatus.SUBMITTED, JobStatus.VALIDATING, JobStatus.SCHEDULED)
+
+
+def deadline(job: BatchJob) -> float:
+    """When the job times out: ``timeoutDurationInHours`` after it was submitted (Bedrock's
+    jobExpirationTime). A job still waiting then expires; a running one ends PartiallyCompleted."""
+    hours = job.request.get("timeoutDurationInHours") or DEFAULT_TIMEOUT_HOURS
+    return job.submit_time + hours * 3600
+
+
 class Scheduler:
-    def __init__(self, store: BatchJobStore, settings: ServerSettings, catalog: Catalog) -> None:
+    def __init__(
+        self,
+        store: BatchJobStore,
+        settings: ServerSettings,
+        catalog: Catalog,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._clock = clock
         self._store = store
         self._settings = settings
         self._catalog = catalog
@@ -66,12 +87,31 @@ class Scheduler:
         self._recover()
         self._wake.set()
         while True:
-            await self._wake.wait()
+            with contextlib.suppress(TimeoutError):  # woken by an event, or by the next deadline
+                await asyncio.wait_for(self._wake.wait(), timeout=self._sleep_s())
             self._wake.clear()
             try:
+                self._enforce_deadlines()
                 await self._advance()
             except Exception:  # keep scheduling whatever one job did
                 log.exception("scheduler step failed")
+
+    def _sleep_s(self) -> float:
+        pending = self._store.with_status(*_WAITING, JobStatus.IN_PROGRESS)
+        soonest = min((deadline(j) for j in pending), default=self._clock() + MAX_SLEEP_S)
+        return min(max(soonest - self._clock(), 0.0), MAX_SLEEP_S)
+
+    def _enforce_deadlines(self) -> None:
+        now = self._clock()
+        for job in self._store.with_status(*_WAITING, JobStatus.IN_PROGRESS):
+            if deadline(job) > now:
+                continue
+            running = self._running.get(job.job_id)
+            if running is not None:
+                running.job.request_stop(JobStatus.PARTIALLY_COMPLETED)  # it ends when its batches do
+            elif job.status in _WAITING:
+                message = "the job did not start before its timeout"
+                self._store.update(job, status=JobStatus.EXPIRED, message=message, end_time=now)
 
     async def close(self) -> None:
         for running in list(self._running.values()):

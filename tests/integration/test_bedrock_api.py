@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,6 +17,7 @@ from typing import Any
 import boto3
 import orjson
 import pytest
+import sqlalchemy
 from botocore.exceptions import ClientError
 
 from tests.conftest import anthropic_record, read_jsonl, write_jsonl
@@ -59,14 +62,38 @@ def start_server(data_dir: Path, catalog: Path, *extra: str) -> Server:
     return Server(line.split()[-1], data_dir, process)
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+@pytest.fixture(scope="module", params=["sqlite", "postgres"])
+def server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """The server on its embedded SQLite store, then on PostgreSQL (a fresh database)."""
     root = tmp_path_factory.mktemp("serve")
     catalog = root / "models.toml"
     catalog.write_text(CATALOG)
-    running = start_server(root / "data", catalog)
-    yield running
-    running.stop()
+    with database(request.param) as url:
+        running = start_server(
+            root / "data", catalog, "--insecure-dev", *(["--database-url", url] if url else [])
+        )
+        yield running
+        running.stop()
+
+
+@contextlib.contextmanager
+def database(kind: str) -> Iterator[str | None]:
+    if kind == "sqlite":
+        yield None
+        return
+    admin = os.environ.get("BULKINFER_TEST_POSTGRES_URL")
+    if not admin:
+        pytest.skip("set BULKINFER_TEST_POSTGRES_URL (an admin URL) to run against PostgreSQL")
+    name = f"bulkinfer_test_{uuid.uuid4().hex[:12]}"
+    engine = sqlalchemy.create_engine(admin, isolation_level="AUTOCOMMIT")
+    with engine.connect() as conn:
+        conn.execute(sqlalchemy.text(f"CREATE DATABASE {name}"))
+    try:
+        yield str(sqlalchemy.make_url(admin).set(database=name).render_as_string(hide_password=False))
+    finally:
+        with engine.connect() as conn:
+            conn.execute(sqlalchemy.text(f"DROP DATABASE {name} WITH (FORCE)"))
+        engine.dispose()
 
 
 def client(server: Server, key: str = "AKIDTENANTA", secret: str = "secret") -> Any:

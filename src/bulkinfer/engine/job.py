@@ -45,6 +45,8 @@ class RunRequest:
     settings: EngineSettings | None = None
     state_dir: Path | None = None
     """Where the state file and chunks live; by default OUTPUT/.bulkinfer (a service keeps its own)."""
+    state_url: str | None = None
+    """A database for the state instead of the file in ``state_dir`` (a service's PostgreSQL)."""
     keep_partial: bool = False
     """On stop, write the finished records and a manifest and end Stopped, as a service's Stop does,
     instead of leaving the job to be resumed."""
@@ -89,7 +91,9 @@ class LocalJob:
         self._stop_requested = False
         self._final_on_stop = JobStatus.STOPPED
         self._run_started = time.monotonic()
-        self.store = StateStore.at(state_root / "state.db")
+        self.store = (
+            StateStore(request.state_url) if request.state_url else StateStore.at(state_root / "state.db")
+        )
         try:
             self.job = self._open_job()
         except BaseException:

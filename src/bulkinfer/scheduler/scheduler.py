@@ -163,6 +163,7 @@ class Scheduler:
                 job_id=job.job_id,
                 catalog_file=self._settings.models,
                 state_dir=self._settings.engine_state_dir,
+                state_url=self._settings.database_url,
                 keep_partial=True,
             )
             local = LocalJob.open(request)

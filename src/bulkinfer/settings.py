@@ -33,6 +33,8 @@ class ServerSettings(BaseSettings):
     max_records_per_file: int = Field(50_000, ge=1, description="Most records in one input file.")
     max_file_bytes: int = Field(200 * 2**20, ge=1, description="Largest input file.")
     max_job_bytes: int = Field(2**30, ge=1, description="Most input bytes in one job.")
+    lease_seconds: float = Field(10.0, gt=0, description="A replica that stops renewing loses its jobs.")
+    poll_seconds: float = Field(1.0, gt=0, description="Longest wait before looking at the store again.")
     watch: str | None = Field(
         None,
         description="s3://bucket/prefix whose to-process/ .jsonl files become jobs (outputs: processed/).",

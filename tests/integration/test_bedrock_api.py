@@ -401,3 +401,70 @@ def test_serve_refuses_to_start_without_keys_or_insecure_dev(tmp_path: Path) -> 
     command = [sys.executable, "-m", "bulkinfer", "serve", "--port", "0", "--data-dir", str(tmp_path)]
     result = subprocess.run(command, capture_output=True, text=True, timeout=60)
     assert result.returncode == 2 and "--access-keys" in result.stderr
+
+
+def test_two_replicas_share_one_postgresql_and_survive_losing_one(tmp_path: Path) -> None:
+    log = tmp_path / "invocations.log"
+    catalog = tmp_path / "models.toml"
+    catalog.write_text(CATALOG.replace("delay_s = 0.1", f'delay_s = 0.1\ninvocation_log = "{log}"'))
+    with database("postgres") as url:
+        assert url is not None
+        flags = ["--database-url", url, "--insecure-dev"]
+        os.environ["BULKINFER_LEASE_SECONDS"] = "2"
+        try:
+            first, second = (start_server(tmp_path / "data", catalog, *flags) for _ in range(2))
+        finally:
+            del os.environ["BULKINFER_LEASE_SECONDS"]
+        try:
+            jobs = 12
+            for j in range(jobs):
+                write_jsonl(
+                    first.bucket("shared-in") / f"job{j}.jsonl",
+                    [anthropic_record(f"J{j:02d}R{i:07d}", f"job{j}-r{i}") for i in range(30)],
+                )
+            bedrock = client(first)
+            arns = [
+                create(
+                    bedrock,
+                    f"shared-{j}",
+                    f"s3://shared-in/job{j}.jsonl",
+                    "s3://shared-out/",
+                    model="slow-echo",
+                )
+                for j in range(jobs)
+            ]
+            most = 0
+            while (
+                len(bedrock.list_model_invocation_jobs(statusEquals="Completed")["invocationJobSummaries"])
+                < 3
+            ):
+                running = bedrock.list_model_invocation_jobs(statusEquals="InProgress")[
+                    "invocationJobSummaries"
+                ]
+                most = max(most, len(running))
+                time.sleep(0.05)
+            in_flight = bedrock.list_model_invocation_jobs(statusEquals="InProgress")[
+                "invocationJobSummaries"
+            ]
+            first.stop(signal.SIGKILL)  # lose a replica mid-flight; the other takes its jobs over
+            survivor = client(second)
+            deadline = time.monotonic() + 120
+            while True:
+                listed = survivor.list_model_invocation_jobs(maxResults=100)["invocationJobSummaries"]
+                running = [s for s in listed if s["status"] == "InProgress"]
+                most = max(most, len(running))
+                if all(s["status"] == "Completed" for s in listed) and len(listed) == jobs:
+                    break
+                assert time.monotonic() < deadline, [s["status"] for s in listed]
+                time.sleep(0.05)
+        finally:
+            if first.process.poll() is None:
+                first.stop()
+            second.stop()
+    assert in_flight and most <= 2  # --jobs-per-model 2 holds across both replicas
+    for j, arn in enumerate(arns):
+        out = tmp_path / "data" / "s3" / "shared-out" / arn.rsplit("/", 1)[1] / f"job{j}.jsonl.out"
+        assert [line["recordId"] for line in read_jsonl(out)] == [f"J{j:02d}R{i:07d}" for i in range(30)]
+    ran = log.read_text().splitlines()
+    assert set(ran) == {f"job{j}-r{i}" for j in range(jobs) for i in range(30)}
+    assert len(ran) - len(set(ran)) <= 2 * 30  # only what was in flight on the lost replica ran twice

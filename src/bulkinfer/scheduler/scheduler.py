@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import logging
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -75,6 +76,7 @@ class Scheduler:
         self._buckets = LocalBuckets(settings.data_dir)
         self._wake = asyncio.Event()
         self._running: dict[str, Running] = {}
+        self.replica = uuid.uuid4().hex[:16]
 
     def notify(self) -> None:
         self._wake.set()
@@ -91,6 +93,8 @@ class Scheduler:
                 await asyncio.wait_for(self._wake.wait(), timeout=self._sleep_s())
             self._wake.clear()
             try:
+                self._store.requeue_expired()
+                self._heartbeat()
                 self._enforce_deadlines()
                 await self._advance()
             except Exception:  # keep scheduling whatever one job did
@@ -98,8 +102,15 @@ class Scheduler:
 
     def _sleep_s(self) -> float:
         pending = self._store.with_status(*_WAITING, JobStatus.IN_PROGRESS)
-        soonest = min((deadline(j) for j in pending), default=self._clock() + MAX_SLEEP_S)
-        return min(max(soonest - self._clock(), 0.0), MAX_SLEEP_S)
+        longest = self._settings.poll_seconds  # other replicas' changes are seen within this
+        soonest = min((deadline(j) for j in pending), default=self._clock() + longest)
+        return min(max(soonest - self._clock(), 0.0), longest)
+
+    def _heartbeat(self) -> None:
+        """Renew the leases of this replica's jobs, and stop those a user stopped through another one."""
+        for job in self._store.renew(self.replica, list(self._running), self._settings.lease_seconds):
+            if job.status == JobStatus.STOPPING and job.job_id in self._running:
+                self._running[job.job_id].job.request_stop()
 
     def _enforce_deadlines(self) -> None:
         now = self._clock()
@@ -120,25 +131,30 @@ class Scheduler:
         await asyncio.gather(*(r.task for r in self._running.values()), return_exceptions=True)
 
     def _recover(self) -> None:
-        """Jobs a previous server left running go back to the queue; they resume where they were."""
+        """With the embedded store this is the only server, so whatever a previous run left running
+        goes back to the queue at once; with a shared database, expired leases do that instead."""
+        if self._settings.database_url is not None:
+            return
         for job in self._store.with_status(JobStatus.IN_PROGRESS, JobStatus.VALIDATING):
-            self._store.update(job, status=JobStatus.SCHEDULED)
+            self._store.update(job, status=JobStatus.SCHEDULED, owner=None, lease_until=None)
         for job in self._store.with_status(JobStatus.STOPPING):
             self._store.update(job, status=JobStatus.STOPPED, end_time=time.time())
 
     async def _advance(self) -> None:
         for job in self._store.with_status(JobStatus.SUBMITTED):
-            await self._validate(job)
-        busy: dict[str, int] = {}
-        for running in self._running.values():
-            busy[running.job.spec.name] = busy.get(running.job.spec.name, 0) + 1
-        for job in self._store.with_status(JobStatus.SCHEDULED):
-            if busy.get(job.model_id, 0) < self._settings.jobs_per_model and job.job_id not in self._running:
-                busy[job.model_id] = busy.get(job.model_id, 0) + 1
-                self._start(job)
+            claimed = self._store.move(job, JobStatus.SUBMITTED, JobStatus.VALIDATING)
+            if claimed is not None:  # None: another replica is validating it
+                await self._validate(claimed)
+        models = {job.model_id for job in self._store.with_status(JobStatus.SCHEDULED)}
+        for model in sorted(models):
+            self._fill_slots(model)
+
+    def _fill_slots(self, model: str) -> None:
+        slots, lease = self._settings.jobs_per_model, self._settings.lease_seconds
+        while (claimed := self._store.claim(model, self.replica, slots, lease)) is not None:
+            self._start(claimed)
 
     async def _validate(self, job: BatchJob) -> None:
-        job = self._store.update(job, status=JobStatus.VALIDATING)
         uri = job.request["inputDataConfig"]["s3InputDataConfig"]["s3Uri"]
         try:
             files = list_inputs(self._input_path(job))
@@ -170,7 +186,6 @@ class Scheduler:
         except BulkinferError as exc:
             self._store.update(job, status=JobStatus.FAILED, message=str(exc), end_time=time.time())
             return
-        job = self._store.update(job, status=JobStatus.IN_PROGRESS)
         counts = LiveCounts(processed=local.committed().processed)
         task = asyncio.create_task(self._execute(job, local, counts))
         self._running[job.job_id] = Running(local, task, counts)
@@ -188,12 +203,21 @@ class Scheduler:
                 success=c.success,
                 errors=c.errors,
                 end_time=time.time(),
+                owner=None,
+                lease_until=None,
             )
         except asyncio.CancelledError:
             raise  # server shutting down: the job stays InProgress and resumes at the next start
         except Exception as exc:
             message = str(exc) if isinstance(exc, BulkinferError) else f"{type(exc).__name__}: {exc}"
-            self._store.update(job, status=JobStatus.FAILED, message=message, end_time=time.time())
+            self._store.update(
+                job,
+                status=JobStatus.FAILED,
+                message=message,
+                end_time=time.time(),
+                owner=None,
+                lease_until=None,
+            )
         finally:
             local.close()
             self._running.pop(job.job_id, None)
@@ -204,5 +228,6 @@ class Scheduler:
         running = self._running.get(job.job_id)
         if running is not None:
             running.job.request_stop()
+        if job.status == JobStatus.IN_PROGRESS:  # here, or on the replica that holds its lease
             return self._store.update(job, status=JobStatus.STOPPING)
         return self._store.update(job, status=JobStatus.STOPPED, end_time=time.time())

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 import orjson
-from sqlalchemy import Engine, insert, select, update
+from sqlalchemy import Engine, func, insert, select, update
 
 from bulkinfer.domain.job import JobStatus
 from bulkinfer.store.schema import batch_jobs, metadata
@@ -26,6 +26,9 @@ class BatchJob:
     request: dict[str, Any] = field(default_factory=dict)
     """The create request as validated: data configs, role, timeout, tags, invocation type."""
     client_token: str | None = None
+    owner: str | None = None
+    """The server replica running the job, while its lease lasts."""
+    lease_until: float | None = None
     message: str | None = None
     end_time: float | None = None
     total: int | None = None
@@ -95,6 +98,87 @@ class BatchJobStore:
         with self._engine.connect() as conn:
             return [_job(r) for r in conn.execute(query).mappings().all()]
 
+    def move(self, job: BatchJob, expected: JobStatus, new: JobStatus) -> BatchJob | None:
+        """Compare-and-set the status: None when another replica moved the job first."""
+        now = time.time()
+        query = (
+            update(batch_jobs)
+            .where(batch_jobs.c.job_id == job.job_id, batch_jobs.c.status == expected.value)
+            .values(status=new.value, last_modified=now)
+        )
+        with self._engine.begin() as conn:
+            if conn.execute(query).rowcount != 1:
+                return None
+        return replace(job, status=new, last_modified=now)
+
+    def claim(self, model: str, owner: str, slots: int, lease_s: float) -> BatchJob | None:
+        """Take the oldest Scheduled job of a model if fewer than ``slots`` of its jobs run anywhere.
+
+        Safe across replicas: on PostgreSQL a per-model advisory lock makes count-then-claim atomic and
+        ``SKIP LOCKED`` keeps replicas off each other's rows; SQLite serves a single replica.
+        """
+        c = batch_jobs.c
+        now = time.time()
+        with self._engine.begin() as conn:
+            postgres = conn.dialect.name == "postgresql"
+            if postgres:
+                conn.execute(select(func.pg_advisory_xact_lock(func.hashtext(model))))
+            running = conn.execute(
+                select(func.count())
+                .select_from(batch_jobs)
+                .where(
+                    c.model_id == model, c.status.in_([JobStatus.IN_PROGRESS.value, JobStatus.STOPPING.value])
+                )
+            ).scalar_one()
+            if running >= slots:
+                return None
+            query = (
+                select(batch_jobs)
+                .where(c.model_id == model, c.status == JobStatus.SCHEDULED.value)
+                .order_by(c.submit_time, c.job_id)
+                .limit(1)
+            )
+            row = (
+                conn.execute(query.with_for_update(skip_locked=True) if postgres else query)
+                .mappings()
+                .first()
+            )
+            if row is None:
+                return None
+            changes = {"status": JobStatus.IN_PROGRESS.value, "owner": owner, "lease_until": now + lease_s}
+            conn.execute(
+                update(batch_jobs).where(c.job_id == row["job_id"]).values(last_modified=now, **changes)
+            )
+        return replace(_job(row), status=JobStatus.IN_PROGRESS, owner=owner, lease_until=now + lease_s)
+
+    def renew(self, owner: str, job_ids: list[str], lease_s: float) -> list[BatchJob]:
+        """Extend the leases of the jobs this replica runs; returns them as stored (to see Stopping)."""
+        if not job_ids:
+            return []
+        c = batch_jobs.c
+        with self._engine.begin() as conn:
+            conn.execute(
+                update(batch_jobs)
+                .where(c.owner == owner, c.job_id.in_(job_ids))
+                .values(lease_until=time.time() + lease_s)
+            )
+            rows = conn.execute(select(batch_jobs).where(c.job_id.in_(job_ids))).mappings().all()
+        return [_job(r) for r in rows]
+
+    def requeue_expired(self) -> int:
+        """Jobs whose replica stopped renewing its lease go back to Scheduled, to resume elsewhere."""
+        c = batch_jobs.c
+        live = [JobStatus.IN_PROGRESS.value, JobStatus.STOPPING.value]
+        with self._engine.begin() as conn:
+            result = conn.execute(
+                update(batch_jobs)
+                .where(c.status.in_(live), c.lease_until < time.time())
+                .values(
+                    status=JobStatus.SCHEDULED.value, owner=None, lease_until=None, last_modified=time.time()
+                )
+            )
+        return int(result.rowcount)
+
     def with_status(self, *statuses: JobStatus) -> list[BatchJob]:
         """Jobs in these statuses, oldest first (the order they are served in)."""
         query = select(batch_jobs).where(batch_jobs.c.status.in_([s.value for s in statuses]))
@@ -118,6 +202,8 @@ def _row(job: BatchJob) -> dict[str, Any]:
         "last_modified": job.last_modified,
         "end_time": job.end_time,
         "request": orjson.dumps(job.request).decode(),
+        "owner": job.owner,
+        "lease_until": job.lease_until,
         "total": job.total,
         "processed": job.processed,
         "success": job.success,

@@ -55,6 +55,8 @@ batch_jobs = Table(
     Column("last_modified", Float, nullable=False),
     Column("end_time", Float),
     Column("request", Text, nullable=False),
+    Column("owner", String(64)),
+    Column("lease_until", Float),
     Column("total", BigInteger),
     Column("processed", BigInteger),
     Column("success", BigInteger),

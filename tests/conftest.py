@@ -13,6 +13,16 @@ import pytest
 from bulkinfer.engine.job import JobReport, LocalJob, RunRequest
 from bulkinfer.engine.progress import NoProgress
 
+# A model that takes 0.1 s per batch of 5, so a test can watch a job run, stop it or kill it mid-way.
+SLOW_ECHO_CATALOG = """
+[models.slow-echo]
+provider = "echo"
+batch_size = 5
+concurrency = 1
+[models.slow-echo.options]
+delay_s = 0.1
+"""
+
 
 def anthropic_record(record_id: str | None, text: str, max_tokens: int = 64) -> dict[str, Any]:
     body = {

@@ -20,17 +20,10 @@ import pytest
 import sqlalchemy
 from botocore.exceptions import ClientError
 
+from tests.conftest import SLOW_ECHO_CATALOG as CATALOG
 from tests.conftest import anthropic_record, read_jsonl, write_jsonl
 
 ROLE = "arn:aws:iam::123456789012:role/BatchRole"
-CATALOG = """
-[models.slow-echo]
-provider = "echo"
-batch_size = 5
-concurrency = 1
-[models.slow-echo.options]
-delay_s = 0.1
-"""
 
 
 @dataclass

@@ -14,16 +14,8 @@ from bulkinfer.scheduler.scheduler import Scheduler
 from bulkinfer.services.batch import BatchService, NewJob
 from bulkinfer.settings import ServerSettings
 from bulkinfer.store.batch_jobs import BatchJobStore
+from tests.conftest import SLOW_ECHO_CATALOG as CATALOG
 from tests.conftest import anthropic_record, read_jsonl, write_jsonl
-
-CATALOG = """
-[models.slow-echo]
-provider = "echo"
-batch_size = 5
-concurrency = 1
-[models.slow-echo.options]
-delay_s = 0.1
-"""
 
 
 class Clock:

@@ -7,7 +7,9 @@ dequantises it and saves a safetensors copy in the cache, so later loads take we
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
+import io
 import os
 import shutil
 import time
@@ -173,13 +175,14 @@ def _convert(gguf: Path, target: Path, dtype: Any) -> None:
     transformers = require("transformers")
     require("gguf", "pip install gguf")
     require("accelerate", "pip install accelerate")
-    os.environ.setdefault("TQDM_DISABLE", "1")  # the de-quantisation bar would garble the job's display
     tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    tokenizer = transformers.AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    loaded = transformers.AutoModelForCausalLM.from_pretrained(
-        gguf.parent, gguf_file=gguf.name, dtype=torch.float32
-    )
+    # transformers draws its own de-quantisation bar on stderr, over the job's display: keep it quiet.
+    with contextlib.redirect_stderr(io.StringIO()):
+        tokenizer = transformers.AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        loaded = transformers.AutoModelForCausalLM.from_pretrained(
+            gguf.parent, gguf_file=gguf.name, dtype=torch.float32
+        )
     config = loaded.config
     if hasattr(config, "quantization_config"):
         delattr(config, "quantization_config")

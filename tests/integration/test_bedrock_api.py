@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import statistics
 import subprocess
 import sys
 import time
@@ -269,6 +270,28 @@ def test_never_more_jobs_of_a_model_run_than_its_slots(server: Server) -> None:
         assert time.monotonic() < deadline
         time.sleep(0.05)
     assert most == 2  # --jobs-per-model 2: the others waited Scheduled
+    gaps = slot_gaps(server, [a.rsplit("/", 1)[1] for a in arns])
+    print(
+        f"slot gaps: median {statistics.median(gaps) * 1000:.1f} ms of {[round(g * 1000, 1) for g in gaps]}"
+    )
+    assert statistics.median(gaps) < 1.0, gaps  # a freed slot is taken at once, not at the next scan
+
+
+def slot_gaps(server: Server, job_ids: list[str]) -> list[float]:
+    """For each job that waited for a slot: seconds from the latest end before its start to its start."""
+    url = f"sqlite:///{server.data_dir / 'bulkinfer.db'}"
+    if not (server.data_dir / "bulkinfer.db").is_file():
+        pytest.skip("slot timing is read from the embedded store")
+    engine = sqlalchemy.create_engine(url)
+    with engine.connect() as conn:
+        rows = conn.execute(
+            sqlalchemy.text("SELECT job_id, start_time, end_time FROM batch_jobs"),
+        ).all()
+    engine.dispose()
+    times = {job_id: (start, end) for job_id, start, end in rows if job_id in job_ids}
+    starts = sorted(start for start, _ in times.values())
+    ends = sorted(end for _, end in times.values())
+    return [start - max(e for e in ends if e <= start) for start in starts[2:]]
 
 
 def test_a_killed_server_resumes_its_job_on_restart(tmp_path: Path) -> None:

@@ -30,6 +30,8 @@ class BatchJob:
     """The server replica running the job, while its lease lasts."""
     lease_until: float | None = None
     message: str | None = None
+    start_time: float | None = None
+    """When the job last got a slot (a resumed job: when it got one again)."""
     end_time: float | None = None
     total: int | None = None
     processed: int | None = None
@@ -145,11 +147,15 @@ class BatchJobStore:
             )
             if row is None:
                 return None
-            changes = {"status": JobStatus.IN_PROGRESS.value, "owner": owner, "lease_until": now + lease_s}
-            conn.execute(
-                update(batch_jobs).where(c.job_id == row["job_id"]).values(last_modified=now, **changes)
-            )
-        return replace(_job(row), status=JobStatus.IN_PROGRESS, owner=owner, lease_until=now + lease_s)
+            changes: dict[str, Any] = {
+                "owner": owner,
+                "lease_until": now + lease_s,
+                "start_time": now,
+                "last_modified": now,
+            }
+            claimed = update(batch_jobs).where(c.job_id == row["job_id"])
+            conn.execute(claimed.values(status=JobStatus.IN_PROGRESS.value, **changes))
+        return replace(_job(row), status=JobStatus.IN_PROGRESS, **changes)
 
     def renew(self, owner: str, job_ids: list[str], lease_s: float) -> list[BatchJob]:
         """Extend the leases of the jobs this replica runs; returns them as stored (to see Stopping)."""
@@ -200,6 +206,7 @@ def _row(job: BatchJob) -> dict[str, Any]:
         "message": job.message,
         "submit_time": job.submit_time,
         "last_modified": job.last_modified,
+        "start_time": job.start_time,
         "end_time": job.end_time,
         "request": orjson.dumps(job.request).decode(),
         "owner": job.owner,

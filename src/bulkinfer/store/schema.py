@@ -53,6 +53,7 @@ batch_jobs = Table(
     Column("message", Text),
     Column("submit_time", Float, nullable=False),
     Column("last_modified", Float, nullable=False),
+    Column("start_time", Float),
     Column("end_time", Float),
     Column("request", Text, nullable=False),
     Column("owner", String(64)),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import socket
 import statistics
 import subprocess
 import sys
@@ -484,3 +485,80 @@ def test_two_replicas_share_one_postgresql_and_survive_losing_one(tmp_path: Path
     ran = log.read_text().splitlines()
     assert set(ran) == {f"job{j}-r{i}" for j in range(jobs) for i in range(30)}
     assert len(ran) - len(set(ran)) <= 2 * 30  # only what was in flight on the lost replica ran twice
+
+
+@pytest.fixture
+def moto_s3() -> Iterator[str]:
+    """A real S3-protocol server (moto_server) on loopback."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = subprocess.Popen(
+        [str(Path(sys.executable).with_name("moto_server")), "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            break
+        except OSError:
+            assert time.monotonic() < deadline, "moto_server did not start"
+            time.sleep(0.1)
+    try:
+        yield url
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+
+
+def test_inputs_and_outputs_on_an_s3_protocol_server(tmp_path: Path, moto_s3: str) -> None:
+    creds = {
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }
+    s3 = boto3.client(
+        "s3",
+        endpoint_url=moto_s3,
+        region_name="us-east-1",
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+    )
+    s3.create_bucket(Bucket="batch-input")
+    s3.create_bucket(Bucket="batch-output")
+    for part in range(2):
+        body = b"".join(orjson.dumps(r) + b"\n" for r in records(10, f"P{part}"))
+        s3.put_object(Bucket="batch-input", Key=f"calls/part-{part}.jsonl", Body=body)
+    catalog = tmp_path / "models.toml"
+    catalog.write_text(CATALOG)
+    os.environ.update(creds)
+    try:
+        server = start_server(tmp_path / "data", catalog, "--s3-endpoint-url", moto_s3, "--insecure-dev")
+    finally:
+        for key in creds:
+            del os.environ[key]
+    try:
+        bedrock = client(server)
+        arn = create(bedrock, "on-s3", "s3://batch-input/calls/", "s3://batch-output/results/")
+        job = wait_status(bedrock, arn, {"Completed", "Failed"})
+        assert job["status"] == "Completed", job.get("message")
+        missing = create(bedrock, "not-there", "s3://batch-input/nothing/", "s3://batch-output/results/")
+        assert "no .jsonl object" in wait_status(bedrock, missing, {"Failed"})["message"]
+    finally:
+        server.stop()
+    job_id = arn.rsplit("/", 1)[1]
+    listed = s3.list_objects_v2(Bucket="batch-output", Prefix=f"results/{job_id}/")
+    keys = sorted(o["Key"] for o in listed["Contents"])
+    prefix = f"results/{job_id}/"
+    assert keys == [prefix + "manifest.json.out", prefix + "part-0.jsonl.out", prefix + "part-1.jsonl.out"]
+    out = s3.get_object(Bucket="batch-output", Key=prefix + "part-1.jsonl.out")["Body"].read()
+    assert [orjson.loads(line)["recordId"] for line in out.splitlines()] == [
+        r["recordId"] for r in records(10, "P1")
+    ]
+    manifest = orjson.loads(
+        s3.get_object(Bucket="batch-output", Key=prefix + "manifest.json.out")["Body"].read()
+    )
+    assert manifest["totalRecordCount"] == manifest["successRecordCount"] == 20

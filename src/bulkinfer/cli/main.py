@@ -231,6 +231,12 @@ def serve(
         str | None, typer.Option(envvar="BULKINFER_DATABASE_URL", help="Job store (default: SQLite).")
     ] = None,
     models: ModelsOption = None,
+    s3_endpoint_url: Annotated[
+        str | None,
+        typer.Option(
+            envvar="BULKINFER_S3_ENDPOINT_URL", help="S3-protocol server for s3:// (default: local)."
+        ),
+    ] = None,
     jobs_per_model: Annotated[
         int, typer.Option(envvar="BULKINFER_JOBS_PER_MODEL", help="Jobs of one model running at once.")
     ] = 3,
@@ -266,6 +272,7 @@ def serve(
         data_dir=data_dir,
         database_url=database_url,
         models=models,
+        s3_endpoint_url=s3_endpoint_url,
         jobs_per_model=jobs_per_model,
         insecure_dev=insecure_dev,
         access_keys=access_keys,

@@ -24,6 +24,7 @@ from bulkinfer.providers.catalog import Catalog
 from bulkinfer.scheduler.quotas import check_quotas
 from bulkinfer.settings import ServerSettings
 from bulkinfer.storage.files import list_inputs
+from bulkinfer.storage.s3 import S3Staging
 from bulkinfer.storage.uris import LocalBuckets
 from bulkinfer.store.batch_jobs import BatchJob, BatchJobStore
 
@@ -47,6 +48,14 @@ class Running:
     job: LocalJob
     task: asyncio.Task[None]
     counts: LiveCounts = field(default_factory=LiveCounts)
+
+
+def _input_uri(job: BatchJob) -> str:
+    return str(job.request["inputDataConfig"]["s3InputDataConfig"]["s3Uri"])
+
+
+def _output_uri(job: BatchJob) -> str:
+    return str(job.request["outputDataConfig"]["s3OutputDataConfig"]["s3Uri"])
 
 
 DEFAULT_TIMEOUT_HOURS = 24
@@ -74,6 +83,8 @@ class Scheduler:
         self._settings = settings
         self._catalog = catalog
         self._buckets = LocalBuckets(settings.data_dir)
+        endpoint = settings.s3_endpoint_url
+        self._staging = S3Staging(endpoint, settings.data_dir) if endpoint else None
         self._wake = asyncio.Event()
         self._running: dict[str, Running] = {}
         self.replica = uuid.uuid4().hex[:16]
@@ -155,8 +166,11 @@ class Scheduler:
             self._start(claimed)
 
     async def _validate(self, job: BatchJob) -> None:
-        uri = job.request["inputDataConfig"]["s3InputDataConfig"]["s3Uri"]
+        uri = _input_uri(job)
         try:
+            if self._staging is not None:
+                staged = await asyncio.to_thread(self._staging.fetch, job.job_id, uri)
+                job = self._store.update(job, request={**job.request, "stagedInput": str(staged)})
             files = list_inputs(self._input_path(job))
             quotas, max_line = self._settings.quotas, EngineSettings().max_line_bytes
             total = await asyncio.to_thread(check_quotas, files, quotas, max_line, uri)
@@ -166,16 +180,21 @@ class Scheduler:
         self._store.update(job, status=JobStatus.SCHEDULED, total=total)
 
     def _input_path(self, job: BatchJob) -> Path:
-        return self._buckets.path(job.request["inputDataConfig"]["s3InputDataConfig"]["s3Uri"])
+        if self._staging is not None:
+            return Path(job.request["stagedInput"])
+        return self._buckets.path(_input_uri(job))
+
+    def _output_path(self, job: BatchJob) -> Path:
+        if self._staging is not None:
+            return self._staging.output_dir(job.job_id)
+        return self._buckets.path(_output_uri(job), must_exist=False)
 
     def _start(self, job: BatchJob) -> None:
         try:
             request = RunRequest(
                 input=self._input_path(job),
                 model=job.model_id,
-                output=self._buckets.path(
-                    job.request["outputDataConfig"]["s3OutputDataConfig"]["s3Uri"], must_exist=False
-                ),
+                output=self._output_path(job),
                 job_id=job.job_id,
                 catalog_file=self._settings.models,
                 state_dir=self._settings.engine_state_dir,
@@ -193,6 +212,8 @@ class Scheduler:
     async def _execute(self, job: BatchJob, local: LocalJob, counts: LiveCounts) -> None:
         try:
             report = await local.execute(counts)
+            if self._staging is not None:
+                await asyncio.to_thread(self._staging.publish, job.job_id, _output_uri(job))
             c = report.counts
             status = report.job.status
             self._store.update(

@@ -33,6 +33,7 @@ class Server:
     url: str
     data_dir: Path
     process: subprocess.Popen[str]
+    database_url: str | None = None
 
     def stop(self, sig: signal.Signals = signal.SIGTERM) -> None:
         self.process.send_signal(sig)
@@ -54,7 +55,8 @@ def start_server(data_dir: Path, catalog: Path, *extra: str) -> Server:
     assert process.stdout is not None
     line = process.stdout.readline()  # the server prints one line with its URL when it is ready
     assert "serving on http://127.0.0.1:" in line, line
-    return Server(line.split()[-1], data_dir, process)
+    database = extra[extra.index("--database-url") + 1] if "--database-url" in extra else None
+    return Server(line.split()[-1], data_dir, process, database)
 
 
 @pytest.fixture(scope="module", params=["sqlite", "postgres"])
@@ -280,10 +282,7 @@ def test_never_more_jobs_of_a_model_run_than_its_slots(server: Server) -> None:
 
 def slot_gaps(server: Server, job_ids: list[str]) -> list[float]:
     """For each job that waited for a slot: seconds from the latest end before its start to its start."""
-    url = f"sqlite:///{server.data_dir / 'bulkinfer.db'}"
-    if not (server.data_dir / "bulkinfer.db").is_file():
-        pytest.skip("slot timing is read from the embedded store")
-    engine = sqlalchemy.create_engine(url)
+    engine = sqlalchemy.create_engine(server.database_url or f"sqlite:///{server.data_dir / 'bulkinfer.db'}")
     with engine.connect() as conn:
         rows = conn.execute(
             sqlalchemy.text("SELECT job_id, start_time, end_time FROM batch_jobs"),

@@ -561,3 +561,49 @@ def test_inputs_and_outputs_on_an_s3_protocol_server(tmp_path: Path, moto_s3: st
         s3.get_object(Bucket="batch-output", Key=prefix + "manifest.json.out")["Body"].read()
     )
     assert manifest["totalRecordCount"] == manifest["successRecordCount"] == 20
+
+
+def test_the_cli_client_submits_follows_lists_and_stops(server: Server) -> None:
+    write_jsonl(server.bucket("cli-bucket") / "in.jsonl", records(25))
+    write_jsonl(server.bucket("cli-bucket") / "long.jsonl", records(400))
+    env = {
+        **os.environ,
+        "BULKINFER_SERVER": server.url,
+        "AWS_ACCESS_KEY_ID": "AKIDCLIUSER",
+        "AWS_SECRET_ACCESS_KEY": "secret",
+        "COLUMNS": "200",
+    }
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "bulkinfer", *args], capture_output=True, text=True, env=env
+        )
+
+    done = cli(
+        "submit",
+        "s3://cli-bucket/in.jsonl",
+        "-m",
+        "echo",
+        "-o",
+        "s3://cli-out/",
+        "--name",
+        "from-cli",
+        "--wait",
+    )
+    assert done.returncode == 0, done.stderr
+    arn = done.stdout.splitlines()[0]
+    assert "model-invocation-job/" in arn and "25/25" in done.stderr
+    shown = cli("status", arn, "--server", server.url)
+    assert "Completed" in shown.stdout and "25 of 25" in shown.stdout
+
+    started = cli(
+        "submit", "s3://cli-bucket/long.jsonl", "-m", "slow-echo", "-o", "s3://cli-out/", "--name", "long"
+    )
+    long_arn = started.stdout.strip()
+    wait_status(client(server, "AKIDCLIUSER"), long_arn, {"InProgress"})
+    assert cli("stop", long_arn).returncode == 0
+    wait_status(client(server, "AKIDCLIUSER"), long_arn, {"Stopped"})
+    listed = cli("jobs")
+    assert "from-cli" in listed.stdout and "long" in listed.stdout and "Stopped" in listed.stdout
+    refused = cli("stop", long_arn)
+    assert refused.returncode == 2 and "State was: Stopped" in refused.stderr

@@ -8,7 +8,7 @@ import gc
 import os
 import signal
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Annotated
 
@@ -17,6 +17,7 @@ import typer
 from rich.console import Console
 from rich.text import Text
 
+from bulkinfer.cli import remote
 from bulkinfer.cli.progress import JobProgress
 from bulkinfer.cli.summary import print_catalog, print_dry_run, print_jobs, print_report
 from bulkinfer.dialects.registry import get_dialect
@@ -205,19 +206,85 @@ def _dry_run(request: RunRequest) -> None:
 
 @app.command()
 def status(
-    output: Annotated[Path, typer.Argument(help="The --output folder the jobs were run into.")],
-    job_id: Annotated[str | None, typer.Option("--job-id", help="Only this job.")] = None,
+    target: Annotated[str, typer.Argument(help="An --output folder; with --server, a job id or ARN.")],
+    job_id: Annotated[str | None, typer.Option("--job-id", help="Only this job of the folder.")] = None,
+    server: Annotated[
+        str | None, typer.Option("--server", envvar="BULKINFER_SERVER", help="Ask a running bulkinfer serve.")
+    ] = None,
 ) -> None:
-    """Show the jobs of an output folder and their committed progress (also while they run)."""
+    """Show jobs and their progress: of an output folder, or one job of a server."""
     try:
-        with _state(output) as store:
+        if server is not None:
+            out.print(remote.job_table(remote.client(server).get_model_invocation_job(jobIdentifier=target)))
+            return
+        with _state(Path(target)) as store:
             jobs = [j for j in store.list_jobs() if job_id is None or j.job_id == job_id]
             if job_id is not None and not jobs:
-                raise UserError(f"no job {job_id!r} in {output}")
+                raise UserError(f"no job {job_id!r} in {target}")
             print_jobs(out, [(j, store.counts(j.job_id)) for j in jobs])
     except UserError as exc:
         err.print(f"[red]error:[/red] {exc}", highlight=False)
         raise typer.Exit(EXIT_USAGE) from None
+    except Exception as exc:
+        err.print(f"[red]error:[/red] {_describe(exc)}", highlight=False)
+        raise typer.Exit(EXIT_FAILED) from None
+
+
+@app.command()
+def submit(
+    input_uri: Annotated[str, typer.Argument(help="s3:// URI of a .jsonl object or a prefix of them.")],
+    model: Annotated[str, typer.Option("--model", "-m", help="Model name from the server's catalog.")],
+    output_uri: Annotated[
+        str, typer.Option("--output", "-o", help="s3:// URI; outputs go to <it>/<job-id>/.")
+    ],
+    server: remote.ServerOption,
+    name: Annotated[str | None, typer.Option("--name", help="Job name (default: bulkinfer-<time>).")] = None,
+    wait: Annotated[
+        bool, typer.Option("--wait", help="Follow the job to its end with a progress bar.")
+    ] = False,
+) -> None:
+    """Submit a job to a running server (prints its ARN)."""
+    code = _remote(lambda: remote.submit(out, err, server, input_uri, model, output_uri, name, wait))
+    raise typer.Exit(code)
+
+
+@app.command()
+def jobs(
+    server: remote.ServerOption,
+    status_equals: Annotated[str | None, typer.Option("--status", help="Only jobs in this status.")] = None,
+    limit: Annotated[int, typer.Option("--limit", "-n", help="At most this many, newest first.")] = 50,
+) -> None:
+    """List a server's jobs."""
+    raise typer.Exit(
+        _remote(lambda: out.print(remote.jobs_table(remote.client(server), status_equals, limit)))
+    )
+
+
+@app.command()
+def stop(
+    job: Annotated[str, typer.Argument(help="Job id or ARN.")],
+    server: remote.ServerOption,
+) -> None:
+    """Stop a job on a running server; it keeps and writes what it finished."""
+    raise typer.Exit(_remote(lambda: remote.client(server).stop_model_invocation_job(jobIdentifier=job)))
+
+
+def _remote(call: Callable[[], object]) -> int:
+    """Run a client call; a refusal from the server is a message and exit code 2, never a traceback."""
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    try:
+        result = call()
+    except ClientError as exc:
+        error = exc.response.get("Error", {})
+        err.print(f"[red]error:[/red] {error.get('Code')}: {error.get('Message')}", highlight=False)
+        return EXIT_USAGE
+    except BotoCoreError as exc:
+        err.print(f"[red]error:[/red] {exc}", highlight=False)
+        return EXIT_FAILED
+    if isinstance(result, dict) and result.get("status") not in (None, "Completed"):
+        return EXIT_FAILED
+    return 0
 
 
 @app.command()

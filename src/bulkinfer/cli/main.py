@@ -70,7 +70,7 @@ def run(
     dry: Annotated[bool, typer.Option("--dry-run", help="Validate and count; run nothing.")] = False,
 ) -> None:
     """Run a batch job to completion (or resume one)."""
-    try:
+    with _reported("job failed"):
         if resume and job_id is None:
             job_id = _latest_unfinished(output)
         request = RunRequest(input, model, output, job_id, models, dialect)
@@ -78,14 +78,6 @@ def run(
             _dry_run(request)
             return
         code = asyncio.run(_run(request))
-    except UserError as exc:
-        err.print(f"[red]error:[/red] {exc}", highlight=False)
-        raise typer.Exit(EXIT_USAGE) from None
-    except Exception as exc:
-        if os.environ.get("BULKINFER_DEBUG"):
-            raise
-        err.print(f"[red]job failed:[/red] {_describe(exc)}", highlight=False)
-        raise typer.Exit(EXIT_FAILED) from None
     raise typer.Exit(code)
 
 
@@ -127,6 +119,23 @@ async def _execute(job: LocalJob) -> int:
         _say_resume(job, "stopped")
         return EXIT_INTERRUPTED
     return 0
+
+
+@contextlib.contextmanager
+def _reported(failure: str = "error") -> Iterator[None]:
+    """Turn errors into a message and an exit code: 2 for a usage problem, 1 for anything else."""
+    try:
+        yield
+    except typer.Exit:
+        raise
+    except UserError as exc:
+        err.print(f"[red]error:[/red] {exc}", highlight=False)
+        raise typer.Exit(EXIT_USAGE) from None
+    except Exception as exc:
+        if os.environ.get("BULKINFER_DEBUG"):
+            raise
+        err.print(f"[red]{failure}:[/red] {_describe(exc)}", highlight=False)
+        raise typer.Exit(EXIT_FAILED) from None
 
 
 def _describe(exc: Exception) -> str:
@@ -213,21 +222,14 @@ def status(
     ] = None,
 ) -> None:
     """Show jobs and their progress: of an output folder, or one job of a server."""
-    try:
-        if server is not None:
-            out.print(remote.job_table(remote.client(server).get_model_invocation_job(jobIdentifier=target)))
-            return
-        with _state(Path(target)) as store:
-            jobs = [j for j in store.list_jobs() if job_id is None or j.job_id == job_id]
-            if job_id is not None and not jobs:
-                raise UserError(f"no job {job_id!r} in {target}")
-            print_jobs(out, [(j, store.counts(j.job_id)) for j in jobs])
-    except UserError as exc:
-        err.print(f"[red]error:[/red] {exc}", highlight=False)
-        raise typer.Exit(EXIT_USAGE) from None
-    except Exception as exc:
-        err.print(f"[red]error:[/red] {_describe(exc)}", highlight=False)
-        raise typer.Exit(EXIT_FAILED) from None
+    if server is not None:
+        get = remote.client(server).get_model_invocation_job
+        raise typer.Exit(_remote(lambda: out.print(remote.job_table(get(jobIdentifier=target)))))
+    with _reported(), _state(Path(target)) as store:
+        jobs = [j for j in store.list_jobs() if job_id is None or j.job_id == job_id]
+        if job_id is not None and not jobs:
+            raise UserError(f"no job {job_id!r} in {target}")
+        print_jobs(out, [(j, store.counts(j.job_id)) for j in jobs])
 
 
 @app.command()
@@ -372,11 +374,8 @@ def serve(
 @app.command("models")
 def list_models(models: ModelsOption = None) -> None:
     """List the models in the catalog."""
-    try:
+    with _reported():
         print_catalog(out, Catalog.load(models))
-    except UserError as exc:
-        err.print(f"[red]error:[/red] {exc}", highlight=False)
-        raise typer.Exit(EXIT_USAGE) from None
 
 
 @app.command()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import base64
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from bulkinfer.domain.job import JobStatus, new_job_id
@@ -70,19 +70,22 @@ class BatchService:
         job = self._store.get(job_id)
         if job is None or job.tenant != tenant:
             raise JobNotFound(f"Could not find job {job_id}")
-        live = self._scheduler.live_counts(job_id)
-        if live is not None and job.status in (JobStatus.IN_PROGRESS, JobStatus.STOPPING):
-            success = live.processed - live.errors
-            return BatchJob(
-                **{**_fields(job), "processed": live.processed, "errors": live.errors, "success": success}
-            )
-        return job
+        return self._with_live_counts(job)
+
+    def _with_live_counts(self, job: BatchJob) -> BatchJob:
+        """A running job's counts as of now, not as of its last stored update."""
+        live = self._scheduler.live_counts(job.job_id)
+        if live is None or job.status not in (JobStatus.IN_PROGRESS, JobStatus.STOPPING):
+            return job
+        return replace(
+            job, processed=live.processed, errors=live.errors, success=live.processed - live.errors
+        )
 
     def list(self, wanted: JobFilter, page_size: int, token: str | None) -> Page:
         offset = _decode_token(token) if token else 0
         jobs = self._store.find(wanted, offset, page_size + 1)
         more = len(jobs) > page_size
-        jobs = [self.get(wanted.tenant, j.job_id) for j in jobs[:page_size]]
+        jobs = [self._with_live_counts(j) for j in jobs[:page_size]]
         return Page(jobs, _encode_token(offset + page_size) if more else None)
 
     def stop(self, tenant: str, job_id: str) -> None:
@@ -91,10 +94,6 @@ class BatchService:
             raise JobConflict(f"Job {job_id} cannot be stopped. State was: {job.status.value}")
         self._scheduler.stop(job)
         self._scheduler.notify()
-
-
-def _fields(job: BatchJob) -> dict[str, Any]:
-    return {name: getattr(job, name) for name in BatchJob.__dataclass_fields__}
 
 
 def _encode_token(offset: int) -> str:

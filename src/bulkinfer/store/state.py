@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections import Counter
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -103,10 +104,26 @@ class StateStore:
         return [_chunk_from_row(r) for r in rows]
 
     def counts(self, job_id: str) -> Counts:
-        total = Counts()
-        for chunk in self.chunks(job_id):
-            total = total + chunk.counts
-        return total
+        """The job's committed counts, summed in the database (no chunk's line ranges are read)."""
+        c = chunks.c
+        sums = select(
+            func.coalesce(func.sum(c.records), 0),
+            func.coalesce(func.sum(c.success), 0),
+            func.coalesce(func.sum(c.errors), 0),
+            func.coalesce(func.sum(c.input_tokens), 0),
+            func.coalesce(func.sum(c.output_tokens), 0),
+        ).where(c.job_id == job_id)
+        with self._engine.connect() as conn:
+            processed, success, errors, tokens_in, tokens_out = conn.execute(sums).one()
+            codes = (
+                conn.execute(select(c.error_codes).where(c.job_id == job_id, c.errors > 0)).scalars().all()
+            )
+        error_codes: Counter[str] = Counter()
+        for text in codes:
+            error_codes.update(orjson.loads(text))
+        return Counts(
+            int(processed), int(success), int(errors), int(tokens_in), int(tokens_out), dict(error_codes)
+        )
 
     def delete_chunks(self, job_id: str) -> None:
         with self._engine.begin() as conn:

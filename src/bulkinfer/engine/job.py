@@ -292,6 +292,7 @@ class LocalJob:
                 target = self.output_dir / f"{f.name}.out"
                 write_output(chunks, chunk_dir, target, record_counts.get(f.index), errors)
         total = sum(record_counts.values()) if complete else self.estimated_total()
+        options = self._with_active_time(self.job)  # once: the manifest and the job row must agree
         ended = now()
         counts = self.committed()
         info = ManifestInfo(
@@ -303,7 +304,7 @@ class LocalJob:
             started_at=self.job.started_at or ended,
             ended_at=ended,
             inputs=[f.name for f in self.files],
-            active_seconds=self._with_active_time(self.job)["active_seconds"],
+            active_seconds=options["active_seconds"],
             estimated_cost_usd=self.spec.price.cost(counts.input_tokens, counts.output_tokens),
         )
         manifest = build_manifest(info)
@@ -314,7 +315,7 @@ class LocalJob:
             status=final,
             ended_at=ended,
             total_records=total,
-            options=self._with_active_time(self.job),
+            options=options,
         )
         shutil.rmtree(chunk_dir, ignore_errors=True)
         return self.report(manifest)

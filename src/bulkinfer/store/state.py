@@ -125,10 +125,6 @@ class StateStore:
             int(processed), int(success), int(errors), int(tokens_in), int(tokens_out), dict(error_codes)
         )
 
-    def delete_chunks(self, job_id: str) -> None:
-        with self._engine.begin() as conn:
-            conn.execute(chunks.delete().where(chunks.c.job_id == job_id))
-
     def list_jobs(self) -> list[JobRecord]:
         with self._engine.connect() as conn:
             rows = conn.execute(select(jobs).order_by(jobs.c.created_at)).mappings().all()
@@ -141,10 +137,6 @@ class StateStore:
         with self._engine.connect() as conn:
             row = conn.execute(query.limit(1)).mappings().first()
         return None if row is None else _job_from_row(row)
-
-    def count_jobs(self) -> int:
-        with self._engine.connect() as conn:
-            return int(conn.execute(select(func.count()).select_from(jobs)).scalar_one())
 
 
 def make_engine(url: str) -> Engine:

@@ -150,9 +150,9 @@ def test_unreadable_file_names_the_file(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("text", "field", "hint"),
     [
-        ('[models.x]\nprovider = "openai"\n', "models.x.provider", "echo"),
+        ('[models.x]\nprovider = "mystery"\n', "models.x.provider", "echo"),
         ("[models.x]\ndescription = 'no provider'\n", "models.x.provider", "required"),
-        ('[models.x]\nprovider = "echo"\nbogus = 1\n', "models.x.bogus", "Extra"),
+        ('[models.x]\nprovider = "echo"\nbogus = 1\n', "models.x.bogus", "unknown key"),
         ('[models.x]\nprovider = "echo"\nkind = "audio"\n', "models.x.kind", ""),
         ('[models.x]\nprovider = "echo"\nbatch_size = 0\n', "models.x.batch_size", ""),
         ('[models.x]\nprovider = "echo"\nconcurrency = 5000\n', "models.x.concurrency", ""),
@@ -165,9 +165,9 @@ def test_unreadable_file_names_the_file(tmp_path: Path) -> None:
         (
             '[models.x]\nprovider = "echo"\n[models.x.price]\ncurrency = "EUR"\n',
             "models.x.price.currency",
-            "Extra",
+            "unknown key",
         ),
-        ('[model.x]\nprovider = "echo"\n', "model", "Extra"),
+        ('[model.x]\nprovider = "echo"\n', "model", "unknown key"),
     ],
 )
 def test_invalid_entries_name_the_file_and_the_field(
@@ -243,3 +243,49 @@ def test_price_cost_is_additive() -> None:
 def test_builtin_smollm2_cost() -> None:
     price = Catalog.load().get("smollm2-135m-instruct").price
     assert price.cost(1_000_000, 1_000_000) == pytest.approx((0.02 + 0.04) * 0.5)
+
+
+REMOTE = """
+[models.my-remote]
+provider = "openai"
+base_url = "http://127.0.0.1:9000/v1"
+api_key_env = "MY_API_KEY"
+remote_model = "gpt-4o-mini"
+requests_per_minute = 600
+input_tokens_per_minute = 200000
+output_tokens_per_minute = 50000
+max_concurrency = 64
+max_attempts = 8
+timeout_seconds = 60
+"""
+
+
+def test_remote_entry_as_the_issue_writes_it(tmp_path: Path) -> None:
+    spec = Catalog.load(write(tmp_path, REMOTE)).get("my-remote")
+    assert spec.remote is not None
+    assert spec.remote.base_url == "http://127.0.0.1:9000/v1"
+    assert spec.remote.remote_model == "gpt-4o-mini"
+    assert (spec.remote.requests_per_minute, spec.remote.max_concurrency) == (600, 64)
+    assert spec.default_dialect == "openai-chat"
+    assert (spec.batch_size, spec.concurrency) == (1, 64)  # one record per call, as many as allowed
+
+
+def test_remote_limits_default_to_unlimited(tmp_path: Path) -> None:
+    text = '[models.claude]\nprovider = "anthropic"\n'
+    text += '[models.titan]\nprovider = "bedrock"\nkind = "embedding"\n'
+    catalog = Catalog.load(write(tmp_path, text))
+    claude = catalog.get("claude")
+    assert claude.remote is not None and claude.remote.requests_per_minute is None
+    assert claude.remote.remote_model == "claude"
+    assert claude.default_dialect == "anthropic"
+    assert catalog.get("titan").default_dialect == "titan-embed"
+
+
+def test_unknown_remote_key_is_named(tmp_path: Path) -> None:
+    message = config_error(write(tmp_path, REMOTE + "request_per_minute = 5\n"))
+    assert "models.my-remote.request_per_minute: unknown key" in message
+
+
+def test_remote_keys_on_a_local_model_are_refused(tmp_path: Path) -> None:
+    message = config_error(write(tmp_path, '[models.x]\nprovider = "echo"\nrequests_per_minute = 5\n'))
+    assert "models.x.requests_per_minute: only remote providers take this key" in message

@@ -11,7 +11,7 @@ which showed up as a tenth of the per-record cost on the echo overhead benchmark
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 Role = Literal["user", "assistant"]
 StopReason = Literal["end_turn", "max_tokens", "stop_sequence"]
@@ -59,10 +59,19 @@ class GenerationParams:
 
 
 @dataclass(slots=True)
+class Native:
+    """A record's body as written, for a provider that speaks its dialect and so takes it untouched."""
+
+    dialect: str
+    body: dict[str, Any]
+
+
+@dataclass(slots=True)
 class ChatRequest:
     messages: tuple[Message, ...]
     system: str | None = None
     params: GenerationParams = field(default_factory=GenerationParams)
+    native: Native | None = None
 
     @property
     def last_user_text(self) -> str:
@@ -80,6 +89,7 @@ class EmbeddingRequest:
     texts: tuple[str, ...]
     dimensions: int | None = None
     normalize: bool = True
+    native: Native | None = None
 
     def char_count(self) -> int:
         return sum(len(t) for t in self.texts)
@@ -101,6 +111,10 @@ class ChatResult:
     usage: Usage
     model: str = ""
     latency_ms: int = 0
+    native: dict[str, Any] | None = None
+    """The provider's response body as sent, when it answered a ``Native`` request: the record's output."""
+    attempts: int = 0
+    """Calls made for this record (remote providers); 0 where calls are not counted."""
 
 
 @dataclass(slots=True)
@@ -109,6 +123,8 @@ class EmbeddingResult:
     usage: Usage
     model: str = ""
     latency_ms: int = 0
+    native: dict[str, Any] | None = None
+    attempts: int = 0
 
 
 Result = ChatResult | EmbeddingResult
@@ -125,6 +141,7 @@ class RecordError:
     code: int
     message: str
     kind: str = "ValidationError"
+    attempts: int = 0
 
 
 Outcome = Result | RecordError

@@ -27,11 +27,13 @@ from bulkinfer.formats.manifest import ManifestInfo, build_manifest
 from bulkinfer.providers.base import Provider
 from bulkinfer.providers.catalog import Catalog, ModelSpec
 from bulkinfer.providers.registry import load_provider
+from bulkinfer.providers.remote.limits import LimitRegistry
 from bulkinfer.storage.files import InputFile, list_inputs, read_blocks, write_durably
 from bulkinfer.store.state import JobRecord, StateStore, now
 
 STATE_DIR = ".bulkinfer"
 MANIFEST_NAME = "manifest.json.out"
+PAUSE_CHECK_S = 0.5
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,6 +52,8 @@ class RunRequest:
     keep_partial: bool = False
     """On stop, write the finished records and a manifest and end Stopped, as a service's Stop does,
     instead of leaving the job to be resumed."""
+    limits: LimitRegistry | None = field(default=None, compare=False)
+    """Rate limits of remote models, shared by every job of the process (a service passes its own)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,6 +93,8 @@ class LocalJob:
         self._lock: IO[str] | None = None
         self._pipeline: RecordPipeline | None = None
         self._stop_requested = False
+        self.paused: str | None = None
+        """Why the model holds this job's records back right now (its provider is down), if it does."""
         self._final_on_stop = JobStatus.STOPPED
         self._run_started = time.monotonic()
         self.store = (
@@ -206,7 +212,7 @@ class LocalJob:
         provider: Provider | None = None
         try:
             status(f"loading model {self.spec.name}")
-            provider = await asyncio.to_thread(load_provider, self.spec)
+            provider = await asyncio.to_thread(load_provider, self.spec, self.request.limits)
             return await self._run(provider, progress, status)
         except BaseException as exc:
             self._record_end(exc)
@@ -263,10 +269,12 @@ class LocalJob:
             self._pipeline.request_stop()
         status(f"running {self.spec.name}")
         timer = asyncio.create_task(committer.run_timer())
+        watch = asyncio.create_task(self._watch_pause(provider, status))
         try:
             await self._pipeline.run(self.files)
         finally:
             timer.cancel()
+            watch.cancel()
         stopped_early = len(self._pipeline.record_counts) < len(self.files)
         if stopped_early and self.request.keep_partial:
             status("writing the finished records")
@@ -280,6 +288,17 @@ class LocalJob:
         status("writing outputs")
         counts = self._pipeline.record_counts
         return await asyncio.to_thread(self._finalize, counts, chunk_dir, JobStatus.COMPLETED)
+
+    async def _watch_pause(self, provider: Provider, status: Callable[[str], None]) -> None:
+        """Show, in the progress line and the job's message, when the provider holds dispatch back."""
+        shown: str | None = None
+        while True:
+            await asyncio.sleep(PAUSE_CHECK_S)
+            paused = provider.paused()
+            if paused != shown:
+                shown = self.paused = paused
+                status(paused or f"running {self.spec.name}")
+                self.job = self.store.update_job(self.job, message=paused)
 
     def _finalize(self, record_counts: dict[int, int], chunk_dir: Path, final: JobStatus) -> JobReport:
         """Write outputs and manifest. Completed: every record, checked; Stopped: what finished."""

@@ -49,9 +49,10 @@ def finish(item: Prepared, outcome: Outcome) -> Finished:
         if isinstance(outcome, RecordError):
             return Finished(record.line, render_error(record, outcome), error_code=outcome.code)
         assert item.dialect is not None and item.request is not None
-        body = item.dialect.render(outcome, item.request)
+        body = outcome.native if outcome.native is not None else item.dialect.render(outcome, item.request)
         usage = outcome.usage
-        return Finished(record.line, render_output(record, body), usage.input_tokens, usage.output_tokens)
+        line = render_output(record, body, outcome.attempts)
+        return Finished(record.line, line, usage.input_tokens, usage.output_tokens)
     except (TypeError, ValueError) as exc:
         error = RecordError(500, f"could not write the output line: {exc}", "InternalError")
         bare = InputRecord(record.line, record.record_id, None)

@@ -13,7 +13,7 @@ from typing import Any
 
 from bulkinfer.dialects.base import Dialect
 from bulkinfer.domain.lineset import LineSet
-from bulkinfer.domain.request import ChatRequest, Outcome, RecordError
+from bulkinfer.domain.request import ChatRequest, Native, Outcome, RecordError
 from bulkinfer.engine.batching import Item, plan_batches
 from bulkinfer.engine.committer import Committer, Finished
 from bulkinfer.engine.prepare import Prepared, finish, prepare, sampling_group, with_error
@@ -42,6 +42,11 @@ class EngineSettings:
     @classmethod
     def for_model(cls, spec: ModelSpec) -> EngineSettings:
         block = min(4096, max(64, spec.batch_size * 4))
+        if spec.remote is not None:
+            # One record per call, so enough blocks to keep every allowed call busy; and commits
+            # often, since a record finished but not committed when the process dies is paid twice.
+            in_flight = 2 + -(-spec.concurrency // block)
+            return cls(block_records=block, blocks_in_flight=in_flight, commit_interval_s=0.2)
         return cls(block_records=block, blocks_in_flight=max(2, spec.concurrency + 1))
 
 
@@ -204,7 +209,11 @@ class RecordPipeline:
         if item.error is not None or item.request is None:
             return item
         refusal = self._provider.refusal(item.request)
-        return item if refusal is None else with_error(item, refusal)
+        if refusal is not None:
+            return with_error(item, refusal)
+        if item.dialect is not None and item.dialect.name in self._provider.capabilities.native_dialects:
+            item.request.native = Native(item.dialect.name, item.record.model_input)
+        return item
 
     def _plan(self, runnable: list[Prepared]) -> list[list[Prepared]]:
         spec = self._spec

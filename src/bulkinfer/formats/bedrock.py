@@ -67,15 +67,19 @@ def parse_line(raw: Line, line: int, *, source: str, seed: str) -> InputRecord:
     return InputRecord(line, record_id, model_input, _bad(message))
 
 
-def render_output(record: InputRecord, output: dict[str, Any]) -> bytes:
-    return orjson.dumps(
-        {"recordId": record.record_id, "modelInput": record.model_input, "modelOutput": output}
-    )
+def render_output(record: InputRecord, output: dict[str, Any], attempts: int = 0) -> bytes:
+    line = {"recordId": record.record_id, "modelInput": record.model_input, "modelOutput": output}
+    if attempts:  # our own key: how many calls a remote provider took for this record
+        line["attempts"] = attempts
+    return orjson.dumps(line)
 
 
 def render_error(record: InputRecord, error: RecordError) -> bytes:
     body = {"errorCode": error.code, "errorMessage": error.message}
-    return orjson.dumps({"recordId": record.record_id, "modelInput": record.model_input, "error": body})
+    line = {"recordId": record.record_id, "modelInput": record.model_input, "error": body}
+    if error.attempts:
+        line["attempts"] = error.attempts
+    return orjson.dumps(line)
 
 
 def _invalid(seed: str, line: int, message: str) -> InputRecord:

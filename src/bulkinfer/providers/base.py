@@ -16,6 +16,8 @@ class Capabilities:
     images: bool = False
     padded_batches: bool = False
     """Batches are padded to their longest request, so sorting by length pays (local models)."""
+    native_dialects: frozenset[str] = frozenset()
+    """Dialects the model speaks itself: records in them are sent as written (``Request.native``)."""
 
 
 class Provider(ABC):
@@ -37,6 +39,10 @@ class Provider(ABC):
 
     async def aclose(self) -> None:  # noqa: B027 - optional hook
         """Release the model."""
+
+    def paused(self) -> str | None:
+        """Why dispatch is held back right now (a provider that is down), or None while it runs."""
+        return None
 
     def refusal(self, request: Request) -> RecordError | None:
         """Why this provider cannot serve a request at all, or None."""

@@ -21,12 +21,18 @@ class PriceEntry(BaseModel):
     batch_discount: float = Field(0.0, ge=0, le=1, description="fraction off on-demand for batch jobs")
 
 
+REMOTE_PROVIDERS = frozenset({"openai", "anthropic", "bedrock"})
+REMOTE_DEFAULT_DIALECT = {"openai": "openai-chat", "anthropic": "anthropic", "bedrock": "anthropic"}
+UNLIMITED_CONCURRENCY = 256
+"""Records in flight at once for a remote model with no max_concurrency; adaptive concurrency rules below."""
+
+
 class ModelEntry(BaseModel):
     """One ``[models.NAME]`` table of a catalog file."""
 
     model_config = ConfigDict(extra="forbid")
 
-    provider: Literal["echo", "transformers", "sentence-transformers"]
+    provider: Literal["echo", "transformers", "sentence-transformers", "openai", "anthropic", "bedrock"]
     description: str = ""
     kind: Literal["chat", "embedding"] = "chat"
     dialects: list[str] = Field(default_factory=lambda: ["anthropic"], min_length=1)
@@ -37,6 +43,17 @@ class ModelEntry(BaseModel):
     token_budget: int = Field(16384, ge=1, description="padded prompt+output tokens per micro-batch")
     price: PriceEntry = Field(default_factory=PriceEntry)
     options: dict[str, Any] = Field(default_factory=dict)
+    # Remote providers: where the model is and how hard it may be driven. Unset limits are unlimited.
+    base_url: str | None = Field(None, description="API base URL; the SDK's default when unset")
+    api_key_env: str | None = Field(None, description="environment variable holding the API key")
+    remote_model: str | None = Field(None, description="the provider's name for the model")
+    region: str | None = Field(None, description="AWS region (bedrock)")
+    requests_per_minute: float | None = Field(None, gt=0)
+    input_tokens_per_minute: float | None = Field(None, gt=0)
+    output_tokens_per_minute: float | None = Field(None, gt=0)
+    max_concurrency: int | None = Field(None, ge=1, le=4096)
+    max_attempts: int = Field(8, ge=1, le=100)
+    timeout_seconds: float = Field(60.0, gt=0)
 
 
 class CatalogFile(BaseModel):
@@ -57,6 +74,22 @@ class Price:
 
 
 @dataclass(frozen=True, slots=True)
+class RemoteSpec:
+    """How to reach a remote model and the limits every job on it shares."""
+
+    base_url: str | None = None
+    api_key_env: str | None = None
+    remote_model: str = ""
+    region: str | None = None
+    requests_per_minute: float | None = None
+    input_tokens_per_minute: float | None = None
+    output_tokens_per_minute: float | None = None
+    max_concurrency: int | None = None
+    max_attempts: int = 8
+    timeout_seconds: float = 60.0
+
+
+@dataclass(frozen=True, slots=True)
 class ModelSpec:
     name: str
     provider: str
@@ -70,6 +103,7 @@ class ModelSpec:
     price: Price
     description: str = ""
     options: dict[str, Any] = field(default_factory=dict)
+    remote: RemoteSpec | None = None
 
     @property
     def default_dialect(self) -> str:
@@ -114,6 +148,8 @@ def _parse(text: str, source: str) -> dict[str, ModelSpec]:
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first["loc"])
+        if first["type"] == "extra_forbidden":
+            raise ConfigError(f"{source}: {where}: unknown key") from exc
         raise ConfigError(f"{source}: {where}: {first['msg']}") from exc
     return {name: _spec(name, entry, source) for name, entry in parsed.models.items()}
 
@@ -121,7 +157,11 @@ def _parse(text: str, source: str) -> dict[str, ModelSpec]:
 def _spec(name: str, entry: ModelEntry, source: str) -> ModelSpec:
     from bulkinfer.dialects.registry import get_dialect
 
-    for dialect in entry.dialects:
+    remote = _remote(name, entry, source)
+    dialects = entry.dialects
+    if remote is not None and "dialects" not in entry.model_fields_set:
+        dialects = [_remote_default_dialect(entry)]
+    for dialect in dialects:
         try:
             get_dialect(dialect)
         except ConfigError as exc:
@@ -130,13 +170,42 @@ def _spec(name: str, entry: ModelEntry, source: str) -> ModelSpec:
         name=name,
         provider=entry.provider,
         kind=entry.kind,
-        dialects=tuple(entry.dialects),
+        dialects=tuple(dialects),
         context_length=entry.context_length,
         default_max_tokens=entry.default_max_tokens,
-        concurrency=entry.concurrency,
-        batch_size=entry.batch_size,
+        # A remote model takes one record per call; its limits, not micro-batches, bound the work.
+        concurrency=(remote.max_concurrency or UNLIMITED_CONCURRENCY) if remote else entry.concurrency,
+        batch_size=1 if remote else entry.batch_size,
         token_budget=entry.token_budget,
         price=Price(**entry.price.model_dump()),
         description=entry.description,
         options=dict(entry.options),
+        remote=remote,
     )
+
+
+def _remote(name: str, entry: ModelEntry, source: str) -> RemoteSpec | None:
+    if entry.provider not in REMOTE_PROVIDERS:
+        remote_keys = set(RemoteSpec.__dataclass_fields__) & entry.model_fields_set
+        if remote_keys:
+            key = sorted(remote_keys)[0]
+            raise ConfigError(f"{source}: models.{name}.{key}: only remote providers take this key")
+        return None
+    return RemoteSpec(
+        base_url=entry.base_url,
+        api_key_env=entry.api_key_env,
+        remote_model=entry.remote_model or name,
+        region=entry.region,
+        requests_per_minute=entry.requests_per_minute,
+        input_tokens_per_minute=entry.input_tokens_per_minute,
+        output_tokens_per_minute=entry.output_tokens_per_minute,
+        max_concurrency=entry.max_concurrency,
+        max_attempts=entry.max_attempts,
+        timeout_seconds=entry.timeout_seconds,
+    )
+
+
+def _remote_default_dialect(entry: ModelEntry) -> str:
+    if entry.kind == "embedding":
+        return "openai-embeddings" if entry.provider == "openai" else "titan-embed"
+    return REMOTE_DEFAULT_DIALECT[entry.provider]

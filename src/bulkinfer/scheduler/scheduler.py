@@ -21,6 +21,7 @@ from bulkinfer.engine.job import LocalJob, RunRequest
 from bulkinfer.engine.runner import EngineSettings
 from bulkinfer.errors import BulkinferError
 from bulkinfer.providers.catalog import Catalog
+from bulkinfer.providers.remote.limits import LimitRegistry
 from bulkinfer.scheduler.quotas import check_quotas
 from bulkinfer.settings import ServerSettings
 from bulkinfer.storage.files import list_inputs
@@ -87,6 +88,7 @@ class Scheduler:
         self._staging = S3Staging(endpoint, settings.data_dir) if endpoint else None
         self._wake = asyncio.Event()
         self._running: dict[str, Running] = {}
+        self._limits = LimitRegistry()  # every job on a remote model shares that model's rate limits
         self.replica = uuid.uuid4().hex[:16]
 
     def notify(self) -> None:
@@ -95,6 +97,11 @@ class Scheduler:
     def live_counts(self, job_id: str) -> LiveCounts | None:
         running = self._running.get(job_id)
         return running.counts if running else None
+
+    def paused(self, job_id: str) -> str | None:
+        """Why a job running here is held back (its model's provider is down), if it is."""
+        running = self._running.get(job_id)
+        return running.job.paused if running else None
 
     async def run(self) -> None:
         self._recover()
@@ -200,6 +207,7 @@ class Scheduler:
                 state_dir=self._settings.engine_state_dir,
                 state_url=self._settings.database_url,
                 keep_partial=True,
+                limits=self._limits,
             )
             local = LocalJob.open(request)
         except BulkinferError as exc:

@@ -78,7 +78,11 @@ class BatchService:
         if live is None or job.status not in (JobStatus.IN_PROGRESS, JobStatus.STOPPING):
             return job
         return replace(
-            job, processed=live.processed, errors=live.errors, success=live.processed - live.errors
+            job,
+            processed=live.processed,
+            errors=live.errors,
+            success=live.processed - live.errors,
+            message=self._scheduler.paused(job.job_id) or job.message,
         )
 
     def list(self, wanted: JobFilter, page_size: int, token: str | None) -> Page:

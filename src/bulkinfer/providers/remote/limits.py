@@ -1,0 +1,173 @@
+"""Rate limits shared by every job on one model: token buckets for requests and tokens per minute, and a
+concurrency limit that adapts to how the provider copes (AIMD: grow while healthy, halve on 429)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+
+from bulkinfer.providers.catalog import RemoteSpec
+from bulkinfer.providers.remote.breaker import Breaker
+from bulkinfer.providers.remote.call import RateHints
+
+HEADROOM = 0.98
+"""Fraction of a configured per-minute limit we aim for. A provider counting over a rolling minute
+also sees our one-second burst; 2% below the limit leaves room for it, so we never trip a 429."""
+BURST_SECONDS = 1.0
+INITIAL_CONCURRENCY = 8
+DECREASE = 0.5
+COOLDOWN_S = 1.0
+"""After a decrease, further 429s within this time are from calls already in flight: ignore them."""
+
+Clock = Callable[[], float]
+
+
+class TokenBucket:
+    """Refills continuously at ``per_minute / 60`` a second, holding at most ``BURST_SECONDS`` of it.
+
+    Takers queue in arrival order. A take larger than the bucket waits for a full bucket and leaves it
+    in debt, so one huge request is slowed, never refused. ``charge`` corrects an estimate afterwards.
+    """
+
+    def __init__(self, per_minute: float, clock: Clock = time.monotonic) -> None:
+        self.rate = per_minute * HEADROOM / 60.0
+        self.capacity = max(1.0, self.rate * BURST_SECONDS)
+        self._level = self.capacity
+        self._clock = clock
+        self._stamp = clock()
+        self._lock = asyncio.Lock()
+
+    def _refill(self) -> float:
+        now = self._clock()
+        self._level = min(self.capacity, self._level + (now - self._stamp) * self.rate)
+        self._stamp = now
+        return self._level
+
+    async def take(self, amount: float) -> None:
+        need = min(amount, self.capacity)
+        async with self._lock:
+            while (level := self._refill()) < need:
+                await asyncio.sleep((need - level) / self.rate)
+            self._level -= amount
+
+    def charge(self, amount: float) -> None:
+        """Take (or, negative, give back) tokens after the fact, when the real usage is known."""
+        self._refill()
+        self._level = min(self.capacity, self._level - amount)
+
+
+class AdaptiveConcurrency:
+    """A concurrency limit that finds what the provider sustains.
+
+    Additive increase (one more slot per ``limit`` successes) while calls succeed; multiplicative
+    decrease when the provider throttles or is overloaded; never above ``ceiling``.
+    """
+
+    def __init__(self, ceiling: int, clock: Clock = time.monotonic) -> None:
+        self.ceiling = ceiling
+        self.limit = float(min(ceiling, INITIAL_CONCURRENCY))
+        self.in_flight = 0
+        self._clock = clock
+        self._last_decrease = -COOLDOWN_S
+        self._changed = asyncio.Condition()
+
+    async def acquire(self) -> None:
+        async with self._changed:
+            await self._changed.wait_for(lambda: self.in_flight < int(self.limit))
+            self.in_flight += 1
+
+    async def release(self) -> None:
+        async with self._changed:
+            self.in_flight -= 1
+            self._changed.notify_all()
+
+    def succeeded(self) -> None:
+        if self.limit < self.ceiling:
+            self.limit = min(float(self.ceiling), self.limit + 1.0 / self.limit)
+
+    def throttled(self) -> None:
+        now = self._clock()
+        if now - self._last_decrease >= COOLDOWN_S:
+            self.limit = max(1.0, self.limit * DECREASE)
+            self._last_decrease = now
+
+
+@dataclass(slots=True)
+class Reservation:
+    """Tokens reserved for one call, settled against its real usage."""
+
+    input_tokens: int
+    output_tokens: int
+
+
+class ModelLimits:
+    """Every limit of one model; ``slot`` is entered around each call. ``breaker`` holds calls back
+    while the provider is down."""
+
+    def __init__(self, spec: RemoteSpec, clock: Clock = time.monotonic) -> None:
+        self.breaker = Breaker()
+        self.concurrency = AdaptiveConcurrency(spec.max_concurrency or 1024, clock)
+        self._requests = _bucket(spec.requests_per_minute, clock)
+        self._input = _bucket(spec.input_tokens_per_minute, clock)
+        self._output = _bucket(spec.output_tokens_per_minute, clock)
+        self._clock = clock
+        self._hold_until = 0.0
+
+    @asynccontextmanager
+    async def slot(self, reservation: Reservation) -> AsyncIterator[None]:
+        await self.concurrency.acquire()
+        try:
+            await self._wait_for_reset()
+            for bucket, amount in (
+                (self._requests, 1),
+                (self._input, reservation.input_tokens),
+                (self._output, reservation.output_tokens),
+            ):
+                if bucket is not None:
+                    await bucket.take(amount)
+            yield
+        finally:
+            await self.concurrency.release()
+
+    def settle(self, reservation: Reservation, input_tokens: int, output_tokens: int) -> None:
+        if self._input is not None:
+            self._input.charge(input_tokens - reservation.input_tokens)
+        if self._output is not None:
+            self._output.charge(output_tokens - reservation.output_tokens)
+
+    def observe(self, hints: RateHints) -> None:
+        """Headers saying the provider's request allowance is spent: hold new calls until it resets."""
+        if hints.remaining_requests == 0 and hints.requests_reset_s:
+            self._hold_until = max(self._hold_until, self._clock() + hints.requests_reset_s)
+
+    def throttled(self, retry_after: float | None) -> None:
+        self.concurrency.throttled()
+        if retry_after:
+            self._hold_until = max(self._hold_until, self._clock() + retry_after)
+
+    async def _wait_for_reset(self) -> None:
+        while (wait := self._hold_until - self._clock()) > 0:
+            await asyncio.sleep(wait)
+
+
+def _bucket(per_minute: float | None, clock: Clock) -> TokenBucket | None:
+    return TokenBucket(per_minute, clock) if per_minute else None
+
+
+class LimitRegistry:
+    """One ``ModelLimits`` per model name, so every job on a model shares its limits.
+
+    Built once per process (the server, or one ``bulkinfer run``) and passed down to providers.
+    """
+
+    def __init__(self) -> None:
+        self._limits: dict[str, ModelLimits] = {}
+
+    def for_model(self, name: str, spec: RemoteSpec) -> ModelLimits:
+        limits = self._limits.get(name)
+        if limits is None:
+            limits = self._limits[name] = ModelLimits(spec)
+        return limits

@@ -1,0 +1,140 @@
+"""A remote model as a ``Provider``: each request is one call, through limits, retries and the breaker."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections.abc import Sequence
+
+from bulkinfer.domain.request import ChatRequest, Outcome, RecordError, Request, Result
+from bulkinfer.providers.base import Capabilities, Provider
+from bulkinfer.providers.catalog import ModelSpec, RemoteSpec
+from bulkinfer.providers.remote.call import Call, CallFailed, Permanent, ProviderDown, RateLimited, Retryable
+from bulkinfer.providers.remote.limits import LimitRegistry, ModelLimits, Reservation
+
+BACKOFF_FIRST_S = 0.25
+BACKOFF_MAX_S = 30.0
+THROTTLED_TRIES_PER_ATTEMPT = 4
+"""429s cost the provider no work and us no money, so they do not use up a record's attempts; this many
+times its attempt limit bounds them all the same."""
+
+
+def backoff(attempt: int, retry_after: float | None, rng: random.Random) -> float:
+    """Full-jitter exponential backoff, never shorter than what the provider asked for."""
+    ceiling = min(BACKOFF_MAX_S, BACKOFF_FIRST_S * 2 ** (attempt - 1))
+    delay = rng.uniform(0, ceiling)
+    return max(delay, retry_after) if retry_after is not None else delay
+
+
+class RemoteProvider(Provider):
+    """Sends each request on its own, as many at once as the model's limits allow.
+
+    ``infer`` never raises for a record: a permanent refusal, or retries running out, is that record's
+    error line, with the number of calls it took.
+    """
+
+    def __init__(self, spec: ModelSpec, call: Call, limits: ModelLimits, capabilities: Capabilities) -> None:
+        assert spec.remote is not None
+        self._spec = spec
+        self._remote: RemoteSpec = spec.remote
+        self._call = call
+        self._limits = limits
+        self._breaker = limits.breaker
+        self.capabilities = capabilities
+        self._rng = random.Random()
+        self._output_estimate = float(min(spec.default_max_tokens, 256))
+
+    async def infer(self, requests: Sequence[Request]) -> list[Outcome]:
+        return list(await asyncio.gather(*(self._one(r) for r in requests)))
+
+    def paused(self) -> str | None:
+        breaker = self._breaker
+        if breaker.down_since is None:
+            return None
+        since = time.strftime("%H:%M:%S", time.localtime(breaker.down_since))
+        return f"paused: {self._spec.name} not answering since {since} ({breaker.reason}); retrying"
+
+    async def aclose(self) -> None:
+        await self._call.aclose()
+
+    async def _one(self, request: Request) -> Outcome:
+        attempts = tries = 0
+        limit = self._remote.max_attempts
+        while True:
+            tries += 1
+            probe = await self._breaker.ready()
+            try:
+                result = await self._attempt(request)
+            except Permanent as exc:
+                self._breaker.answered(probe)
+                return RecordError(exc.code, str(exc), exc.kind, attempts + 1)
+            except ProviderDown as exc:
+                # Not the record's fault and no call was billed: it waits for the provider instead.
+                self._breaker.failed(str(exc), probe, unreachable=True)
+                continue
+            except RateLimited as exc:
+                self._breaker.answered(probe)
+                self._limits.throttled(exc.retry_after)
+                if tries >= limit * THROTTLED_TRIES_PER_ATTEMPT:
+                    return _gave_up(exc, attempts + 1)
+                await asyncio.sleep(backoff(min(tries, 8), exc.retry_after, self._rng))
+                continue
+            except Exception as exc:
+                error = exc if isinstance(exc, Retryable) else Retryable(f"{type(exc).__name__}: {exc}")
+                attempts += 1
+                self._breaker.failed(str(error), probe, unreachable=False)
+                if attempts >= limit:
+                    return _gave_up(error, attempts)
+                await asyncio.sleep(backoff(attempts, error.retry_after, self._rng))
+                continue
+            self._breaker.answered(probe)
+            result.attempts = attempts + 1
+            return result
+
+    async def _attempt(self, request: Request) -> Result:
+        reservation = Reservation(self.count_tokens(request), self._expected_output(request))
+        async with self._limits.slot(reservation):
+            answer = await self._call(request, self._remote.timeout_seconds)
+        usage = answer.result.usage
+        self._limits.settle(reservation, usage.input_tokens, usage.output_tokens)
+        self._limits.observe(answer.hints)
+        self._limits.concurrency.succeeded()
+        if usage.output_tokens:
+            self._output_estimate += (usage.output_tokens - self._output_estimate) * 0.05
+        return answer.result
+
+    def _expected_output(self, request: Request) -> int:
+        if not isinstance(request, ChatRequest):
+            return 0
+        cap = request.params.max_tokens or self._spec.default_max_tokens
+        return min(cap, int(self._output_estimate) + 1)
+
+
+def remote_provider(spec: ModelSpec, limits: LimitRegistry) -> RemoteProvider:
+    """The provider of a remote catalog entry; its limits are those every job on the model shares."""
+    remote = spec.remote
+    assert remote is not None
+    call: Call
+    if spec.provider == "openai":
+        from bulkinfer.providers.remote.openai_api import NATIVE_DIALECTS, OpenAICall
+
+        call, native = OpenAICall(remote), NATIVE_DIALECTS
+    elif spec.provider == "anthropic":
+        from bulkinfer.providers.remote.anthropic_api import NATIVE_DIALECTS, AnthropicCall
+
+        call, native = AnthropicCall(remote, spec.default_max_tokens), NATIVE_DIALECTS
+    else:
+        from bulkinfer.providers.remote.bedrock_api import INVOKE_DIALECTS, BedrockCall
+
+        call, native = BedrockCall(remote, spec.default_max_tokens), INVOKE_DIALECTS & set(spec.dialects)
+    embeddings = spec.kind == "embedding"
+    capabilities = Capabilities(
+        chat=not embeddings, embeddings=embeddings, images=True, native_dialects=native
+    )
+    return RemoteProvider(spec, call, limits.for_model(spec.name, remote), capabilities)
+
+
+def _gave_up(exc: CallFailed, attempts: int) -> RecordError:
+    message = f"gave up after {attempts} attempt{'s' if attempts > 1 else ''}: {exc}"
+    return RecordError(exc.code, message, exc.kind, attempts)

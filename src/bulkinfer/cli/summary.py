@@ -9,7 +9,7 @@ from bulkinfer.domain.job import Counts
 from bulkinfer.engine.job import MANIFEST_NAME, JobReport
 from bulkinfer.engine.validate import DryRunReport
 from bulkinfer.formats.manifest import iso
-from bulkinfer.providers.catalog import Catalog
+from bulkinfer.providers.catalog import Catalog, ModelSpec
 from bulkinfer.store.state import JobRecord
 
 
@@ -88,6 +88,14 @@ def print_jobs(console: Console, rows: list[tuple[JobRecord, Counts]]) -> None:
     console.print(table)
 
 
+def _pace(spec: ModelSpec) -> str:
+    """Micro-batch size of a local model; the request limit of a remote one."""
+    if spec.remote is None:
+        return f"{spec.batch_size}"
+    rpm = spec.remote.requests_per_minute
+    return f"{rpm:g} req/min" if rpm else "adaptive"
+
+
 def print_catalog(console: Console, catalog: Catalog) -> None:
     table = Table(title="Models")
     for column in (
@@ -96,7 +104,7 @@ def print_catalog(console: Console, catalog: Catalog) -> None:
         "kind",
         "dialects",
         "context",
-        "batch",
+        "batch / limit",
         "$/1M in",
         "$/1M out",
         "batch off",
@@ -110,7 +118,7 @@ def print_catalog(console: Console, catalog: Catalog) -> None:
             spec.kind,
             ", ".join(spec.dialects),
             f"{spec.context_length:,}",
-            f"{spec.batch_size}",
+            _pace(spec),
             f"{p.input_per_million:g}",
             f"{p.output_per_million:g}",
             f"{p.batch_discount:.0%}",

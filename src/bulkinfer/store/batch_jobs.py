@@ -10,7 +10,8 @@ import orjson
 from sqlalchemy import Engine, func, insert, select, update
 
 from bulkinfer.domain.job import JobStatus
-from bulkinfer.store.schema import batch_jobs, metadata
+from bulkinfer.store.migrate import upgrade
+from bulkinfer.store.schema import batch_jobs
 from bulkinfer.store.state import make_engine
 
 
@@ -52,7 +53,7 @@ class JobFilter:
 class BatchJobStore:
     def __init__(self, url: str) -> None:
         self._engine: Engine = make_engine(url)
-        metadata.create_all(self._engine)
+        upgrade(self._engine)
 
     def close(self) -> None:
         self._engine.dispose()

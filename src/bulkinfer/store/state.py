@@ -13,7 +13,8 @@ from sqlalchemy import Engine, create_engine, event, func, insert, select, updat
 
 from bulkinfer.domain.job import Counts, JobStatus
 from bulkinfer.domain.lineset import LineSet
-from bulkinfer.store.schema import chunks, jobs, metadata
+from bulkinfer.store.migrate import upgrade
+from bulkinfer.store.schema import chunks, jobs
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,7 +46,7 @@ class StateStore:
 
     def __init__(self, url: str) -> None:
         self._engine = make_engine(url)
-        metadata.create_all(self._engine)
+        upgrade(self._engine)
 
     @classmethod
     def at(cls, path: Path) -> StateStore:

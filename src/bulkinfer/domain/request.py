@@ -72,6 +72,8 @@ class ChatRequest:
     system: str | None = None
     params: GenerationParams = field(default_factory=GenerationParams)
     native: Native | None = None
+    key: str | None = None
+    """Names the record to a remote provider (``Idempotency-Key``): the same in every retry and run."""
 
     @property
     def last_user_text(self) -> str:
@@ -90,6 +92,7 @@ class EmbeddingRequest:
     dimensions: int | None = None
     normalize: bool = True
     native: Native | None = None
+    key: str | None = None
 
     def char_count(self) -> int:
         return sum(len(t) for t in self.texts)

@@ -211,8 +211,11 @@ class RecordPipeline:
         refusal = self._provider.refusal(item.request)
         if refusal is not None:
             return with_error(item, refusal)
-        if item.dialect is not None and item.dialect.name in self._provider.capabilities.native_dialects:
+        capabilities = self._provider.capabilities
+        if item.dialect is not None and item.dialect.name in capabilities.native_dialects:
             item.request.native = Native(item.dialect.name, item.record.model_input)
+        if capabilities.keyed:
+            item.request.key = f"{self._job_id}:{item.record.record_id}"
         return item
 
     def _plan(self, runnable: list[Prepared]) -> list[list[Prepared]]:

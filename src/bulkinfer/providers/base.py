@@ -18,6 +18,8 @@ class Capabilities:
     """Batches are padded to their longest request, so sorting by length pays (local models)."""
     native_dialects: frozenset[str] = frozenset()
     """Dialects the model speaks itself: records in them are sent as written (``Request.native``)."""
+    keyed: bool = False
+    """Requests carry a ``key`` naming their record, sent as an idempotency key (remote providers)."""
 
 
 class Provider(ABC):

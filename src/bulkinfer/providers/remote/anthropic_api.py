@@ -37,7 +37,12 @@ class AnthropicCall:
         started = time.monotonic()
         try:
             raw = await self._client.messages.with_raw_response.create(
-                model=self._model, messages=messages, max_tokens=max_tokens, extra_body=body, timeout=timeout
+                model=self._model,
+                messages=messages,
+                max_tokens=max_tokens,
+                extra_body=body,
+                extra_headers={"Idempotency-Key": request.key} if request.key else {},
+                timeout=timeout,
             )
             content = await raw.read()
         except anthropic.AnthropicError as exc:

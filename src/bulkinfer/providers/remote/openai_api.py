@@ -62,7 +62,11 @@ class OpenAICall:
         body.pop("stream", None)  # one answer per record: never a stream
         messages = body.pop("messages")
         return await self._client.chat.completions.with_raw_response.create(
-            model=self._model, messages=messages, extra_body=body, timeout=timeout
+            model=self._model,
+            messages=messages,
+            extra_body=body,
+            extra_headers=_key(request),
+            timeout=timeout,
         )
 
     async def _embed(self, request: EmbeddingRequest, timeout: float) -> Any:
@@ -71,8 +75,12 @@ class OpenAICall:
         texts = body.pop("input")
         body.setdefault("encoding_format", "float")
         return await self._client.embeddings.with_raw_response.create(
-            model=self._model, input=texts, extra_body=body, timeout=timeout
+            model=self._model, input=texts, extra_body=body, extra_headers=_key(request), timeout=timeout
         )
+
+
+def _key(request: Request) -> dict[str, str]:
+    return {"Idempotency-Key": request.key} if request.key else {}
 
 
 def chat_body(request: ChatRequest) -> dict[str, Any]:

@@ -130,7 +130,7 @@ def remote_provider(spec: ModelSpec, limits: LimitRegistry) -> RemoteProvider:
         call, native = BedrockCall(remote, spec.default_max_tokens), INVOKE_DIALECTS & set(spec.dialects)
     embeddings = spec.kind == "embedding"
     capabilities = Capabilities(
-        chat=not embeddings, embeddings=embeddings, images=True, native_dialects=native
+        chat=not embeddings, embeddings=embeddings, images=True, native_dialects=native, keyed=True
     )
     return RemoteProvider(spec, call, limits.for_model(spec.name, remote), capabilities)
 

@@ -106,6 +106,20 @@ class Scheduler:
     async def run(self) -> None:
         self._recover()
         self._wake.set()
+        loop = asyncio.get_running_loop()
+
+        def changed_elsewhere() -> None:  # called from the listener's thread
+            with contextlib.suppress(RuntimeError):  # the loop closed while we were told
+                loop.call_soon_threadsafe(self.notify)
+
+        listener = self._store.listen(changed_elsewhere)
+        try:
+            await self._loop()
+        finally:
+            if listener is not None:
+                await asyncio.to_thread(listener.stop)
+
+    async def _loop(self) -> None:
         while True:
             with contextlib.suppress(TimeoutError):  # woken by an event, or by the next deadline
                 await asyncio.wait_for(self._wake.wait(), timeout=self._sleep_s())

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -11,6 +12,7 @@ from sqlalchemy import Engine, func, insert, select, update
 
 from bulkinfer.domain.job import JobStatus
 from bulkinfer.store.migrate import upgrade
+from bulkinfer.store.notify import Listener, announce
 from bulkinfer.store.schema import batch_jobs
 from bulkinfer.store.state import make_engine
 
@@ -52,8 +54,16 @@ class JobFilter:
 
 class BatchJobStore:
     def __init__(self, url: str) -> None:
+        self._url = url
         self._engine: Engine = make_engine(url)
         upgrade(self._engine)
+
+    def listen(self, on_change: Callable[[], None]) -> Listener | None:
+        """Call ``on_change`` whenever another replica changes a job; None where only one process can
+        use the store (SQLite), so there is no one else to hear from."""
+        if self._engine.dialect.name != "postgresql":
+            return None
+        return Listener(self._url, on_change).start()
 
     def close(self) -> None:
         self._engine.dispose()
@@ -61,6 +71,7 @@ class BatchJobStore:
     def create(self, job: BatchJob) -> None:
         with self._engine.begin() as conn:
             conn.execute(insert(batch_jobs).values(**_row(job)))
+            announce(conn, job.job_id)
 
     def get(self, job_id: str) -> BatchJob | None:
         with self._engine.connect() as conn:
@@ -79,6 +90,8 @@ class BatchJobStore:
         del row["job_id"]
         with self._engine.begin() as conn:
             conn.execute(update(batch_jobs).where(batch_jobs.c.job_id == job.job_id).values(**row))
+            if "status" in changes:
+                announce(conn, job.job_id)
         return new
 
     def find(self, wanted: JobFilter, offset: int = 0, limit: int | None = None) -> list[BatchJob]:
@@ -112,6 +125,7 @@ class BatchJobStore:
         with self._engine.begin() as conn:
             if conn.execute(query).rowcount != 1:
                 return None
+            announce(conn, job.job_id)
         return replace(job, status=new, last_modified=now)
 
     def claim(self, model: str, owner: str, slots: int, lease_s: float) -> BatchJob | None:

@@ -26,6 +26,12 @@ from bulkinfer.providers.catalog import ModelSpec
 from bulkinfer.storage.files import InputFile, read_blocks
 from bulkinfer.store.state import StateStore
 
+REMOTE_WINDOW = 4
+"""Records read ahead for a remote model, as a multiple of its concurrency."""
+REMOTE_COMMIT_S = 0.05
+"""Commit interval for a remote model: a record answered but not yet committed when the process dies
+is paid for twice, so commit within a few calls' time (commits are group commits in a thread)."""
+
 
 @dataclass(frozen=True, slots=True)
 class EngineSettings:
@@ -43,10 +49,12 @@ class EngineSettings:
     def for_model(cls, spec: ModelSpec) -> EngineSettings:
         block = min(4096, max(64, spec.batch_size * 4))
         if spec.remote is not None:
-            # One record per call, so enough blocks to keep every allowed call busy; and commits
-            # often, since a record finished but not committed when the process dies is paid twice.
-            in_flight = 2 + -(-spec.concurrency // block)
-            return cls(block_records=block, blocks_in_flight=in_flight, commit_interval_s=0.2)
+            # One record per call. A block is done when its slowest record is, and a record may
+            # spend seconds in retry backoff, so allow several times the model's concurrency in
+            # blocks, or a few slow records would leave the allowed calls idle. Commit often: a
+            # record finished but not committed when the process dies is paid for twice.
+            in_flight = 2 + -(-REMOTE_WINDOW * spec.concurrency // block)
+            return cls(block_records=block, blocks_in_flight=in_flight, commit_interval_s=REMOTE_COMMIT_S)
         return cls(block_records=block, blocks_in_flight=max(2, spec.concurrency + 1))
 
 

@@ -149,7 +149,8 @@ def test_an_outage_pauses_the_job_which_completes_when_the_provider_returns(
             simulator.down_for(20)
             await asyncio.sleep(5)
             assert job.paused is not None and "not answering" in job.paused
-            assert job.store.get_job("down").message == job.paused  # what `bulkinfer status` shows
+            stored = job.store.get_job("down")
+            assert stored is not None and stored.message == job.paused  # what `bulkinfer status` shows
             return await task
         finally:
             job.close()

@@ -22,7 +22,7 @@ from bulkinfer.engine.runner import EngineSettings
 from bulkinfer.errors import BulkinferError
 from bulkinfer.providers.catalog import Catalog
 from bulkinfer.providers.remote.limits import LimitRegistry
-from bulkinfer.scheduler.quotas import check_quotas
+from bulkinfer.scheduler.quotas import invalid_records, validate_input
 from bulkinfer.settings import ServerSettings
 from bulkinfer.storage.files import list_inputs
 from bulkinfer.storage.s3 import S3Staging
@@ -193,12 +193,15 @@ class Scheduler:
                 staged = await asyncio.to_thread(self._staging.fetch, job.job_id, uri)
                 job = self._store.update(job, request={**job.request, "stagedInput": str(staged)})
             files = list_inputs(self._input_path(job))
+            spec = self._catalog.get(job.model_id)  # its default dialect reads bodies, as the engine's will
             quotas, max_line = self._settings.quotas, EngineSettings().max_line_bytes
-            total = await asyncio.to_thread(check_quotas, files, quotas, max_line, uri)
+            report = await asyncio.to_thread(validate_input, files, quotas, spec, max_line, uri)
         except BulkinferError as exc:
             self._store.update(job, status=JobStatus.FAILED, message=str(exc), end_time=time.time())
             return
-        self._store.update(job, status=JobStatus.SCHEDULED, total=total)
+        self._store.update(
+            job, status=JobStatus.SCHEDULED, total=report.records, message=invalid_records(report)
+        )
 
     def _input_path(self, job: BatchJob) -> Path:
         if self._staging is not None:

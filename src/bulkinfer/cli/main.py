@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import itertools
 import os
 import signal
 import sys
@@ -15,6 +16,7 @@ from typing import Annotated
 import orjson
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.text import Text
 
 from bulkinfer.cli import remote
@@ -27,8 +29,9 @@ from bulkinfer.engine.runner import EngineSettings
 from bulkinfer.engine.validate import dry_run
 from bulkinfer.errors import BulkinferError, UserError
 from bulkinfer.formats.bedrock import output_text
+from bulkinfer.formats.jsonl import Line, OversizeLine, split_lines
 from bulkinfer.providers.catalog import Catalog
-from bulkinfer.storage.files import list_inputs
+from bulkinfer.storage.files import list_inputs, read_blocks
 from bulkinfer.store.state import StateStore
 
 EXIT_FAILED = 1
@@ -380,28 +383,52 @@ def list_models(models: ModelsOption = None) -> None:
 
 @app.command()
 def results(
-    job_dir: Annotated[Path, typer.Argument(help="A job's output folder, OUTPUT/<job-id>.")],
+    target: Annotated[
+        str, typer.Argument(help="A job's output folder, OUTPUT/<job-id>; with --server, a job id or ARN.")
+    ],
     limit: Annotated[int, typer.Option("--limit", "-n", help="Records to show; 0 for all.")] = 10,
+    server: Annotated[
+        str | None, typer.Option("--server", envvar="BULKINFER_SERVER", help="Ask a running bulkinfer serve.")
+    ] = None,
 ) -> None:
     """Show the records of a finished job: id and model text, or the error."""
-    files = sorted(job_dir.rglob("*.jsonl.out")) if job_dir.is_dir() else []
+    if server is not None:
+        raise typer.Exit(_remote(lambda: _server_results(server, target, limit)))
+    job_dir = Path(target)
+    files = sorted(job_dir.rglob(f"*{remote.RECORDS_SUFFIX}")) if job_dir.is_dir() else []
     if not files:
-        err.print(f"[red]error:[/red] no .jsonl.out file in {job_dir}", highlight=False)
+        err.print(f"[red]error:[/red] no {remote.RECORDS_SUFFIX} file in {escape(target)}", highlight=False)
         raise typer.Exit(EXIT_USAGE)
-    shown = 0
-    for path in files:
-        with path.open("rb") as f:
-            for raw in f:
-                if limit and shown >= limit:
-                    return
-                line = orjson.loads(raw)
-                record = Text(str(line.get("recordId")), style="bold")
-                if "modelOutput" in line:
-                    out.print(record, Text(output_text(line["modelOutput"])))
-                else:
-                    record.stylize("red")
-                    out.print(record, Text(str(line.get("error", {}).get("errorMessage"))))
-                shown += 1
+    with _reported():
+        _print_records([read_blocks(path) for path in files], limit)
+
+
+def _server_results(server: str, target: str, limit: int) -> None:
+    job, files = remote.output_files(server, target)
+    if not files:
+        why = f"{job['status']}: {job['message']}" if job.get("message") else job["status"]
+        err.print(f"[red]error:[/red] job {escape(target)} has no records ({escape(why)})", highlight=False)
+        raise typer.Exit(EXIT_USAGE)
+    _print_records(files, limit)
+
+
+def _print_records(files: list[Iterator[bytes]], limit: int) -> None:
+    """Each output line's record id, then the model's text or the error, for the first ``limit``."""
+    most = 4 * EngineSettings().max_line_bytes  # an output line holds its input line and the answer
+    lines = (line for blocks in files for _, line in split_lines(blocks, most))
+    for line in itertools.islice(lines, limit or None):
+        out.print(*_record_texts(line))
+
+
+def _record_texts(line: Line) -> tuple[Text, Text]:
+    if isinstance(line, OversizeLine):
+        return Text("?", style="bold red"), Text(f"a line of {line.size:,} bytes, too long to show")
+    record = orjson.loads(line)
+    record_id = Text(str(record.get("recordId")), style="bold")
+    if "modelOutput" in record:
+        return record_id, Text(output_text(record["modelOutput"]))
+    record_id.stylize("red")
+    return record_id, Text(str(record.get("error", {}).get("errorMessage")))
 
 
 def main() -> None:

@@ -1,14 +1,18 @@
 """Commands that drive a running ``bulkinfer serve`` through its Bedrock API, with boto3.
 
-Credentials come from the standard AWS variables (or profile), as for any boto3 client.
+Credentials come from the standard AWS variables (or profile), as for any boto3 client. A job's output
+files are read through the server's own routes for them, signed the same way.
 """
 
 from __future__ import annotations
 
 import os
 import time
+from collections.abc import Iterator
 from typing import Annotated, Any
+from urllib.parse import quote
 
+import orjson
 import typer
 from rich.console import Console
 from rich.table import Table
@@ -20,15 +24,89 @@ ServerOption = Annotated[
 ]
 TERMINAL = {"Completed", "PartiallyCompleted", "Failed", "Stopped", "Expired"}
 DEFAULT_ROLE = "arn:aws:iam::123456789012:role/bulkinfer"
+RECORDS_SUFFIX = ".jsonl.out"
+"""An output file of records (``<input-name>.out``); the manifest is ``manifest.json.out``."""
+READ_BYTES = 1 << 20
 
 
-def client(server: str) -> Any:
+def _session() -> Any:
     try:
         import boto3
     except ImportError:
         raise typer.BadParameter("the client needs boto3: pip install 'bulkinfer[client]'") from None
     region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
-    return boto3.client("bedrock", endpoint_url=server, region_name=region)
+    return boto3.session.Session(region_name=region)
+
+
+def client(server: str) -> Any:
+    return _session().client("bedrock", endpoint_url=server)
+
+
+def output_files(server: str, job: str) -> tuple[dict[str, Any], list[Iterator[bytes]]]:
+    """A server job (as Get returns it) and the blocks of each of its record files, in name order;
+    each file is requested only when its blocks are first read."""
+    session = _session()
+    found: dict[str, Any] = session.client("bedrock", endpoint_url=server).get_model_invocation_job(
+        jobIdentifier=job
+    )
+    credentials = session.get_credentials()  # present: the call above was signed with them
+    job_id = found["jobArn"].rsplit("/", 1)[1]
+    outputs = ServerOutputs(server, job_id, credentials.get_frozen_credentials(), session.region_name)
+    return found, [outputs.blocks(name) for name in outputs.names() if name.endswith(RECORDS_SUFFIX)]
+
+
+class ServerOutputs:
+    """An ended job's output files, read through the server's own routes for them (with no S3 endpoint
+    they are in its local buckets, out of a client's reach). Requests are signed as boto3 signs its calls.
+    """
+
+    def __init__(self, server: str, job_id: str, credentials: Any, region: str) -> None:
+        from botocore.auth import SigV4Auth
+        from botocore.httpsession import URLLib3Session
+
+        self._signer = SigV4Auth(credentials, "bedrock", region)
+        self._base = f"{server.rstrip('/')}/model-invocation-job/{job_id}/outputs"
+        self._http = URLLib3Session()
+
+    def names(self) -> list[str]:
+        listing = orjson.loads(self._get(self._base, stream=False).content)
+        return [str(f["name"]) for f in listing["files"]]
+
+    def blocks(self, name: str) -> Iterator[bytes]:
+        # '/' quoted too, so no name reads as '..' segments that a client or proxy would resolve
+        response = self._get(f"{self._base}/{quote(name, safe='')}", stream=True)
+        try:
+            yield from response.raw.stream(READ_BYTES)
+        finally:
+            response.raw.close()  # a reader that stops early leaves the rest unread
+
+    def _get(self, url: str, *, stream: bool) -> Any:
+        from botocore.awsrequest import AWSRequest
+
+        request = AWSRequest(method="GET", url=url, stream_output=stream)
+        self._signer.add_auth(request)
+        response = self._http.send(request.prepare())
+        if response.status_code >= 300:
+            raise _client_error(response)
+        return response
+
+
+def _client_error(response: Any) -> Exception:
+    """The server's error as boto3 raises it, so the CLI reports it as it reports any other."""
+    from botocore.exceptions import ClientError
+
+    try:
+        body = orjson.loads(response.content)
+    except orjson.JSONDecodeError:
+        body = None
+    message = str(body.get("message", "")) if isinstance(body, dict) else ""
+    code = response.headers.get("x-amzn-ErrorType") or f"HTTP{response.status_code}"
+    meta = {"HTTPStatusCode": response.status_code}
+    error: Exception = ClientError(
+        {"Error": {"Code": code, "Message": message}, "ResponseMetadata": meta},
+        "ReadModelInvocationJobOutputs",
+    )
+    return error
 
 
 def submit(

@@ -22,6 +22,14 @@ class JobConflict(BulkinferError):
     """The job is not in a state that allows this."""
 
 
+class JobNotEnded(BulkinferError):
+    """The job has not ended, so its outputs are not final."""
+
+
+#: A job in one of these has written all the outputs it will (a service never resumes a Stopped job).
+ENDED = frozenset({s for s in JobStatus if s.is_terminal} | {JobStatus.STOPPED})
+
+
 @dataclass(frozen=True, slots=True)
 class NewJob:
     tenant: str
@@ -71,6 +79,15 @@ class BatchService:
         if job is None or job.tenant != tenant:
             raise JobNotFound(f"Could not find job {job_id}")
         return self._with_live_counts(job)
+
+    def ended(self, tenant: str, job_id: str) -> BatchJob:
+        """One of the caller's jobs whose outputs can be read: it must have ended."""
+        job = self.get(tenant, job_id)
+        if job.status not in ENDED:
+            raise JobNotEnded(
+                f"Job {job_id} has not ended, so its outputs are not final. State is: {job.status.value}"
+            )
+        return job
 
     def _with_live_counts(self, job: BatchJob) -> BatchJob:
         """A running job's counts as of now, not as of its last stored update."""

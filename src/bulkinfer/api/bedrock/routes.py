@@ -6,9 +6,10 @@ from typing import Annotated, Any
 from urllib.parse import unquote
 
 from fastapi import APIRouter, Depends, Request, Response
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, StreamingResponse
 
 from bulkinfer.api.auth import Authenticator, Caller
+from bulkinfer.api.bedrock.outputs import OutputFiles, job_outputs
 from bulkinfer.api.bedrock.schemas import (
     JOB_IDENTIFIER,
     CreateJobRequest,
@@ -16,9 +17,10 @@ from bulkinfer.api.bedrock.schemas import (
     job_arn,
     job_summary,
 )
+from bulkinfer.api.errors import error_response
 from bulkinfer.domain.job import JobStatus
 from bulkinfer.errors import UserError
-from bulkinfer.services.batch import BatchService, NewJob
+from bulkinfer.services.batch import BatchService, JobNotEnded, JobNotFound, NewJob
 from bulkinfer.settings import ServerSettings
 from bulkinfer.store.batch_jobs import JobFilter
 
@@ -86,6 +88,36 @@ def list_jobs(
 def stop_job(identifier: str, who: CallerDep, jobs: ServiceDep) -> Response:
     jobs.stop(who.tenant, _job_id(identifier))
     return JSONResponse({})
+
+
+def _outputs(request: Request, who: Caller, jobs: BatchService, identifier: str) -> OutputFiles | Response:
+    try:
+        job = jobs.ended(who.tenant, _job_id(identifier))
+    except JobNotEnded as exc:
+        return error_response(409, "ConflictException", str(exc))
+    return job_outputs(request.app.state.settings, job)
+
+
+@router.get("/model-invocation-job/{identifier:path}/outputs")
+def list_outputs(identifier: str, who: CallerDep, jobs: ServiceDep, request: Request) -> Response:
+    """Our own route: the names and sizes of an ended job's output files."""
+    files = _outputs(request, who, jobs, identifier)
+    if isinstance(files, Response):
+        return files
+    return JSONResponse({"files": [{"name": name, "size": size} for name, size in files.sizes().items()]})
+
+
+@router.get("/model-invocation-job/{identifier:path}/outputs/{name:path}")
+def read_output(identifier: str, name: str, who: CallerDep, jobs: ServiceDep, request: Request) -> Response:
+    """Our own route: one output file of an ended job, streamed."""
+    # Both parameters may hold '/' (an ARN, a nested file); a job identifier never holds "/outputs/".
+    identifier, _, name = f"{identifier}/outputs/{name}".partition("/outputs/")
+    files = _outputs(request, who, jobs, identifier)
+    if isinstance(files, Response):
+        return files
+    if name not in files.sizes():  # only a listed name, so no path can climb out of the job's outputs
+        raise JobNotFound(f"Job {_job_id(identifier)} has no output file {name!r}")
+    return StreamingResponse(files.read(name), media_type="application/octet-stream")
 
 
 @router.get("/model-invocation-job/{identifier:path}")

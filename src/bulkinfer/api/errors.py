@@ -11,7 +11,7 @@ from fastapi.responses import JSONResponse
 
 from bulkinfer.api.auth import AuthFailed
 from bulkinfer.errors import UserError
-from bulkinfer.services.batch import JobConflict, JobNotFound
+from bulkinfer.services.batch import JobConflict, JobNotEnded, JobNotFound
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +39,10 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(JobNotFound)
     async def not_found(_: Request, exc: JobNotFound) -> JSONResponse:
         return error_response(404, "ResourceNotFoundException", str(exc))
+
+    @app.exception_handler(JobNotEnded)
+    async def not_ended(_: Request, exc: JobNotEnded) -> JSONResponse:
+        return error_response(409, "ConflictException", str(exc))
 
     @app.exception_handler(JobConflict)
     async def conflict(_: Request, exc: JobConflict) -> JSONResponse:

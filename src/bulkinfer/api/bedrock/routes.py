@@ -17,10 +17,9 @@ from bulkinfer.api.bedrock.schemas import (
     job_arn,
     job_summary,
 )
-from bulkinfer.api.errors import error_response
 from bulkinfer.domain.job import JobStatus
 from bulkinfer.errors import UserError
-from bulkinfer.services.batch import BatchService, JobNotEnded, JobNotFound, NewJob
+from bulkinfer.services.batch import BatchService, JobNotFound, NewJob
 from bulkinfer.settings import ServerSettings
 from bulkinfer.store.batch_jobs import JobFilter
 
@@ -90,11 +89,8 @@ def stop_job(identifier: str, who: CallerDep, jobs: ServiceDep) -> Response:
     return JSONResponse({})
 
 
-def _outputs(request: Request, who: Caller, jobs: BatchService, identifier: str) -> OutputFiles | Response:
-    try:
-        job = jobs.ended(who.tenant, _job_id(identifier))
-    except JobNotEnded as exc:
-        return error_response(409, "ConflictException", str(exc))
+def _outputs(request: Request, who: Caller, jobs: BatchService, identifier: str) -> OutputFiles:
+    job = jobs.ended(who.tenant, _job_id(identifier))  # 409 until it has ended
     return job_outputs(request.app.state.settings, job)
 
 
@@ -102,8 +98,6 @@ def _outputs(request: Request, who: Caller, jobs: BatchService, identifier: str)
 def list_outputs(identifier: str, who: CallerDep, jobs: ServiceDep, request: Request) -> Response:
     """Our own route: the names and sizes of an ended job's output files."""
     files = _outputs(request, who, jobs, identifier)
-    if isinstance(files, Response):
-        return files
     return JSONResponse({"files": [{"name": name, "size": size} for name, size in files.sizes().items()]})
 
 
@@ -113,8 +107,6 @@ def read_output(identifier: str, name: str, who: CallerDep, jobs: ServiceDep, re
     # Both parameters may hold '/' (an ARN, a nested file); a job identifier never holds "/outputs/".
     identifier, _, name = f"{identifier}/outputs/{name}".partition("/outputs/")
     files = _outputs(request, who, jobs, identifier)
-    if isinstance(files, Response):
-        return files
     if name not in files.sizes():  # only a listed name, so no path can climb out of the job's outputs
         raise JobNotFound(f"Job {_job_id(identifier)} has no output file {name!r}")
     return StreamingResponse(files.read(name), media_type="application/octet-stream")

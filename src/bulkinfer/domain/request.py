@@ -24,11 +24,15 @@ class TextPart:
 
 @dataclass(slots=True)
 class ImagePart:
-    """An image given inline (``data``) or by reference (``url``)."""
+    """An image given inline (``data``) or by reference (``url``: http(s)://, s3://, file:// or a path
+    relative to the input file). Before any model sees it, the engine fetches a referenced image and
+    checks every one, so providers get ``data`` of an allowed format and size."""
 
     media_type: str
     data: bytes | None = None
     url: str | None = None
+    field: str = ""
+    """Where the part is in the record (``modelInput.messages.0.content.1``), for error lines."""
 
 
 Part = TextPart | ImagePart

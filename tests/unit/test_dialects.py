@@ -23,6 +23,7 @@ from bulkinfer.domain.request import (
 )
 from bulkinfer.errors import ConfigError, RecordInvalid
 
+SRC0 = "modelInput.messages.0.content.0.source"
 PNG = b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR"
 PNG_B64 = base64.b64encode(PNG).decode()
 
@@ -134,7 +135,7 @@ def test_anthropic_base64_image_is_decoded() -> None:
     request = DIALECTS["anthropic"].to_request(body)
     assert isinstance(request, ChatRequest)
     parts = request.messages[0].parts
-    assert parts == (ImagePart(media_type="image/png", data=PNG), TextPart("What is this?"))
+    assert parts == (ImagePart("image/png", PNG, field=SRC0), TextPart("What is this?"))
     assert request.messages[0].text == "What is this?"
 
 
@@ -143,7 +144,7 @@ def test_anthropic_url_image() -> None:
     body = {"messages": [{"role": "user", "content": [{"type": "image", "source": source}]}]}
     request = DIALECTS["anthropic"].to_request(body)
     assert isinstance(request, ChatRequest)
-    assert request.messages[0].parts == (ImagePart(media_type="", url="https://example.com/cat.jpg"),)
+    assert request.messages[0].parts == (ImagePart("", url="https://example.com/cat.jpg", field=SRC0),)
 
 
 def _image_body(source: dict[str, Any], index: int = 1) -> dict[str, Any]:
@@ -243,7 +244,10 @@ def test_converse_image() -> None:
     body = {"messages": [{"role": "user", "content": [{"image": image}, {"text": "describe"}]}]}
     request = DIALECTS["converse"].to_request(body)
     assert isinstance(request, ChatRequest)
-    assert request.messages[0].parts == (ImagePart(media_type="image/jpeg", data=PNG), TextPart("describe"))
+    assert request.messages[0].parts == (
+        ImagePart("image/jpeg", PNG, field="modelInput.messages.0.content.0.image.source"),
+        TextPart("describe"),
+    )
 
 
 def test_converse_bad_base64_names_the_field() -> None:
@@ -323,8 +327,8 @@ def test_openai_chat_data_url_image_is_decoded_and_remote_url_kept() -> None:
     request = DIALECTS["openai-chat"].to_request({"messages": [{"role": "user", "content": content}]})
     assert isinstance(request, ChatRequest)
     assert request.messages[0].parts == (
-        ImagePart(media_type="image/png", data=PNG),
-        ImagePart(media_type="", url="https://example.com/a.png"),
+        ImagePart("image/png", PNG, field="modelInput.messages.0.content.0.image_url"),
+        ImagePart("", url="https://example.com/a.png", field="modelInput.messages.0.content.1.image_url"),
         TextPart("compare"),
     )
 
@@ -627,3 +631,26 @@ def test_ambiguous_body_is_valid_in_both_candidate_dialects() -> None:
 )
 def test_detect_never_crashes_on_malformed_bodies(body: dict[str, Any]) -> None:
     assert detect(body, "anthropic").name == "anthropic"
+
+
+def test_converse_image_by_s3_location() -> None:
+    body = {
+        "messages": [
+            {
+                "role": "user",
+                "content": [{"image": {"format": "png", "source": {"s3Location": {"uri": "s3://b/k.png"}}}}],
+            }
+        ]
+    }
+    request = get_dialect("converse").to_request(body)
+    assert isinstance(request, ChatRequest)
+    where = "modelInput.messages.0.content.0.image.source"
+    assert request.messages[0].parts == (ImagePart("image/png", url="s3://b/k.png", field=where),)
+
+
+@pytest.mark.parametrize("source", [{}, {"bytes": PNG_B64, "s3Location": {"uri": "s3://b/k.png"}}])
+def test_converse_image_needs_exactly_one_source(source: dict[str, Any]) -> None:
+    body = {"messages": [{"role": "user", "content": [{"image": {"format": "png", "source": source}}]}]}
+    with pytest.raises(RecordInvalid, match="exactly one of bytes and s3Location") as info:
+        get_dialect("converse").to_request(body)
+    assert info.value.field == "modelInput.messages.0.content.0.image.source"

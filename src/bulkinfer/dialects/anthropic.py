@@ -112,7 +112,8 @@ def _image(source: ImageSource, field: str) -> ImagePart:
     if source.type == "url":
         if not source.url:
             raise RecordInvalid("url required for a url image source", field=field)
-        return ImagePart(media_type=source.media_type or "", url=source.url)
+        return ImagePart(media_type=source.media_type or "", url=source.url, field=field)
     if not source.data or not source.media_type:
         raise RecordInvalid("media_type and data required for a base64 image source", field=field)
-    return ImagePart(media_type=source.media_type, data=decode_base64(source.data, f"{field}.data"))
+    data = decode_base64(source.data, f"{field}.data")
+    return ImagePart(media_type=source.media_type, data=data, field=field)

@@ -23,8 +23,16 @@ from bulkinfer.errors import RecordInvalid
 _STOP_REASONS = {"end_turn": "end_turn", "max_tokens": "max_tokens", "stop_sequence": "stop_sequence"}
 
 
+class S3Location(Body):
+    uri: str = Field(pattern=r"^s3://")
+    bucketOwner: str | None = None
+
+
 class ImageSource(Body):
-    bytes: str
+    """Exactly one of inline ``bytes`` (base64 in a JSONL record) or an ``s3Location``."""
+
+    bytes: str | None = None
+    s3Location: S3Location | None = None
 
 
 class ImageContent(Body):
@@ -112,5 +120,10 @@ def _message(index: int, message: ConverseMessage) -> Message:
 
 
 def _image(image: ImageContent, field: str) -> ImagePart:
-    data = decode_base64(image.source.bytes, f"{field}.image.source.bytes")
-    return ImagePart(media_type=f"image/{image.format}", data=data)
+    source, where, media_type = image.source, f"{field}.image.source", f"image/{image.format}"
+    if (source.bytes is None) == (source.s3Location is None):
+        raise RecordInvalid("give exactly one of bytes and s3Location", field=where)
+    if source.s3Location is not None:
+        return ImagePart(media_type=media_type, url=source.s3Location.uri, field=where)
+    data = decode_base64(source.bytes or "", f"{where}.bytes")
+    return ImagePart(media_type=media_type, data=data, field=where)

@@ -128,10 +128,10 @@ def _message(index: int, message: ChatMessage) -> Message:
 
 def _image(url: str, field: str) -> ImagePart:
     if not url.startswith("data:"):
-        return ImagePart(media_type="", url=url)
+        return ImagePart(media_type="", url=url, field=field)
     header, _, payload = url.partition(",")
     media_type = header[5:].split(";")[0]
-    return ImagePart(media_type=media_type, data=decode_base64(payload, f"{field}.url"))
+    return ImagePart(media_type=media_type, data=decode_base64(payload, f"{field}.url"), field=field)
 
 
 class EmbeddingsBody(Body):

@@ -20,6 +20,7 @@ from rich.markup import escape
 from rich.text import Text
 
 from bulkinfer.cli import remote
+from bulkinfer.cli.prepare import prepare_command
 from bulkinfer.cli.progress import JobProgress
 from bulkinfer.cli.summary import print_catalog, print_dry_run, print_jobs, print_report
 from bulkinfer.dialects.registry import get_dialect
@@ -429,6 +430,9 @@ def _record_texts(line: Line) -> tuple[Text, Text]:
         return record_id, Text(output_text(record["modelOutput"]))
     record_id.stylize("red")
     return record_id, Text(str(record.get("error", {}).get("errorMessage")))
+
+
+app.command("prepare")(prepare_command)
 
 
 def main() -> None:

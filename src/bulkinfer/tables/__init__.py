@@ -1,0 +1,8 @@
+"""``bulkinfer prepare``: Bedrock batch records built from a metadata table, images and a prompt template.
+
+The table's rows are read as a stream (``source``), each row's columns fill a sandboxed Jinja2 prompt
+template (``template``), the row's images are found and checked (``images``), and the row becomes one
+``{"recordId", "modelInput"}`` record in the chosen dialect (``builder``). A row with a problem is left
+out and reported by table, row and column (``report``); ``preparation`` runs the whole pass and writes the
+output durably.
+"""

@@ -1,0 +1,87 @@
+"""Prompt templates: Jinja2 over one table row, strict about missing columns and sandboxed.
+
+A template sees each column as a variable (``{{ category }}``) and the whole row as ``row``
+(``{{ row["unit price"] }}`` for a column name that is not an identifier). A column the row lacks is an
+error naming the column and the template line, never an empty string. Templates are user input, so they
+run in Jinja2's sandbox: ``{{ ''.__class__ }}`` and the like are refused.
+"""
+
+from __future__ import annotations
+
+import re
+import traceback
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from jinja2 import StrictUndefined, TemplateSyntaxError, UndefinedError
+from jinja2.exceptions import SecurityError, TemplateError
+from jinja2.sandbox import SandboxedEnvironment
+
+from bulkinfer.errors import UserError
+
+_UNDEFINED = re.compile(r"^'([^']*)' is undefined$|has no attribute '([^']*)'$")
+
+
+class TemplateProblem(Exception):
+    """A row the template cannot render; ``column`` names the missing column when that is the cause."""
+
+    def __init__(self, message: str, column: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.column = column
+
+
+class PromptTemplate:
+    """A compiled template; ``render(values)`` fills it with one row."""
+
+    def __init__(self, source: str, name: str) -> None:
+        self.name = name
+        env = SandboxedEnvironment(
+            undefined=StrictUndefined, autoescape=False, keep_trailing_newline=False, finalize=_blank_none
+        )
+        try:
+            code = env.compile(source, name=name, filename=name)
+        except TemplateSyntaxError as exc:
+            raise UserError(f"{name} line {exc.lineno}: {exc.message}") from None
+        self._template = env.template_class.from_code(env, code, env.make_globals(None), None)
+
+    @classmethod
+    def load(cls, path: Path) -> PromptTemplate:
+        try:
+            return cls(path.read_text(encoding="utf-8-sig"), path.name)
+        except OSError as exc:
+            raise UserError(f"cannot read template {path}: {exc.strerror}") from exc
+        except UnicodeDecodeError as exc:
+            raise UserError(f"template {path} is not UTF-8 text: {exc.reason}") from exc
+
+    def render(self, values: Mapping[str, Any]) -> str:
+        context = {"row": values, **values}
+        try:
+            return self._template.render(context).strip()
+        except UndefinedError as exc:
+            match = _UNDEFINED.search(str(exc))
+            column = (match.group(1) or match.group(2)) if match else None
+            if column is None:
+                raise self._problem(exc, str(exc)) from None
+            raise self._problem(exc, f"column {column!r} is missing from the row", column) from None
+        except SecurityError as exc:
+            raise self._problem(exc, f"refused by the sandbox: {exc}") from None
+        except (TemplateError, ArithmeticError, TypeError, ValueError, LookupError) as exc:
+            raise self._problem(exc, f"{type(exc).__name__}: {exc}") from None
+
+    def _problem(self, exc: BaseException, message: str, column: str | None = None) -> TemplateProblem:
+        line = _template_line(exc, self.name)
+        where = f"{self.name} line {line}" if line else self.name
+        return TemplateProblem(f"{where}: {message}", column)
+
+
+def _template_line(exc: BaseException, name: str) -> int | None:
+    """The template line that failed: Jinja2 rewrites tracebacks so template frames carry its name."""
+    frames = [f for f in traceback.extract_tb(exc.__traceback__) if f.filename == name]
+    return frames[-1].lineno if frames else None
+
+
+def _blank_none(value: Any) -> Any:
+    """A null cell (Parquet, JSONL) renders as nothing, not as ``None``."""
+    return "" if value is None else value

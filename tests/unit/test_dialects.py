@@ -654,3 +654,13 @@ def test_converse_image_needs_exactly_one_source(source: dict[str, Any]) -> None
     with pytest.raises(RecordInvalid, match="exactly one of bytes and s3Location") as info:
         get_dialect("converse").to_request(body)
     assert info.value.field == "modelInput.messages.0.content.0.image.source"
+
+
+def test_an_image_url_part_says_openai_chat() -> None:
+    body = {
+        "messages": [
+            {"role": "user", "content": [{"type": "image_url", "image_url": {"url": "a.png"}}]},
+        ],
+        "max_tokens": 5,
+    }
+    assert detect(body, "anthropic").name == "openai-chat"

@@ -65,7 +65,7 @@ def detect(body: dict[str, Any], default: str) -> Dialect[Any]:
         return DIALECTS["converse"]
     if not _ANTHROPIC_ONLY.isdisjoint(keys):
         return DIALECTS["anthropic"]
-    if not _OPENAI_ONLY.isdisjoint(keys) or _has_system_message(body):
+    if not _OPENAI_ONLY.isdisjoint(keys) or _has_system_message(body) or _has_image_url(body):
         return DIALECTS["openai-chat"]
     return DIALECTS[default]
 
@@ -91,4 +91,17 @@ def _has_system_message(body: dict[str, Any]) -> bool:
     messages = body.get("messages")
     return isinstance(messages, list) and any(
         isinstance(m, dict) and m.get("role") in ("system", "developer") for m in messages
+    )
+
+
+def _has_image_url(body: dict[str, Any]) -> bool:
+    """An ``image_url`` content part is OpenAI's alone (Anthropic's image blocks are ``image``)."""
+    messages = body.get("messages")
+    if not isinstance(messages, list):
+        return False
+    return any(
+        isinstance(part, dict) and part.get("type") == "image_url"
+        for m in messages
+        if isinstance(m, dict) and isinstance(m.get("content"), list)
+        for part in m["content"]
     )

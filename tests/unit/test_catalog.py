@@ -10,7 +10,7 @@ from bulkinfer.dialects.registry import DIALECTS
 from bulkinfer.errors import ConfigError, UnknownModelError, UserError
 from bulkinfer.providers.catalog import Catalog, ModelSpec, Price
 
-BUILTIN = {"echo", "smollm2-135m-instruct", "all-minilm-l6-v2"}
+BUILTIN = {"echo", "smollm2-135m-instruct", "all-minilm-l6-v2", "ocr", "smollm2-135m-instruct-ocr"}
 
 
 def write(tmp_path: Path, text: str, name: str = "models.toml") -> Path:
@@ -289,3 +289,32 @@ def test_unknown_remote_key_is_named(tmp_path: Path) -> None:
 def test_remote_keys_on_a_local_model_are_refused(tmp_path: Path) -> None:
     message = config_error(write(tmp_path, '[models.x]\nprovider = "echo"\nrequests_per_minute = 5\n'))
     assert "models.x.requests_per_minute: only remote providers take this key" in message
+
+
+# image_text: images read by OCR for text-only chat models
+
+
+def test_image_text_ocr_is_accepted_and_off_by_default(tmp_path: Path) -> None:
+    text = '[models.x]\nprovider = "echo"\nimage_text = "ocr"\n[models.y]\nprovider = "echo"\n'
+    catalog = Catalog.load(write(tmp_path, text))
+    assert catalog.get("x").image_text == "ocr"
+    assert catalog.get("y").image_text is None
+    builtin = Catalog.load()
+    assert builtin.get("smollm2-135m-instruct-ocr").image_text == "ocr"
+    assert builtin.get("smollm2-135m-instruct").image_text is None
+    assert builtin.get("ocr").provider == "ocr"
+
+
+@pytest.mark.parametrize("value", ['"tesseract"', '"OCR"', "true", '""'])
+def test_image_text_refuses_other_values_naming_the_key(tmp_path: Path, value: str) -> None:
+    path = write(tmp_path, f'[models.x]\nprovider = "echo"\nimage_text = {value}\n')
+    message = config_error(path)
+    assert str(path) in message
+    assert "models.x.image_text" in message
+    assert "ocr" in message
+
+
+def test_image_text_is_for_chat_models_only(tmp_path: Path) -> None:
+    text = '[models.x]\nprovider = "echo"\nkind = "embedding"\nimage_text = "ocr"\n'
+    message = config_error(write(tmp_path, text))
+    assert "models.x.image_text: only chat models take this key" in message

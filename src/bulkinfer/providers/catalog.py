@@ -27,12 +27,26 @@ UNLIMITED_CONCURRENCY = 256
 """Records in flight at once for a remote model with no max_concurrency; adaptive concurrency rules below."""
 
 
+class ImagesEntry(BaseModel):
+    """``[models.NAME.images]``: how images are checked and shrunk before this model sees them."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_side: int | None = Field(None, ge=1, description="downscale so neither side is longer")
+    max_pixels: int | None = Field(None, ge=1, description="downscale to at most this many pixels")
+    format: Literal["jpeg", "png", "webp"] | None = Field(None, description="re-encode every image")
+    max_bytes: int = Field(20 * 2**20, ge=1, description="larger images are refused")
+    max_per_record: int = Field(20, ge=1, description="records with more images are refused")
+
+
 class ModelEntry(BaseModel):
     """One ``[models.NAME]`` table of a catalog file."""
 
     model_config = ConfigDict(extra="forbid")
 
-    provider: Literal["echo", "transformers", "sentence-transformers", "openai", "anthropic", "bedrock"]
+    provider: Literal[
+        "echo", "transformers", "sentence-transformers", "ocr", "openai", "anthropic", "bedrock"
+    ]
     description: str = ""
     kind: Literal["chat", "embedding"] = "chat"
     dialects: list[str] = Field(default_factory=lambda: ["anthropic"], min_length=1)
@@ -43,6 +57,10 @@ class ModelEntry(BaseModel):
     token_budget: int = Field(16384, ge=1, description="padded prompt+output tokens per micro-batch")
     price: PriceEntry = Field(default_factory=PriceEntry)
     options: dict[str, Any] = Field(default_factory=dict)
+    image_text: Literal["ocr"] | None = Field(
+        None, description="give a text-only chat model the text OCR reads in each image, in its place"
+    )
+    images: ImagesEntry = Field(default_factory=ImagesEntry)
     # Remote providers: where the model is and how hard it may be driven. Unset limits are unlimited.
     base_url: str | None = Field(None, description="API base URL; the SDK's default when unset")
     api_key_env: str | None = Field(None, description="environment variable holding the API key")
@@ -71,6 +89,15 @@ class Price:
     def cost(self, input_tokens: int, output_tokens: int) -> float:
         full = input_tokens * self.input_per_million + output_tokens * self.output_per_million
         return full / 1_000_000 * (1 - self.batch_discount)
+
+
+@dataclass(frozen=True, slots=True)
+class ImageSettings:
+    max_side: int | None = None
+    max_pixels: int | None = None
+    format: str | None = None
+    max_bytes: int = 20 * 2**20
+    max_per_record: int = 20
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,6 +131,9 @@ class ModelSpec:
     description: str = ""
     options: dict[str, Any] = field(default_factory=dict)
     remote: RemoteSpec | None = None
+    images: ImageSettings = ImageSettings()
+    image_text: Literal["ocr"] | None = None
+    """``"ocr"``: image parts reach the model as the text read in them (``providers.image_text``)."""
 
     @property
     def default_dialect(self) -> str:
@@ -166,6 +196,8 @@ def _spec(name: str, entry: ModelEntry, source: str) -> ModelSpec:
             get_dialect(dialect)
         except ConfigError as exc:
             raise ConfigError(f"{source}: models.{name}.dialects: {exc}") from None
+    if entry.image_text is not None and entry.kind != "chat":
+        raise ConfigError(f"{source}: models.{name}.image_text: only chat models take this key")
     return ModelSpec(
         name=name,
         provider=entry.provider,
@@ -181,6 +213,8 @@ def _spec(name: str, entry: ModelEntry, source: str) -> ModelSpec:
         description=entry.description,
         options=dict(entry.options),
         remote=remote,
+        images=ImageSettings(**entry.images.model_dump()),
+        image_text=entry.image_text,
     )
 
 

@@ -12,7 +12,18 @@ def load_provider(spec: ModelSpec, limits: LimitRegistry | None = None) -> Provi
     """Load a model (may take seconds for a local one); run it in a thread from async code.
 
     ``limits`` holds the rate limits of remote models, shared by every job of the process that uses it.
+    A model with ``image_text = "ocr"`` comes wrapped so that it is given the text of images.
     """
+    if spec.image_text == "ocr":
+        from bulkinfer.providers.image_text import ImageTextProvider
+        from bulkinfer.providers.ocr import OcrEngine
+
+        ocr = OcrEngine.load()  # first, so a missing rapidocr is said before a model loads for nothing
+        return ImageTextProvider(_load(spec, limits), ocr)
+    return _load(spec, limits)
+
+
+def _load(spec: ModelSpec, limits: LimitRegistry | None) -> Provider:
     if spec.remote is not None:
         from bulkinfer.providers.remote.provider import remote_provider
 
@@ -29,4 +40,8 @@ def load_provider(spec: ModelSpec, limits: LimitRegistry | None = None) -> Provi
         from bulkinfer.providers.embeddings import SentenceEmbeddingProvider
 
         return SentenceEmbeddingProvider.load(spec)
+    if spec.provider == "ocr":
+        from bulkinfer.providers.ocr import OcrProvider
+
+        return OcrProvider.load(spec)
     raise ConfigError(f"model {spec.name}: unknown provider {spec.provider!r}")

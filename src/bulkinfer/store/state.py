@@ -147,10 +147,12 @@ def make_engine(url: str) -> Engine:
         @event.listens_for(engine, "connect")
         def _pragmas(dbapi_conn: Any, _record: Any) -> None:
             cursor = dbapi_conn.cursor()
-            # WAL lets a reader watch progress while the job writes; FULL makes each commit durable.
+            # Wait for a lock rather than fail; first, since switching to WAL needs one too (several
+            # processes may open a new database at once). WAL lets a reader watch progress while the
+            # job writes; FULL makes each commit durable.
+            cursor.execute("PRAGMA busy_timeout=30000")
             cursor.execute("PRAGMA journal_mode=WAL")
             cursor.execute("PRAGMA synchronous=FULL")
-            cursor.execute("PRAGMA busy_timeout=30000")
             cursor.close()
 
     return engine

@@ -35,6 +35,10 @@ class ServerSettings(BaseSettings):
     max_job_bytes: int = Field(2**30, ge=1, description="Most input bytes in one job.")
     lease_seconds: float = Field(10.0, gt=0, description="A replica that stops renewing loses its jobs.")
     poll_seconds: float = Field(1.0, gt=0, description="Longest wait before looking at the store again.")
+    fetch_allow: str | None = Field(
+        None,
+        description="Hosts or CIDRs (comma-separated) image URLs may point to though private or loopback.",
+    )
     watch: str | None = Field(
         None,
         description="s3://bucket/prefix whose to-process/ .jsonl files become jobs (outputs: processed/).",

@@ -25,7 +25,7 @@ from bulkinfer.cli.progress import JobProgress
 from bulkinfer.cli.summary import print_catalog, print_dry_run, print_jobs, print_report
 from bulkinfer.dialects.registry import get_dialect
 from bulkinfer.domain.job import JobStatus
-from bulkinfer.engine.job import STATE_DIR, LocalJob, RunRequest
+from bulkinfer.engine.job import STATE_DIR, LocalJob, MediaSettings, RunRequest
 from bulkinfer.engine.runner import EngineSettings
 from bulkinfer.engine.validate import dry_run
 from bulkinfer.errors import BulkinferError, UserError
@@ -72,12 +72,23 @@ def run(
         str | None, typer.Option("--dialect", help="Read every modelInput in this dialect (default: detect).")
     ] = None,
     dry: Annotated[bool, typer.Option("--dry-run", help="Validate and count; run nothing.")] = False,
+    allow_fetch: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--allow-fetch",
+            envvar="BULKINFER_FETCH_ALLOW",
+            help="Host or CIDR that image URLs may point to although private or loopback (repeatable).",
+        ),
+    ] = None,
 ) -> None:
     """Run a batch job to completion (or resume one)."""
     with _reported("job failed"):
         if resume and job_id is None:
             job_id = _latest_unfinished(output)
-        request = RunRequest(input, model, output, job_id, models, dialect)
+        media = MediaSettings(
+            fetch_allow=tuple(allow_fetch or ()), s3_endpoint_url=os.environ.get("BULKINFER_S3_ENDPOINT_URL")
+        )
+        request = RunRequest(input, model, output, job_id, models, dialect, media=media)
         if dry:
             _dry_run(request)
             return

@@ -24,8 +24,18 @@ from bulkinfer.engine.runner import EngineSettings, RecordPipeline
 from bulkinfer.errors import JobConflictError, UserError
 from bulkinfer.formats.jsonl import count_lines
 from bulkinfer.formats.manifest import ManifestInfo, build_manifest
+from bulkinfer.media import (
+    FetchPolicy,
+    FileReader,
+    GuardedFetcher,
+    MediaPolicy,
+    MediaResolver,
+    ObjectGet,
+    local_buckets,
+    s3fs_objects,
+)
 from bulkinfer.providers.base import Provider
-from bulkinfer.providers.catalog import Catalog, ModelSpec
+from bulkinfer.providers.catalog import Catalog, ImageSettings, ModelSpec
 from bulkinfer.providers.registry import load_provider
 from bulkinfer.providers.remote.limits import LimitRegistry
 from bulkinfer.storage.files import InputFile, list_inputs, read_blocks, write_durably
@@ -34,6 +44,43 @@ from bulkinfer.store.state import JobRecord, StateStore, now
 STATE_DIR = ".bulkinfer"
 MANIFEST_NAME = "manifest.json.out"
 PAUSE_CHECK_S = 0.5
+
+
+def media_policy(images: ImageSettings) -> MediaPolicy:
+    """How a model's catalog entry says its images are checked and shrunk."""
+    return MediaPolicy(
+        max_bytes=images.max_bytes,
+        max_images_per_record=images.max_per_record,
+        resize_max_side=images.max_side,
+        resize_max_pixels=images.max_pixels,
+        resize_format=images.format,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class MediaSettings:
+    """Where a job may read the images its records reference from (besides its input's folder)."""
+
+    fetch_allow: tuple[str, ...] = ()
+    """Hosts or CIDRs that URL images may come from although they are private or loopback."""
+    data_dir: Path | None = None
+    """A service's data dir: ``s3://`` images come from its local buckets when no S3 endpoint is set."""
+    s3_endpoint_url: str | None = None
+    roots: tuple[Path, ...] = ()
+    """Folders ``file://`` images may be read from."""
+
+    def resolver(self, policy: MediaPolicy) -> MediaResolver:
+        fetcher = GuardedFetcher(FetchPolicy(max_bytes=policy.max_bytes, allow=self.fetch_allow))
+        reader = FileReader(roots=self.roots, objects=self._objects(), max_bytes=policy.max_bytes)
+        return MediaResolver(policy, fetcher=fetcher, reader=reader)
+
+    def _objects(self) -> ObjectGet | None:
+        if self.s3_endpoint_url or self.data_dir is None:
+            try:  # s3fs comes with the serve extra; without it s3:// images are refused with a message
+                return s3fs_objects(self.s3_endpoint_url)
+            except ImportError:
+                return None
+        return local_buckets(self.data_dir)
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,6 +99,7 @@ class RunRequest:
     keep_partial: bool = False
     """On stop, write the finished records and a manifest and end Stopped, as a service's Stop does,
     instead of leaving the job to be resumed."""
+    media: MediaSettings = MediaSettings()
     limits: LimitRegistry | None = field(default=None, compare=False)
     """Rate limits of remote models, shared by every job of the process (a service passes its own)."""
 
@@ -255,6 +303,7 @@ class LocalJob:
             self.store, self.job_id, chunk_dir, settings.chunk_records, settings.commit_interval_s
         )
         committer.remove_orphans()
+        media = self.request.media.resolver(media_policy(self.spec.images))
         self._pipeline = RecordPipeline(
             job_id=self.job_id,
             spec=self.spec,
@@ -264,6 +313,7 @@ class LocalJob:
             progress=progress,
             settings=settings,
             forced_dialect=self._forced,
+            media=media,
         )
         if self._stop_requested:
             self._pipeline.request_stop()
@@ -275,6 +325,7 @@ class LocalJob:
         finally:
             timer.cancel()
             watch.cancel()
+            await media.aclose()
         stopped_early = len(self._pipeline.record_counts) < len(self.files)
         if stopped_early and self.request.keep_partial:
             status("writing the finished records")

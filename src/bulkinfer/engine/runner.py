@@ -13,7 +13,7 @@ from typing import Any
 
 from bulkinfer.dialects.base import Dialect
 from bulkinfer.domain.lineset import LineSet
-from bulkinfer.domain.request import ChatRequest, Native, Outcome, RecordError
+from bulkinfer.domain.request import ChatRequest, ImagePart, Native, Outcome, RecordError, Request
 from bulkinfer.engine.batching import Item, plan_batches
 from bulkinfer.engine.committer import Committer, Finished
 from bulkinfer.engine.prepare import Prepared, finish, prepare, sampling_group, with_error
@@ -21,6 +21,7 @@ from bulkinfer.engine.progress import ProgressSink
 from bulkinfer.engine.seen import SeenIds, id_hash, position, unpack
 from bulkinfer.formats.bedrock import InputRecord, parse_line
 from bulkinfer.formats.jsonl import split_lines
+from bulkinfer.media import MediaResolver
 from bulkinfer.providers.base import Provider
 from bulkinfer.providers.catalog import ModelSpec
 from bulkinfer.storage.files import InputFile, read_blocks
@@ -58,6 +59,12 @@ class EngineSettings:
         return cls(block_records=block, blocks_in_flight=max(2, spec.concurrency + 1))
 
 
+def _has_images(request: Request | None) -> bool:
+    return isinstance(request, ChatRequest) and any(
+        type(part) is ImagePart for message in request.messages for part in message.parts
+    )
+
+
 class RecordPipeline:
     """Runs every uncommitted record of a job's files through the provider."""
 
@@ -72,6 +79,7 @@ class RecordPipeline:
         progress: ProgressSink,
         settings: EngineSettings,
         forced_dialect: Dialect[Any] | None = None,
+        media: MediaResolver | None = None,
     ) -> None:
         self._job_id = job_id
         self._spec = spec
@@ -81,6 +89,7 @@ class RecordPipeline:
         self._progress = progress
         self._settings = settings
         self._forced = forced_dialect
+        self._media = media
         self._slots = asyncio.Semaphore(spec.concurrency)
         self._stopping = False
         self._failure: BaseException | None = None
@@ -201,6 +210,7 @@ class RecordPipeline:
         default = self._spec.default_dialect
         items = [prepare(r, source=f.name, default_dialect=default, forced=self._forced) for r in block]
         items = [self._refuse(item) for item in items]
+        items = await self._resolve_images(f, items)
         failed = [finish(item, item.error) for item in items if item.error is not None]
         if failed:
             await self._finished(f, failed)
@@ -212,6 +222,25 @@ class RecordPipeline:
                     group.create_task(self._run_batch(f, batch))
         except BaseExceptionGroup as failed:
             raise failed.exceptions[0] from None
+
+    async def _resolve_images(self, f: InputFile, items: list[Prepared]) -> list[Prepared]:
+        """Fetch and check every image before the model sees it; a bad one is its record's error line."""
+        media = self._media
+        if media is None or not any(_has_images(item.request) for item in items):
+            return items
+        base_dir = f.path.parent
+
+        async def resolve(item: Prepared) -> Prepared:
+            if item.error is not None or not _has_images(item.request):
+                return item
+            assert item.request is not None
+            outcome = await media.resolve(item.request, base_dir=base_dir)
+            if isinstance(outcome, RecordError):
+                message = f"{f.name} line {item.record.line}: {outcome.message}"
+                return with_error(item, RecordError(outcome.code, message, outcome.kind))
+            return Prepared(item.record, item.dialect, outcome)
+
+        return list(await asyncio.gather(*(resolve(item) for item in items)))
 
     def _refuse(self, item: Prepared) -> Prepared:
         if item.error is not None or item.request is None:

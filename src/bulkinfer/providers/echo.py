@@ -4,15 +4,19 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import io
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+
+from PIL import Image
 
 from bulkinfer.domain.request import (
     ChatRequest,
     ChatResult,
     EmbeddingRequest,
     EmbeddingResult,
+    ImagePart,
     Outcome,
     Request,
     Usage,
@@ -29,7 +33,8 @@ class EchoProvider(Provider):
     Options: ``delay_s`` sleeps that long per batch (to watch progress or test interruption);
     ``invocation_log`` appends the last user text of every request it runs to a file, one per line,
     so a test can tell which records ran, and how often; ``fail_text`` makes a whole batch fail, as a
-    crashed model would, when one of its requests contains that text.
+    crashed model would, when one of its requests contains that text; ``describe_images`` puts a note
+    on each image it was given (``[image/png 32x24]``) before the text, so a test sees what arrived.
     """
 
     capabilities = Capabilities(chat=True, embeddings=True, images=True)
@@ -38,6 +43,7 @@ class EchoProvider(Provider):
         self._name = name
         self._delay = float(options.get("delay_s", 0.0))
         self._fail_text = options.get("fail_text")
+        self._describe_images = bool(options.get("describe_images", False))
         log = options.get("invocation_log")
         self._log = Path(log).open("a", encoding="utf-8") if log else None  # noqa: SIM115 - closed in aclose
 
@@ -57,6 +63,8 @@ class EchoProvider(Provider):
             tokens = sum(_words(t) for t in request.texts)
             return EmbeddingResult(vectors, Usage(tokens, 0), self._name)
         text = request.last_user_text
+        if self._describe_images:
+            text = " ".join([*_image_notes(request), text])
         limit = request.params.max_tokens
         words = text.split()
         if limit is not None and len(words) > limit:
@@ -76,6 +84,19 @@ class EchoProvider(Provider):
     async def aclose(self) -> None:
         if self._log is not None:
             self._log.close()
+
+
+def _image_notes(request: ChatRequest) -> list[str]:
+    notes = []
+    for message in request.messages:
+        for part in message.parts:
+            if isinstance(part, ImagePart):
+                if part.data is None:
+                    notes.append(f"[{part.media_type or 'image'} not fetched]")
+                    continue
+                with Image.open(io.BytesIO(part.data)) as image:
+                    notes.append(f"[{part.media_type} {image.width}x{image.height}]")
+    return notes
 
 
 def _words(text: str) -> int:

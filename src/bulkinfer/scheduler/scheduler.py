@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from bulkinfer.domain.job import JobStatus
-from bulkinfer.engine.job import LocalJob, RunRequest
+from bulkinfer.engine.job import LocalJob, MediaSettings, RunRequest
 from bulkinfer.engine.runner import EngineSettings
 from bulkinfer.errors import BulkinferError
 from bulkinfer.providers.catalog import Catalog
@@ -89,6 +89,8 @@ class Scheduler:
         self._wake = asyncio.Event()
         self._running: dict[str, Running] = {}
         self._limits = LimitRegistry()  # every job on a remote model shares that model's rate limits
+        allow = tuple(h.strip() for h in (settings.fetch_allow or "").split(",") if h.strip())
+        self._media = MediaSettings(allow, settings.data_dir, settings.s3_endpoint_url)
         self.replica = uuid.uuid4().hex[:16]
 
     def notify(self) -> None:
@@ -225,6 +227,7 @@ class Scheduler:
                 state_url=self._settings.database_url,
                 keep_partial=True,
                 limits=self._limits,
+                media=self._media,
             )
             local = LocalJob.open(request)
         except BulkinferError as exc:

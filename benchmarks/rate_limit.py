@@ -290,7 +290,7 @@ def report(
     print(f"bulkinfer calls answered 429     : {ours.share_429:.2%} (target < {MAX_429_SHARE:.0%})")
     print(
         f"bulkinfer / one-at-a-time        : x{ours.rpm / baseline.rpm:.2f} "
-        f"(at most ~x{ceiling:.1f} here: the limit over 60 s / mean latency)"
+        f"(ceiling ~x{ceiling:.1f} on average: the limit / (60 s / mean latency))"
     )
     if curator is not None:
         print(f"bulkinfer / Curator              : x{ours.rpm / curator.rpm:.3f}")

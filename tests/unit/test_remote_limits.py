@@ -44,8 +44,14 @@ def test_retry_after_prefers_milliseconds() -> None:
 
 
 def test_rate_limit_headers() -> None:
-    hints = openai_hints({"x-ratelimit-remaining-requests": "0", "x-ratelimit-reset-requests": "1.5s"})
-    assert hints == RateHints(0, 1.5)
+    hints = openai_hints(
+        {
+            "x-ratelimit-remaining-requests": "0",
+            "x-ratelimit-reset-requests": "1.5s",
+            "x-ratelimit-limit-requests": "600",
+        }
+    )
+    assert hints == RateHints(0, 1.5, 600)
     stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() + 30))
     hints = anthropic_hints(
         {"anthropic-ratelimit-requests-remaining": "7", "anthropic-ratelimit-requests-reset": stamp}
@@ -140,6 +146,16 @@ async def test_model_limits_hold_calls_until_the_provider_resets() -> None:
     async with limits.slot(Reservation(10, 10)):
         pass
     assert time.monotonic() - started >= 0.25
+
+
+async def test_a_spent_allowance_holds_calls_one_requests_share_not_until_it_is_full() -> None:
+    clock = FakeClock()
+    limits = ModelLimits(RemoteSpec(), clock)
+    limits.observe(RateHints(remaining_requests=0, requests_reset_s=1.0, limit_requests=600))
+    assert limits._hold_until == pytest.approx(clock.now + 0.1)  # one of 600 a minute, not the full second
+    configured = ModelLimits(RemoteSpec(requests_per_minute=120), clock)
+    configured.observe(RateHints(remaining_requests=0, requests_reset_s=5.0))
+    assert configured._hold_until == pytest.approx(clock.now + 0.5)
 
 
 def test_every_job_on_a_model_shares_its_limits() -> None:

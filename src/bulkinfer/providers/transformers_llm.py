@@ -152,7 +152,8 @@ def converted_weights(spec: ModelSpec, dtype: Any) -> Path:
     if not gguf.is_file():
         raise ProviderError(f"{gguf} is missing: reinstall with {hint}")
     dtype_name = str(dtype).removeprefix("torch.")
-    target = cache_root() / "models" / f"{spec.name}-{_fingerprint(gguf)}-{dtype_name}"
+    # Named after the weights, not the catalog entry: entries sharing a GGUF share one conversion.
+    target = cache_root() / "models" / f"{gguf.stem}-{_fingerprint(gguf)}-{dtype_name}"
     if (target / "config.json").is_file():
         return target
     _convert(gguf, target, dtype)

@@ -68,6 +68,9 @@ class RateHints:
 
     remaining_requests: int | None = None
     requests_reset_s: float | None = None
+    """Until the allowance is full again (OpenAI's and Anthropic's meaning), not until the next call."""
+    limit_requests: int | None = None
+    """Requests per minute the provider allows."""
 
 
 @dataclass(slots=True)

@@ -90,12 +90,17 @@ def openai_hints(headers: Mapping[str, str]) -> RateHints:
     return RateHints(
         _int(headers.get("x-ratelimit-remaining-requests")),
         parse_duration(headers.get("x-ratelimit-reset-requests")),
+        _int(headers.get("x-ratelimit-limit-requests")),
     )
 
 
 def anthropic_hints(headers: Mapping[str, str]) -> RateHints:
     reset = headers.get("anthropic-ratelimit-requests-reset")
-    return RateHints(_int(headers.get("anthropic-ratelimit-requests-remaining")), _until(reset))
+    return RateHints(
+        _int(headers.get("anthropic-ratelimit-requests-remaining")),
+        _until(reset),
+        _int(headers.get("anthropic-ratelimit-requests-limit")),
+    )
 
 
 def _int(value: str | None) -> int | None:

@@ -20,9 +20,8 @@ from bulkinfer.domain.request import (
     Request,
     TextPart,
 )
-from bulkinfer.errors import RecordInvalid
 from bulkinfer.providers.base import Provider
-from bulkinfer.providers.ocr import OcrEngine, OcrText, image_parts
+from bulkinfer.providers.ocr import OcrEngine, OcrText, image_parts, read_images
 
 TOKENS_PER_IMAGE = 200
 """What an image is taken to add to the prompt when sizing micro-batches, before its text is known.
@@ -78,12 +77,9 @@ class ImageTextProvider(Provider):
         parts = image_parts(request)
         if not parts:
             return request
-        try:
-            pages = await asyncio.gather(*(self._ocr.read(p) for p in parts))
-        except RecordInvalid as exc:
-            return RecordError(400, str(exc))
-        except Exception as exc:  # a failure inside the OCR model fails this record only
-            return RecordError(500, f"OCR failed: {type(exc).__name__}: {exc}", "ModelError")
+        pages = await read_images(self._ocr, parts)
+        if isinstance(pages, RecordError):
+            return pages
         texts = iter(image_text(n, page) for n, page in enumerate(pages, start=1))
         messages = tuple(Message(m.role, _substitute(m.parts, texts)) for m in request.messages)
         return dataclasses.replace(request, messages=messages)

@@ -205,6 +205,16 @@ def _cpus() -> int:
         return os.cpu_count() or 1
 
 
+async def read_images(engine: OcrEngine, parts: Sequence[ImagePart]) -> list[OcrText] | RecordError:
+    """Every image's text, or the record's error: a bad image is its fault, an OCR crash ours."""
+    try:
+        return list(await asyncio.gather(*(engine.read(p) for p in parts)))
+    except RecordInvalid as exc:
+        return RecordError(400, str(exc))
+    except Exception as exc:  # a failure inside the OCR model fails this record only
+        return RecordError(500, f"OCR failed: {type(exc).__name__}: {exc}", "ModelError")
+
+
 def image_parts(request: ChatRequest) -> list[ImagePart]:
     return [p for m in request.messages for p in m.parts if isinstance(p, ImagePart)]
 
@@ -244,12 +254,9 @@ class OcrProvider(Provider):
         if not parts:
             return RecordError(400, "the ocr model reads images and replies with their text: send an image")
         started = time.perf_counter()
-        try:
-            pages = await asyncio.gather(*(self._engine.read(p) for p in parts))
-        except RecordInvalid as exc:
-            return RecordError(400, str(exc))
-        except Exception as exc:  # a failure inside the OCR model fails this record only
-            return RecordError(500, f"OCR failed: {type(exc).__name__}: {exc}", "ModelError")
+        pages = await read_images(self._engine, parts)
+        if isinstance(pages, RecordError):
+            return pages
         latency = int((time.perf_counter() - started) * 1000)
         text, reason = _limit("\n\n".join(p.text for p in pages), request, self._spec.default_max_tokens)
         usage = Usage(sum(p.tokens for p in pages) + request.char_count() // 4, math.ceil(len(text) / 4))

@@ -228,3 +228,15 @@ def test_images_are_shrunk_to_the_models_policy(tmp_path: Path) -> None:
     records = [anthropic("wide", {"type": "base64", "media_type": "image/png", "data": wide})]
     lines = run(tmp_path, records, catalog(tmp_path, max_side=100, format="jpeg"), MediaSettings())
     assert reply(lines["wide"]) == "[image/jpeg 100x25] describe"
+
+
+def test_a_reference_no_path_can_be_made_of_fails_its_record_not_the_job(tmp_path: Path) -> None:
+    records = [
+        openai("nul", "img\u0000.png"),
+        openai("ipv6", "file://[/x.png"),
+        openai("ok", f"data:image/png;base64,{B64}"),
+    ]
+    lines = run(tmp_path, records, catalog(tmp_path), MediaSettings())
+    assert "cannot be read" in lines["nul"]["error"]["errorMessage"]
+    assert lines["ipv6"]["error"]["errorCode"] == 400
+    assert reply(lines["ok"]) == "[image/png 40x30] describe"

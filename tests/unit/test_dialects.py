@@ -664,3 +664,11 @@ def test_an_image_url_part_says_openai_chat() -> None:
         "max_tokens": 5,
     }
     assert detect(body, "anthropic").name == "openai-chat"
+
+
+def test_an_image_in_a_system_message_is_refused() -> None:
+    part = {"type": "image_url", "image_url": {"url": "http://169.254.169.254/x.png"}}
+    body = {"messages": [{"role": "system", "content": [part]}, {"role": "user", "content": "hi"}]}
+    with pytest.raises(RecordInvalid, match="a system message may hold only text") as info:
+        get_dialect("openai-chat").to_request(body)
+    assert info.value.field == "modelInput.messages.0.content.0"

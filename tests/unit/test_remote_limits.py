@@ -133,7 +133,7 @@ async def test_adaptive_concurrency_bounds_calls_in_flight() -> None:
         await limit.acquire()
         peak = max(peak, limit.in_flight)
         await asyncio.sleep(0.01)
-        await limit.release()
+        limit.release()
 
     await asyncio.gather(*(call() for _ in range(30)))
     assert peak == 3 and limit.in_flight == 0
@@ -189,3 +189,34 @@ def test_breaker_opens_after_a_run_of_failures_even_when_connections_succeed() -
     for _ in range(DOWN_AFTER_FAILURES):
         breaker.failed("503", probe=False, unreachable=False)
     assert breaker.is_down
+
+
+async def test_a_cancelled_waiter_neither_takes_nor_leaks_a_slot() -> None:
+    limit = AdaptiveConcurrency(1)
+    await limit.acquire()
+    waiter = asyncio.create_task(limit.acquire())
+    await asyncio.sleep(0)
+    waiter.cancel()
+    limit.release()
+    await asyncio.gather(waiter, return_exceptions=True)
+    assert limit.in_flight == 0
+    await asyncio.wait_for(limit.acquire(), 0.1)
+
+
+async def test_a_probe_cancelled_while_waiting_hands_the_probe_on() -> None:
+    breaker = Breaker()
+    breaker.failed("refused", probe=False, unreachable=True)
+    first = asyncio.create_task(breaker.ready())
+    await asyncio.sleep(0.05)
+    first.cancel()  # cancelled during its probe delay
+    await asyncio.gather(first, return_exceptions=True)
+    assert await asyncio.wait_for(breaker.ready(), 2) is True  # the next caller may probe
+
+
+def test_a_bogus_retry_after_cannot_freeze_a_model() -> None:
+    clock = FakeClock()
+    limits = ModelLimits(RemoteSpec(), clock)
+    limits.throttled(float("inf"))
+    limits.throttled(1e9)
+    assert limits._hold_until <= clock.now + 300
+    assert parse_duration("inf") is None and parse_duration("1.2.3s") is None

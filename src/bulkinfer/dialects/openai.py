@@ -67,8 +67,10 @@ class OpenAIChatDialect(Dialect[ChatBody]):
     def build_request(self, body: ChatBody) -> Request:
         if body.tools:
             raise RecordInvalid("tool use is not supported in batch jobs", field="modelInput.tools")
-        system = [m for m in body.messages if m.role in ("system", "developer")]
+        system = [(i, m) for i, m in enumerate(body.messages) if m.role in ("system", "developer")]
         turns = [(i, m) for i, m in enumerate(body.messages) if m.role not in ("system", "developer")]
+        for i, m in system:
+            _no_images(i, m)
         if not turns:
             raise RecordInvalid("at least one user message is required", field="modelInput.messages")
         stop = (body.stop,) if isinstance(body.stop, str) else tuple(body.stop or ())
@@ -80,7 +82,7 @@ class OpenAIChatDialect(Dialect[ChatBody]):
         )
         return ChatRequest(
             messages=tuple(_message(i, m) for i, m in turns),
-            system="\n".join(_text_of(m) for m in system) or None,
+            system="\n".join(_text_of(m) for _, m in system) or None,
             params=params,
         )
 
@@ -105,6 +107,15 @@ class OpenAIChatDialect(Dialect[ChatBody]):
                 "total_tokens": usage.input_tokens + usage.output_tokens,
             },
         }
+
+
+def _no_images(index: int, message: ChatMessage) -> None:
+    """Images belong in user turns; one in a system message would otherwise pass unchecked."""
+    if isinstance(message.content, list):
+        for j, part in enumerate(message.content):
+            if not isinstance(part, TextContent):
+                field = f"modelInput.messages.{index}.content.{j}"
+                raise RecordInvalid(f"a {message.role} message may hold only text", field=field)
 
 
 def _text_of(message: ChatMessage) -> str:

@@ -210,7 +210,6 @@ class RecordPipeline:
         default = self._spec.default_dialect
         items = [prepare(r, source=f.name, default_dialect=default, forced=self._forced) for r in block]
         items = [self._refuse(item) for item in items]
-        items = await self._resolve_images(f, items)
         failed = [finish(item, item.error) for item in items if item.error is not None]
         if failed:
             await self._finished(f, failed)
@@ -276,11 +275,16 @@ class RecordPipeline:
         return 0
 
     async def _run_batch(self, f: InputFile, batch: list[Prepared]) -> None:
-        requests = [item.request for item in batch if item.request is not None]
         async with self._slots:
-            outcomes = await self._infer(requests)
+            # Images are fetched and decoded here, inside the slot, so only the batches being run
+            # hold image bytes: the blocks read ahead hold just their records.
+            batch = await self._resolve_images(f, batch)
+            refused = [finish(item, item.error) for item in batch if item.error is not None]
+            batch = [item for item in batch if item.error is None]
+            requests = [item.request for item in batch if item.request is not None]
+            outcomes = await self._infer(requests) if requests else []
         finished = [finish(item, outcome) for item, outcome in zip(batch, outcomes, strict=True)]
-        await self._finished(f, finished)
+        await self._finished(f, refused + finished)
 
     async def _infer(self, requests: list[Any]) -> list[Outcome]:
         try:

@@ -135,6 +135,8 @@ class MediaResolver:
             return await self._by_content(data)
         except MediaError as exc:
             raise type(exc)(f"{ref}: {exc}") from None
+        except (ValueError, OSError) as exc:  # a reference no path or URL can be made of ("a\0.png")
+            raise MediaError(f"{ref}: cannot be read: {exc}") from None
 
     async def _by_content(self, data: bytes) -> CheckedImage:
         if len(data) > _HASH_IN_THREAD:

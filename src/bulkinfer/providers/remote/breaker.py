@@ -44,9 +44,18 @@ class Breaker:
         if self._up.is_set():  # the provider came back while we queued for the probe
             self._probe.release()
             return False
-        await asyncio.sleep(self._delay)
+        try:
+            await asyncio.sleep(self._delay)
+        except BaseException:  # cancelled while waiting to probe: let the next caller probe
+            self._probe.release()
+            raise
         self._delay = min(PROBE_MAX_S, self._delay * 2)
         return True
+
+    def abandoned(self, probe: bool) -> None:
+        """The call was cancelled before it could tell anything: hand the probe on."""
+        if probe:
+            self._probe.release()
 
     def answered(self, probe: bool) -> None:
         """The provider answered (successfully or with an error about the request)."""

@@ -12,6 +12,7 @@ outage handling are written once::
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -94,9 +95,17 @@ def parse_duration(value: str | None) -> float | None:
     if not value:
         return None
     try:
-        return max(0.0, float(value))
+        seconds = float(value)
+        return max(0.0, seconds) if math.isfinite(seconds) else None
     except ValueError:
         pass
+    try:
+        return _units(value)
+    except ValueError:  # "1.2.3s": a header we cannot read is a header we ignore
+        return None
+
+
+def _units(value: str) -> float | None:
     total, number = 0.0, ""
     units = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 0.001}
     i = 0

@@ -4,6 +4,9 @@ concurrency limit that adapts to how the provider copes (AIMD: grow while health
 from __future__ import annotations
 
 import asyncio
+import collections
+import math
+import threading
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -19,6 +22,7 @@ also sees our one-second burst; 2% below the limit leaves room for it, so we nev
 BURST_SECONDS = 1.0
 INITIAL_CONCURRENCY = 8
 DECREASE = 0.5
+MAX_HOLD_S = 300.0
 COOLDOWN_S = 1.0
 """After a decrease, further 429s within this time are from calls already in flight: ignore them."""
 
@@ -72,21 +76,36 @@ class AdaptiveConcurrency:
         self.in_flight = 0
         self._clock = clock
         self._last_decrease = -COOLDOWN_S
-        self._changed = asyncio.Condition()
+        self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
 
     async def acquire(self) -> None:
-        async with self._changed:
-            await self._changed.wait_for(lambda: self.in_flight < int(self.limit))
-            self.in_flight += 1
+        while self.in_flight >= int(self.limit):
+            waiter = asyncio.get_running_loop().create_future()
+            self._waiters.append(waiter)
+            try:
+                await waiter
+            finally:
+                if waiter in self._waiters:
+                    self._waiters.remove(waiter)
+        self.in_flight += 1
 
-    async def release(self) -> None:
-        async with self._changed:
-            self.in_flight -= 1
-            self._changed.notify_all()
+    def release(self) -> None:
+        """Synchronous, so a cancellation can never skip it and leak a slot."""
+        self.in_flight -= 1
+        self._wake()
+
+    def _wake(self) -> None:
+        free = int(self.limit) - self.in_flight
+        while free > 0 and self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                free -= 1
 
     def succeeded(self) -> None:
         if self.limit < self.ceiling:
             self.limit = min(float(self.ceiling), self.limit + 1.0 / self.limit)
+            self._wake()
 
     def throttled(self) -> None:
         now = self._clock()
@@ -131,7 +150,7 @@ class ModelLimits:
                     await bucket.take(amount)
             yield
         finally:
-            await self.concurrency.release()
+            self.concurrency.release()
 
     def settle(self, reservation: Reservation, input_tokens: int, output_tokens: int) -> None:
         if self._input is not None:
@@ -148,12 +167,17 @@ class ModelLimits:
             return
         per_minute = hints.limit_requests or self._requests_per_minute
         hold = hints.requests_reset_s if not per_minute else min(hints.requests_reset_s, 60.0 / per_minute)
-        self._hold_until = max(self._hold_until, self._clock() + hold)
+        self._hold(hold)
 
     def throttled(self, retry_after: float | None) -> None:
         self.concurrency.throttled()
         if retry_after:
-            self._hold_until = max(self._hold_until, self._clock() + retry_after)
+            self._hold(retry_after)
+
+    def _hold(self, seconds: float) -> None:
+        """Hold new calls; a provider's word is capped, so a bogus header cannot freeze the model."""
+        if math.isfinite(seconds):
+            self._hold_until = max(self._hold_until, self._clock() + min(seconds, MAX_HOLD_S))
 
     async def _wait_for_reset(self) -> None:
         while (wait := self._hold_until - self._clock()) > 0:
@@ -172,9 +196,11 @@ class LimitRegistry:
 
     def __init__(self) -> None:
         self._limits: dict[str, ModelLimits] = {}
+        self._lock = threading.Lock()  # providers load in threads: two jobs may ask at once
 
     def for_model(self, name: str, spec: RemoteSpec) -> ModelLimits:
-        limits = self._limits.get(name)
-        if limits is None:
-            limits = self._limits[name] = ModelLimits(spec)
-        return limits
+        with self._lock:
+            limits = self._limits.get(name)
+            if limits is None:
+                limits = self._limits[name] = ModelLimits(spec)
+            return limits

@@ -66,6 +66,9 @@ class RemoteProvider(Provider):
             probe = await self._breaker.ready()
             try:
                 result = await self._attempt(request)
+            except asyncio.CancelledError:
+                self._breaker.abandoned(probe)
+                raise
             except Permanent as exc:
                 self._breaker.answered(probe)
                 return RecordError(exc.code, str(exc), exc.kind, attempts + 1)
@@ -80,8 +83,10 @@ class RemoteProvider(Provider):
                     return _gave_up(exc, attempts + 1)
                 await asyncio.sleep(backoff(min(tries, 8), exc.retry_after, self._rng))
                 continue
-            except Exception as exc:
+            except Exception as exc:  # an adapter's surprise is retried, then an error line
                 error = exc if isinstance(exc, Retryable) else Retryable(f"{type(exc).__name__}: {exc}")
+                if error.code == 408:  # a timeout: the provider is queueing, so send it less at once
+                    self._limits.concurrency.throttled()
                 attempts += 1
                 self._breaker.failed(str(error), probe, unreachable=False)
                 if attempts >= limit:

@@ -260,7 +260,7 @@ def test_never_more_jobs_of_a_model_run_than_its_slots(server: Server) -> None:
     bedrock = client(server, "AKIDQUEUE01")
     arns = [
         create(bedrock, f"queued-{i}", "s3://queue-bucket/in.jsonl", "s3://queue-out/", model="slow-echo")
-        for i in range(5)
+        for i in range(10)
     ]
     most = 0
     deadline = time.monotonic() + 60

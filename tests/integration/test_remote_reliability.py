@@ -219,3 +219,30 @@ def test_a_killed_run_resumes_without_paying_twice_beyond_its_calls_in_flight(
     # Paid twice: only calls in flight at the kill (at most `concurrency`), or answered within the
     # last commit interval (0.05 s, about 8 calls at this latency).
     assert twice <= 2 * concurrency, twice
+
+
+@pytest.mark.parametrize("simulator", [SimulatorConfig(latency_median_s=0.05, seed=2)], indirect=True)
+def test_the_service_shows_a_paused_job_and_finishes_it(tmp_path: Path, simulator: SimulatorThread) -> None:
+    from tests.integration.test_bedrock_api import client, create, start_server, wait_status
+
+    models = catalog(tmp_path / "m.toml", simulator, max_concurrency=4)
+    server = start_server(tmp_path / "data", models, "--insecure-dev")
+    try:
+        write_jsonl(server.bucket("in-bucket") / "a.jsonl", records(400))
+        bedrock = client(server)
+        arn = create(bedrock, "remote-job", "s3://in-bucket/a.jsonl", "s3://out-bucket/", model="remote")
+        wait_status(bedrock, arn, {"InProgress"})
+        simulator.go_down()
+        deadline = time.monotonic() + 20
+        while "paused" not in (
+            message := bedrock.get_model_invocation_job(jobIdentifier=arn).get("message", "")
+        ):
+            assert time.monotonic() < deadline, message
+            time.sleep(0.2)
+        assert "remote not answering since" in message
+        simulator.go_up()
+        job = wait_status(bedrock, arn, {"Completed", "Failed"}, timeout=90)
+    finally:
+        server.stop()
+    assert job["status"] == "Completed" and job.get("message") in (None, "")
+    assert job.get("errorRecordCount", 0) == 0

@@ -119,3 +119,15 @@ def test_garbled_bodies_are_retryable() -> None:
         json_body(b'{"choices": [')
     with pytest.raises(Retryable, match="not a JSON object"):
         json_body(b"[1, 2]")
+
+
+def test_an_exhausted_quota_pauses_instead_of_throttling() -> None:
+    response = httpx2.Response(429, request=REQ)
+    body = {
+        "message": "You exceeded your current quota",
+        "type": "insufficient_quota",
+        "code": "insufficient_quota",
+    }
+    exc = openai.APIStatusError("You exceeded your current quota", response=response, body=body)
+    failure = classed(openai, exc)
+    assert isinstance(failure, ProviderDown) and "quota exhausted" in str(failure)

@@ -43,6 +43,10 @@ def convert(sdk: ModuleType, exc: Exception, timeout: float) -> NoReturn:
     if isinstance(exc, sdk.APITimeoutError):
         raise Retryable(f"no answer within {timeout:g} s (timeout_seconds)", code=408) from exc
     if isinstance(exc, sdk.APIStatusError):
+        if getattr(exc, "code", None) == "insufficient_quota":
+            # Not a rate: the account is out of credit. Pause (visibly) until it is topped up,
+            # rather than spend every record's attempts on it.
+            raise ProviderDown(f"quota exhausted: {exc.message}") from exc
         raise _status_failure(exc.status_code, exc.response.headers, exc.message) from exc
     if isinstance(exc, sdk.APIConnectionError):
         if _could_not_connect(exc):

@@ -6,7 +6,14 @@ can configure or replace them (a ``MediaReader`` for another store, a ``Fetcher`
 
 from __future__ import annotations
 
-from bulkinfer.media.errors import MediaError, MediaRefused, MediaTimeout
+from bulkinfer.media.errors import (
+    ImageCorrupt,
+    ImageTooLarge,
+    MediaError,
+    MediaRefused,
+    MediaTimeout,
+    NotAnImage,
+)
 from bulkinfer.media.fetch import Fetcher, FetchPolicy, GuardedFetcher
 from bulkinfer.media.guard import METADATA_ADDRESSES, AddressGuard, refusal
 from bulkinfer.media.image import CheckedImage, check_image
@@ -30,6 +37,8 @@ __all__ = [
     "Fetcher",
     "FileReader",
     "GuardedFetcher",
+    "ImageCorrupt",
+    "ImageTooLarge",
     "MediaError",
     "MediaPolicy",
     "MediaReader",
@@ -37,6 +46,7 @@ __all__ = [
     "MediaResolver",
     "MediaStats",
     "MediaTimeout",
+    "NotAnImage",
     "ObjectGet",
     "check_image",
     "local_buckets",

@@ -2,6 +2,9 @@
 
     BulkinferError
     └── MediaError         the image is invalid, too large, or could not be read (400)
+        ├── NotAnImage     not an image of an allowed format
+        ├── ImageTooLarge  over the byte or pixel limit
+        ├── ImageCorrupt   truncated or corrupt data
         ├── MediaRefused   the guard would not go there: a private address, a scheme, a path (400)
         └── MediaTimeout   the image did not arrive within the time cap (408)
 
@@ -21,6 +24,18 @@ class MediaError(BulkinferError):
 
     code: ClassVar[int] = 400
     kind: ClassVar[str] = "ValidationError"
+
+
+class NotAnImage(MediaError):
+    """The bytes are not an image of an allowed format."""
+
+
+class ImageTooLarge(MediaError):
+    """The image has more bytes or pixels than allowed."""
+
+
+class ImageCorrupt(MediaError):
+    """The image is truncated or corrupt."""
 
 
 class MediaRefused(MediaError):

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
-from bulkinfer.media.errors import MediaError
+from bulkinfer.media.errors import ImageCorrupt, ImageTooLarge, NotAnImage
 from bulkinfer.media.policy import FORMATS, MediaPolicy, describe_bytes
 
 _NAMES = {pillow: name for name, pillow in FORMATS.items()} | {"MPO": "jpeg"}
@@ -43,7 +43,8 @@ def check_image(data: bytes, policy: MediaPolicy) -> CheckedImage:
     Raises ``MediaError`` naming the reason. The bytes come back untouched when nothing needs changing.
     """
     if len(data) > policy.max_bytes:
-        raise MediaError(f"image is {len(data):,} bytes, over the {describe_bytes(policy.max_bytes)} limit")
+        limit = describe_bytes(policy.max_bytes)
+        raise ImageTooLarge(f"image is {len(data):,} bytes, over the {limit} limit")
     with _open(data, policy) as img:
         _check_pixels(img.size, policy)
         _run(img.verify)  # PNG: every chunk's CRC and the end marker, which decoding alone skips
@@ -64,18 +65,18 @@ def _open(data: bytes, policy: MediaPolicy) -> ImageFile.ImageFile:
         return Image.open(io.BytesIO(data), formats=[FORMATS[f] for f in allowed])
     except UnidentifiedImageError:
         names = ", ".join(allowed[:-1]) + " or " + allowed[-1] if len(allowed) > 1 else allowed[0]
-        raise MediaError(f"not an image of an allowed format ({names})") from None
+        raise NotAnImage(f"not an image of an allowed format ({names})") from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         # Pillow's own guard (the warning only reaches here where warnings are errors, as in tests).
-        raise MediaError(f"image has too many pixels to decode safely: {exc}") from None
+        raise ImageTooLarge(f"image has too many pixels to decode safely: {exc}") from None
     except Exception as exc:  # Pillow's parsers raise many types on corrupt headers
-        raise MediaError(f"image is truncated or corrupt: {exc}") from None
+        raise ImageCorrupt(f"image is truncated or corrupt: {exc}") from None
 
 
 def _check_pixels(size: tuple[int, int], policy: MediaPolicy) -> None:
     width, height = size
     if width * height > policy.max_pixels:
-        raise MediaError(
+        raise ImageTooLarge(
             f"image is {width:,} × {height:,} = {width * height:,} pixels, "
             f"over the {policy.max_pixels:,}-pixel limit"
         )
@@ -86,7 +87,7 @@ def _run(step: Callable[[], object]) -> None:
     try:
         step()
     except Exception as exc:  # OSError, SyntaxError, ValueError, struct.error...: all mean bad bytes
-        raise MediaError(f"image is truncated or corrupt: {exc}") from None
+        raise ImageCorrupt(f"image is truncated or corrupt: {exc}") from None
 
 
 def _reencode(img: Image.Image, target: str, policy: MediaPolicy) -> CheckedImage:

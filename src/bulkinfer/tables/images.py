@@ -15,12 +15,12 @@ from __future__ import annotations
 
 import io
 import os
-import warnings
 from pathlib import Path, PurePosixPath
 from typing import Any, Literal, Protocol
 
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
+from bulkinfer import media
 from bulkinfer.errors import UserError
 from bulkinfer.storage.uris import S3_URI, LocalBuckets
 
@@ -28,8 +28,7 @@ MAX_IMAGE_BYTES = 3_750_000
 """Bedrock's limit for one image in a Claude or Converse request (3.75 MB)."""
 MAX_IMAGE_SIDE = 8000
 """Bedrock's limit on an image's width and height, in pixels."""
-FORMATS = {"PNG": "png", "JPEG": "jpeg", "GIF": "gif", "WEBP": "webp"}
-"""Pillow's format names -> the short names Converse uses; the media type is ``image/<short>``."""
+_POLICY = media.MediaPolicy(max_bytes=MAX_IMAGE_BYTES)
 SUFFIX_FORMATS = {".png": "png", ".jpg": "jpeg", ".jpeg": "jpeg", ".gif": "gif", ".webp": "webp"}
 
 ProblemKind = Literal["image-name", "image-missing", "image-unreadable", "image-format", "image-too-large"]
@@ -60,30 +59,32 @@ class ImageStore(Protocol):
 
 
 def check_image(data: bytes) -> str:
-    """Decode an image in full; its format's short name (``png``), or ``ImageProblem``."""
-    if len(data) > MAX_IMAGE_BYTES:
-        raise _too_big(len(data))
+    """Decode an image in full; its format's short name (``png``), or ``ImageProblem``.
+
+    The same checks the engine makes before a model sees an image (``bulkinfer.media``), held to
+    Bedrock's tighter limits, since a prepared record should be one Bedrock takes as it is.
+    """
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(io.BytesIO(data)) as image:
-                short = FORMATS.get(image.format or "")
-                if short is None:
-                    raise ImageProblem(
-                        "image-format", f"{image.format} images are not accepted ({_ACCEPTED})"
-                    )
-                if max(image.size) > MAX_IMAGE_SIDE:
-                    width, height = image.size
-                    message = f"{width}x{height} pixels, over {MAX_IMAGE_SIDE} a side"
-                    raise ImageProblem("image-too-large", message)
-                image.load()
-    except UnidentifiedImageError:
-        raise ImageProblem("image-format", f"not an image in an accepted format ({_ACCEPTED})") from None
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise ImageProblem("image-too-large", "too many pixels to decode safely") from None
-    except (OSError, SyntaxError, ValueError) as exc:  # truncated or corrupt data
-        raise ImageProblem("image-unreadable", f"corrupt or truncated image: {exc}") from None
-    return short
+        checked = media.check_image(data, _POLICY)
+    except media.NotAnImage:
+        raise ImageProblem("image-format", _refused_format(data)) from None
+    except media.ImageTooLarge as exc:
+        raise ImageProblem("image-too-large", str(exc)) from None
+    except media.MediaError as exc:
+        raise ImageProblem("image-unreadable", str(exc)) from None
+    if max(checked.width, checked.height) > MAX_IMAGE_SIDE:
+        message = f"{checked.width}x{checked.height} pixels, over {MAX_IMAGE_SIDE} a side"
+        raise ImageProblem("image-too-large", message)
+    return checked.media_type.removeprefix("image/")
+
+
+def _refused_format(data: bytes) -> str:
+    """Why an image's format is refused, naming the format when Pillow knows it (header only)."""
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            return f"{image.format} images are not accepted ({_ACCEPTED})"
+    except Exception:  # not an image Pillow knows at all
+        return f"not an image in an accepted format ({_ACCEPTED})"
 
 
 def suffix_format(name: str) -> str:

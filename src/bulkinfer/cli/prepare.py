@@ -11,7 +11,7 @@ import os
 import sys
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
@@ -20,12 +20,13 @@ from rich.table import Table as RichTable
 
 from bulkinfer.errors import BulkinferError, UserError
 from bulkinfer.storage.files import write_durably
-from bulkinfer.tables.builder import DEFAULT_MAX_TOKENS, RecordSpec
-from bulkinfer.tables.images import ImageStore, open_images
-from bulkinfer.tables.preparation import prepare_table
-from bulkinfer.tables.report import ProblemLog, Summary
-from bulkinfer.tables.source import Table
-from bulkinfer.tables.template import PromptTemplate
+from bulkinfer.tables import DEFAULT_MAX_TOKENS
+
+if TYPE_CHECKING:  # tables (Jinja2, Pillow, the media checks) load only when prepare runs
+    from bulkinfer.tables.images import ImageStore
+    from bulkinfer.tables.report import ProblemLog, Summary
+    from bulkinfer.tables.source import Table
+    from bulkinfer.tables.template import PromptTemplate
 
 EXIT_SKIPPED = 1
 EXIT_USAGE = 2
@@ -89,6 +90,12 @@ def prepare_command(
     out and listed. Exit code 0: every row written; 1: some rows left out; 2: a usage error, nothing
     written.
     """
+    from bulkinfer.tables.builder import RecordSpec
+    from bulkinfer.tables.preparation import prepare_table
+    from bulkinfer.tables.report import ProblemLog
+    from bulkinfer.tables.source import Table
+    from bulkinfer.tables.template import PromptTemplate
+
     try:
         source = Table(table)
         store = _image_store(source, images, image_column, output, data_dir, s3_endpoint_url, absolute_refs)
@@ -134,6 +141,8 @@ def _image_store(
         if images is not None:
             raise UserError("--images needs --image-column: the column that names each row's images")
         return None
+    from bulkinfer.tables.images import open_images
+
     location = images if images is not None else str(table.path.parent)
     return open_images(
         location, output.parent, data_dir=data_dir, endpoint_url=endpoint_url, absolute=absolute
@@ -143,6 +152,8 @@ def _image_store(
 def _system(text: str | None, file: Path | None) -> PromptTemplate | None:
     if text is not None and file is not None:
         raise UserError("give --system or --system-file, not both")
+    from bulkinfer.tables.template import PromptTemplate
+
     if file is not None:
         return PromptTemplate.load(file)
     return PromptTemplate(text, "--system") if text is not None else None

@@ -11,7 +11,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 import orjson
 
@@ -24,22 +24,15 @@ from bulkinfer.engine.runner import EngineSettings, RecordPipeline
 from bulkinfer.errors import JobConflictError, UserError
 from bulkinfer.formats.jsonl import count_lines
 from bulkinfer.formats.manifest import ManifestInfo, build_manifest
-from bulkinfer.media import (
-    FetchPolicy,
-    FileReader,
-    GuardedFetcher,
-    MediaPolicy,
-    MediaResolver,
-    ObjectGet,
-    local_buckets,
-    s3fs_objects,
-)
 from bulkinfer.providers.base import Provider
 from bulkinfer.providers.catalog import Catalog, ImageSettings, ModelSpec
 from bulkinfer.providers.registry import load_provider
 from bulkinfer.providers.remote.limits import LimitRegistry
 from bulkinfer.storage.files import InputFile, list_inputs, read_blocks, write_durably
 from bulkinfer.store.state import JobRecord, StateStore, now
+
+if TYPE_CHECKING:  # the media package (httpx, Pillow) loads only when a job runs
+    from bulkinfer.media import MediaPolicy, MediaResolver, ObjectGet
 
 STATE_DIR = ".bulkinfer"
 MANIFEST_NAME = "manifest.json.out"
@@ -48,6 +41,8 @@ PAUSE_CHECK_S = 0.5
 
 def media_policy(images: ImageSettings) -> MediaPolicy:
     """How a model's catalog entry says its images are checked and shrunk."""
+    from bulkinfer.media import MediaPolicy
+
     return MediaPolicy(
         max_bytes=images.max_bytes,
         max_images_per_record=images.max_per_record,
@@ -70,11 +65,15 @@ class MediaSettings:
     """Folders ``file://`` images may be read from."""
 
     def resolver(self, policy: MediaPolicy) -> MediaResolver:
+        from bulkinfer.media import FetchPolicy, FileReader, GuardedFetcher, MediaResolver
+
         fetcher = GuardedFetcher(FetchPolicy(max_bytes=policy.max_bytes, allow=self.fetch_allow))
         reader = FileReader(roots=self.roots, objects=self._objects(), max_bytes=policy.max_bytes)
         return MediaResolver(policy, fetcher=fetcher, reader=reader)
 
     def _objects(self) -> ObjectGet | None:
+        from bulkinfer.media import local_buckets, s3fs_objects
+
         if self.s3_endpoint_url or self.data_dir is None:
             try:  # s3fs comes with the serve extra; without it s3:// images are refused with a message
                 return s3fs_objects(self.s3_endpoint_url)

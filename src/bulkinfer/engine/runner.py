@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from bulkinfer.dialects.base import Dialect
 from bulkinfer.domain.lineset import LineSet
@@ -21,11 +21,13 @@ from bulkinfer.engine.progress import ProgressSink
 from bulkinfer.engine.seen import SeenIds, id_hash, position, unpack
 from bulkinfer.formats.bedrock import InputRecord, parse_line
 from bulkinfer.formats.jsonl import split_lines
-from bulkinfer.media import MediaResolver
 from bulkinfer.providers.base import Provider
 from bulkinfer.providers.catalog import ModelSpec
 from bulkinfer.storage.files import InputFile, read_blocks
 from bulkinfer.store.state import StateStore
+
+if TYPE_CHECKING:
+    from bulkinfer.media import MediaResolver
 
 REMOTE_WINDOW = 4
 """Records read ahead for a remote model, as a multiple of its concurrency."""

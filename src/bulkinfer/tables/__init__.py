@@ -6,3 +6,7 @@ template (``template``), the row's images are found and checked (``images``), an
 out and reported by table, row and column (``report``); ``preparation`` runs the whole pass and writes the
 output durably.
 """
+
+DEFAULT_MAX_TOKENS = 512
+"""Most tokens each answer may have, unless ``--max-tokens`` says otherwise (kept here, light to import,
+for the CLI's option default)."""

@@ -15,6 +15,7 @@ import orjson
 
 from bulkinfer.engine.seen import SeenIds, id_hash
 from bulkinfer.formats.bedrock import MAX_RECORD_ID_LENGTH
+from bulkinfer.tables import DEFAULT_MAX_TOKENS
 from bulkinfer.tables.images import ImageProblem, ImageStore, check_image, safe_name, suffix_format
 from bulkinfer.tables.report import Problem, ProblemKind
 from bulkinfer.tables.source import Row
@@ -23,7 +24,6 @@ from bulkinfer.tables.template import PromptTemplate, TemplateProblem
 DialectName = Literal["anthropic", "converse", "openai-chat"]
 DIALECTS: tuple[DialectName, ...] = get_args(DialectName)
 ANTHROPIC_VERSION = "bedrock-2023-05-31"
-DEFAULT_MAX_TOKENS = 512
 GENERATED_ID_PREFIX = "ROW"
 """Generated ids are ``ROW`` and the row number in 8 digits: 11 characters of ``[A-Z0-9]``, as Bedrock's
 own generated ids, and stable, so outputs join back to table rows."""

@@ -20,6 +20,7 @@ from rich.markup import escape
 from rich.text import Text
 
 from bulkinfer.cli import remote
+from bulkinfer.cli.options import DEFAULT_DATA_DIR, DataDirOption, S3EndpointOption
 from bulkinfer.cli.prepare import prepare_command
 from bulkinfer.cli.progress import JobProgress
 from bulkinfer.cli.summary import print_catalog, print_dry_run, print_jobs, print_report
@@ -80,14 +81,13 @@ def run(
             help="Host or CIDR that image URLs may point to although private or loopback (repeatable).",
         ),
     ] = None,
+    s3_endpoint_url: S3EndpointOption = None,
 ) -> None:
     """Run a batch job to completion (or resume one)."""
     with _reported("job failed"):
         if resume and job_id is None:
             job_id = _latest_unfinished(output)
-        media = MediaSettings(
-            fetch_allow=tuple(allow_fetch or ()), s3_endpoint_url=os.environ.get("BULKINFER_S3_ENDPOINT_URL")
-        )
+        media = MediaSettings(fetch_allow=tuple(allow_fetch or ()), s3_endpoint_url=s3_endpoint_url)
         request = RunRequest(input, model, output, job_id, models, dialect, media=media)
         if dry:
             _dry_run(request)
@@ -308,19 +308,12 @@ def _remote(call: Callable[[], object]) -> int:
 def serve(
     host: Annotated[str, typer.Option(envvar="BULKINFER_HOST", help="Address to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(envvar="BULKINFER_PORT", help="Port (0 picks a free one).")] = 8080,
-    data_dir: Annotated[
-        Path, typer.Option(envvar="BULKINFER_DATA_DIR", help="State, work files and local buckets.")
-    ] = Path("bulkinfer-data"),
+    data_dir: DataDirOption = DEFAULT_DATA_DIR,
     database_url: Annotated[
         str | None, typer.Option(envvar="BULKINFER_DATABASE_URL", help="Job store (default: SQLite).")
     ] = None,
     models: ModelsOption = None,
-    s3_endpoint_url: Annotated[
-        str | None,
-        typer.Option(
-            envvar="BULKINFER_S3_ENDPOINT_URL", help="S3-protocol server for s3:// (default: local)."
-        ),
-    ] = None,
+    s3_endpoint_url: S3EndpointOption = None,
     jobs_per_model: Annotated[
         int, typer.Option(envvar="BULKINFER_JOBS_PER_MODEL", help="Jobs of one model running at once.")
     ] = 3,

@@ -18,6 +18,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table as RichTable
 
+from bulkinfer.cli.options import DEFAULT_DATA_DIR, DataDirOption, S3EndpointOption
 from bulkinfer.errors import BulkinferError, UserError
 from bulkinfer.storage.files import write_durably
 from bulkinfer.tables import DEFAULT_MAX_TOKENS
@@ -74,15 +75,8 @@ def prepare_command(
     report: Annotated[
         Path | None, typer.Option(help="Also write the validation report as JSON here.")
     ] = None,
-    s3_endpoint_url: Annotated[
-        str | None,
-        typer.Option(
-            envvar="BULKINFER_S3_ENDPOINT_URL", help="S3-protocol server for s3:// (default: local)."
-        ),
-    ] = None,
-    data_dir: Annotated[
-        Path, typer.Option(envvar="BULKINFER_DATA_DIR", help="Holds the local buckets s3:// maps to.")
-    ] = Path("bulkinfer-data"),
+    s3_endpoint_url: S3EndpointOption = None,
+    data_dir: DataDirOption = DEFAULT_DATA_DIR,
 ) -> None:
     """Build Bedrock batch records from a table of rows, their images and a prompt template.
 

@@ -35,14 +35,32 @@ _TERMINAL = frozenset(
     {JobStatus.COMPLETED, JobStatus.PARTIALLY_COMPLETED, JobStatus.FAILED, JobStatus.EXPIRED}
 )
 
-#: Which status may follow which. Stopped is not terminal for a local run: re-running resumes it.
+#: Which status may follow which, for service jobs and local runs alike. The stores enforce it on every
+#: status change: a refused transition is a bug and raises. Updates that keep the status are not
+#: transitions. Each non-terminal status has an owner (a replica holding a lease) or a recovery rule:
+#:
+#: - Submitted: no owner; any replica's validation loop takes it.
+#: - Validating: leased; a lapsed lease leaves it Validating without an owner, and the next replica to find
+#:   it validates it again from the start (staging its input again). Validation is never skipped.
+#: - Scheduled: no owner; the model's next free slot takes it.
+#: - InProgress: leased; a lapsed lease sends it back to Scheduled, to resume from its committed chunks
+#:   (a job publishing its outputs resumes publishing).
+#: - Stopping: leased; a lapsed lease leaves it Stopping without an owner, and the next replica to find it
+#:   writes its partial output and manifest, then ends it Stopped.
+#: - Stopped and Failed are final for the service; a local run (``bulkinfer run``) resumes them.
 TRANSITIONS: dict[JobStatus, frozenset[JobStatus]] = {
-    JobStatus.SUBMITTED: frozenset({JobStatus.VALIDATING, JobStatus.IN_PROGRESS, JobStatus.FAILED}),
-    JobStatus.VALIDATING: frozenset({JobStatus.SCHEDULED, JobStatus.FAILED}),
-    JobStatus.SCHEDULED: frozenset({JobStatus.IN_PROGRESS, JobStatus.STOPPED, JobStatus.EXPIRED}),
+    JobStatus.SUBMITTED: frozenset(
+        {JobStatus.VALIDATING, JobStatus.IN_PROGRESS, JobStatus.STOPPED, JobStatus.FAILED, JobStatus.EXPIRED}
+    ),
+    JobStatus.VALIDATING: frozenset(
+        {JobStatus.SCHEDULED, JobStatus.STOPPED, JobStatus.FAILED, JobStatus.EXPIRED}
+    ),
+    JobStatus.SCHEDULED: frozenset(
+        {JobStatus.IN_PROGRESS, JobStatus.STOPPED, JobStatus.FAILED, JobStatus.EXPIRED}
+    ),
     JobStatus.IN_PROGRESS: frozenset(
         {
-            JobStatus.IN_PROGRESS,
+            JobStatus.SCHEDULED,
             JobStatus.STOPPING,
             JobStatus.STOPPED,
             JobStatus.COMPLETED,
@@ -50,7 +68,9 @@ TRANSITIONS: dict[JobStatus, frozenset[JobStatus]] = {
             JobStatus.FAILED,
         }
     ),
-    JobStatus.STOPPING: frozenset({JobStatus.STOPPED, JobStatus.COMPLETED, JobStatus.FAILED}),
+    JobStatus.STOPPING: frozenset(
+        {JobStatus.STOPPED, JobStatus.COMPLETED, JobStatus.PARTIALLY_COMPLETED, JobStatus.FAILED}
+    ),
     JobStatus.STOPPED: frozenset({JobStatus.IN_PROGRESS}),
     JobStatus.FAILED: frozenset({JobStatus.IN_PROGRESS}),
     JobStatus.COMPLETED: frozenset(),
@@ -59,8 +79,22 @@ TRANSITIONS: dict[JobStatus, frozenset[JobStatus]] = {
 }
 
 
+class IllegalTransition(RuntimeError):
+    """A status change the transition table forbids: a bug in bulkinfer, never a user's mistake."""
+
+
 def can_transition(current: JobStatus, new: JobStatus) -> bool:
-    return new in TRANSITIONS[current]
+    return new == current or new in TRANSITIONS[current]
+
+
+def check_transition(current: JobStatus, new: JobStatus, job_id: str = "") -> None:
+    if not can_transition(current, new):
+        raise IllegalTransition(f"job {job_id}: {current.value} may not become {new.value}")
+
+
+def predecessors(new: JobStatus) -> frozenset[JobStatus]:
+    """The statuses a job may be in to move to ``new`` (``new`` itself included)."""
+    return frozenset(s for s in JobStatus if can_transition(s, new))
 
 
 def new_job_id() -> str:

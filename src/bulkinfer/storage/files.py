@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
+import shutil
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from bulkinfer.errors import InputError
+from bulkinfer.errors import BulkinferError, InputError
 
 READ_BLOCK_BYTES = 1 << 20
 UTF8_BOM = b"\xef\xbb\xbf"
@@ -65,17 +67,76 @@ def read_blocks(path: Path, block_bytes: int = READ_BLOCK_BYTES) -> Iterator[byt
         raise InputError(f"cannot read {path}: {exc.strerror}") from exc
 
 
+class DiskFull(BulkinferError):
+    """No space is left on a filesystem bulkinfer writes to."""
+
+    def __init__(self, folder: Path, message: str | None = None) -> None:
+        self.folder = folder
+        free = free_mb(folder)
+        free_text = "?" if free is None else f"{free:,}"
+        super().__init__(
+            message or f"disk full: no space left on the filesystem of {folder} ({free_text} MB free)"
+        )
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (DiskFull, (self.folder, str(self)))
+
+
+def free_mb(folder: Path) -> int | None:
+    """Free space, in MB, on the filesystem holding ``folder`` (or its nearest existing parent)."""
+    for candidate in (folder, *folder.parents):
+        if candidate.exists():
+            try:
+                return shutil.disk_usage(candidate).free // (1 << 20)
+            except OSError:
+                return None
+    return None
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    return isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)
+
+
+TEMP_SUFFIX = ".tmp"
+
+
+def temp_path(path: Path) -> Path:
+    """Where `write_durably` writes ``path`` before renaming it: a hidden sibling."""
+    return path.with_name(f".{path.name}{TEMP_SUFFIX}")
+
+
 def write_durably(path: Path, parts: Iterable[bytes]) -> None:
-    """Write a file so that after a crash it is either whole or absent (temp file, fsync, rename)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with tmp.open("wb") as f:
-        for part in parts:
-            f.write(part)
-        f.flush()
-        os.fsync(f.fileno())
-    tmp.replace(path)
+    """Write a file so that after a crash it is either whole or absent (temp file, fsync, rename).
+
+    The temp file is removed whatever stops the write (an error, an interrupt); a full disk raises
+    `DiskFull` naming the folder.
+    """
+    tmp = temp_path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with tmp.open("wb") as f:
+            for part in parts:
+                f.write(part)
+            f.flush()
+            os.fsync(f.fileno())
+        tmp.replace(path)
+    except BaseException as exc:
+        remove_quietly(tmp)
+        if is_disk_full(exc):
+            raise DiskFull(path.parent) from exc
+        raise
     fsync_dir(path.parent)
+
+
+def remove_temp_files(folder: Path) -> list[Path]:
+    """Delete the temp files `write_durably` left under ``folder`` when its process was killed."""
+    removed = []
+    with contextlib.suppress(FileNotFoundError):
+        for tmp in folder.rglob(f".*{TEMP_SUFFIX}"):
+            if tmp.is_file():
+                remove_quietly(tmp)
+                removed.append(tmp)
+    return removed
 
 
 def fsync_dir(path: Path) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import fcntl
+import logging
 import os
 import re
 import shutil
@@ -16,19 +17,28 @@ from typing import IO, TYPE_CHECKING, Any
 import orjson
 
 from bulkinfer.dialects.registry import get_dialect
-from bulkinfer.domain.job import Counts, JobStatus, new_job_id
-from bulkinfer.engine.committer import Committer
+from bulkinfer.domain.job import TRANSITIONS, Counts, JobStatus, can_transition, new_job_id
+from bulkinfer.engine.committer import Committer, rebuild_chunks
 from bulkinfer.engine.finalize import write_output
 from bulkinfer.engine.progress import ProgressSink
 from bulkinfer.engine.runner import EngineSettings, RecordPipeline
-from bulkinfer.errors import JobConflictError, UserError
+from bulkinfer.errors import BulkinferError, JobConflictError, UserError
+from bulkinfer.faults import failpoint
 from bulkinfer.formats.jsonl import count_lines
 from bulkinfer.formats.manifest import ManifestInfo, build_manifest
 from bulkinfer.providers.base import Provider
 from bulkinfer.providers.catalog import Catalog, ImageSettings, ModelSpec
 from bulkinfer.providers.registry import load_provider
 from bulkinfer.providers.remote.limits import LimitRegistry
-from bulkinfer.storage.files import InputFile, list_inputs, read_blocks, write_durably
+from bulkinfer.storage.files import (
+    DiskFull,
+    InputFile,
+    is_disk_full,
+    list_inputs,
+    read_blocks,
+    remove_temp_files,
+    write_durably,
+)
 from bulkinfer.store.state import JobRecord, StateStore, now
 
 if TYPE_CHECKING:  # the media package (httpx, Pillow) loads only when a job runs
@@ -37,6 +47,8 @@ if TYPE_CHECKING:  # the media package (httpx, Pillow) loads only when a job run
 STATE_DIR = ".bulkinfer"
 MANIFEST_NAME = "manifest.json.out"
 PAUSE_CHECK_S = 0.5
+
+log = logging.getLogger(__name__)
 
 
 def media_policy(images: ImageSettings) -> MediaPolicy:
@@ -136,6 +148,8 @@ class LocalJob:
         self.output_dir = request.output / self.job_id
         state_root = request.state_dir or request.output / STATE_DIR
         self.work_dir = state_root / self.job_id
+        self.chunk_dir = self.work_dir / "chunks"
+        self.settings = request.settings or EngineSettings.for_model(spec)
         self._forced = get_dialect(request.dialect) if request.dialect else None
         self._lock: IO[str] | None = None
         self._pipeline: RecordPipeline | None = None
@@ -165,6 +179,9 @@ class LocalJob:
     def _open_job(self) -> JobRecord:
         self.work_dir.mkdir(parents=True, exist_ok=True)
         self._take_lock()
+        # Temp files of writes a kill interrupted: never part of a result.
+        remove_temp_files(self.output_dir)
+        remove_temp_files(self.chunk_dir)
         existing = self.store.get_job(self.job_id)
         options = {"dialect": self.request.dialect, "inputs": {f.name: f.fingerprint for f in self.files}}
         if existing is None:
@@ -178,11 +195,34 @@ class LocalJob:
                 options=options,
             )
             self.store.create_job(job)
+            self._take_back_chunks()
             return job
-        self._check_same(existing, options)
+        finished, _ = self._finished(existing)
+        self._check_same(existing, options, finished)
+        if finished:  # a kill may have interrupted the clean-up after its outputs were written
+            shutil.rmtree(self.chunk_dir, ignore_errors=True)
         return existing
 
-    def _check_same(self, job: JobRecord, options: dict[str, Any]) -> None:
+    def _take_back_chunks(self) -> None:
+        """A new job row over a chunk folder that holds files: the state was lost (a damaged state file
+        moved aside). Take back the chunks that can be placed exactly; the others' records run again."""
+        if not self.chunk_dir.is_dir() or not any(self.chunk_dir.iterdir()):
+            return
+        rebuilt = rebuild_chunks(self.chunk_dir, self.files, self.job_id, self.settings.max_line_bytes)
+        self.store.add_chunks(self.job_id, rebuilt.chunks)
+        records = sum(c.counts.processed for c in rebuilt.chunks)
+        if rebuilt.chunks:
+            log.warning(
+                "job %s had no state: %d finished records taken back from %d chunk files",
+                self.job_id,
+                records,
+                len(rebuilt.chunks),
+            )
+        for name, why in rebuilt.dropped.items():
+            log.warning("job %s: chunk file %s dropped, its records run again: %s", self.job_id, name, why)
+            (self.chunk_dir / name).unlink(missing_ok=True)
+
+    def _check_same(self, job: JobRecord, options: dict[str, Any], finished: bool) -> None:
         problems = []
         if job.model != self.spec.name:
             problems.append(f"model {job.model!r}, not {self.spec.name!r}")
@@ -190,10 +230,24 @@ class LocalJob:
             problems.append(f"input {job.input_uri}")
         if job.options.get("dialect") != options["dialect"]:
             problems.append(f"--dialect {job.options.get('dialect')}")
-        if job.options.get("inputs") != options["inputs"] and job.status != JobStatus.COMPLETED:
+        if job.options.get("inputs") != options["inputs"] and not finished:
             problems.append("input files that have changed since (names, sizes or modification times)")
         if problems:
             raise JobConflictError(f"job {self.job_id} was started with " + "; ".join(problems))
+
+    def _finished(self, job: JobRecord) -> tuple[bool, dict[str, Any] | None]:
+        """Whether nothing is left to run, and the manifest to report then.
+
+        A job is finished once it ends for good (Completed, PartiallyCompleted, Expired), and for a
+        service (``keep_partial``) also once its stop was written: Stopped, with a manifest that says so.
+        """
+        if not TRANSITIONS[job.status]:
+            return True, self._read_manifest()
+        if self.request.keep_partial and job.status == JobStatus.STOPPED:
+            manifest = self._read_manifest()
+            if manifest is not None and manifest.get("status") == job.status.value:
+                return True, manifest
+        return False, None
 
     def _take_lock(self) -> None:
         handle = (self.work_dir / "lock").open("a+")  # not "w": that would wipe a running job's pid
@@ -253,8 +307,15 @@ class LocalJob:
     async def execute(
         self, progress: ProgressSink, status: Callable[[str], None] = lambda _: None
     ) -> JobReport:
-        if self.completed:
-            return self.report(self._read_manifest())
+        """Run the job to its end; a finished job (see `_finished`) returns its report at once.
+
+        A failure is recorded (Failed) and raised; a full disk is raised as `DiskFull`. An interrupt of
+        a local run records Stopped; a service's job (``keep_partial``) that is cancelled (shutdown, a
+        lost lease) is left as it was, InProgress, to resume at its next open.
+        """
+        finished, manifest = self._finished(self.job)
+        if finished:
+            return self.report(manifest)
         self._run_started = time.monotonic()
         provider: Provider | None = None
         try:
@@ -262,26 +323,50 @@ class LocalJob:
             provider = await asyncio.to_thread(load_provider, self.spec, self.request.limits)
             return await self._run(provider, progress, status)
         except BaseException as exc:
-            self._record_end(exc)
+            named = self._named(exc)
+            self._record_end(named)
+            if named is not exc:
+                raise named from exc
             raise
         finally:
             if provider is not None:
                 await provider.aclose()
 
+    def _named(self, exc: BaseException) -> BaseException:
+        """A full disk said plainly, whichever write found it."""
+        if isinstance(exc, DiskFull) or not is_disk_full(exc):
+            return exc
+        filename = getattr(exc, "filename", None)
+        return DiskFull(Path(filename).parent if filename else self.work_dir)
+
     def _record_end(self, exc: BaseException) -> None:
-        """Mark the job Failed (an error) or Stopped (an interrupt), unless it completed meanwhile."""
-        stored = self.store.get_job(self.job_id)
-        if stored is not None and stored.status == JobStatus.COMPLETED:
-            self.job = stored  # finalize finished in its thread while we were interrupted
-            return
+        """Record how a run ended early: Failed for an error, Stopped for an interrupt.
+
+        Nothing is undone: a job that completed meanwhile (finalize runs in a thread) stays Completed,
+        and a Stopped job whose model failed to load stays Stopped, with the error as its message.
+        Failing to record (the database is what failed) is logged; the caller raises ``exc`` anyway.
+        """
+        try:
+            self._write_end(exc)
+        except Exception as store_error:
+            log.warning("job %s: could not record its end (%s): %s", self.job_id, exc, store_error)
+
+    def _write_end(self, exc: BaseException) -> None:
+        stored = self.store.get_job(self.job_id) or self.job
+        self.job = stored
         failed = isinstance(exc, Exception)
-        self.job = self.store.update_job(
-            stored or self.job,
-            status=JobStatus.FAILED if failed else JobStatus.STOPPED,
-            message=f"{type(exc).__name__}: {exc}" if failed else "interrupted",
-            ended_at=now(),
-            options=self._with_active_time(stored or self.job),
-        )
+        if not failed and self.request.keep_partial:
+            if stored.status == JobStatus.IN_PROGRESS:
+                self.job = self.store.update_job(stored, options=self._with_active_time(stored))
+            return
+        target = JobStatus.FAILED if failed else JobStatus.STOPPED
+        message = _describe(exc) if failed else "interrupted"
+        if can_transition(stored.status, target):
+            self.job = self.store.update_job(
+                stored, status=target, message=message, ended_at=now(), options=self._with_active_time(stored)
+            )
+        elif failed and not stored.status.is_terminal:  # Stopped: it stays resumable
+            self.job = self.store.update_job(stored, message=message)
 
     def _with_active_time(self, job: JobRecord) -> dict[str, Any]:
         """Job options with this run's running time added, so rates leave out the gaps between runs."""
@@ -295,13 +380,14 @@ class LocalJob:
         self.job = self.store.update_job(
             self.job, status=JobStatus.IN_PROGRESS, started_at=started, message=None
         )
-        settings = self.request.settings or EngineSettings.for_model(self.spec)
-        chunk_dir = self.work_dir / "chunks"
+        settings = self.settings
+        chunk_dir = self.chunk_dir
         chunk_dir.mkdir(parents=True, exist_ok=True)
         committer = Committer(
             self.store, self.job_id, chunk_dir, settings.chunk_records, settings.commit_interval_s
         )
-        committer.remove_orphans()
+        await asyncio.to_thread(committer.repair)  # before orphans: a mismatched file becomes one
+        await asyncio.to_thread(committer.remove_orphans)
         media = self.request.media.resolver(media_policy(self.spec.images))
         self._pipeline = RecordPipeline(
             job_id=self.job_id,
@@ -354,6 +440,7 @@ class LocalJob:
         """Write outputs and manifest. Completed: every record, checked; Stopped: what finished."""
         complete = final == JobStatus.COMPLETED
         errors: list[str] = []
+        failpoint("writing-outputs")
         self.output_dir.mkdir(parents=True, exist_ok=True)
         for f in self.files:
             chunks = self.store.chunks(self.job_id, f.index)
@@ -386,12 +473,17 @@ class LocalJob:
             total_records=total,
             options=options,
         )
-        shutil.rmtree(chunk_dir, ignore_errors=True)
+        failpoint("output-written")
+        shutil.rmtree(chunk_dir, ignore_errors=True)  # if a kill stops this, the next open finishes it
         return self.report(manifest)
 
     def _read_manifest(self) -> dict[str, Any] | None:
         path = self.output_dir / MANIFEST_NAME
-        return orjson.loads(path.read_bytes()) if path.is_file() else None
+        try:
+            manifest = orjson.loads(path.read_bytes())
+        except (FileNotFoundError, orjson.JSONDecodeError):
+            return None
+        return manifest if isinstance(manifest, dict) else None
 
     def report(self, manifest: dict[str, Any] | None = None) -> JobReport:
         if manifest is not None:
@@ -416,3 +508,7 @@ class LocalJob:
             error_samples=list((manifest or {}).get("errorSamples", [])),
             manifest=manifest,
         )
+
+
+def _describe(exc: BaseException) -> str:
+    return str(exc) if isinstance(exc, BulkinferError) else f"{type(exc).__name__}: {exc}"

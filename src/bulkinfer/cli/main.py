@@ -7,9 +7,11 @@ import contextlib
 import gc
 import itertools
 import os
+import shlex
 import signal
 import sys
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Annotated
 
@@ -34,7 +36,7 @@ from bulkinfer.formats.bedrock import output_text
 from bulkinfer.formats.jsonl import Line, OversizeLine, split_lines
 from bulkinfer.providers.catalog import Catalog
 from bulkinfer.storage.files import list_inputs, read_blocks
-from bulkinfer.store.state import StateStore
+from bulkinfer.store.state import CorruptStateFile, StateStore
 
 EXIT_FAILED = 1
 EXIT_USAGE = 2
@@ -84,16 +86,35 @@ def run(
     s3_endpoint_url: S3EndpointOption = None,
 ) -> None:
     """Run a batch job to completion (or resume one)."""
-    with _reported("job failed"):
+    media = MediaSettings(fetch_allow=tuple(allow_fetch or ()), s3_endpoint_url=s3_endpoint_url)
+    request = RunRequest(input, model, output, job_id, models, dialect, media=media)
+    with _reported("job failed"), _rerun_named(request):
         if resume and job_id is None:
-            job_id = _latest_unfinished(output)
-        media = MediaSettings(fetch_allow=tuple(allow_fetch or ()), s3_endpoint_url=s3_endpoint_url)
-        request = RunRequest(input, model, output, job_id, models, dialect, media=media)
+            request = replace(request, job_id=_latest_unfinished(output))
         if dry:
             _dry_run(request)
             return
         code = asyncio.run(_run(request))
     raise typer.Exit(code)
+
+
+@contextlib.contextmanager
+def _rerun_named(request: RunRequest) -> Iterator[None]:
+    """A damaged state file's message names the exact command that runs the job again."""
+    try:
+        yield
+    except CorruptStateFile as exc:
+        job_id = request.job_id or _only_job_with_chunks(request.output)
+        rerun = _run_command(request, job_id)
+        if job_id is None:
+            rerun += " --job-id JOB_ID  (the job's folder under " + str(request.output / STATE_DIR) + ")"
+        raise exc.with_rerun(rerun) from exc.__cause__
+
+
+def _only_job_with_chunks(output: Path) -> str | None:
+    """The job whose committed chunks wait in OUTPUT's state folder, when there is exactly one."""
+    jobs = [chunks.parent.name for chunks in (output / STATE_DIR).glob("*/chunks") if any(chunks.iterdir())]
+    return jobs[0] if len(jobs) == 1 else None
 
 
 async def _run(request: RunRequest) -> int:
@@ -143,8 +164,8 @@ def _reported(failure: str = "error") -> Iterator[None]:
         yield
     except typer.Exit:
         raise
-    except UserError as exc:
-        err.print(f"[red]error:[/red] {exc}", highlight=False)
+    except UserError as exc:  # never wrapped: a message may hold a command to copy
+        err.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False, soft_wrap=True)
         raise typer.Exit(EXIT_USAGE) from None
     except Exception as exc:
         if os.environ.get("BULKINFER_DEBUG"):
@@ -188,15 +209,30 @@ def _remove_interrupts(installed: list[signal.Signals]) -> None:
 
 
 def _say_resume(job: LocalJob, what: str) -> None:
-    r = job.request
-    command = f"bulkinfer run {r.input} --model {r.model} --output {r.output} --job-id {job.job_id}"
+    command = _run_command(job.request, job.job_id)
+    try:
+        kept: int | None = job.committed().processed
+    except Exception:  # the state itself may be what failed
+        kept = None
+    if kept:
+        said = f"{kept:,} finished records are kept. Resume with"
+    elif kept == 0:
+        said = "no record had finished, so nothing is kept. Run it again with"
+    else:
+        said = "resume with"
+    err.print(f"job {job.job_id} {what}; {said}:\n  {escape(command)}", highlight=False, soft_wrap=True)
+
+
+def _run_command(r: RunRequest, job_id: str | None) -> str:
+    """The ``bulkinfer run`` command line of a request, ready to paste into a shell."""
+    args = ["bulkinfer", "run", str(r.input), "--model", r.model, "--output", str(r.output)]
+    if job_id is not None:
+        args += ["--job-id", job_id]
     if r.catalog_file is not None:
-        command += f" --models {r.catalog_file}"
+        args += ["--models", str(r.catalog_file)]
     if r.dialect is not None:
-        command += f" --dialect {r.dialect}"
-    err.print(
-        f"job {job.job_id} {what}; finished records are kept. Resume with:\n  {command}", highlight=False
-    )
+        args += ["--dialect", r.dialect]
+    return shlex.join(args)
 
 
 def _latest_unfinished(output: Path) -> str:
@@ -333,6 +369,20 @@ def serve(
     watch_model: Annotated[
         str | None, typer.Option(envvar="BULKINFER_WATCH_MODEL", help="Model for watch-folder jobs.")
     ] = None,
+    lease_seconds: Annotated[
+        float,
+        typer.Option(
+            envvar="BULKINFER_LEASE_SECONDS", min=0.5, help="A replica silent this long loses its jobs."
+        ),
+    ] = 10.0,
+    outage_seconds: Annotated[
+        float,
+        typer.Option(
+            envvar="BULKINFER_OUTAGE_SECONDS",
+            min=1.0,
+            help="How long a job waits out a database or S3 outage before it fails, naming it.",
+        ),
+    ] = 6 * 3600.0,
 ) -> None:
     """Serve the Bedrock batch API (boto3's `bedrock` client with endpoint_url) and run its jobs."""
     try:
@@ -355,6 +405,8 @@ def serve(
         access_keys=access_keys,
         watch=watch,
         watch_model=watch_model,
+        lease_seconds=lease_seconds,
+        outage_seconds=outage_seconds,
     )
     if (watch is None) != (watch_model is None):
         err.print("[red]error:[/red] --watch and --watch-model go together", highlight=False)

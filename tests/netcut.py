@@ -8,6 +8,7 @@
         client = boto3.client("s3", endpoint_url=net.url, ...)
         net.cut()       # ConnectionRefusedError / ConnectionResetError from here on
         net.restore()   # works again
+        net.cut_after(300_000)  # cuts by itself once clients sent 300 kB more: mid-upload
 
 How the port is kept: a *reservation* socket stays bound to the port (never listening) for the proxy's
 whole life, and the listening socket binds the same port beside it (both with SO_REUSEADDR, which Linux
@@ -40,6 +41,8 @@ class NetCut:
         self.url = f"http://127.0.0.1:{self.port}"
         self._server: asyncio.Server | None = None
         self._handlers: set[asyncio.Task[None]] = set()
+        self._budget: int | None = None  # bytes clients may still send before cut_after cuts
+        self._cutting: asyncio.Task[None] | None = None
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="netcut", daemon=True)
         self._thread.start()
@@ -52,6 +55,11 @@ class NetCut:
     def cut(self) -> None:
         """Reset every open connection and refuse new ones; returns once that is so."""
         self._call(self._cut())
+
+    def cut_after(self, nbytes: int) -> None:
+        """Cut by itself once ``nbytes`` more bytes have gone from clients to the target, so the network
+        fails in the middle of a request (an upload, say), at a place that does not depend on timing."""
+        self._call(self._arm(nbytes))
 
     def restore(self) -> None:
         """Accept and forward connections again, on the same port."""
@@ -84,13 +92,18 @@ class NetCut:
             listener.listen(128)
             self._server = await asyncio.start_server(self._handle, sock=listener)
 
+    async def _arm(self, nbytes: int) -> None:
+        self._budget = nbytes
+
     async def _cut(self) -> None:
+        self._budget = None
         if self._server is not None:
             self._server.close()  # closes the listening socket; connects are refused from now on
             self._server = None
         for task in list(self._handlers):
             task.cancel()  # each handler resets its two connections as it ends
         await asyncio.gather(*self._handlers, return_exceptions=True)
+        self._cutting = None
 
     async def _handle(self, client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
@@ -100,7 +113,10 @@ class NetCut:
         try:
             upstream_r, upstream_w = await asyncio.open_connection(*self.target)
             writers.append(upstream_w)
-            await asyncio.gather(_pump(client_r, upstream_w, writers), _pump(upstream_r, client_w, writers))
+            await asyncio.gather(
+                self._pump(client_r, upstream_w, writers, counted=True),
+                self._pump(upstream_r, client_w, writers, counted=False),
+            )
         except asyncio.CancelledError:
             for writer in writers:  # cut: a reset (RST), as when a server dies, not an orderly close
                 _reset(writer)
@@ -111,21 +127,33 @@ class NetCut:
                 writer.close()
             self._handlers.discard(task)
 
-
-async def _pump(
-    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, both: list[asyncio.StreamWriter]
-) -> None:
-    """Copy one direction until end of stream, then pass the end on (a half-close, as HTTP allows).
-    A reset on either side is passed on as a reset of both, which also ends the other direction."""
-    try:
-        while data := await reader.read(_CHUNK):
-            writer.write(data)
-            await writer.drain()
-        if writer.can_write_eof():
-            writer.write_eof()
-    except OSError:
-        for each in both:
-            _reset(each)
+    async def _pump(
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        both: list[asyncio.StreamWriter],
+        *,
+        counted: bool,
+    ) -> None:
+        """Copy one direction until end of stream, then pass the end on (a half-close, as HTTP allows).
+        A reset on either side is passed on as a reset of both, which also ends the other direction.
+        ``counted``: the client-to-target direction, which spends what `cut_after` allows."""
+        try:
+            while data := await reader.read(_CHUNK):
+                if counted and self._budget is not None:
+                    data = data[: self._budget]
+                    self._budget -= len(data)
+                writer.write(data)
+                await writer.drain()
+                if counted and self._budget == 0:
+                    # Not awaited here: the cut cancels this very handler (and every other one).
+                    self._cutting = self._cutting or asyncio.create_task(self._cut())
+                    await asyncio.Event().wait()
+            if writer.can_write_eof():
+                writer.write_eof()
+        except OSError:
+            for each in both:
+                _reset(each)
 
 
 def _reset(writer: asyncio.StreamWriter) -> None:

@@ -70,3 +70,16 @@ def test_cut_and_restore_can_repeat_and_a_large_body_goes_through(moto_port: int
             net.restore()
             s3.put_object(Bucket="netcut-big", Key="k", Body=body)
             assert s3.get_object(Bucket="netcut-big", Key="k")["Body"].read() == body
+
+
+def test_cut_after_cuts_in_the_middle_of_an_upload(moto_port: int) -> None:
+    with NetCut(moto_port) as net:
+        s3 = s3_client(net.url)
+        s3.create_bucket(Bucket="netcut-mid")
+        net.cut_after(300_000)
+        with pytest.raises((EndpointConnectionError, ConnectionClosedError)):
+            s3.put_object(Bucket="netcut-mid", Key="k", Body=b"x" * 1_000_000)
+        assert net.is_cut
+        net.restore()  # the budget is spent: forwarding goes on without a limit
+        s3.put_object(Bucket="netcut-mid", Key="k", Body=b"y" * 1_000_000)
+        assert s3.get_object(Bucket="netcut-mid", Key="k")["Body"].read() == b"y" * 1_000_000

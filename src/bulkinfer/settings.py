@@ -34,6 +34,9 @@ class ServerSettings(BaseSettings):
     max_file_bytes: int = Field(200 * 2**20, ge=1, description="Largest input file.")
     max_job_bytes: int = Field(2**30, ge=1, description="Most input bytes in one job.")
     lease_seconds: float = Field(10.0, gt=0, description="A replica that stops renewing loses its jobs.")
+    outage_seconds: float = Field(
+        6 * 3600.0, gt=0, description="How long a job waits out a database or S3 outage before it fails."
+    )
     poll_seconds: float = Field(1.0, gt=0, description="Longest wait before looking at the store again.")
     fetch_allow: str | None = Field(
         None,

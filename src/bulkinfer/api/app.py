@@ -45,6 +45,7 @@ def create_app(settings: ServerSettings) -> FastAPI:
         finally:
             for task in tasks:
                 task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
             await scheduler.close()
             await pool.close()
             store.close()

@@ -42,7 +42,8 @@ _TERMINAL = frozenset(
 #: - Submitted: no owner; any replica's validation loop takes it.
 #: - Validating: leased; a lapsed lease leaves it Validating without an owner, and the next replica to find
 #:   it validates it again from the start (staging its input again). Validation is never skipped.
-#: - Scheduled: no owner; the model's next free slot takes it.
+#: - Scheduled: no owner; the model's next free slot takes it. Stopped, one that ran before (its replica
+#:   died) becomes Stopping, so its partial output is written.
 #: - InProgress: leased; a lapsed lease sends it back to Scheduled, to resume from its committed chunks
 #:   (a job publishing its outputs resumes publishing).
 #: - Stopping: leased; a lapsed lease leaves it Stopping without an owner, and the next replica to find it
@@ -56,7 +57,7 @@ TRANSITIONS: dict[JobStatus, frozenset[JobStatus]] = {
         {JobStatus.SCHEDULED, JobStatus.STOPPED, JobStatus.FAILED, JobStatus.EXPIRED}
     ),
     JobStatus.SCHEDULED: frozenset(
-        {JobStatus.IN_PROGRESS, JobStatus.STOPPED, JobStatus.FAILED, JobStatus.EXPIRED}
+        {JobStatus.IN_PROGRESS, JobStatus.STOPPING, JobStatus.STOPPED, JobStatus.FAILED, JobStatus.EXPIRED}
     ),
     JobStatus.IN_PROGRESS: frozenset(
         {

@@ -1,8 +1,16 @@
-"""Keeps each model's job slots full.
+"""Keeps each model's job slots full, and every job moving whatever fails around it.
 
-Event-driven: submitting, stopping or finishing a job wakes the loop, which validates new jobs and starts
-Scheduled ones (oldest first) the moment their model has a free slot. After a restart, jobs that were
-running are scheduled again and resume from their committed chunks.
+Three supervised loops (see `supervisor`), each small and on its own so none waits behind another:
+
+- **leases**: renews the leases of the jobs this replica holds, lets go of other replicas' lapsed ones,
+  and stops work on any job this replica no longer holds, or on all of them once it has lost touch with
+  the database for most of a lease, so no job ever runs twice;
+- **validation**: takes Submitted jobs (and Validating ones whose replica died) and validates them;
+- **slots**: ends waiting jobs past their deadline, takes up Stopping jobs whose replica died, and starts
+  Scheduled jobs the moment their model has a free slot.
+
+They wake on events (a submit, a stop, a job ending here or, through LISTEN/NOTIFY, on another replica)
+and at least every ``poll_seconds``. Every store call runs in a thread, never on the event loop.
 """
 
 from __future__ import annotations
@@ -15,20 +23,25 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, TypeVar
 
 from bulkinfer.domain.job import JobStatus
 from bulkinfer.engine.job import LocalJob, MediaSettings, RunRequest
 from bulkinfer.engine.runner import EngineSettings
-from bulkinfer.errors import BulkinferError
+from bulkinfer.errors import BulkinferError, JobConflictError
+from bulkinfer.faults import failpoint
 from bulkinfer.providers.catalog import Catalog
 from bulkinfer.providers.remote.limits import LimitRegistry
 from bulkinfer.scheduler.quotas import invalid_records, validate_input
+from bulkinfer.scheduler.supervisor import Loops
 from bulkinfer.settings import ServerSettings
 from bulkinfer.storage.files import list_inputs
 from bulkinfer.storage.s3 import S3Staging
 from bulkinfer.storage.uris import LocalBuckets
-from bulkinfer.store.batch_jobs import BatchJob, BatchJobStore
+from bulkinfer.store.batch_jobs import LEASED, BatchJob, BatchJobStore
+from bulkinfer.transient import Outage, is_transient_db, retrying_await
 
+T = TypeVar("T")
 log = logging.getLogger(__name__)
 
 
@@ -46,9 +59,16 @@ class LiveCounts:
 
 @dataclass(slots=True)
 class Running:
-    job: LocalJob
+    job: LocalJob | None
     task: asyncio.Task[None]
     counts: LiveCounts = field(default_factory=LiveCounts)
+    stop: JobStatus | None = None
+    """The status a stop asked for before the engine job was open (Stopped, or PartiallyCompleted)."""
+
+    def request_stop(self, final: JobStatus = JobStatus.STOPPED) -> None:
+        self.stop = final
+        if self.job is not None:
+            self.job.request_stop(final)
 
 
 def _input_uri(job: BatchJob) -> str:
@@ -60,7 +80,11 @@ def _output_uri(job: BatchJob) -> str:
 
 
 DEFAULT_TIMEOUT_HOURS = 24
-MAX_SLEEP_S = 60.0
+CONFLICT_RETRY_S = 1.0
+"""A job whose files another run still holds (one winding down) waits this long before it queues again."""
+FENCE_FRACTION = 0.7
+"""Work on held jobs stops once the database has not confirmed their leases for this part of a lease:
+before another replica may take them (at the whole lease)."""
 _WAITING = (JobStatus.SUBMITTED, JobStatus.VALIDATING, JobStatus.SCHEDULED)
 
 
@@ -69,6 +93,10 @@ def deadline(job: BatchJob) -> float:
     jobExpirationTime). A job still waiting then expires; a running one ends PartiallyCompleted."""
     hours = job.request.get("timeoutDurationInHours") or DEFAULT_TIMEOUT_HOURS
     return job.submit_time + hours * 3600
+
+
+class LeaseLost(Exception):
+    """This replica no longer holds the job: its work stops and nothing more is written for it."""
 
 
 class Scheduler:
@@ -86,15 +114,47 @@ class Scheduler:
         self._buckets = LocalBuckets(settings.data_dir)
         endpoint = settings.s3_endpoint_url
         self._staging = S3Staging(endpoint, settings.data_dir) if endpoint else None
-        self._wake = asyncio.Event()
+        self._slots_wake = asyncio.Event()
+        self._validation_wake = asyncio.Event()
+        self._leases_wake = asyncio.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._running: dict[str, Running] = {}
+        self._validating: set[str] = set()
         self._limits = LimitRegistry()  # every job on a remote model shares that model's rate limits
         allow = tuple(h.strip() for h in (settings.fetch_allow or "").split(",") if h.strip())
         self._media = MediaSettings(allow, settings.data_dir, settings.s3_endpoint_url)
+        self._loops = Loops()
+        self._lease_confirmed = time.monotonic()
         self.replica = uuid.uuid4().hex[:16]
 
+    # what the API asks of it (from its worker threads)
+
     def notify(self) -> None:
-        self._wake.set()
+        """Something changed: look at the store again now. Safe to call from any thread."""
+        loop = self._loop
+        if loop is None:
+            self._wake_all()
+            return
+        with contextlib.suppress(RuntimeError):  # the loop closed while we were told
+            loop.call_soon_threadsafe(self._wake_all)
+
+    def _wake_all(self) -> None:
+        self._slots_wake.set()
+        self._validation_wake.set()
+        self._leases_wake.set()  # a job held here may have been stopped through another replica
+
+    def stopped(self, job_id: str) -> None:
+        """A stop of this job was recorded: if it runs here, it stops now. Safe from any thread."""
+        loop = self._loop
+        if loop is not None:
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(self._stop_here, job_id)
+
+    def _stop_here(self, job_id: str) -> None:
+        running = self._running.get(job_id)
+        if running is not None:
+            running.request_stop()
+        self._wake_all()
 
     def live_counts(self, job_id: str) -> LiveCounts | None:
         running = self._running.get(job_id)
@@ -103,107 +163,168 @@ class Scheduler:
     def paused(self, job_id: str) -> str | None:
         """Why a job running here is held back (its model's provider is down), if it is."""
         running = self._running.get(job_id)
-        return running.job.paused if running else None
+        return running.job.paused if running and running.job else None
+
+    # the loops
 
     async def run(self) -> None:
-        self._recover()
-        self._wake.set()
-        loop = asyncio.get_running_loop()
-
-        def changed_elsewhere() -> None:  # called from the listener's thread
-            with contextlib.suppress(RuntimeError):  # the loop closed while we were told
-                loop.call_soon_threadsafe(self.notify)
-
-        listener = self._store.listen(changed_elsewhere)
+        self._loop = asyncio.get_running_loop()
+        if not self._store.shared:
+            # The embedded store has one server: whatever a previous run held is nobody's now.
+            released = await self._db(self._store.release_expired, True)
+            if released:
+                log.info("took up %d jobs left by the previous run", released)
+        listener = self._store.listen(self.notify)
+        self._loops.start("leases", self._leases_step)
+        self._loops.start("validation", self._validation_step)
+        self._loops.start("slots", self._slots_step)
+        self._wake_all()
         try:
-            await self._loop()
+            await asyncio.Event().wait()  # the loops run until the server shuts down
         finally:
+            await self._loops.stop()
             if listener is not None:
                 await asyncio.to_thread(listener.stop)
 
-    async def _loop(self) -> None:
-        while True:
-            with contextlib.suppress(TimeoutError):  # woken by an event, or by the next deadline
-                await asyncio.wait_for(self._wake.wait(), timeout=self._sleep_s())
-            self._wake.clear()
-            try:
-                self._store.requeue_expired()
-                self._heartbeat()
-                self._enforce_deadlines()
-                await self._advance()
-            except Exception:  # keep scheduling whatever one job did
-                log.exception("scheduler step failed")
-
-    def _sleep_s(self) -> float:
-        pending = self._store.with_status(*_WAITING, JobStatus.IN_PROGRESS)
-        longest = self._settings.poll_seconds  # other replicas' changes are seen within this
-        soonest = min((deadline(j) for j in pending), default=self._clock() + longest)
-        return min(max(soonest - self._clock(), 0.0), longest)
-
-    def _heartbeat(self) -> None:
-        """Renew the leases of this replica's jobs, and stop those a user stopped through another one."""
-        for job in self._store.renew(self.replica, list(self._running), self._settings.lease_seconds):
-            if job.status == JobStatus.STOPPING and job.job_id in self._running:
-                self._running[job.job_id].job.request_stop()
-
-    def _enforce_deadlines(self) -> None:
-        now = self._clock()
-        for job in self._store.with_status(*_WAITING, JobStatus.IN_PROGRESS):
-            if deadline(job) > now:
-                continue
-            running = self._running.get(job.job_id)
-            if running is not None:
-                running.job.request_stop(JobStatus.PARTIALLY_COMPLETED)  # it ends when its batches do
-            elif job.status in _WAITING:
-                message = "the job did not start before its timeout"
-                self._store.update(job, status=JobStatus.EXPIRED, message=message, end_time=now)
-
     async def close(self) -> None:
-        for running in list(self._running.values()):
-            running.job.request_stop()
-            running.task.cancel()
-        await asyncio.gather(*(r.task for r in self._running.values()), return_exceptions=True)
+        """Shut down: jobs running here stop where they are (no outputs written) and stay InProgress, to
+        resume from their committed chunks at the next start or on another replica."""
+        await self._loops.stop()
+        running = list(self._running.values())
+        for item in running:
+            item.task.cancel()
+        await asyncio.gather(*(r.task for r in running), return_exceptions=True)
 
-    def _recover(self) -> None:
-        """With the embedded store this is the only server, so whatever a previous run left running
-        goes back to the queue at once; with a shared database, expired leases do that instead."""
-        if self._settings.database_url is not None:
-            return
-        for job in self._store.with_status(JobStatus.IN_PROGRESS, JobStatus.VALIDATING):
-            self._store.update(job, status=JobStatus.SCHEDULED, owner=None, lease_until=None)
-        for job in self._store.with_status(JobStatus.STOPPING):
-            self._store.update(job, status=JobStatus.STOPPED, end_time=time.time())
+    async def _db(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """A store call, in a thread so the event loop never waits on the database."""
+        return await asyncio.to_thread(fn, *args, **kwargs)
 
-    async def _advance(self) -> None:
-        for job in self._store.with_status(JobStatus.SUBMITTED):
-            claimed = self._store.move(job, JobStatus.SUBMITTED, JobStatus.VALIDATING)
-            if claimed is not None:  # None: another replica is validating it
-                await self._validate(claimed)
-        models = {job.model_id for job in self._store.with_status(JobStatus.SCHEDULED)}
-        for model in sorted(models):
-            self._fill_slots(model)
+    async def _wait(self, event: asyncio.Event, timeout: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(event.wait(), timeout=max(timeout, 0.0))
+        event.clear()
 
-    def _fill_slots(self, model: str) -> None:
-        slots, lease = self._settings.jobs_per_model, self._settings.lease_seconds
-        while (claimed := self._store.claim(model, self.replica, slots, lease)) is not None:
-            self._start(claimed)
+    # leases
+
+    async def _leases_step(self) -> None:
+        lease = self._settings.lease_seconds
+        await self._wait(self._leases_wake, lease / 4)
+        held = list(self._running) + sorted(self._validating)
+        try:
+            rows = await asyncio.wait_for(
+                self._db(self._store.renew, self.replica, held, lease), timeout=lease / 3
+            )
+        except Exception:
+            self._fence_if_out_of_touch()
+            raise
+        self._lease_confirmed = time.monotonic()
+        self._check_held({row.job_id: row for row in rows}, held)
+        if await self._db(self._store.release_expired):
+            self._slots_wake.set()  # another replica's jobs are free to take
+            self._validation_wake.set()
+
+    def _check_held(self, stored: dict[str, BatchJob], held: list[str]) -> None:
+        for job_id in held:
+            row = stored.get(job_id)
+            if row is None or row.owner != self.replica or row.status not in LEASED:
+                self._fence(job_id, f"no longer held here ({row.status.value if row else 'gone'})")
+            elif row.status == JobStatus.STOPPING and job_id in self._running:
+                self._running[job_id].request_stop()
+
+    def _fence_if_out_of_touch(self) -> None:
+        silent = time.monotonic() - self._lease_confirmed
+        if silent > FENCE_FRACTION * self._settings.lease_seconds and (self._running or self._validating):
+            log.error(
+                "no word from the job database for %.1f s: stopping work on every job held here", silent
+            )
+            for job_id in list(self._running) + list(self._validating):
+                self._fence(job_id, "the job database stopped answering")
+
+    def _fence(self, job_id: str, why: str) -> None:
+        """Stop working on a job at once, writing nothing more for it: another replica may take it."""
+        running = self._running.get(job_id)
+        if running is not None and not running.task.done():
+            log.warning("job %s: %s; its work here stops", job_id, why)
+            running.task.cancel(msg=why)
+        self._validating.discard(job_id)  # its validation's result will not be stored (owner check)
+
+    # validation
+
+    async def _validation_step(self) -> None:
+        await self._wait(self._validation_wake, self._settings.poll_seconds)
+        for job in await self._db(self._store.with_status, JobStatus.SUBMITTED):
+            taken = await self._take_for_validation(job)
+            if taken is not None:
+                await self._validate(taken)
+        for job in await self._db(self._store.unowned, JobStatus.VALIDATING):
+            adopted = await self._db(self._store.adopt, job, self.replica, self._settings.lease_seconds)
+            if adopted is not None:
+                log.info("job %s: validating it again (its replica stopped)", job.job_id)
+                await self._validate(adopted)
+
+    async def _take_for_validation(self, job: BatchJob) -> BatchJob | None:
+        lease_until = time.time() + self._settings.lease_seconds
+        # None: another replica took it first, or it was stopped meanwhile
+        return await self._db(
+            self._store.transition, job, JobStatus.VALIDATING, owner=self.replica, lease_until=lease_until
+        )
 
     async def _validate(self, job: BatchJob) -> None:
+        self._validating.add(job.job_id)
+        try:
+            failpoint("validating")
+            outcome = await self._validated(job)
+        finally:
+            self._validating.discard(job.job_id)
+        if outcome is None:
+            return
+        new, changes = outcome
+        done = await self._db(self._store.transition, job, new, held_by=self.replica, **changes)
+        if done is None:
+            log.info("job %s changed while it was validated (stopped, expired, or taken over)", job.job_id)
+        elif new == JobStatus.SCHEDULED:
+            failpoint("scheduled")
+            self._slots_wake.set()
+
+    async def _validated(self, job: BatchJob) -> tuple[JobStatus, dict[str, Any]] | None:
+        """The status validation moves the job to, with its changes; None when the job is lost here."""
         uri = _input_uri(job)
         try:
             if self._staging is not None:
-                staged = await asyncio.to_thread(self._staging.fetch, job.job_id, uri)
-                job = self._store.update(job, request={**job.request, "stagedInput": str(staged)})
-            files = list_inputs(self._input_path(job))
+                staged = await self._stage(job, uri)
+                updated = await self._db(self._store.update, job, held_by=self.replica, request=staged)
+                job = updated or job
+                failpoint("staged")
+            files = await asyncio.to_thread(list_inputs, self._input_path(job))
             spec = self._catalog.get(job.model_id)  # its default dialect reads bodies, as the engine's will
             quotas, max_line = self._settings.quotas, EngineSettings().max_line_bytes
             report = await asyncio.to_thread(validate_input, files, quotas, spec, max_line, uri)
         except BulkinferError as exc:
-            self._store.update(job, status=JobStatus.FAILED, message=str(exc), end_time=time.time())
-            return
-        self._store.update(
-            job, status=JobStatus.SCHEDULED, total=report.records, message=invalid_records(report)
+            return JobStatus.FAILED, {"message": str(exc), "end_time": time.time(), "owner": None}
+        except OSError as exc:  # S3 past its outage limit, or the data dir itself failing
+            message = f"validating: {type(exc).__name__}: {exc}"
+            return JobStatus.FAILED, {"message": message, "end_time": time.time(), "owner": None}
+        changes = {"total": report.records, "message": invalid_records(report), "owner": None}
+        return JobStatus.SCHEDULED, {**changes, "lease_until": None}
+
+    async def _stage(self, job: BatchJob, uri: str) -> dict[str, Any]:
+        """Copy the job's input objects here, waiting out an S3 outage (shown in the job's message)."""
+        assert self._staging is not None
+        staging = self._staging
+        on_wait = self._show_outage(job, "validating")
+        staged = await asyncio.to_thread(
+            staging.fetch, job.job_id, uri, on_wait=on_wait, patience_s=self._settings.outage_seconds
         )
+        return {**job.request, "stagedInput": str(staged)}
+
+    def _show_outage(self, job: BatchJob, doing: str) -> Callable[[Outage], None]:
+        """A callback (run in a worker thread) that puts an outage in the job's message."""
+
+        def show(outage: Outage) -> None:
+            with contextlib.suppress(Exception):  # the message is a courtesy; the retry goes on
+                self._store.update(job, held_by=self.replica, message=f"{doing}: {outage}")
+
+        return show
 
     def _input_path(self, job: BatchJob) -> Path:
         if self._staging is not None:
@@ -215,68 +336,160 @@ class Scheduler:
             return self._staging.output_dir(job.job_id)
         return self._buckets.path(_output_uri(job), must_exist=False)
 
-    def _start(self, job: BatchJob) -> None:
-        try:
-            request = RunRequest(
-                input=self._input_path(job),
-                model=job.model_id,
-                output=self._output_path(job),
-                job_id=job.job_id,
-                catalog_file=self._settings.models,
-                state_dir=self._settings.engine_state_dir,
-                state_url=self._settings.database_url,
-                keep_partial=True,
-                limits=self._limits,
-                media=self._media,
-            )
-            local = LocalJob.open(request)
-        except BulkinferError as exc:
-            self._store.update(job, status=JobStatus.FAILED, message=str(exc), end_time=time.time())
-            return
-        counts = LiveCounts(processed=local.committed().processed)
-        task = asyncio.create_task(self._execute(job, local, counts))
-        self._running[job.job_id] = Running(local, task, counts)
+    # slots
 
-    async def _execute(self, job: BatchJob, local: LocalJob, counts: LiveCounts) -> None:
+    async def _slots_step(self) -> None:
+        await self._wait(self._slots_wake, await self._sleep_s())
+        await self._enforce_deadlines()
+        for job in await self._db(self._store.unowned, JobStatus.STOPPING):
+            adopted = await self._db(self._store.adopt, job, self.replica, self._settings.lease_seconds)
+            if adopted is not None:
+                log.info("job %s: finishing its stop (its replica stopped)", job.job_id)
+                self._start(adopted, stop=JobStatus.STOPPED)
+        scheduled = await self._db(self._store.with_status, JobStatus.SCHEDULED)
+        for model in sorted({job.model_id for job in scheduled}):
+            await self._fill_slots(model)
+
+    async def _sleep_s(self) -> float:
+        pending = await self._db(self._store.with_status, *_WAITING, JobStatus.IN_PROGRESS)
+        longest = self._settings.poll_seconds  # other replicas' changes are seen within this
+        soonest = min((deadline(j) for j in pending), default=self._clock() + longest)
+        return min(max(soonest - self._clock(), 0.0), longest)
+
+    async def _enforce_deadlines(self) -> None:
+        now = self._clock()
+        for job in await self._db(self._store.with_status, *_WAITING, JobStatus.IN_PROGRESS):
+            if deadline(job) > now:
+                continue
+            running = self._running.get(job.job_id)
+            if running is not None:
+                running.request_stop(JobStatus.PARTIALLY_COMPLETED)  # it ends when its batches do
+            elif job.status in _WAITING:
+                message = "the job did not start before its timeout"
+                changes = {"message": message, "end_time": now, "owner": None, "lease_until": None}
+                await self._db(self._store.transition, job, JobStatus.EXPIRED, **changes)
+
+    async def _fill_slots(self, model: str) -> None:
+        slots, lease = self._settings.jobs_per_model, self._settings.lease_seconds
+        while (claimed := await self._db(self._store.claim, model, self.replica, slots, lease)) is not None:
+            self._start(claimed)
+
+    # running a job
+
+    def _start(self, job: BatchJob, stop: JobStatus | None = None) -> None:
+        task = asyncio.create_task(self._execute(job), name=f"job-{job.job_id}")
+        self._running[job.job_id] = Running(None, task, stop=stop)
+        task.add_done_callback(lambda _: self._ended(job.job_id, task))
+
+    def _ended(self, job_id: str, task: asyncio.Task[None]) -> None:
+        if self._running.get(job_id) is not None and self._running[job_id].task is task:
+            del self._running[job_id]
+        if not task.cancelled() and task.exception() is not None:
+            log.error("job %s: its task failed", job_id, exc_info=task.exception())
+        self._wake_all()
+
+    async def _execute(self, job: BatchJob) -> None:
+        failpoint("in-progress")
+        running = self._running[job.job_id]
         try:
-            report = await local.execute(counts)
-            if self._staging is not None:
-                await asyncio.to_thread(self._staging.publish, job.job_id, _output_uri(job))
-            c = report.counts
-            status = report.job.status
-            self._store.update(
-                job,
-                status=status,
-                total=report.total_records,
-                processed=c.processed,
-                success=c.success,
-                errors=c.errors,
-                end_time=time.time(),
-                owner=None,
-                lease_until=None,
-            )
-        except asyncio.CancelledError:
-            raise  # server shutting down: the job stays InProgress and resumes at the next start
+            local = await _open(self._run_request(job))
+        except JobConflictError as exc:  # its files are still held by a run winding down: try later
+            log.warning("job %s: %s; it waits for its next slot", job.job_id, exc)
+            await asyncio.sleep(CONFLICT_RETRY_S)
+            back = {"owner": None, "lease_until": None}
+            await self._db(self._store.transition, job, JobStatus.SCHEDULED, held_by=self.replica, **back)
+            return
+        except BulkinferError as exc:
+            await self._end(job, JobStatus.FAILED, message=str(exc))
+            return
+        running.job = local
+        running.counts.processed = (await asyncio.to_thread(local.committed)).processed
+        if running.stop is not None:
+            local.request_stop(running.stop)
+        try:
+            await self._finish(job, local, running.counts)
+        except (asyncio.CancelledError, LeaseLost):
+            raise  # shut down or fenced: the job resumes where it is held next
         except Exception as exc:
             message = str(exc) if isinstance(exc, BulkinferError) else f"{type(exc).__name__}: {exc}"
-            self._store.update(
-                job,
-                status=JobStatus.FAILED,
-                message=message,
-                end_time=time.time(),
-                owner=None,
-                lease_until=None,
-            )
+            log.exception("job %s failed", job.job_id)
+            await self._end(job, JobStatus.FAILED, message=message)
         finally:
-            local.close()
-            self._running.pop(job.job_id, None)
-            self.notify()
+            await asyncio.to_thread(local.close)
 
-    def stop(self, job: BatchJob) -> BatchJob:
-        """Stop a job: a running one finishes its records in flight, then writes what it has."""
-        running = self._running.get(job.job_id)
-        if running is not None:
-            running.job.request_stop()
-        if job.status == JobStatus.IN_PROGRESS:  # here, or on the replica that holds its lease
-            return self._store.update(job, status=JobStatus.STOPPING)
-        return self._store.update(job, status=JobStatus.STOPPED, end_time=time.time())
+    async def _finish(self, job: BatchJob, local: LocalJob, counts: LiveCounts) -> None:
+        report = await local.execute(counts)
+        if self._staging is not None:
+            await self._publish(job)
+        c = report.counts
+        await self._end(
+            job,
+            report.job.status,
+            total=report.total_records,
+            processed=c.processed,
+            success=c.success,
+            errors=c.errors,
+            message=job.message,  # validation's word on invalid records; no outage is current any more
+        )
+        if self._staging is not None:
+            await asyncio.to_thread(self._staging.discard, job.job_id)
+
+    async def _publish(self, job: BatchJob) -> None:
+        """Upload the outputs, waiting out an S3 outage with the job InProgress and saying why."""
+        assert self._staging is not None
+        staging = self._staging
+        on_wait = self._show_outage(job, "publishing")
+        uri = _output_uri(job)
+        patience = self._settings.outage_seconds
+        await asyncio.to_thread(staging.publish, job.job_id, uri, on_wait=on_wait, patience_s=patience)
+
+    async def _end(self, job: BatchJob, final: JobStatus, **changes: Any) -> None:
+        """Record how the job ended, from whatever status it is in now (a stop may have come meanwhile),
+        retrying through database outages; nothing is written if this replica no longer holds it."""
+
+        async def write() -> None:
+            for _ in range(5):  # each try reads the status afresh; a concurrent change makes another
+                current = await self._db(self._store.get, job.job_id)
+                if current is None or current.owner != self.replica:
+                    raise LeaseLost(f"job {job.job_id} is no longer held here")
+                ended = {"end_time": time.time(), "owner": None, "lease_until": None, **changes}
+                if await self._db(self._store.transition, current, final, held_by=self.replica, **ended):
+                    return
+            raise LeaseLost(f"job {job.job_id} kept changing while its end was written")
+
+        await retrying_await(
+            write,
+            what="the job database",
+            transient=is_transient_db,
+            patience_s=self._settings.outage_seconds,
+        )
+
+    def _run_request(self, job: BatchJob) -> RunRequest:
+        return RunRequest(
+            input=self._input_path(job),
+            model=job.model_id,
+            output=self._output_path(job),
+            job_id=job.job_id,
+            catalog_file=self._settings.models,
+            state_dir=self._settings.engine_state_dir,
+            state_url=self._settings.database_url,
+            keep_partial=True,
+            limits=self._limits,
+            media=self._media,
+        )
+
+
+async def _open(request: RunRequest) -> LocalJob:
+    """Open a job in a thread; if we are cancelled meanwhile, the job is closed once open (it holds a
+    file lock that would otherwise keep the job from ever running here again)."""
+    opening = asyncio.ensure_future(asyncio.to_thread(LocalJob.open, request))
+    try:
+        return await asyncio.shield(opening)
+    except asyncio.CancelledError:
+        opening.add_done_callback(_close_opened)
+        raise
+
+
+def _close_opened(opening: asyncio.Future[LocalJob]) -> None:
+    if not opening.cancelled() and opening.exception() is None:
+        opening.result().close()

@@ -8,14 +8,12 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import logging
 from pathlib import Path
 
 from bulkinfer.errors import BulkinferError
+from bulkinfer.scheduler.supervisor import supervise
 from bulkinfer.services.batch import BatchService, NewJob
 from bulkinfer.storage.uris import LocalBuckets
-
-log = logging.getLogger(__name__)
 
 WATCH_TENANT = "watch-folder"
 WATCH_ROLE = "arn:aws:iam::000000000000:role/bulkinfer-watch-folder"
@@ -29,12 +27,14 @@ class WatchFolder:
         self._jobs = jobs
 
     async def run(self, every_s: float) -> None:
-        while True:
-            try:
-                self.scan()
-            except Exception:  # a bad file or a vanished folder must not stop the watcher
-                log.exception("watch folder scan failed")
+        """Scan every ``every_s`` until cancelled; a failed scan (a vanished folder, the database away)
+        is logged and tried again with backoff."""
+
+        async def step() -> None:
+            await asyncio.to_thread(self.scan)  # file system and store calls stay off the event loop
             await asyncio.sleep(every_s)
+
+        await supervise("watch folder", step)
 
     def scan(self) -> None:
         """Submit a job for each file not seen before (a file seen before returns its job)."""

@@ -9,6 +9,7 @@ from typing import Any
 
 from bulkinfer.domain.job import JobStatus, new_job_id
 from bulkinfer.errors import BulkinferError, UserError
+from bulkinfer.faults import failpoint
 from bulkinfer.providers.catalog import Catalog
 from bulkinfer.scheduler.scheduler import Scheduler
 from bulkinfer.store.batch_jobs import BatchJob, BatchJobStore, JobFilter
@@ -27,6 +28,8 @@ class JobNotEnded(BulkinferError):
 
 
 #: A job in one of these has written all the outputs it will (a service never resumes a Stopped job).
+STOP_TRIES = 5
+
 ENDED = frozenset({s for s in JobStatus if s.is_terminal} | {JobStatus.STOPPED})
 
 
@@ -53,7 +56,7 @@ class BatchService:
 
     def submit(self, new: NewJob) -> BatchJob:
         """Record a job (Submitted) and wake the scheduler; a repeated client token returns the first job."""
-        if new.client_token:
+        if new.client_token:  # the usual retry; concurrent ones meet at the store's unique index
             existing = self._store.by_token(new.tenant, new.client_token)
             if existing is not None:
                 return existing
@@ -70,9 +73,10 @@ class BatchService:
             request=new.request,
             client_token=new.client_token,
         )
-        self._store.create(job)
+        stored = self._store.create(job)
+        failpoint("submitted")
         self._scheduler.notify()
-        return job
+        return stored
 
     def get(self, tenant: str, job_id: str) -> BatchJob:
         job = self._store.get(job_id)
@@ -110,11 +114,25 @@ class BatchService:
         return Page(jobs, _encode_token(offset + page_size) if more else None)
 
     def stop(self, tenant: str, job_id: str) -> None:
-        job = self.get(tenant, job_id)
-        if job.status.is_terminal or job.status in (JobStatus.STOPPED, JobStatus.STOPPING):
-            raise JobConflict(f"Job {job_id} cannot be stopped. State was: {job.status.value}")
-        self._scheduler.stop(job)
-        self._scheduler.notify()
+        """Stop a job. One that has run writes what it finished (Stopping, then Stopped with its partial
+        output and manifest, wherever it is held); one that never ran ends Stopped at once."""
+        for _ in range(STOP_TRIES):  # a job that moves on meanwhile is looked at again
+            job = self.get(tenant, job_id)
+            if job.status.is_terminal or job.status in (JobStatus.STOPPED, JobStatus.STOPPING):
+                raise JobConflict(f"Job {job_id} cannot be stopped. State was: {job.status.value}")
+            ran = job.status == JobStatus.IN_PROGRESS or job.start_time is not None
+            if ran:
+                stopped = self._store.transition(job, JobStatus.STOPPING)
+            else:
+                stopped = self._store.transition(
+                    job, JobStatus.STOPPED, end_time=time.time(), owner=None, lease_until=None
+                )
+            if stopped is not None:
+                if ran:
+                    failpoint("stopping")
+                self._scheduler.stopped(job_id)
+                return
+        raise JobConflict(f"Job {job_id} kept changing while it was being stopped; try again")
 
 
 def _encode_token(offset: int) -> str:

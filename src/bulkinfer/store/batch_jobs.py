@@ -1,20 +1,41 @@
-"""Service jobs: what was asked for (the request as sent), where each job stands, and its counts."""
+"""Service jobs: what was asked for (the request as sent), where each job stands, and its counts.
+
+Every status change is a compare-and-set from the status the caller saw, checked against the transition
+table in `bulkinfer.domain.job` (a forbidden change is a bug and raises); a change another replica or
+request made first wins, and the caller is told (None). Every other update writes only the columns it
+names, so two writers never undo each other. Calls ride over a database restart: transient errors are
+retried for a few seconds before they are raised.
+"""
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
-from sqlalchemy import Engine, func, insert, select, update
+from sqlalchemy import Connection, Engine, func, insert, select, update
+from sqlalchemy.exc import IntegrityError
 
-from bulkinfer.domain.job import JobStatus
+from bulkinfer.domain.job import JobStatus, check_transition
 from bulkinfer.store.migrate import upgrade
 from bulkinfer.store.notify import Listener, announce
 from bulkinfer.store.schema import batch_jobs
 from bulkinfer.store.state import make_engine
+from bulkinfer.transient import is_transient_db, retrying_call
+
+T = TypeVar("T")
+
+DEFAULT_PATIENCE_S = 5.0
+"""How long one store call retries a transient database error: long enough for a server restart, short
+enough that a loop or a request sees a lasting outage soon (loops back off and try again)."""
+
+LEASED = (JobStatus.VALIDATING, JobStatus.IN_PROGRESS, JobStatus.STOPPING)
+"""The statuses a replica holds a job in under a lease."""
+
+RUNNING = (JobStatus.IN_PROGRESS, JobStatus.STOPPING)
+"""The statuses that take one of a model's job slots."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,7 +51,7 @@ class BatchJob:
     """The create request as validated: data configs, role, timeout, tags, invocation type."""
     client_token: str | None = None
     owner: str | None = None
-    """The server replica running the job, while its lease lasts."""
+    """The server replica holding the job (Validating, InProgress, Stopping), while its lease lasts."""
     lease_until: float | None = None
     message: str | None = None
     start_time: float | None = None
@@ -53,10 +74,16 @@ class JobFilter:
 
 
 class BatchJobStore:
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, patience_s: float = DEFAULT_PATIENCE_S) -> None:
         self._url = url
+        self._patience_s = patience_s
         self._engine: Engine = make_engine(url)
-        upgrade(self._engine)
+        self._retry(lambda: upgrade(self._engine))
+
+    def _retry(self, fn: Callable[[], T]) -> T:
+        return retrying_call(
+            fn, what="the job database", transient=is_transient_db, patience_s=self._patience_s
+        )
 
     def listen(self, on_change: Callable[[], None]) -> Listener | None:
         """Call ``on_change`` whenever another replica changes a job; None where only one process can
@@ -65,34 +92,100 @@ class BatchJobStore:
             return None
         return Listener(self._url, on_change).start()
 
+    @property
+    def shared(self) -> bool:
+        """Whether several replicas may use this store (PostgreSQL), so leases decide who holds a job."""
+        return self._engine.dialect.name == "postgresql"
+
     def close(self) -> None:
         self._engine.dispose()
 
-    def create(self, job: BatchJob) -> None:
-        with self._engine.begin() as conn:
-            conn.execute(insert(batch_jobs).values(**_row(job)))
-            announce(conn, job.job_id)
+    def create(self, job: BatchJob) -> BatchJob:
+        """Insert a job; a job of the same tenant and client token already there is returned instead
+        (the database's unique index decides between concurrent creates)."""
+
+        def insert_it() -> BatchJob:
+            try:
+                with self._engine.begin() as conn:
+                    conn.execute(insert(batch_jobs).values(**_row(job)))
+                    announce(conn, job.job_id)
+                return job
+            except IntegrityError:
+                existing = self.by_token(job.tenant, job.client_token) if job.client_token else None
+                if existing is None:
+                    raise
+                return existing
+
+        return self._retry(insert_it)
 
     def get(self, job_id: str) -> BatchJob | None:
-        with self._engine.connect() as conn:
-            row = conn.execute(select(batch_jobs).where(batch_jobs.c.job_id == job_id)).mappings().first()
-        return None if row is None else _job(row)
+        return self._one(select(batch_jobs).where(batch_jobs.c.job_id == job_id))
 
     def by_token(self, tenant: str, token: str) -> BatchJob | None:
-        query = select(batch_jobs).where(batch_jobs.c.tenant == tenant, batch_jobs.c.client_token == token)
-        with self._engine.connect() as conn:
-            row = conn.execute(query).mappings().first()
-        return None if row is None else _job(row)
+        c = batch_jobs.c
+        return self._one(select(batch_jobs).where(c.tenant == tenant, c.client_token == token))
 
-    def update(self, job: BatchJob, **changes: Any) -> BatchJob:
-        new = replace(job, last_modified=time.time(), **changes)
-        row = _row(new)
-        del row["job_id"]
-        with self._engine.begin() as conn:
-            conn.execute(update(batch_jobs).where(batch_jobs.c.job_id == job.job_id).values(**row))
-            if "status" in changes:
+    def _one(self, query: Any) -> BatchJob | None:
+        def read() -> BatchJob | None:
+            with self._engine.connect() as conn:
+                row = conn.execute(query).mappings().first()
+            return None if row is None else _job(row)
+
+        return self._retry(read)
+
+    def _many(self, query: Any) -> list[BatchJob]:
+        def read() -> list[BatchJob]:
+            with self._engine.connect() as conn:
+                return [_job(r) for r in conn.execute(query).mappings().all()]
+
+        return self._retry(read)
+
+    def transition(
+        self, job: BatchJob, new: JobStatus, *, held_by: str | None = None, **changes: Any
+    ) -> BatchJob | None:
+        """Move a job from the status it had when read to ``new`` (and set ``changes``), if it still has
+        that status (and, with ``held_by``, is still held by that replica); None when it moved on.
+
+        Raises `IllegalTransition` when the table forbids the move: a bug, not a race.
+        """
+        check_transition(job.status, new, job.job_id)
+        c = batch_jobs.c
+        now = time.time()
+        values = {**_columns(changes), "status": new.value, "last_modified": now}
+        query = update(batch_jobs).where(c.job_id == job.job_id, c.status == job.status.value)
+        if held_by is not None:
+            query = query.where(c.owner == held_by)
+
+        def write() -> bool:
+            with self._engine.begin() as conn:
+                if conn.execute(query.values(**values)).rowcount != 1:
+                    return False
                 announce(conn, job.job_id)
-        return new
+                return True
+
+        if not self._retry(write):
+            return None
+        return replace(job, status=new, last_modified=now, **changes)
+
+    def update(self, job: BatchJob, *, held_by: str | None = None, **changes: Any) -> BatchJob | None:
+        """Set some columns of a job (never its status: see `transition`); with ``held_by``, only while
+        that replica holds it. Returns the job as changed, or None when nothing matched."""
+        if "status" in changes:
+            raise TypeError("a status changes through transition()")
+        c = batch_jobs.c
+        now = time.time()
+        query = update(batch_jobs).where(c.job_id == job.job_id)
+        if held_by is not None:
+            query = query.where(c.owner == held_by)
+        values = {**_columns(changes), "last_modified": now}
+
+        def write() -> int:
+            with self._engine.begin() as conn:
+                return int(conn.execute(query.values(**values)).rowcount)
+
+        if self._retry(write) != 1:
+            return None
+        return replace(job, last_modified=now, **changes)
 
     def find(self, wanted: JobFilter, offset: int = 0, limit: int | None = None) -> list[BatchJob]:
         c = batch_jobs.c
@@ -110,23 +203,7 @@ class BatchJobStore:
             if wanted.ascending
             else (c.submit_time.desc(), c.job_id.desc())
         )
-        query = query.order_by(*order).offset(offset).limit(limit)
-        with self._engine.connect() as conn:
-            return [_job(r) for r in conn.execute(query).mappings().all()]
-
-    def move(self, job: BatchJob, expected: JobStatus, new: JobStatus) -> BatchJob | None:
-        """Compare-and-set the status: None when another replica moved the job first."""
-        now = time.time()
-        query = (
-            update(batch_jobs)
-            .where(batch_jobs.c.job_id == job.job_id, batch_jobs.c.status == expected.value)
-            .values(status=new.value, last_modified=now)
-        )
-        with self._engine.begin() as conn:
-            if conn.execute(query).rowcount != 1:
-                return None
-            announce(conn, job.job_id)
-        return replace(job, status=new, last_modified=now)
+        return self._many(query.order_by(*order).offset(offset).limit(limit))
 
     def claim(self, model: str, owner: str, slots: int, lease_s: float) -> BatchJob | None:
         """Take the oldest Scheduled job of a model if fewer than ``slots`` of its jobs run anywhere.
@@ -134,20 +211,17 @@ class BatchJobStore:
         Safe across replicas: on PostgreSQL a per-model advisory lock makes count-then-claim atomic and
         ``SKIP LOCKED`` keeps replicas off each other's rows; SQLite serves a single replica.
         """
+        check_transition(JobStatus.SCHEDULED, JobStatus.IN_PROGRESS)
+        return self._retry(lambda: self._claim(model, owner, slots, lease_s))
+
+    def _claim(self, model: str, owner: str, slots: int, lease_s: float) -> BatchJob | None:
         c = batch_jobs.c
         now = time.time()
         with self._engine.begin() as conn:
             postgres = conn.dialect.name == "postgresql"
             if postgres:
                 conn.execute(select(func.pg_advisory_xact_lock(func.hashtext(model))))
-            running = conn.execute(
-                select(func.count())
-                .select_from(batch_jobs)
-                .where(
-                    c.model_id == model, c.status.in_([JobStatus.IN_PROGRESS.value, JobStatus.STOPPING.value])
-                )
-            ).scalar_one()
-            if running >= slots:
+            if _running(conn, model) >= slots:
                 return None
             query = (
                 select(batch_jobs)
@@ -168,46 +242,119 @@ class BatchJobStore:
                 "start_time": now,
                 "last_modified": now,
             }
-            claimed = update(batch_jobs).where(c.job_id == row["job_id"])
-            conn.execute(claimed.values(status=JobStatus.IN_PROGRESS.value, **changes))
+            claimed = update(batch_jobs).where(
+                c.job_id == row["job_id"], c.status == JobStatus.SCHEDULED.value
+            )
+            if conn.execute(claimed.values(status=JobStatus.IN_PROGRESS.value, **changes)).rowcount != 1:
+                return None
+            announce(conn, row["job_id"])
         return replace(_job(row), status=JobStatus.IN_PROGRESS, **changes)
 
+    def adopt(self, job: BatchJob, owner: str, lease_s: float) -> BatchJob | None:
+        """Take up a leased job (Validating or Stopping) that no replica holds any more."""
+        c = batch_jobs.c
+        lease_until = time.time() + lease_s
+        query = (
+            update(batch_jobs)
+            .where(c.job_id == job.job_id, c.status == job.status.value, c.owner.is_(None))
+            .values(owner=owner, lease_until=lease_until)
+        )
+
+        def write() -> int:
+            with self._engine.begin() as conn:
+                return int(conn.execute(query).rowcount)
+
+        if self._retry(write) != 1:
+            return None
+        return replace(job, owner=owner, lease_until=lease_until)
+
     def renew(self, owner: str, job_ids: list[str], lease_s: float) -> list[BatchJob]:
-        """Extend the leases of the jobs this replica runs; returns them as stored (to see Stopping)."""
+        """Extend the leases this replica still holds; returns those jobs as stored (a job missing from
+        the answer, or held by someone else, is no longer this replica's to work on)."""
         if not job_ids:
             return []
         c = batch_jobs.c
-        with self._engine.begin() as conn:
-            conn.execute(
-                update(batch_jobs)
-                .where(c.owner == owner, c.job_id.in_(job_ids))
-                .values(lease_until=time.time() + lease_s)
-            )
-            rows = conn.execute(select(batch_jobs).where(c.job_id.in_(job_ids))).mappings().all()
-        return [_job(r) for r in rows]
 
-    def requeue_expired(self) -> int:
-        """Jobs whose replica stopped renewing its lease go back to Scheduled, to resume elsewhere."""
-        c = batch_jobs.c
-        live = [JobStatus.IN_PROGRESS.value, JobStatus.STOPPING.value]
-        with self._engine.begin() as conn:
-            result = conn.execute(
-                update(batch_jobs)
-                .where(c.status.in_(live), c.lease_until < time.time())
-                .values(
-                    status=JobStatus.SCHEDULED.value, owner=None, lease_until=None, last_modified=time.time()
+        def write() -> list[BatchJob]:
+            with self._engine.begin() as conn:
+                conn.execute(
+                    update(batch_jobs)
+                    .where(c.owner == owner, c.job_id.in_(job_ids), c.status.in_([s.value for s in LEASED]))
+                    .values(lease_until=time.time() + lease_s)
                 )
-            )
-        return int(result.rowcount)
+                rows = conn.execute(select(batch_jobs).where(c.job_id.in_(job_ids))).mappings().all()
+            return [_job(r) for r in rows]
+
+        return self._retry(write)
+
+    def release_expired(self, everyone: bool = False) -> int:
+        """Let go of the jobs whose replica stopped renewing its lease (all leased jobs with
+        ``everyone``: a single replica's restart). InProgress goes back to Scheduled, to resume from its
+        committed chunks; Validating and Stopping keep their status without an owner, to be adopted."""
+        c = batch_jobs.c
+        now = time.time()
+        lapsed = c.owner.is_not(None) if everyone else c.lease_until < now
+        check_transition(JobStatus.IN_PROGRESS, JobStatus.SCHEDULED)
+        held = [JobStatus.VALIDATING.value, JobStatus.STOPPING.value]
+
+        def write() -> int:
+            with self._engine.begin() as conn:
+                requeued = conn.execute(
+                    update(batch_jobs)
+                    .where(c.status == JobStatus.IN_PROGRESS.value, lapsed)
+                    .values(status=JobStatus.SCHEDULED.value, owner=None, lease_until=None, last_modified=now)
+                ).rowcount
+                orphaned = conn.execute(
+                    update(batch_jobs)
+                    .where(c.status.in_(held), lapsed)
+                    .values(owner=None, lease_until=None, last_modified=now)
+                ).rowcount
+                if requeued or orphaned:
+                    announce(conn, "*")
+            return int(requeued) + int(orphaned)
+
+        return self._retry(write)
 
     def with_status(self, *statuses: JobStatus) -> list[BatchJob]:
         """Jobs in these statuses, oldest first (the order they are served in)."""
-        query = select(batch_jobs).where(batch_jobs.c.status.in_([s.value for s in statuses]))
-        with self._engine.connect() as conn:
-            rows = (
-                conn.execute(query.order_by(batch_jobs.c.submit_time, batch_jobs.c.job_id)).mappings().all()
-            )
-        return [_job(r) for r in rows]
+        c = batch_jobs.c
+        query = select(batch_jobs).where(c.status.in_([s.value for s in statuses]))
+        return self._many(query.order_by(c.submit_time, c.job_id))
+
+    def unowned(self, *statuses: JobStatus) -> list[BatchJob]:
+        """Jobs in these statuses that no replica holds, oldest first."""
+        c = batch_jobs.c
+        query = select(batch_jobs).where(c.status.in_([s.value for s in statuses]), c.owner.is_(None))
+        return self._many(query.order_by(c.submit_time, c.job_id))
+
+    def running(self, model: str) -> int:
+        """How many of a model's jobs hold a slot now."""
+
+        def read() -> int:
+            with self._engine.connect() as conn:
+                return _running(conn, model)
+
+        return self._retry(read)
+
+
+def _running(conn: Connection, model: str) -> int:
+    c = batch_jobs.c
+    query = (
+        select(func.count())
+        .select_from(batch_jobs)
+        .where(c.model_id == model, c.status.in_([s.value for s in RUNNING]))
+    )
+    return int(conn.execute(query).scalar_one())
+
+
+def _columns(changes: dict[str, Any]) -> dict[str, Any]:
+    """Changed fields as column values."""
+    values = dict(changes)
+    if "request" in values:
+        values["request"] = orjson.dumps(values["request"]).decode()
+    if isinstance(values.get("status"), JobStatus):
+        values["status"] = values["status"].value
+    return values
 
 
 def _row(job: BatchJob) -> dict[str, Any]:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from sqlalchemy import BigInteger, Column, Float, Integer, MetaData, String, Table, Text
+from sqlalchemy import BigInteger, Column, Float, Index, Integer, MetaData, String, Table, Text
 
 metadata = MetaData()
 
@@ -48,7 +48,7 @@ batch_jobs = Table(
     Column("tenant", String(128), nullable=False, index=True),
     Column("name", String(63), nullable=False),
     Column("model_id", String(2048), nullable=False),
-    Column("client_token", String(256), nullable=True, index=True),
+    Column("client_token", String(256), nullable=True),
     Column("status", String(32), nullable=False, index=True),
     Column("message", Text),
     Column("submit_time", Float, nullable=False),
@@ -62,4 +62,6 @@ batch_jobs = Table(
     Column("processed", BigInteger),
     Column("success", BigInteger),
     Column("errors", BigInteger),
+    # One job per token and tenant (NULL tokens are distinct): concurrent creates with one token make one.
+    Index("uq_batch_jobs_tenant_token", "tenant", "client_token", unique=True),
 )

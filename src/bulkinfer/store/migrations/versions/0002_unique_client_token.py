@@ -1,0 +1,43 @@
+"""One job per (tenant, clientRequestToken), enforced by the database, so concurrent creates with one
+token make one job. Duplicates made before (check-then-insert raced) keep their oldest job's token.
+
+Revision ID: 0002
+Revises: 0001
+Create Date: 2026-12-03
+"""
+
+from __future__ import annotations
+
+from alembic import op
+
+revision = "0002"
+down_revision = "0001"
+branch_labels = None
+depends_on = None
+
+
+def upgrade() -> None:
+    # Forget the token on every job but the first of its (tenant, token) pair: the first is the one a
+    # retried create has been answered with (the lookup returned the oldest row).
+    op.execute(
+        """
+        UPDATE batch_jobs SET client_token = NULL
+        WHERE client_token IS NOT NULL AND EXISTS (
+            SELECT 1 FROM batch_jobs AS first
+            WHERE first.tenant = batch_jobs.tenant AND first.client_token = batch_jobs.client_token
+              AND (first.submit_time < batch_jobs.submit_time
+                   OR (first.submit_time = batch_jobs.submit_time AND first.job_id < batch_jobs.job_id))
+        )
+        """
+    )
+    # (A database adopted from before migrations got today's tables from create_all: the old index is
+    # not there and the new one already is.)
+    op.drop_index("ix_batch_jobs_client_token", table_name="batch_jobs", if_exists=True)
+    op.create_index(
+        "uq_batch_jobs_tenant_token", "batch_jobs", ["tenant", "client_token"], unique=True, if_not_exists=True
+    )
+
+
+def downgrade() -> None:
+    op.drop_index("uq_batch_jobs_tenant_token", table_name="batch_jobs")
+    op.create_index("ix_batch_jobs_client_token", "batch_jobs", ["client_token"])

@@ -34,7 +34,11 @@ def upgrade() -> None:
     # not there and the new one already is.)
     op.drop_index("ix_batch_jobs_client_token", table_name="batch_jobs", if_exists=True)
     op.create_index(
-        "uq_batch_jobs_tenant_token", "batch_jobs", ["tenant", "client_token"], unique=True, if_not_exists=True
+        "uq_batch_jobs_tenant_token",
+        "batch_jobs",
+        ["tenant", "client_token"],
+        unique=True,
+        if_not_exists=True,
     )
 
 

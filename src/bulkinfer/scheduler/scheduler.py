@@ -21,6 +21,7 @@ import logging
 import time
 import uuid
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -124,6 +125,7 @@ class Scheduler:
         allow = tuple(h.strip() for h in (settings.fetch_allow or "").split(",") if h.strip())
         self._media = MediaSettings(allow, settings.data_dir, settings.s3_endpoint_url)
         self._loops = Loops()
+        self._lease_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="leases")
         self._lease_confirmed = time.monotonic()
         self.replica = uuid.uuid4().hex[:16]
 
@@ -194,10 +196,16 @@ class Scheduler:
         for item in running:
             item.task.cancel()
         await asyncio.gather(*(r.task for r in running), return_exceptions=True)
+        self._lease_thread.shutdown(wait=False, cancel_futures=True)
 
     async def _db(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """A store call, in a thread so the event loop never waits on the database."""
         return await asyncio.to_thread(fn, *args, **kwargs)
+
+    async def _lease_call(self, fn: Callable[..., T], *args: Any) -> T:
+        """A store call of the leases loop, on its own thread: never queued behind validation, commits
+        or other store calls waiting out an outage in the shared pool."""
+        return await asyncio.get_running_loop().run_in_executor(self._lease_thread, fn, *args)
 
     async def _wait(self, event: asyncio.Event, timeout: float) -> None:
         with contextlib.suppress(TimeoutError):
@@ -212,14 +220,14 @@ class Scheduler:
         held = list(self._running) + sorted(self._validating)
         try:
             rows = await asyncio.wait_for(
-                self._db(self._store.renew, self.replica, held, lease), timeout=lease / 3
+                self._lease_call(self._store.renew, self.replica, held, lease), lease / 3
             )
         except Exception:
             self._fence_if_out_of_touch()
             raise
         self._lease_confirmed = time.monotonic()
         self._check_held({row.job_id: row for row in rows}, held)
-        if await self._db(self._store.release_expired):
+        if await self._lease_call(self._store.release_expired):
             self._slots_wake.set()  # another replica's jobs are free to take
             self._validation_wake.set()
 

@@ -207,10 +207,11 @@ def store(request: pytest.FixtureRequest) -> Iterator[str | None]:
 # The Bedrock API through boto3
 
 
-def client(serve: Serve | str, key: str = "AKIDFAULTS") -> Any:
-    """A boto3 `bedrock` client of the server (its own session, so one per thread is safe)."""
+def client(serve: Serve | str, key: str = "AKIDFAULTS", session: Any = None) -> Any:
+    """A boto3 `bedrock` client of the server, from its own session unless given one (a session may make
+    clients in one thread at a time; the clients themselves may be used from any thread)."""
     url = serve if isinstance(serve, str) else serve.url
-    return boto3.session.Session().client(
+    return (session or boto3.session.Session()).client(
         "bedrock",
         endpoint_url=url,
         region_name="us-east-1",

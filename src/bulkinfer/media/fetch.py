@@ -9,6 +9,7 @@ each fetch, redirects and body included, has one deadline.
 from __future__ import annotations
 
 import asyncio
+import functools
 import ipaddress
 import ssl
 from dataclasses import dataclass
@@ -181,8 +182,8 @@ def _guarded_transport(
     limits = httpx.Limits(
         max_connections=policy.max_connections, max_keepalive_connections=policy.max_connections
     )
-    transport = httpx.AsyncHTTPTransport(verify=verify, trust_env=False, limits=limits)
-    ssl_context = verify if isinstance(verify, ssl.SSLContext) else httpx.create_ssl_context(verify=verify)
+    ssl_context = verify if isinstance(verify, ssl.SSLContext) else _ssl_context(verify)
+    transport = httpx.AsyncHTTPTransport(verify=ssl_context, trust_env=False, limits=limits)
     transport._pool = httpcore.AsyncConnectionPool(
         ssl_context=ssl_context,
         max_connections=limits.max_connections,
@@ -191,3 +192,10 @@ def _guarded_transport(
         network_backend=GuardedBackend(guard),
     )
     return transport
+
+
+@functools.cache
+def _ssl_context(verify: bool) -> ssl.SSLContext:
+    """One context per process: building one loads the CA bundle (about 25 ms), and every job makes a
+    fetcher. A client-side context is safe to share between connections and threads."""
+    return httpx.create_ssl_context(verify=verify)

@@ -37,15 +37,16 @@ pytestmark = pytest.mark.slow
 
 KILLED = -signal.SIGKILL
 
-# failpoint (kill@N where one hit is not the interesting one) -> the job's status when the server died
+# failpoint (kill@N where one hit is not the interesting one) -> the job's status when the server died,
+# and its model: the slow one where the kill must come mid-run, the instant one elsewhere
 TRANSITIONS = {
-    "submitted": "Submitted",
-    "validating": "Validating",
-    "scheduled": "Scheduled",
-    "in-progress": "InProgress",
-    "chunk-committed=kill@2": "InProgress",
-    "writing-outputs": "InProgress",
-    "output-written": "InProgress",
+    "submitted": ("Submitted", "echo"),
+    "validating": ("Validating", "echo"),
+    "scheduled": ("Scheduled", "echo"),
+    "in-progress": ("InProgress", "echo"),
+    "chunk-committed=kill@2": ("InProgress", "slow-echo"),
+    "writing-outputs": ("InProgress", "echo"),
+    "output-written": ("InProgress", "echo"),
 }
 
 
@@ -61,19 +62,17 @@ def test_a_job_killed_at_a_transition_completes_exactly_after_a_restart(
     first = launcher.start(data, slow_catalog, database_url=store, failpoints=_failpoint(point))
     expected = write_records(first.bucket("in-bucket") / "calls.jsonl", 120)
     name = f"killed-{point.split('=')[0]}"
+    status, model = TRANSITIONS[point]
+    input_uri, output_uri = "s3://in-bucket/calls.jsonl", "s3://out-bucket/results/"
     arns: list[str] = []  # none when the kill cut the create short: it is repeated after the restart
-    quietly(
-        lambda: arns.append(
-            create(client(first), name, "s3://in-bucket/calls.jsonl", "s3://out-bucket/results/")
-        )
-    )
+    quietly(lambda: arns.append(create(client(first), name, input_uri, output_uri, model)))
     assert wait_died(first, name) == KILLED, first.log_tail()
     died_in = stored(first, name)
-    assert died_in[1] == TRANSITIONS[point], f"killed in {died_in[1]}, not {TRANSITIONS[point]}"
+    assert died_in[1] == status, f"killed in {died_in[1]}, not {status}"
 
     second = launcher.start(data, slow_catalog, database_url=store)
     bedrock = client(second)
-    again = create(bedrock, name, "s3://in-bucket/calls.jsonl", "s3://out-bucket/results/")  # same token
+    again = create(bedrock, name, input_uri, output_uri, model)  # the same client token
     assert arns in ([], [again]) and job_id(again) == died_in[0]
     job = wait_ended(bedrock, again)
     assert job["status"] == "Completed", job.get("message")

@@ -3,7 +3,9 @@ around fetches and publishes, and what ends up on disk or in the bucket is check
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import socket
 import threading
 import uuid
 from collections.abc import Iterator
@@ -12,12 +14,13 @@ from typing import Any
 
 import boto3
 import pytest
-from botocore.exceptions import ClientError, ConnectionClosedError, EndpointConnectionError
+from botocore.exceptions import ClientError, ConnectionClosedError, EndpointConnectionError, ReadTimeoutError
 from moto.core.authorization import enable_iam_authentication
 from moto.server import ThreadedMotoServer
 from s3fs.errors import translate_boto_error
 
 from bulkinfer.errors import InputError
+from bulkinfer.storage import s3 as s3_module
 from bulkinfer.storage.s3 import S3Staging, is_transient_s3
 from bulkinfer.transient import Outage
 from tests.netcut import NetCut
@@ -253,6 +256,47 @@ def test_when_patience_runs_out_the_last_error_is_raised(
     assert len(outages) >= 2
     assert "EndpointConnectionError: Could not connect to the endpoint URL" in str(outages[-1])
     assert not staging.input_dir("job-e").exists()
+
+
+@pytest.fixture
+def silent_endpoint() -> Iterator[str]:
+    """An endpoint that accepts connections and never answers, as a hung server or a dead load balancer
+    does (no S3 protocol at all: nothing is ever read or written)."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    accepted: list[socket.socket] = []
+
+    def accept() -> None:
+        with contextlib.suppress(OSError):  # the listener was closed
+            while True:
+                accepted.append(listener.accept()[0])
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{listener.getsockname()[1]}"
+    finally:
+        listener.shutdown(socket.SHUT_RDWR)  # wakes the blocked accept (close alone would not)
+        listener.close()
+        thread.join()
+        for conn in accepted:
+            conn.close()
+
+
+def test_a_server_that_never_answers_is_given_up_on_as_a_transient_failure(
+    silent_endpoint: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for key, value in {**CREDENTIALS, "AWS_DEFAULT_REGION": "us-east-1"}.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setattr(s3_module, "READ_TIMEOUT_S", 1)
+    monkeypatch.setattr(s3_module, "UPLOAD_TIMEOUT_S", 1.0)
+    staging = S3Staging(silent_endpoint, tmp_path / "data")
+    write_outputs(staging, "job-s", {"manifest.json.out": b"{}"})
+    with pytest.raises(ReadTimeoutError) as listing:
+        staging.fetch("job-s", "s3://bucket/calls", patience_s=0.5)
+    # An upload waits for "100 Continue" where no read timeout applies: only the wall-clock bound ends it.
+    with pytest.raises(TimeoutError, match="no answer to the upload of bucket/out/job-s/") as upload:
+        staging.publish("job-s", "s3://bucket/out", patience_s=0.5)
+    assert is_transient_s3(listing.value) and is_transient_s3(upload.value)
 
 
 def _client_error(code: str, status: int) -> ClientError:

@@ -159,14 +159,19 @@ class S3Staging:
         attempts = _Attempts(on_wait, patience_s)
         for path in sorted(p for p in local.rglob("*") if p.is_file()):
             remote = f"{destination}/{path.relative_to(local).as_posix()}"
-            timeout = UPLOAD_TIMEOUT_S + path.stat().st_size / UPLOAD_MIN_BYTES_PER_S
-            upload = functools.partial(self._fs.put_file, str(path), remote, timeout=timeout)
-            attempts(f"s3://{remote}", "upload", upload)
+            attempts(f"s3://{remote}", "upload", functools.partial(self._upload, path, remote))
         failpoint("published")
 
     def discard(self, job_id: str) -> None:
         """Remove the job's staged input and outputs (once its row says it ended)."""
         shutil.rmtree(self._root / job_id, ignore_errors=True)
+
+    def _upload(self, path: Path, remote: str) -> None:
+        timeout = UPLOAD_TIMEOUT_S + path.stat().st_size / UPLOAD_MIN_BYTES_PER_S
+        try:
+            self._fs.put_file(str(path), remote, timeout=timeout)  # fsspec cancels the call at timeout
+        except TimeoutError as exc:  # fsspec's FSTimeoutError
+            raise TimeoutError(f"no answer to the upload of {remote} within {timeout:.0f} s") from exc
 
     def _list(self, key: str) -> list[str]:
         self._fs.invalidate_cache()  # a retried listing must ask the server, not a cache of before

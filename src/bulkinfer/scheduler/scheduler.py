@@ -81,6 +81,8 @@ def _output_uri(job: BatchJob) -> str:
 
 
 DEFAULT_TIMEOUT_HOURS = 24
+VALIDATION_BATCH = 20
+"""Submitted jobs one pass of the validation loop takes up (it looks again at once if there were more)."""
 CONFLICT_RETRY_S = 1.0
 """A job whose files another run still holds (one winding down) waits this long before it queues again."""
 FENCE_FRACTION = 0.7
@@ -89,11 +91,11 @@ before another replica may take them (at the whole lease)."""
 _WAITING = (JobStatus.SUBMITTED, JobStatus.VALIDATING, JobStatus.SCHEDULED)
 
 
-def deadline(job: BatchJob) -> float:
-    """When the job times out: ``timeoutDurationInHours`` after it was submitted (Bedrock's
+def deadline(submit_time: float, request: dict[str, Any]) -> float:
+    """When a job times out: ``timeoutDurationInHours`` after it was submitted (Bedrock's
     jobExpirationTime). A job still waiting then expires; a running one ends PartiallyCompleted."""
-    hours = job.request.get("timeoutDurationInHours") or DEFAULT_TIMEOUT_HOURS
-    return job.submit_time + hours * 3600
+    hours = request.get("timeoutDurationInHours") or DEFAULT_TIMEOUT_HOURS
+    return submit_time + hours * 3600
 
 
 class LeaseLost(Exception):
@@ -260,10 +262,13 @@ class Scheduler:
 
     async def _validation_step(self) -> None:
         await self._wait(self._validation_wake, self._settings.poll_seconds)
-        for job in await self._db(self._store.with_status, JobStatus.SUBMITTED):
+        submitted = await self._db(self._store.with_status, JobStatus.SUBMITTED, limit=VALIDATION_BATCH)
+        for job in submitted:
             taken = await self._take_for_validation(job)
             if taken is not None:
                 await self._validate(taken)
+        if len(submitted) == VALIDATION_BATCH:
+            self._validation_wake.set()  # more are waiting
         for job in await self._db(self._store.unowned, JobStatus.VALIDATING):
             adopted = await self._db(self._store.adopt, job, self.replica, self._settings.lease_seconds)
             if adopted is not None:
@@ -354,21 +359,19 @@ class Scheduler:
             if adopted is not None:
                 log.info("job %s: finishing its stop (its replica stopped)", job.job_id)
                 self._start(adopted, stop=JobStatus.STOPPED)
-        scheduled = await self._db(self._store.with_status, JobStatus.SCHEDULED)
-        for model in sorted({job.model_id for job in scheduled}):
+        for model in await self._db(self._store.models_with, JobStatus.SCHEDULED):
             await self._fill_slots(model)
 
     async def _sleep_s(self) -> float:
-        pending = await self._db(self._store.with_status, *_WAITING, JobStatus.IN_PROGRESS)
+        soonest = await self._db(self._store.next_expiry, *_WAITING, JobStatus.IN_PROGRESS)
         longest = self._settings.poll_seconds  # other replicas' changes are seen within this
-        soonest = min((deadline(j) for j in pending), default=self._clock() + longest)
+        if soonest is None:
+            return longest
         return min(max(soonest - self._clock(), 0.0), longest)
 
     async def _enforce_deadlines(self) -> None:
         now = self._clock()
-        for job in await self._db(self._store.with_status, *_WAITING, JobStatus.IN_PROGRESS):
-            if deadline(job) > now:
-                continue
+        for job in await self._db(self._store.expired, now, *_WAITING, JobStatus.IN_PROGRESS):
             running = self._running.get(job.job_id)
             if running is not None:
                 running.request_stop(JobStatus.PARTIALLY_COMPLETED)  # it ends when its batches do

@@ -11,7 +11,7 @@ from bulkinfer.domain.job import JobStatus, new_job_id
 from bulkinfer.errors import BulkinferError, UserError
 from bulkinfer.faults import failpoint
 from bulkinfer.providers.catalog import Catalog
-from bulkinfer.scheduler.scheduler import Scheduler
+from bulkinfer.scheduler.scheduler import Scheduler, deadline
 from bulkinfer.store.batch_jobs import BatchJob, BatchJobStore, JobFilter
 
 
@@ -55,11 +55,8 @@ class BatchService:
         self._catalog = catalog
 
     def submit(self, new: NewJob) -> BatchJob:
-        """Record a job (Submitted) and wake the scheduler; a repeated client token returns the first job."""
-        if new.client_token:  # the usual retry; concurrent ones meet at the store's unique index
-            existing = self._store.by_token(new.tenant, new.client_token)
-            if existing is not None:
-                return existing
+        """Record a job (Submitted) and wake the scheduler; a repeated client token returns the first job
+        (the store's unique index finds it, also between concurrent creates)."""
         self._catalog.get(new.model_id)  # unknown model: a UserError naming the available ones
         now = time.time()
         job = BatchJob(
@@ -72,6 +69,7 @@ class BatchService:
             last_modified=now,
             request=new.request,
             client_token=new.client_token,
+            expires_at=deadline(now, new.request),
         )
         stored = self._store.create(job)
         failpoint("submitted")

@@ -9,8 +9,10 @@ retried for a few seconds before they are raised.
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import Future
 from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar
 
@@ -35,6 +37,11 @@ LEASED = (JobStatus.VALIDATING, JobStatus.IN_PROGRESS, JobStatus.STOPPING)
 """The statuses a replica holds a job in under a lease."""
 
 RUNNING = (JobStatus.IN_PROGRESS, JobStatus.STOPPING)
+
+MAX_GROUP = 500
+"""Most creates committed in one transaction."""
+INSERTER_IDLE_S = 5.0
+"""The inserting thread ends after this long without a create."""
 """The statuses that take one of a model's job slots."""
 
 
@@ -53,6 +60,8 @@ class BatchJob:
     owner: str | None = None
     """The server replica holding the job (Validating, InProgress, Stopping), while its lease lasts."""
     lease_until: float | None = None
+    expires_at: float | None = None
+    """When the job times out (``timeoutDurationInHours`` after it was submitted)."""
     message: str | None = None
     start_time: float | None = None
     """When the job last got a slot (a resumed job: when it got one again)."""
@@ -79,6 +88,9 @@ class BatchJobStore:
         self._patience_s = patience_s
         self._engine: Engine = make_engine(url)
         self._retry(lambda: upgrade(self._engine))
+        self._inserts: list[tuple[BatchJob, Future[BatchJob]]] = []
+        self._inserts_lock = threading.Condition()
+        self._inserter: threading.Thread | None = None
 
     def _retry(self, fn: Callable[[], T]) -> T:
         return retrying_call(
@@ -102,21 +114,65 @@ class BatchJobStore:
 
     def create(self, job: BatchJob) -> BatchJob:
         """Insert a job; a job of the same tenant and client token already there is returned instead
-        (the database's unique index decides between concurrent creates)."""
+        (the database's unique index decides between concurrent creates).
 
-        def insert_it() -> BatchJob:
-            try:
-                with self._engine.begin() as conn:
-                    conn.execute(insert(batch_jobs).values(**_row(job)))
-                    announce(conn, job.job_id)
-                return job
-            except IntegrityError:
-                existing = self.by_token(job.tenant, job.client_token) if job.client_token else None
-                if existing is None:
-                    raise
-                return existing
+        Creates from many request threads are committed together, one transaction for all those waiting
+        (group commit): a commit costs a disk flush, and a burst of creates would otherwise queue
+        behind one flush each.
+        """
+        waiting: Future[BatchJob] = Future()
+        with self._inserts_lock:
+            self._inserts.append((job, waiting))
+            if self._inserter is None or not self._inserter.is_alive():
+                self._inserter = threading.Thread(target=self._insert_all, name="job-inserts", daemon=True)
+                self._inserter.start()
+            self._inserts_lock.notify()
+        return waiting.result()
 
-        return self._retry(insert_it)
+    def _insert_all(self) -> None:
+        """The inserting thread: takes every create waiting, commits them at once, answers each; it
+        ends after a while with nothing to do (the next create starts another)."""
+        while True:
+            with self._inserts_lock:
+                if not self._inserts and not self._inserts_lock.wait(timeout=INSERTER_IDLE_S):
+                    self._inserter = None
+                    return
+                batch, self._inserts = self._inserts[:MAX_GROUP], self._inserts[MAX_GROUP:]
+            self._insert_batch(batch)
+
+    def _insert_batch(self, batch: list[tuple[BatchJob, Future[BatchJob]]]) -> None:
+        def together() -> None:
+            with self._engine.begin() as conn:
+                conn.execute(insert(batch_jobs), [_row(job) for job, _ in batch])
+                announce(conn, batch[0][0].job_id)
+
+        try:
+            self._retry(together)
+        except IntegrityError:  # a token repeated: each on its own, to tell which
+            for job, waiting in batch:
+                _settle(waiting, self._insert_one, job)
+            return
+        except Exception as exc:
+            for _, waiting in batch:
+                waiting.set_exception(exc)
+            return
+        for job, waiting in batch:
+            waiting.set_result(job)
+
+    def _insert_one(self, job: BatchJob) -> BatchJob:
+        return self._retry(lambda: self._insert_or_find(job))
+
+    def _insert_or_find(self, job: BatchJob) -> BatchJob:
+        try:
+            with self._engine.begin() as conn:
+                conn.execute(insert(batch_jobs).values(**_row(job)))
+                announce(conn, job.job_id)
+            return job
+        except IntegrityError:
+            existing = self.by_token(job.tenant, job.client_token) if job.client_token else None
+            if existing is None:
+                raise
+            return existing
 
     def get(self, job_id: str) -> BatchJob | None:
         return self._one(select(batch_jobs).where(batch_jobs.c.job_id == job_id))
@@ -315,11 +371,40 @@ class BatchJobStore:
 
         return self._retry(write)
 
-    def with_status(self, *statuses: JobStatus) -> list[BatchJob]:
+    def with_status(self, *statuses: JobStatus, limit: int | None = None) -> list[BatchJob]:
         """Jobs in these statuses, oldest first (the order they are served in)."""
         c = batch_jobs.c
         query = select(batch_jobs).where(c.status.in_([s.value for s in statuses]))
-        return self._many(query.order_by(c.submit_time, c.job_id))
+        return self._many(query.order_by(c.submit_time, c.job_id).limit(limit))
+
+    def expired(self, now: float, *statuses: JobStatus) -> list[BatchJob]:
+        """Jobs in these statuses whose deadline has passed."""
+        c = batch_jobs.c
+        query = select(batch_jobs).where(c.status.in_([s.value for s in statuses]), c.expires_at <= now)
+        return self._many(query.order_by(c.expires_at))
+
+    def next_expiry(self, *statuses: JobStatus) -> float | None:
+        """The soonest deadline of the jobs in these statuses."""
+        c = batch_jobs.c
+        query = select(func.min(c.expires_at)).where(c.status.in_([s.value for s in statuses]))
+
+        def read() -> float | None:
+            with self._engine.connect() as conn:
+                value = conn.execute(query).scalar_one()
+            return None if value is None else float(value)
+
+        return self._retry(read)
+
+    def models_with(self, status: JobStatus) -> list[str]:
+        """The models that have a job in this status."""
+        c = batch_jobs.c
+        query = select(c.model_id).where(c.status == status.value).distinct().order_by(c.model_id)
+
+        def read() -> list[str]:
+            with self._engine.connect() as conn:
+                return [str(m) for m in conn.execute(query).scalars().all()]
+
+        return self._retry(read)
 
     def unowned(self, *statuses: JobStatus) -> list[BatchJob]:
         """Jobs in these statuses that no replica holds, oldest first."""
@@ -335,6 +420,13 @@ class BatchJobStore:
                 return _running(conn, model)
 
         return self._retry(read)
+
+
+def _settle(waiting: Future[T], fn: Callable[[BatchJob], T], job: BatchJob) -> None:
+    try:
+        waiting.set_result(fn(job))
+    except Exception as exc:
+        waiting.set_exception(exc)
 
 
 def _running(conn: Connection, model: str) -> int:
@@ -373,6 +465,7 @@ def _row(job: BatchJob) -> dict[str, Any]:
         "request": orjson.dumps(job.request).decode(),
         "owner": job.owner,
         "lease_until": job.lease_until,
+        "expires_at": job.expires_at,
         "total": job.total,
         "processed": job.processed,
         "success": job.success,

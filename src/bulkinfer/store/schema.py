@@ -58,6 +58,7 @@ batch_jobs = Table(
     Column("request", Text, nullable=False),
     Column("owner", String(64)),
     Column("lease_until", Float),
+    Column("expires_at", Float, index=True),
     Column("total", BigInteger),
     Column("processed", BigInteger),
     Column("success", BigInteger),

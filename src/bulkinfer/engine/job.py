@@ -377,8 +377,9 @@ class LocalJob:
         self, provider: Provider, progress: ProgressSink, status: Callable[[str], None]
     ) -> JobReport:
         started = self.job.started_at or now()
-        self.job = self.store.update_job(
-            self.job, status=JobStatus.IN_PROGRESS, started_at=started, message=None
+        # store calls go to a thread: a service runs many jobs on one event loop
+        self.job = await asyncio.to_thread(
+            self.store.update_job, self.job, status=JobStatus.IN_PROGRESS, started_at=started, message=None
         )
         settings = self.settings
         chunk_dir = self.chunk_dir
@@ -434,7 +435,7 @@ class LocalJob:
             if paused != shown:
                 shown = self.paused = paused
                 status(paused or f"running {self.spec.name}")
-                self.job = self.store.update_job(self.job, message=paused)
+                self.job = await asyncio.to_thread(self.store.update_job, self.job, message=paused)
 
     def _finalize(self, record_counts: dict[int, int], chunk_dir: Path, final: JobStatus) -> JobReport:
         """Write outputs and manifest. Completed: every record, checked; Stopped: what finished."""

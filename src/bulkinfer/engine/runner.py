@@ -130,7 +130,7 @@ class RecordPipeline:
         self, f: InputFile, window: asyncio.Semaphore, running: set[asyncio.Task[None]]
     ) -> None:
         done = LineSet()
-        for chunk in self._store.chunks(self._job_id, f.index):
+        for chunk in await asyncio.to_thread(self._store.chunks, self._job_id, f.index):
             done = done.union(chunk.lines)
         seed = f"{self._job_id}:{f.name}"
         # Committed lines are parsed too, so their ids count when looking for duplicates: the first

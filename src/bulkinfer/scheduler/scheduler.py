@@ -33,6 +33,7 @@ from bulkinfer.errors import BulkinferError, JobConflictError
 from bulkinfer.faults import failpoint
 from bulkinfer.providers.catalog import Catalog
 from bulkinfer.providers.remote.limits import LimitRegistry
+from bulkinfer.scheduler.pressure import Pressure
 from bulkinfer.scheduler.quotas import invalid_records, validate_input
 from bulkinfer.scheduler.supervisor import Loops
 from bulkinfer.settings import ServerSettings
@@ -109,8 +110,10 @@ class Scheduler:
         settings: ServerSettings,
         catalog: Catalog,
         clock: Callable[[], float] = time.time,
+        pressure: Pressure | None = None,
     ) -> None:
         self._clock = clock
+        self._pressure = pressure or Pressure()
         self._store = store
         self._settings = settings
         self._catalog = catalog
@@ -264,6 +267,7 @@ class Scheduler:
         await self._wait(self._validation_wake, self._settings.poll_seconds)
         submitted = await self._db(self._store.with_status, JobStatus.SUBMITTED, limit=VALIDATION_BATCH)
         for job in submitted:
+            await self._pressure.calm()
             taken = await self._take_for_validation(job)
             if taken is not None:
                 await self._validate(taken)
@@ -382,6 +386,7 @@ class Scheduler:
 
     async def _fill_slots(self, model: str) -> None:
         slots, lease = self._settings.jobs_per_model, self._settings.lease_seconds
+        await self._pressure.calm()
         while (claimed := await self._db(self._store.claim, model, self.replica, slots, lease)) is not None:
             self._start(claimed)
 

@@ -9,6 +9,7 @@ whole job or a whole call::
     │   ├── UnknownModelError
     │   ├── ConfigError      a model catalog or setting that does not validate
     │   └── JobConflictError a job id reused with a different model or input
+    │       └── JobLocked    the job's files are held by another run
     ├── RecordInvalid        one record's body does not fit its dialect (becomes an error line)
     └── ProviderError        a model could not be loaded or called
 """
@@ -41,6 +42,10 @@ class ConfigError(UserError):
 
 class JobConflictError(UserError):
     """A job with this id already exists with a different model or input."""
+
+
+class JobLocked(JobConflictError):
+    """The job's files are held by another run (one still running or winding down)."""
 
 
 class RecordInvalid(BulkinferError):

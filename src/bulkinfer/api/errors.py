@@ -12,6 +12,7 @@ from fastapi.responses import JSONResponse
 from bulkinfer.api.auth import AuthFailed
 from bulkinfer.errors import UserError
 from bulkinfer.services.batch import JobConflict, JobNotEnded, JobNotFound
+from bulkinfer.transient import is_transient_db
 
 log = logging.getLogger(__name__)
 
@@ -54,5 +55,11 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(Exception)
     async def internal(_: Request, exc: Exception) -> JSONResponse:
-        log.exception("request failed")
-        return error_response(500, "InternalServerException", f"{type(exc).__name__}: {exc}")
+        # The details (a database's SQL and parameters, paths) are the operator's, not the caller's:
+        # logged under an id the caller is given.
+        incident = uuid.uuid4().hex[:12]
+        log.error("request failed (incident %s)", incident, exc_info=exc)
+        if is_transient_db(exc):
+            message = f"the job database is not answering; try again (incident {incident})"
+            return error_response(503, "ServiceUnavailableException", message)
+        return error_response(500, "InternalServerException", f"internal error (incident {incident})")

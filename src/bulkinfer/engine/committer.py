@@ -11,6 +11,7 @@ rebuild the chunk's row when the state itself is lost (`rebuild_chunks`).
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import hashlib
 import logging
@@ -50,6 +51,10 @@ class Finished:
     error_code: int | None = None
 
 
+_COMMITS = concurrent.futures.ThreadPoolExecutor(max_workers=8, thread_name_prefix="commits")
+"""Where commits run (fsync and the database): off the event loop, each job one at a time."""
+
+
 class Committer:
     """Buffers finished records and commits them when enough have gathered or enough time has passed."""
 
@@ -66,6 +71,7 @@ class Committer:
         self._lock = asyncio.Lock()
         self._last_flush = time.monotonic()
         self._failure: BaseException | None = None
+        self._in_flight: concurrent.futures.Future[None] | None = None
 
     async def add(self, file_index: int, finished: list[Finished]) -> None:
         if self._failure is not None:
@@ -83,7 +89,14 @@ class Committer:
             taken, self._pending, self._pending_count = self._pending, {}, 0
             self._last_flush = time.monotonic()
             if taken:
-                await asyncio.to_thread(self._commit, taken)
+                # kept, so settle() can wait for it: a cancelled flush leaves its thread running
+                self._in_flight = _COMMITS.submit(self._commit, taken)
+                await asyncio.wrap_future(self._in_flight)
+
+    def settle(self) -> None:
+        """Wait (in this thread) for a commit still running in its thread, however it ends."""
+        if self._in_flight is not None:
+            concurrent.futures.wait([self._in_flight])
 
     async def run_timer(self) -> None:
         """Commit at least every interval while records trickle in slowly."""

@@ -22,7 +22,7 @@ from bulkinfer.engine.committer import Committer, rebuild_chunks
 from bulkinfer.engine.finalize import write_output
 from bulkinfer.engine.progress import ProgressSink
 from bulkinfer.engine.runner import EngineSettings, RecordPipeline
-from bulkinfer.errors import BulkinferError, JobConflictError, UserError
+from bulkinfer.errors import BulkinferError, JobConflictError, JobLocked, UserError
 from bulkinfer.faults import failpoint
 from bulkinfer.formats.jsonl import count_lines
 from bulkinfer.formats.manifest import ManifestInfo, build_manifest
@@ -39,7 +39,7 @@ from bulkinfer.storage.files import (
     remove_temp_files,
     write_durably,
 )
-from bulkinfer.store.state import JobRecord, StateStore, now
+from bulkinfer.store.state import DEFAULT_PATIENCE_S, JobRecord, StateStore, now
 
 if TYPE_CHECKING:  # the media package (httpx, Pillow) loads only when a job runs
     from bulkinfer.media import MediaPolicy, MediaResolver, ObjectGet
@@ -108,6 +108,8 @@ class RunRequest:
     state_url: str | None = None
     """A database for the state instead of the file in ``state_dir`` (a service's PostgreSQL)."""
     keep_partial: bool = False
+    store_patience_s: float = DEFAULT_PATIENCE_S
+    """How long a state-store call waits out a database outage (a service keeps it under a lease)."""
     """On stop, write the finished records and a manifest and end Stopped, as a service's Stop does,
     instead of leaving the job to be resumed."""
     media: MediaSettings = MediaSettings()
@@ -153,13 +155,16 @@ class LocalJob:
         self._forced = get_dialect(request.dialect) if request.dialect else None
         self._lock: IO[str] | None = None
         self._pipeline: RecordPipeline | None = None
+        self._committer: Committer | None = None
         self._stop_requested = False
         self.paused: str | None = None
         """Why the model holds this job's records back right now (its provider is down), if it does."""
         self._final_on_stop = JobStatus.STOPPED
         self._run_started = time.monotonic()
         self.store = (
-            StateStore(request.state_url) if request.state_url else StateStore.at(state_root / "state.db")
+            StateStore(request.state_url, patience_s=request.store_patience_s)
+            if request.state_url
+            else StateStore.at(state_root / "state.db", patience_s=request.store_patience_s)
         )
         try:
             self.job = self._open_job()
@@ -257,7 +262,7 @@ class LocalJob:
             handle.seek(0)
             holder = handle.read().strip() or "?"
             handle.close()
-            raise JobConflictError(
+            raise JobLocked(
                 f"job {self.job_id} is already running in another process (pid {holder})"
             ) from None
         handle.seek(0)
@@ -267,6 +272,10 @@ class LocalJob:
         self._lock = handle
 
     def close(self) -> None:
+        """Release the job. A commit still running in its thread (the run was cancelled) is waited for
+        first: the lock is what keeps the next run from taking the chunk folder while it writes."""
+        if self._committer is not None:
+            self._committer.settle()
         self.store.close()
         if self._lock is not None:
             self._lock.close()
@@ -324,7 +333,12 @@ class LocalJob:
             return await self._run(provider, progress, status)
         except BaseException as exc:
             named = self._named(exc)
-            self._record_end(named)
+            if not self.request.keep_partial:
+                self._record_end(named)
+            elif isinstance(exc, Exception):  # a service's: off its event loop
+                await asyncio.to_thread(self._record_end, named)
+            # a service's job cancelled (shutdown, a lost lease) records nothing: its row is the
+            # service's to keep, and the database may be what is failing
             if named is not exc:
                 raise named from exc
             raise
@@ -384,7 +398,7 @@ class LocalJob:
         settings = self.settings
         chunk_dir = self.chunk_dir
         chunk_dir.mkdir(parents=True, exist_ok=True)
-        committer = Committer(
+        committer = self._committer = Committer(
             self.store, self.job_id, chunk_dir, settings.chunk_records, settings.commit_interval_s
         )
         await asyncio.to_thread(committer.repair)  # before orphans: a mismatched file becomes one

@@ -112,6 +112,7 @@ class RecordPipeline:
         self._names = {f.index: f.name for f in files}
         window = asyncio.Semaphore(self._settings.blocks_in_flight)
         running: set[asyncio.Task[None]] = set()
+        cancelled = False
         try:
             for f in files:
                 if self._stopping:
@@ -120,11 +121,15 @@ class RecordPipeline:
             await asyncio.gather(*running)
             if self._failure is not None:
                 raise self._failure
+        except asyncio.CancelledError:
+            cancelled = True  # shut down, or the job is no longer ours: commit nothing more
+            raise
         finally:
             for task in running:
                 task.cancel()
             await asyncio.gather(*running, return_exceptions=True)
-            await self._committer.flush()
+            if not cancelled:
+                await self._committer.flush()
 
     async def _read_file(
         self, f: InputFile, window: asyncio.Semaphore, running: set[asyncio.Task[None]]

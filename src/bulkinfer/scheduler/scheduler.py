@@ -29,7 +29,7 @@ from typing import Any, TypeVar
 from bulkinfer.domain.job import JobStatus
 from bulkinfer.engine.job import LocalJob, MediaSettings, RunRequest
 from bulkinfer.engine.runner import EngineSettings
-from bulkinfer.errors import BulkinferError, JobConflictError
+from bulkinfer.errors import BulkinferError, JobLocked
 from bulkinfer.faults import failpoint
 from bulkinfer.providers.catalog import Catalog
 from bulkinfer.providers.remote.limits import LimitRegistry
@@ -84,6 +84,8 @@ def _output_uri(job: BatchJob) -> str:
 DEFAULT_TIMEOUT_HOURS = 24
 VALIDATION_BATCH = 20
 """Submitted jobs one pass of the validation loop takes up (it looks again at once if there were more)."""
+SWEEP_S = 60.0
+"""How often staged copies of ended jobs are looked for."""
 CONFLICT_RETRY_S = 1.0
 """A job whose files another run still holds (one winding down) waits this long before it queues again."""
 FENCE_FRACTION = 0.7
@@ -132,6 +134,7 @@ class Scheduler:
         self._loops = Loops()
         self._lease_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="leases")
         self._lease_confirmed = time.monotonic()
+        self._next_sweep = 0.0
         self.replica = uuid.uuid4().hex[:16]
 
     # what the API asks of it (from its worker threads)
@@ -235,6 +238,9 @@ class Scheduler:
         if await self._lease_call(self._store.release_expired):
             self._slots_wake.set()  # another replica's jobs are free to take
             self._validation_wake.set()
+        if time.monotonic() >= self._next_sweep:
+            self._next_sweep = time.monotonic() + SWEEP_S
+            await self._sweep_staging()
 
     def _check_held(self, stored: dict[str, BatchJob], held: list[str]) -> None:
         for job_id in held:
@@ -245,6 +251,8 @@ class Scheduler:
                 self._running[job_id].request_stop()
 
     def _fence_if_out_of_touch(self) -> None:
+        if not self._store.shared:
+            return  # the embedded store has one replica: nobody else can take its jobs
         silent = time.monotonic() - self._lease_confirmed
         if silent > FENCE_FRACTION * self._settings.lease_seconds and (self._running or self._validating):
             log.error(
@@ -299,6 +307,9 @@ class Scheduler:
         done = await self._db(self._store.transition, job, new, held_by=self.replica, **changes)
         if done is None:
             log.info("job %s changed while it was validated (stopped, expired, or taken over)", job.job_id)
+            await self._discard_if_ended(job.job_id)
+        elif new == JobStatus.FAILED:
+            await self._discard_staging(job.job_id)
         elif new == JobStatus.SCHEDULED:
             failpoint("scheduled")
             self._slots_wake.set()
@@ -311,7 +322,6 @@ class Scheduler:
                 staged = await self._stage(job, uri)
                 updated = await self._db(self._store.update, job, held_by=self.replica, request=staged)
                 job = updated or job
-                failpoint("staged")
             files = await asyncio.to_thread(list_inputs, self._input_path(job))
             spec = self._catalog.get(job.model_id)  # its default dialect reads bodies, as the engine's will
             quotas, max_line = self._settings.quotas, EngineSettings().max_line_bytes
@@ -329,8 +339,9 @@ class Scheduler:
         assert self._staging is not None
         staging = self._staging
         on_wait = self._show_outage(job, "validating")
+        patience, most = self._settings.outage_seconds, self._settings.max_job_bytes
         staged = await asyncio.to_thread(
-            staging.fetch, job.job_id, uri, on_wait=on_wait, patience_s=self._settings.outage_seconds
+            staging.fetch, job.job_id, uri, on_wait=on_wait, patience_s=patience, max_bytes=most
         )
         return {**job.request, "stagedInput": str(staged)}
 
@@ -342,6 +353,26 @@ class Scheduler:
                 self._store.update(job, held_by=self.replica, message=f"{doing}: {outage}")
 
         return show
+
+    async def _discard_staging(self, job_id: str) -> None:
+        """Remove an ended job's staged copies (S3 endpoint only)."""
+        if self._staging is not None:
+            await asyncio.to_thread(self._staging.discard, job_id)
+
+    async def _discard_if_ended(self, job_id: str) -> None:
+        if self._staging is None:
+            return
+        job = await self._db(self._store.get, job_id)
+        if job is None or job.status.is_terminal or job.status == JobStatus.STOPPED:
+            await self._discard_staging(job_id)
+
+    async def _sweep_staging(self) -> None:
+        """Discard what ended jobs left staged: stopped or expired elsewhere, or a crash between."""
+        if self._staging is None:
+            return
+        for job_id in await asyncio.to_thread(self._staging.staged_jobs):
+            if job_id not in self._running and job_id not in self._validating:
+                await self._discard_if_ended(job_id)
 
     def _input_path(self, job: BatchJob) -> Path:
         if self._staging is not None:
@@ -361,13 +392,14 @@ class Scheduler:
         for job in await self._db(self._store.unowned, JobStatus.STOPPING):
             adopted = await self._db(self._store.adopt, job, self.replica, self._settings.lease_seconds)
             if adopted is not None:
-                log.info("job %s: finishing its stop (its replica stopped)", job.job_id)
-                self._start(adopted, stop=JobStatus.STOPPED)
+                log.info("job %s: writing what it finished (its replica stopped)", job.job_id)
+                timed_out = adopted.expires_at is not None and adopted.expires_at <= self._clock()
+                self._start(adopted, stop=JobStatus.PARTIALLY_COMPLETED if timed_out else JobStatus.STOPPED)
         for model in await self._db(self._store.models_with, JobStatus.SCHEDULED):
             await self._fill_slots(model)
 
     async def _sleep_s(self) -> float:
-        soonest = await self._db(self._store.next_expiry, *_WAITING, JobStatus.IN_PROGRESS)
+        soonest = await self._db(self._store.next_expiry, self._clock(), *_WAITING, JobStatus.IN_PROGRESS)
         longest = self._settings.poll_seconds  # other replicas' changes are seen within this
         if soonest is None:
             return longest
@@ -379,10 +411,14 @@ class Scheduler:
             running = self._running.get(job.job_id)
             if running is not None:
                 running.request_stop(JobStatus.PARTIALLY_COMPLETED)  # it ends when its batches do
+            elif job.status == JobStatus.SCHEDULED and job.start_time is not None:
+                # it ran before (its replica died): it keeps what it finished, as a running one does
+                await self._db(self._store.transition, job, JobStatus.STOPPING, owner=None, lease_until=None)
             elif job.status in _WAITING:
                 message = "the job did not start before its timeout"
                 changes = {"message": message, "end_time": now, "owner": None, "lease_until": None}
-                await self._db(self._store.transition, job, JobStatus.EXPIRED, **changes)
+                if await self._db(self._store.transition, job, JobStatus.EXPIRED, **changes):
+                    await self._discard_staging(job.job_id)
 
     async def _fill_slots(self, model: str) -> None:
         slots, lease = self._settings.jobs_per_model, self._settings.lease_seconds
@@ -409,11 +445,10 @@ class Scheduler:
         running = self._running[job.job_id]
         try:
             local = await _open(self._run_request(job))
-        except JobConflictError as exc:  # its files are still held by a run winding down: try later
-            log.warning("job %s: %s; it waits for its next slot", job.job_id, exc)
+        except JobLocked as exc:  # its files are still held by a run winding down: try later
+            log.warning("job %s: %s; it is taken up again shortly", job.job_id, exc)
             await asyncio.sleep(CONFLICT_RETRY_S)
-            back = {"owner": None, "lease_until": None}
-            await self._db(self._store.transition, job, JobStatus.SCHEDULED, held_by=self.replica, **back)
+            await self._let_go(job)
             return
         except BulkinferError as exc:
             await self._end(job, JobStatus.FAILED, message=str(exc))
@@ -427,11 +462,38 @@ class Scheduler:
         except (asyncio.CancelledError, LeaseLost):
             raise  # shut down or fenced: the job resumes where it is held next
         except Exception as exc:
+            if _database_outage(exc):  # not the job's fault: it resumes once the database is back
+                log.warning("job %s: the database stopped answering (%s); letting it go", job.job_id, exc)
+                await self._let_go(job)
+                return
             message = str(exc) if isinstance(exc, BulkinferError) else f"{type(exc).__name__}: {exc}"
             log.exception("job %s failed", job.job_id)
             await self._end(job, JobStatus.FAILED, message=message)
         finally:
             await asyncio.to_thread(local.close)
+
+    async def _let_go(self, job: BatchJob) -> None:
+        """Give up holding a job so it is taken up again (here or elsewhere) from where it is:
+        InProgress back to Scheduled, Stopping left without an owner."""
+
+        async def write() -> None:
+            current = await self._db(self._store.get, job.job_id)
+            if current is None or current.owner != self.replica:
+                return
+            free = {"owner": None, "lease_until": None}
+            if current.status == JobStatus.IN_PROGRESS:
+                await self._db(
+                    self._store.transition, current, JobStatus.SCHEDULED, held_by=self.replica, **free
+                )
+            else:
+                await self._db(self._store.update, current, held_by=self.replica, **free)
+
+        await retrying_await(
+            write,
+            what="the job database",
+            transient=is_transient_db,
+            patience_s=self._settings.outage_seconds,
+        )
 
     async def _finish(self, job: BatchJob, local: LocalJob, counts: LiveCounts) -> None:
         report = await local.execute(counts)
@@ -447,8 +509,6 @@ class Scheduler:
             errors=c.errors,
             message=job.message,  # validation's word on invalid records; no outage is current any more
         )
-        if self._staging is not None:
-            await asyncio.to_thread(self._staging.discard, job.job_id)
 
     async def _publish(self, job: BatchJob) -> None:
         """Upload the outputs, waiting out an S3 outage with the job InProgress and saying why."""
@@ -470,6 +530,7 @@ class Scheduler:
                     raise LeaseLost(f"job {job.job_id} is no longer held here")
                 ended = {"end_time": time.time(), "owner": None, "lease_until": None, **changes}
                 if await self._db(self._store.transition, current, final, held_by=self.replica, **ended):
+                    await self._discard_staging(job.job_id)
                     return
             raise LeaseLost(f"job {job.job_id} kept changing while its end was written")
 
@@ -490,9 +551,20 @@ class Scheduler:
             state_dir=self._settings.engine_state_dir,
             state_url=self._settings.database_url,
             keep_partial=True,
+            store_patience_s=self._settings.lease_seconds / 2,  # then the job is let go, not run blind
             limits=self._limits,
             media=self._media,
         )
+
+
+def _database_outage(exc: BaseException) -> bool:
+    """Whether an error (or what caused it) is the database being away."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if is_transient_db(seen):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
 
 
 async def _open(request: RunRequest) -> LocalJob:

@@ -120,16 +120,22 @@ class S3Staging:
         uri: str,
         on_wait: Callable[[Outage], None] | None = None,
         patience_s: float = PATIENCE_S,
+        max_bytes: int | None = None,
     ) -> Path:
         """Copy the job's ``.jsonl`` objects (one object, or every one under a prefix) to local disk and
         return the local file or folder. The objects are copied beside it and moved into place once all
-        are there, so the input folder exists only complete."""
+        are there, so the input folder exists only complete. Objects over ``max_bytes`` in all are
+        refused from their listing, before a byte is downloaded."""
         key = _key(uri)
         attempts = _Attempts(on_wait, patience_s)
         found = attempts(uri, "list", functools.partial(self._list, key))
-        objects = sorted(name for name in found if name.endswith(".jsonl"))
+        sizes = {name: size for name, size in found.items() if name.endswith(".jsonl")}
+        objects = sorted(sizes)
         if not objects:
             raise InputError(f"{uri}: no .jsonl object there")
+        total = sum(sizes.values())
+        if max_bytes is not None and total > max_bytes:
+            raise InputError(f"{uri}: {total:,} bytes in all, over the {max_bytes:,} a job may hold")
         single = objects == [key]
         base = key.rsplit("/", 1)[0] if single else key
         target = self.input_dir(job_id)
@@ -162,6 +168,10 @@ class S3Staging:
             attempts(f"s3://{remote}", "upload", functools.partial(self._upload, path, remote))
         failpoint("published")
 
+    def staged_jobs(self) -> list[str]:
+        """The jobs with a staging folder here."""
+        return sorted(p.name for p in self._root.iterdir() if p.is_dir()) if self._root.is_dir() else []
+
     def discard(self, job_id: str) -> None:
         """Remove the job's staged input and outputs (once its row says it ended)."""
         shutil.rmtree(self._root / job_id, ignore_errors=True)
@@ -173,10 +183,11 @@ class S3Staging:
         except TimeoutError as exc:  # fsspec's FSTimeoutError
             raise TimeoutError(f"no answer to the upload of {remote} within {timeout:.0f} s") from exc
 
-    def _list(self, key: str) -> list[str]:
+    def _list(self, key: str) -> dict[str, int]:
+        """Every object under the prefix (or the one object ``key`` names) with its size."""
         self._fs.invalidate_cache()  # a retried listing must ask the server, not a cache of before
-        # s3fs's find lists every object under the prefix, or returns [key] when key is one object.
-        return list(self._fs.find(key))
+        found = self._fs.find(key, detail=True)
+        return {name: int(info.get("size") or 0) for name, info in found.items()}
 
 
 @dataclass(frozen=True, slots=True)

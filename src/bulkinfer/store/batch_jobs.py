@@ -383,10 +383,12 @@ class BatchJobStore:
         query = select(batch_jobs).where(c.status.in_([s.value for s in statuses]), c.expires_at <= now)
         return self._many(query.order_by(c.expires_at))
 
-    def next_expiry(self, *statuses: JobStatus) -> float | None:
-        """The soonest deadline of the jobs in these statuses."""
+    def next_expiry(self, after: float, *statuses: JobStatus) -> float | None:
+        """The soonest deadline after ``after`` of the jobs in these statuses."""
         c = batch_jobs.c
-        query = select(func.min(c.expires_at)).where(c.status.in_([s.value for s in statuses]))
+        query = select(func.min(c.expires_at)).where(
+            c.status.in_([s.value for s in statuses]), c.expires_at > after
+        )
 
         def read() -> float | None:
             with self._engine.connect() as conn:

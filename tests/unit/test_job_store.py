@@ -1,0 +1,111 @@
+"""The service's job store on a real SQLite file: transitions checked against the table and set only
+from the status the caller saw, one job per client token under concurrent creates, leases."""
+
+from __future__ import annotations
+
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from bulkinfer.domain.job import IllegalTransition, JobStatus, new_job_id
+from bulkinfer.store.batch_jobs import BatchJob, BatchJobStore
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> BatchJobStore:
+    return BatchJobStore(f"sqlite:///{tmp_path / 'jobs.db'}")
+
+
+def job(token: str | None = None, tenant: str = "team") -> BatchJob:
+    now = time.time()
+    return BatchJob(
+        job_id=new_job_id(),
+        tenant=tenant,
+        name="n",
+        model_id="echo",
+        status=JobStatus.SUBMITTED,
+        submit_time=now,
+        last_modified=now,
+        client_token=token,
+        expires_at=now + 3600,
+    )
+
+
+def test_a_forbidden_transition_raises_and_changes_nothing(store: BatchJobStore) -> None:
+    created = store.create(job())
+    with pytest.raises(IllegalTransition, match="Submitted may not become Completed"):
+        store.transition(created, JobStatus.COMPLETED)
+    stored = store.get(created.job_id)
+    assert stored is not None and stored.status == JobStatus.SUBMITTED
+
+
+def test_a_transition_from_a_status_the_job_left_is_refused(store: BatchJobStore) -> None:
+    created = store.create(job())
+    assert store.transition(created, JobStatus.STOPPED) is not None  # a user's stop came first
+    assert store.transition(created, JobStatus.VALIDATING) is None  # the scheduler saw Submitted
+    stored = store.get(created.job_id)
+    assert stored is not None and stored.status == JobStatus.STOPPED
+
+
+def test_a_replica_that_no_longer_holds_a_job_cannot_change_it(store: BatchJobStore) -> None:
+    validating = store.transition(store.create(job()), JobStatus.VALIDATING, owner="a", lease_until=0.0)
+    assert validating is not None
+    assert store.release_expired() == 1  # a's lease lapsed: the job stays Validating, held by no one
+    assert store.transition(validating, JobStatus.SCHEDULED, held_by="a") is None
+    adopted = store.adopt(replace(validating, owner=None), "b", 10)
+    assert adopted is not None and adopted.owner == "b"
+    assert store.update(adopted, held_by="a", message="late") is None
+    assert store.transition(adopted, JobStatus.SCHEDULED, held_by="b") is not None
+
+
+def test_an_update_writes_only_what_it_names(store: BatchJobStore) -> None:
+    created = store.create(job())
+    store.transition(created, JobStatus.STOPPED)
+    store.update(created, message="hello")  # a stale copy says Submitted; the status is not written
+    stored = store.get(created.job_id)
+    assert stored is not None and (stored.status, stored.message) == (JobStatus.STOPPED, "hello")
+
+
+def test_concurrent_creates_with_one_token_make_one_job(store: BatchJobStore) -> None:
+    with ThreadPoolExecutor(max_workers=20) as pool:
+        made = list(pool.map(lambda _: store.create(job("token-1")), range(40)))
+    assert len({m.job_id for m in made}) == 1
+    assert store.by_token("team", "token-1") == store.get(made[0].job_id)
+    other_tenant = store.create(job("token-1", tenant="other"))
+    assert other_tenant.job_id != made[0].job_id
+
+
+def test_creates_without_tokens_in_one_burst_are_all_kept(store: BatchJobStore) -> None:
+    with ThreadPoolExecutor(max_workers=20) as pool:
+        made = list(pool.map(lambda _: store.create(job()), range(200)))
+    assert len({m.job_id for m in made}) == 200
+    assert len(store.with_status(JobStatus.SUBMITTED)) == 200
+
+
+def test_lapsed_leases_requeue_running_jobs_and_orphan_held_ones(store: BatchJobStore) -> None:
+    running = store.transition(store.create(job()), JobStatus.VALIDATING, owner="a", lease_until=0.0)
+    assert running is not None
+    scheduled = store.transition(running, JobStatus.SCHEDULED, owner=None, lease_until=None)
+    assert scheduled is not None
+    claimed = store.claim("echo", "a", slots=1, lease_s=-1)  # a lease already over
+    assert claimed is not None and claimed.status == JobStatus.IN_PROGRESS
+    assert store.claim("echo", "b", slots=1, lease_s=10) is None  # the one slot is taken
+    stopping = store.transition(claimed, JobStatus.STOPPING)
+    assert stopping is not None
+    assert store.release_expired() == 1
+    stored = store.get(claimed.job_id)
+    assert stored is not None and (stored.status, stored.owner) == (JobStatus.STOPPING, None)
+    assert [j.job_id for j in store.unowned(JobStatus.STOPPING)] == [claimed.job_id]
+
+
+def test_deadlines_are_found_by_the_index(store: BatchJobStore) -> None:
+    soon, later = store.create(job()), store.create(job())
+    store.update(soon, expires_at=100.0)
+    store.update(later, expires_at=200.0)
+    assert store.next_expiry(0.0, JobStatus.SUBMITTED) == 100.0
+    assert store.next_expiry(150.0, JobStatus.SUBMITTED) == 200.0
+    assert [j.job_id for j in store.expired(150.0, JobStatus.SUBMITTED)] == [soon.job_id]
+    assert store.models_with(JobStatus.SUBMITTED) == ["echo"]

@@ -1,0 +1,51 @@
+"""Supervised loops survive what their steps raise, and background work gives way to requests."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from bulkinfer.scheduler import supervisor
+from bulkinfer.scheduler.pressure import Pressure
+from bulkinfer.scheduler.supervisor import Loops, backoff_s
+
+
+async def test_a_loop_goes_on_after_its_step_fails(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(supervisor, "FIRST_BACKOFF_S", 0.001)
+    calls = 0
+    done = asyncio.Event()
+
+    async def step() -> None:
+        nonlocal calls
+        calls += 1
+        if calls <= 3:
+            raise ConnectionError("the database is restarting")
+        if calls == 5:
+            done.set()
+        await asyncio.sleep(0)
+
+    loops = Loops()
+    loops.start("test", step)
+    await asyncio.wait_for(done.wait(), timeout=30)
+    await loops.stop()
+    assert calls >= 5
+
+
+def test_backoff_grows_and_is_capped() -> None:
+    assert all(0 <= backoff_s(1) <= 2 * supervisor.FIRST_BACKOFF_S for _ in range(100))
+    assert all(backoff_s(50) <= supervisor.MAX_BACKOFF_S for _ in range(100))
+
+
+async def test_background_work_waits_while_requests_are_answered_and_not_forever() -> None:
+    pressure = Pressure(busy=1, max_wait_s=3600)
+    pressure.enter()
+    pressure.enter()
+    waited = asyncio.create_task(pressure.calm())
+    await asyncio.sleep(0.05)
+    assert not waited.done()  # two requests in flight: background work waits
+    pressure.leave()
+    await asyncio.wait_for(waited, timeout=30)  # one left: it goes on
+    bounded = Pressure(busy=0, max_wait_s=0.01)
+    bounded.enter()
+    await asyncio.wait_for(bounded.calm(), timeout=30)  # busy for good, but the wait is bounded

@@ -109,3 +109,12 @@ def test_deadlines_are_found_by_the_index(store: BatchJobStore) -> None:
     assert store.next_expiry(150.0, JobStatus.SUBMITTED) == 200.0
     assert [j.job_id for j in store.expired(150.0, JobStatus.SUBMITTED)] == [soon.job_id]
     assert store.models_with(JobStatus.SUBMITTED) == ["echo"]
+
+
+async def test_reads_and_creates_awaited_together_answer_each_caller(store: BatchJobStore) -> None:
+    import asyncio
+
+    made = await asyncio.gather(*(store.create_async(job(f"t{i % 50}")) for i in range(200)))
+    assert len({m.job_id for m in made}) == 50  # one job per token, whoever came first
+    read = await asyncio.gather(*(store.get_async(m.job_id) for m in made), store.get_async("missing"))
+    assert read[:-1] == [store.get(m.job_id) for m in made] and read[-1] is None

@@ -57,9 +57,21 @@ class BatchService:
     def submit(self, new: NewJob) -> BatchJob:
         """Record a job (Submitted) and wake the scheduler; a repeated client token returns the first job
         (the store's unique index finds it, also between concurrent creates)."""
+        return self._submitted(self._store.create(self._new(new)))
+
+    async def submit_async(self, new: NewJob) -> BatchJob:
+        """`submit` for a request handler: waits for its group's commit off the event loop."""
+        return self._submitted(await self._store.create_async(self._new(new)))
+
+    def _submitted(self, stored: BatchJob) -> BatchJob:
+        failpoint("submitted")
+        self._scheduler.notify()
+        return stored
+
+    def _new(self, new: NewJob) -> BatchJob:
         self._catalog.get(new.model_id)  # unknown model: a UserError naming the available ones
         now = time.time()
-        job = BatchJob(
+        return BatchJob(
             job_id=new_job_id(),
             tenant=new.tenant,
             name=new.name,
@@ -71,13 +83,15 @@ class BatchService:
             client_token=new.client_token,
             expires_at=deadline(now, new.request),
         )
-        stored = self._store.create(job)
-        failpoint("submitted")
-        self._scheduler.notify()
-        return stored
 
     def get(self, tenant: str, job_id: str) -> BatchJob:
-        job = self._store.get(job_id)
+        return self._visible(tenant, job_id, self._store.get(job_id))
+
+    async def get_async(self, tenant: str, job_id: str) -> BatchJob:
+        """`get` for a request handler: read together with other requests' reads, off the event loop."""
+        return self._visible(tenant, job_id, await self._store.get_async(job_id))
+
+    def _visible(self, tenant: str, job_id: str, job: BatchJob | None) -> BatchJob:
         if job is None or job.tenant != tenant:
             raise JobNotFound(f"Could not find job {job_id}")
         return self._with_live_counts(job)

@@ -9,10 +9,9 @@ retried for a few seconds before they are raised.
 
 from __future__ import annotations
 
-import threading
+import asyncio
 import time
-from collections.abc import Callable
-from concurrent.futures import Future
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar
 
@@ -21,6 +20,7 @@ from sqlalchemy import Connection, Engine, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from bulkinfer.domain.job import JobStatus, check_transition
+from bulkinfer.store.batcher import Batcher
 from bulkinfer.store.migrate import upgrade
 from bulkinfer.store.notify import Listener, announce
 from bulkinfer.store.schema import batch_jobs
@@ -39,9 +39,7 @@ LEASED = (JobStatus.VALIDATING, JobStatus.IN_PROGRESS, JobStatus.STOPPING)
 RUNNING = (JobStatus.IN_PROGRESS, JobStatus.STOPPING)
 
 MAX_GROUP = 500
-"""Most creates committed in one transaction."""
-INSERTER_IDLE_S = 5.0
-"""The inserting thread ends after this long without a create."""
+"""Most creates committed in one transaction, or reads made in one query."""
 """The statuses that take one of a model's job slots."""
 
 
@@ -88,9 +86,8 @@ class BatchJobStore:
         self._patience_s = patience_s
         self._engine: Engine = make_engine(url)
         self._retry(lambda: upgrade(self._engine))
-        self._inserts: list[tuple[BatchJob, Future[BatchJob]]] = []
-        self._inserts_lock = threading.Condition()
-        self._inserter: threading.Thread | None = None
+        self._inserts = Batcher[BatchJob, BatchJob]("job-creates", self._insert_group, MAX_GROUP)
+        self._reads = Batcher[str, BatchJob | None]("job-reads", self._read_group, MAX_GROUP)
 
     def _retry(self, fn: Callable[[], T]) -> T:
         return retrying_call(
@@ -116,48 +113,35 @@ class BatchJobStore:
         """Insert a job; a job of the same tenant and client token already there is returned instead
         (the database's unique index decides between concurrent creates).
 
-        Creates from many request threads are committed together, one transaction for all those waiting
-        (group commit): a commit costs a disk flush, and a burst of creates would otherwise queue
-        behind one flush each.
+        Creates from many requests are committed together, one transaction for all those waiting
+        (group commit): a commit costs a disk flush, and a burst would queue behind one flush each.
         """
-        waiting: Future[BatchJob] = Future()
-        with self._inserts_lock:
-            self._inserts.append((job, waiting))
-            if self._inserter is None or not self._inserter.is_alive():
-                self._inserter = threading.Thread(target=self._insert_all, name="job-inserts", daemon=True)
-                self._inserter.start()
-            self._inserts_lock.notify()
-        return waiting.result()
+        return self._inserts.submit(job).result()
 
-    def _insert_all(self) -> None:
-        """The inserting thread: takes every create waiting, commits them at once, answers each; it
-        ends after a while with nothing to do (the next create starts another)."""
-        while True:
-            with self._inserts_lock:
-                if not self._inserts and not self._inserts_lock.wait(timeout=INSERTER_IDLE_S):
-                    self._inserter = None
-                    return
-                batch, self._inserts = self._inserts[:MAX_GROUP], self._inserts[MAX_GROUP:]
-            self._insert_batch(batch)
+    async def create_async(self, job: BatchJob) -> BatchJob:
+        """`create` for a coroutine: waits for its group's commit without blocking the event loop."""
+        return await asyncio.wrap_future(self._inserts.submit(job))
 
-    def _insert_batch(self, batch: list[tuple[BatchJob, Future[BatchJob]]]) -> None:
+    async def get_async(self, job_id: str) -> BatchJob | None:
+        """`get` for a coroutine: read together with the other reads waiting, in one query."""
+        return await asyncio.wrap_future(self._reads.submit(job_id))
+
+    def _insert_group(self, jobs: Sequence[BatchJob]) -> list[BatchJob | BaseException]:
         def together() -> None:
             with self._engine.begin() as conn:
-                conn.execute(insert(batch_jobs), [_row(job) for job, _ in batch])
-                announce(conn, batch[0][0].job_id)
+                conn.execute(insert(batch_jobs), [_row(job) for job in jobs])
+                announce(conn, jobs[0].job_id)
 
         try:
             self._retry(together)
         except IntegrityError:  # a token repeated: each on its own, to tell which
-            for job, waiting in batch:
-                _settle(waiting, self._insert_one, job)
-            return
-        except Exception as exc:
-            for _, waiting in batch:
-                waiting.set_exception(exc)
-            return
-        for job, waiting in batch:
-            waiting.set_result(job)
+            return [_outcome(self._insert_one, job) for job in jobs]
+        return list(jobs)
+
+    def _read_group(self, job_ids: Sequence[str]) -> list[BatchJob | None]:
+        query = select(batch_jobs).where(batch_jobs.c.job_id.in_(sorted(set(job_ids))))
+        found = {job.job_id: job for job in self._many(query)}
+        return [found.get(job_id) for job_id in job_ids]
 
     def _insert_one(self, job: BatchJob) -> BatchJob:
         return self._retry(lambda: self._insert_or_find(job))
@@ -424,11 +408,11 @@ class BatchJobStore:
         return self._retry(read)
 
 
-def _settle(waiting: Future[T], fn: Callable[[BatchJob], T], job: BatchJob) -> None:
+def _outcome(fn: Callable[[BatchJob], T], job: BatchJob) -> T | BaseException:
     try:
-        waiting.set_result(fn(job))
+        return fn(job)
     except Exception as exc:
-        waiting.set_exception(exc)
+        return exc
 
 
 def _running(conn: Connection, model: str) -> int:

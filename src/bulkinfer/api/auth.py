@@ -39,6 +39,9 @@ class Caller:
     """The region the request was signed for; it goes into ARNs."""
 
 
+MAX_KEY_ID = 128
+
+
 class Authenticator:
     def __init__(self, keys: dict[str, str], insecure: bool, default_region: str) -> None:
         self._keys = keys
@@ -52,6 +55,10 @@ class Authenticator:
             if self._insecure:
                 return Caller("anonymous", self._region)
             raise AuthFailed("MissingAuthenticationTokenException", "Request is missing a SigV4 signature")
+        if len(match["key"]) > MAX_KEY_ID:  # AWS's own bound, and the store's for a tenant name
+            raise AuthFailed(
+                "UnrecognizedClientException", "The security token included in the request is invalid"
+            )
         caller = Caller(match["key"], match["region"])
         if self._insecure:
             return caller

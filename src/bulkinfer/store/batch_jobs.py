@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 
 import orjson
 from sqlalchemy import Connection, Engine, func, insert, select, update
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import DBAPIError, IntegrityError
 
 from bulkinfer.domain.job import JobStatus, check_transition
 from bulkinfer.store.batcher import Batcher
@@ -134,7 +134,10 @@ class BatchJobStore:
 
         try:
             self._retry(together)
-        except IntegrityError:  # a token repeated: each on its own, to tell which
+        except DBAPIError as exc:
+            if is_transient_db(exc):
+                raise  # the database is away: every caller is told so
+            # a token repeated, or one row refused: each on its own, so only that one fails
             return [_outcome(self._insert_one, job) for job in jobs]
         return list(jobs)
 

@@ -265,7 +265,8 @@ def wait_ended(bedrock: Any, arn: str, timeout: float = 90) -> dict[str, Any]:
         job = get(bedrock, arn)
         if job["status"] in ENDED:
             return job
-        assert time.monotonic() < deadline, f"still {job['status']} after {timeout:.0f} s: {job.get('message')!r}"
+        why = job.get("message")
+        assert time.monotonic() < deadline, f"still {job['status']} after {timeout:.0f} s: {why!r}"
         time.sleep(0.1)
 
 

@@ -29,20 +29,14 @@ import sqlalchemy
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
+from tests.conftest import SLOW_ECHO_CATALOG
 from tests.integration.test_bedrock_api import ROLE, database
 
 LEASE_S = 2.0
 """Every server in this suite renews its leases this often, so lapsed ones are taken up within seconds."""
 
 # 0.1 s per batch of 5 records (50 records a second), so a test can act while a job runs.
-SLOW_CATALOG = """
-[models.slow-echo]
-provider = "echo"
-batch_size = 5
-concurrency = 1
-[models.slow-echo.options]
-delay_s = 0.1
-"""
+SLOW_CATALOG = SLOW_ECHO_CATALOG
 
 ENDED = frozenset({"Completed", "PartiallyCompleted", "Failed", "Stopped", "Expired"})
 """The statuses a service job does not leave (Stopped included: a service never resumes it)."""

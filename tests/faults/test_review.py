@@ -18,9 +18,6 @@ import contextlib
 import os
 import re
 import signal
-import socket
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -44,7 +41,6 @@ from tests.faults.conftest import (
     assert_partial_exactly_once,
     client,
     create,
-    free_port,
     get,
     ids_in,
     job_id,
@@ -55,6 +51,7 @@ from tests.faults.conftest import (
     write_records,
 )
 from tests.integration.test_bedrock_api import database
+from tests.moto import moto_server
 from tests.netcut import NetCut
 
 pytestmark = pytest.mark.slow
@@ -178,25 +175,8 @@ def test_a_job_that_ran_and_times_out_after_a_crash_keeps_what_it_finished(
 @pytest.fixture
 def moto_url() -> Iterator[str]:
     """A real S3-protocol server on loopback for one test."""
-    port = free_port()
-    server = subprocess.Popen(
-        [str(Path(sys.executable).with_name("moto_server")), "-H", "127.0.0.1", "-p", str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-                break
-            except OSError:
-                assert server.poll() is None and time.monotonic() < deadline, "moto_server did not start"
-                time.sleep(0.1)
+    with moto_server() as port:
         yield f"http://127.0.0.1:{port}"
-    finally:
-        server.terminate()
-        server.wait(timeout=10)
 
 
 def test_staged_inputs_over_the_job_quota_fail_the_job_and_leave_nothing_staged(

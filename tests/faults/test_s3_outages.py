@@ -10,10 +10,6 @@ Completed once S3 answers, with every record in its outputs exactly once.
 from __future__ import annotations
 
 import signal
-import socket
-import subprocess
-import sys
-import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -30,7 +26,6 @@ from tests.faults.conftest import (
     assert_complete_outputs,
     client,
     create,
-    free_port,
     job_id,
     quietly,
     record_ids,
@@ -40,6 +35,7 @@ from tests.faults.conftest import (
     wait_ended,
     wait_for,
 )
+from tests.moto import moto_server
 from tests.netcut import NetCut
 
 pytestmark = pytest.mark.slow
@@ -51,25 +47,8 @@ OUTAGE = "S3 not answering"
 @pytest.fixture(scope="module")
 def moto_port() -> Iterator[int]:
     """A real S3-protocol server on loopback, shared by this module's tests (each uses its own buckets)."""
-    port = free_port()
-    server = subprocess.Popen(
-        [str(Path(sys.executable).with_name("moto_server")), "-H", "127.0.0.1", "-p", str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            break
-        except OSError:
-            assert time.monotonic() < deadline, "moto_server did not start"
-            time.sleep(0.1)
-    try:
+    with moto_server() as port:
         yield port
-    finally:
-        server.terminate()
-        server.wait(timeout=10)
 
 
 @pytest.fixture

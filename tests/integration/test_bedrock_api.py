@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -24,6 +23,7 @@ from botocore.exceptions import ClientError
 
 from tests.conftest import SLOW_ECHO_CATALOG as CATALOG
 from tests.conftest import anthropic_record, read_jsonl, write_jsonl
+from tests.moto import moto_server
 
 ROLE = "arn:aws:iam::123456789012:role/BatchRole"
 
@@ -489,28 +489,8 @@ def test_two_replicas_share_one_postgresql_and_survive_losing_one(tmp_path: Path
 @pytest.fixture
 def moto_s3() -> Iterator[str]:
     """A real S3-protocol server (moto_server) on loopback."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    server = subprocess.Popen(
-        [str(Path(sys.executable).with_name("moto_server")), "-H", "127.0.0.1", "-p", str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            break
-        except OSError:
-            assert time.monotonic() < deadline, "moto_server did not start"
-            time.sleep(0.1)
-    try:
-        yield url
-    finally:
-        server.terminate()
-        server.wait(timeout=10)
+    with moto_server() as port:
+        yield f"http://127.0.0.1:{port}"
 
 
 def test_inputs_and_outputs_on_an_s3_protocol_server(tmp_path: Path, moto_s3: str) -> None:

@@ -60,7 +60,10 @@ async def test_timeouts_expire_waiting_jobs_and_partially_complete_running_ones(
         await wait_for(store, running.job_id, JobStatus.IN_PROGRESS)
         waiting = jobs.submit(new_job("waits"))  # the model's one slot is taken
         await wait_for(store, waiting.job_id, JobStatus.SCHEDULED)
-        await asyncio.sleep(0.5)
+        deadline = time.monotonic() + 60
+        while (live := scheduler.live_counts(running.job_id)) is None or live.processed == 0:
+            assert time.monotonic() < deadline, "the running job finished no record"
+            await asyncio.sleep(0.05)
 
         clock.offset = 25 * 3600  # a day and an hour later
         scheduler.notify()

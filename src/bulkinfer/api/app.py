@@ -7,7 +7,6 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
-from starlette.types import ASGIApp, Receive, Scope, Send
 
 from bulkinfer import __version__
 from bulkinfer.api import errors
@@ -23,24 +22,6 @@ from bulkinfer.services.invoke import InvokeService, ModelPool
 from bulkinfer.settings import ServerSettings
 from bulkinfer.storage.uris import LocalBuckets
 from bulkinfer.store.batch_jobs import BatchJobStore
-
-
-class CountRequests:
-    """ASGI middleware: counts the HTTP requests being answered, so background work can give way."""
-
-    def __init__(self, app: ASGIApp, pressure: Pressure) -> None:
-        self._app = app
-        self._pressure = pressure
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self._app(scope, receive, send)
-            return
-        self._pressure.enter()
-        try:
-            await self._app(scope, receive, send)
-        finally:
-            self._pressure.leave()
 
 
 def create_app(settings: ServerSettings) -> FastAPI:
@@ -75,7 +56,7 @@ def create_app(settings: ServerSettings) -> FastAPI:
     app.state.settings = settings
     app.state.auth = Authenticator(parse_keys(settings.access_keys), settings.insecure_dev, settings.region)
     errors.install(app)
-    app.add_middleware(CountRequests, pressure=pressure)
+    app.state.pressure = pressure
     app.include_router(bedrock_router)
     app.include_router(runtime_router)
     return app

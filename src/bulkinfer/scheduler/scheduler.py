@@ -1,10 +1,11 @@
 """Keeps each model's job slots full, and every job moving whatever fails around it.
 
-Three supervised loops (see `supervisor`), each small and on its own so none waits behind another:
+Supervised loops (see `supervisor`), each small and on its own so none waits behind another:
 
-- **leases**: renews the leases of the jobs this replica holds, lets go of other replicas' lapsed ones,
-  and stops work on any job this replica no longer holds, or on all of them once it has lost touch with
-  the database for most of a lease, so no job ever runs twice;
+- **leases**: renews the leases of the jobs this replica holds and stops work on any it no longer holds;
+- **lease watchdog**: stops work on every job held here once the database has not confirmed the leases
+  for most of a lease, before another replica may take them, so no job ever runs twice;
+- **reaper**: lets go of other replicas' lapsed leases and clears what ended jobs left staged;
 - **validation**: takes Submitted jobs (and Validating ones whose replica died) and validates them;
 - **slots**: ends waiting jobs past their deadline, takes up Stopping jobs whose replica died, and starts
   Scheduled jobs the moment their model has a free slot.
@@ -186,6 +187,8 @@ class Scheduler:
                 log.info("took up %d jobs left by the previous run", released)
         listener = self._store.listen(self.notify)
         self._loops.start("leases", self._leases_step)
+        self._loops.start("lease watchdog", self._watchdog_step)
+        self._loops.start("reaper", self._reaper_step)
         self._loops.start("validation", self._validation_step)
         self._loops.start("slots", self._slots_step)
         self._wake_all()
@@ -226,16 +229,23 @@ class Scheduler:
         lease = self._settings.lease_seconds
         await self._wait(self._leases_wake, lease / 4)
         held = list(self._running) + sorted(self._validating)
-        try:
-            rows = await asyncio.wait_for(
-                self._lease_call(self._store.renew, self.replica, held, lease), lease / 3
-            )
-        except Exception:
-            self._fence_if_out_of_touch()
-            raise
-        self._lease_confirmed = time.monotonic()
+        asked = time.monotonic()
+        rows = await asyncio.wait_for(
+            self._lease_call(self._store.renew, self.replica, held, lease), lease / 3
+        )
+        self._lease_confirmed = asked
         self._check_held({row.job_id: row for row in rows}, held)
-        if await self._lease_call(self._store.release_expired):
+
+    async def _watchdog_step(self) -> None:
+        """Stop work on held jobs once their leases may have lapsed unseen (see `FENCE_FRACTION`),
+        checked on its own, however long the leases loop waits on a database that does not answer."""
+        await asyncio.sleep(self._settings.lease_seconds / 10)
+        self._fence_if_out_of_touch()
+
+    async def _reaper_step(self) -> None:
+        """Take up other replicas' lapsed leases, and clear what ended jobs left staged."""
+        await asyncio.sleep(self._settings.lease_seconds / 2)
+        if await self._db(self._store.release_expired):
             self._slots_wake.set()  # another replica's jobs are free to take
             self._validation_wake.set()
         if time.monotonic() >= self._next_sweep:
@@ -245,6 +255,9 @@ class Scheduler:
     def _check_held(self, stored: dict[str, BatchJob], held: list[str]) -> None:
         for job_id in held:
             row = stored.get(job_id)
+            ended = row is not None and (row.status.is_terminal or row.status == JobStatus.STOPPED)
+            if ended and row is not None and row.owner is None:
+                continue  # it just ended (its task is closing it)
             if row is None or row.owner != self.replica or row.status not in LEASED:
                 self._fence(job_id, f"no longer held here ({row.status.value if row else 'gone'})")
             elif row.status == JobStatus.STOPPING and job_id in self._running:
@@ -453,11 +466,11 @@ class Scheduler:
         except BulkinferError as exc:
             await self._end(job, JobStatus.FAILED, message=str(exc))
             return
-        running.job = local
-        running.counts.processed = (await asyncio.to_thread(local.committed)).processed
-        if running.stop is not None:
-            local.request_stop(running.stop)
-        try:
+        try:  # from here on the job is open: whatever happens, close() releases its lock
+            running.job = local
+            running.counts.processed = (await asyncio.to_thread(local.committed)).processed
+            if running.stop is not None:
+                local.request_stop(running.stop)
             await self._finish(job, local, running.counts)
         except (asyncio.CancelledError, LeaseLost):
             raise  # shut down or fenced: the job resumes where it is held next

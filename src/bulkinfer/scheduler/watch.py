@@ -25,6 +25,8 @@ class WatchFolder:
         self._model = model
         self._buckets = buckets
         self._jobs = jobs
+        self._submitted: set[str] = set()
+        """Tokens of the files in the inbox already made into jobs (forgotten once a file goes)."""
 
     async def run(self, every_s: float) -> None:
         """Scan every ``every_s`` until cancelled; a failed scan (a vanished folder, the database away)
@@ -43,14 +45,19 @@ class WatchFolder:
             inbox = self._buckets.path(inbox_uri)
         except BulkinferError:
             return  # nothing has landed yet
+        present: set[str] = set()
         for path in sorted(inbox.rglob("*.jsonl")):
             relative = path.relative_to(inbox).as_posix()
+            token = _token(relative, path)
+            present.add(token)
+            if token in self._submitted:
+                continue  # made into a job by an earlier scan (the store's token would find it too)
             self._jobs.submit(
                 NewJob(
                     tenant=WATCH_TENANT,
                     name=_job_name(relative),
                     model_id=self._model,
-                    client_token=_token(relative, path),
+                    client_token=token,
                     request={
                         "roleArn": WATCH_ROLE,
                         "inputDataConfig": {"s3InputDataConfig": {"s3Uri": inbox_uri + relative}},
@@ -58,6 +65,8 @@ class WatchFolder:
                     },
                 )
             )
+            self._submitted.add(token)
+        self._submitted &= present  # bounded by the files in the inbox
 
 
 def _token(relative: str, path: Path) -> str:

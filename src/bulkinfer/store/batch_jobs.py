@@ -156,8 +156,10 @@ class BatchJobStore:
                 announce(conn, job.job_id)
             return job
         except IntegrityError:
+            # the same client token, or this very job: a commit whose answer was lost, then retried
             existing = self.by_token(job.tenant, job.client_token) if job.client_token else None
-            if existing is None:
+            existing = existing or self.get(job.job_id)
+            if existing is None or existing.tenant != job.tenant:
                 raise
             return existing
 

@@ -45,17 +45,26 @@ class Batcher(Generic[K, R]):
     def _run(self) -> None:
         while True:
             with self._changed:
-                if not self._waiting and not self._changed.wait(timeout=IDLE_S):
+                if not self._waiting:
+                    self._changed.wait(timeout=IDLE_S)
+                if not self._waiting:  # (checked again: a call may have come as the wait timed out)
                     self._thread = None
                     return
                 group, self._waiting = self._waiting[: self._max_group], self._waiting[self._max_group :]
-            self._answer(group)
+            # a caller that gave up (its coroutine was cancelled) is left out, not answered
+            live = [(item, future) for item, future in group if future.set_running_or_notify_cancel()]
+            if live:
+                self._answer(live)
 
     def _answer(self, group: list[tuple[K, Future[R]]]) -> None:
         try:
             results = self._serve([item for item, _ in group])
-        except BaseException as exc:  # the whole group failed: each caller gets the error
+        except Exception as exc:  # the whole group failed: each caller gets the error
             results = [exc] * len(group)
+        except BaseException:
+            for _, future in group:
+                future.set_exception(RuntimeError(f"{self._name} stopped"))
+            raise
         for (_, future), result in zip(group, results, strict=True):
             if isinstance(result, BaseException):
                 future.set_exception(result)

@@ -288,9 +288,23 @@ def _set_aside_stale_journals(path: Path) -> None:
             stale.rename(stale.with_name(f"{stale.name}.orphan-{stamp}"))
 
 
+POSTGRES_CONNECT_ARGS = {
+    "connect_timeout": 5,
+    "keepalives": 1,
+    "keepalives_idle": 10,
+    "keepalives_interval": 5,
+    "keepalives_count": 3,
+}
+
+
 def make_engine(url: str) -> Engine:
-    # A pooled PostgreSQL connection may have died with a server restart: test it before use.
-    engine = create_engine(url, pool_pre_ping=not url.startswith("sqlite"))
+    # A pooled PostgreSQL connection may have died with a server restart: test it before use. A server
+    # that stops answering (a network black hole) is noticed by connect timeouts and TCP keepalives, so
+    # a call fails (and is retried) instead of hanging its thread for good.
+    if url.startswith("sqlite"):
+        engine = create_engine(url)
+    else:
+        engine = create_engine(url, pool_pre_ping=True, connect_args=POSTGRES_CONNECT_ARGS)
     if url.startswith("sqlite"):
 
         @event.listens_for(engine, "connect")

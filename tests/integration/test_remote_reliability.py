@@ -87,7 +87,9 @@ def test_ten_thousand_records_through_thirty_percent_faults_each_billed_once(
     assert faulted > 0.25 * stats.calls  # the faults really happened
     lines = read_jsonl(report.output_dir / "big.jsonl.out")
     attempts = [line["attempts"] for line in lines]
-    assert sum(attempts) == stats.calls - stats.rate_limited
+    # Every call the provider saw was an attempt; an attempt that timed out before its request left
+    # (a starved machine) is counted by the client alone.
+    assert sum(attempts) >= stats.calls - stats.rate_limited
     assert max(attempts) > 1 and lines[0]["modelOutput"]["content"][0]["text"].startswith("sim: ")
 
 

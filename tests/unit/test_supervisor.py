@@ -39,13 +39,23 @@ def test_backoff_grows_and_is_capped() -> None:
 
 async def test_background_work_waits_while_requests_are_answered_and_not_forever() -> None:
     pressure = Pressure(busy=1, max_wait_s=3600)
-    pressure.enter()
+    first = pressure.enter()
     pressure.enter()
     waited = asyncio.create_task(pressure.calm())
     await asyncio.sleep(0.05)
     assert not waited.done()  # two requests in flight: background work waits
-    pressure.leave()
+    pressure.leave(first)
     await asyncio.wait_for(waited, timeout=30)  # one left: it goes on
     bounded = Pressure(busy=0, max_wait_s=0.01)
     bounded.enter()
     await asyncio.wait_for(bounded.calm(), timeout=30)  # busy for good, but the wait is bounded
+
+
+def test_a_request_that_never_ends_stops_counting(monkeypatch: pytest.MonkeyPatch) -> None:
+    from bulkinfer.scheduler import pressure as module
+
+    pressure = Pressure(busy=0)
+    pressure.enter()  # a client that sent headers and nothing more
+    assert pressure.in_flight == 1
+    monkeypatch.setattr(module, "STALE_S", -1.0)
+    assert pressure.in_flight == 0

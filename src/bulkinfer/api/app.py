@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from bulkinfer import __version__
 from bulkinfer.api import errors
@@ -22,6 +23,25 @@ from bulkinfer.services.invoke import InvokeService, ModelPool
 from bulkinfer.settings import ServerSettings
 from bulkinfer.storage.uris import LocalBuckets
 from bulkinfer.store.batch_jobs import BatchJobStore
+
+
+class CountRequests:
+    """ASGI middleware: tells `Pressure` when each HTTP request starts and ends, so background work can
+    give way to a burst (a request stops counting after a few seconds, whatever the client does)."""
+
+    def __init__(self, app: ASGIApp, pressure: Pressure) -> None:
+        self._app = app
+        self._pressure = pressure
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self._app(scope, receive, send)
+            return
+        ticket = self._pressure.enter()
+        try:
+            await self._app(scope, receive, send)
+        finally:
+            self._pressure.leave(ticket)
 
 
 def create_app(settings: ServerSettings) -> FastAPI:
@@ -56,7 +76,7 @@ def create_app(settings: ServerSettings) -> FastAPI:
     app.state.settings = settings
     app.state.auth = Authenticator(parse_keys(settings.access_keys), settings.insecure_dev, settings.region)
     errors.install(app)
-    app.state.pressure = pressure
+    app.add_middleware(CountRequests, pressure=pressure)
     app.include_router(bedrock_router)
     app.include_router(runtime_router)
     return app

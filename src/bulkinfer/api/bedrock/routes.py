@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from typing import Annotated, Any
 from urllib.parse import unquote
 
@@ -20,7 +19,6 @@ from bulkinfer.api.bedrock.schemas import (
 )
 from bulkinfer.domain.job import JobStatus
 from bulkinfer.errors import UserError
-from bulkinfer.scheduler.pressure import Pressure
 from bulkinfer.services.batch import BatchService, JobNotFound, NewJob
 from bulkinfer.settings import ServerSettings
 from bulkinfer.store.batch_jobs import JobFilter
@@ -28,18 +26,9 @@ from bulkinfer.store.batch_jobs import JobFilter
 router = APIRouter()
 
 
-async def caller(request: Request) -> AsyncIterator[Caller]:
-    """The authenticated caller. While its request is answered, background work gives way (see
-    `scheduler.pressure`); counted only once authenticated, so idle or unsigned connections count for
-    nothing."""
+async def caller(request: Request) -> Caller:
     auth: Authenticator = request.app.state.auth
-    who = await auth(request)
-    pressure: Pressure = request.app.state.pressure
-    pressure.enter()
-    try:
-        yield who
-    finally:
-        pressure.leave()
+    return await auth(request)
 
 
 async def service(request: Request) -> BatchService:

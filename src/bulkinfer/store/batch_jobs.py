@@ -38,6 +38,8 @@ LEASED = (JobStatus.VALIDATING, JobStatus.IN_PROGRESS, JobStatus.STOPPING)
 
 RUNNING = (JobStatus.IN_PROGRESS, JobStatus.STOPPING)
 
+DOWN_S = 2.0
+"""After the database was found down, grouped calls fail at once for this long (then try again)."""
 MAX_GROUP = 500
 """Most creates committed in one transaction, or reads made in one query."""
 """The statuses that take one of a model's job slots."""
@@ -86,6 +88,7 @@ class BatchJobStore:
         self._patience_s = patience_s
         self._engine: Engine = make_engine(url)
         self._retry(lambda: upgrade(self._engine))
+        self._down: tuple[float, DBAPIError] | None = None
         self._inserts = Batcher[BatchJob, BatchJob]("job-creates", self._insert_group, MAX_GROUP)
         self._reads = Batcher[str, BatchJob | None]("job-reads", self._read_group, MAX_GROUP)
 
@@ -133,7 +136,7 @@ class BatchJobStore:
                 announce(conn, jobs[0].job_id)
 
         try:
-            self._retry(together)
+            self._while_up(together)
         except DBAPIError as exc:
             if is_transient_db(exc):
                 raise  # the database is away: every caller is told so
@@ -143,8 +146,29 @@ class BatchJobStore:
 
     def _read_group(self, job_ids: Sequence[str]) -> list[BatchJob | None]:
         query = select(batch_jobs).where(batch_jobs.c.job_id.in_(sorted(set(job_ids))))
-        found = {job.job_id: job for job in self._many(query)}
+
+        def read() -> list[BatchJob]:
+            with self._engine.connect() as conn:
+                return [_job(r) for r in conn.execute(query).mappings().all()]
+
+        found = {job.job_id: job for job in self._while_up(read)}
         return [found.get(job_id) for job_id in job_ids]
+
+    def _while_up(self, fn: Callable[[], T]) -> T:
+        """A grouped call, retried through a blip; once the database has been found down, the groups
+        that follow within `DOWN_S` are answered at once with that error, so a burst during an outage
+        gets its 503s in about one retry's patience instead of one patience per group."""
+        down = self._down
+        if down is not None and time.monotonic() < down[0]:
+            raise down[1]
+        try:
+            result = self._retry(fn)
+        except DBAPIError as exc:
+            if is_transient_db(exc):
+                self._down = (time.monotonic() + DOWN_S, exc)
+            raise
+        self._down = None
+        return result
 
     def _insert_one(self, job: BatchJob) -> BatchJob:
         return self._retry(lambda: self._insert_or_find(job))

@@ -411,6 +411,8 @@ def serve(
     if (watch is None) != (watch_model is None):
         err.print("[red]error:[/red] --watch and --watch-model go together", highlight=False)
         raise typer.Exit(EXIT_USAGE)
+    if watch is not None:
+        _check_watch(watch, data_dir)
     if insecure_dev:
         err.print("insecure dev mode: any credentials are accepted; do not expose this server")
     elif not access_keys:
@@ -429,6 +431,17 @@ def serve(
         await task
 
     asyncio.run(announce_and_serve())
+
+
+def _check_watch(watch: str, data_dir: Path) -> None:
+    """A watch folder URI that could never match anything is a usage error now, not silence forever."""
+    from bulkinfer.storage.uris import LocalBuckets
+
+    try:
+        LocalBuckets(data_dir).path(f"{watch.rstrip('/')}/to-process/", must_exist=False)
+    except UserError as exc:
+        err.print(f"[red]error:[/red] --watch {escape(str(exc))}", highlight=False)
+        raise typer.Exit(EXIT_USAGE) from None
 
 
 @app.command("models")

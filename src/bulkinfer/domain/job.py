@@ -35,6 +35,10 @@ _TERMINAL = frozenset(
     {JobStatus.COMPLETED, JobStatus.PARTIALLY_COMPLETED, JobStatus.FAILED, JobStatus.EXPIRED}
 )
 
+#: A service job in one of these has ended and written all the outputs it will (the service never
+#: resumes a Stopped job; a local run may).
+SERVICE_ENDED = _TERMINAL | {JobStatus.STOPPED}
+
 #: Which status may follow which, for service jobs and local runs alike. The stores enforce it on every
 #: status change: a refused transition is a bug and raises. Updates that keep the status are not
 #: transitions. Each non-terminal status has an owner (a replica holding a lease) or a recovery rule:

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-from bulkinfer.domain.job import JobStatus
+from bulkinfer.domain.job import SERVICE_ENDED, JobStatus
 from bulkinfer.engine.job import LocalJob, MediaSettings, RunRequest
 from bulkinfer.engine.runner import EngineSettings
 from bulkinfer.errors import BulkinferError, JobLocked
@@ -255,8 +255,7 @@ class Scheduler:
     def _check_held(self, stored: dict[str, BatchJob], held: list[str]) -> None:
         for job_id in held:
             row = stored.get(job_id)
-            ended = row is not None and (row.status.is_terminal or row.status == JobStatus.STOPPED)
-            if ended and row is not None and row.owner is None:
+            if row is not None and row.status in SERVICE_ENDED and row.owner is None:
                 continue  # it just ended (its task is closing it)
             if row is None or row.owner != self.replica or row.status not in LEASED:
                 self._fence(job_id, f"no longer held here ({row.status.value if row else 'gone'})")
@@ -314,8 +313,6 @@ class Scheduler:
             outcome = await self._validated(job)
         finally:
             self._validating.discard(job.job_id)
-        if outcome is None:
-            return
         new, changes = outcome
         done = await self._db(self._store.transition, job, new, held_by=self.replica, **changes)
         if done is None:
@@ -327,8 +324,8 @@ class Scheduler:
             failpoint("scheduled")
             self._slots_wake.set()
 
-    async def _validated(self, job: BatchJob) -> tuple[JobStatus, dict[str, Any]] | None:
-        """The status validation moves the job to, with its changes; None when the job is lost here."""
+    async def _validated(self, job: BatchJob) -> tuple[JobStatus, dict[str, Any]]:
+        """The status validation moves the job to, with its changes."""
         uri = _input_uri(job)
         try:
             if self._staging is not None:
@@ -376,7 +373,7 @@ class Scheduler:
         if self._staging is None:
             return
         job = await self._db(self._store.get, job_id)
-        if job is None or job.status.is_terminal or job.status == JobStatus.STOPPED:
+        if job is None or job.status in SERVICE_ENDED:
             await self._discard_staging(job_id)
 
     async def _sweep_staging(self) -> None:

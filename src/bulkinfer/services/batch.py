@@ -7,7 +7,7 @@ import time
 from dataclasses import dataclass, replace
 from typing import Any
 
-from bulkinfer.domain.job import JobStatus, new_job_id
+from bulkinfer.domain.job import SERVICE_ENDED, JobStatus, new_job_id
 from bulkinfer.errors import BulkinferError, UserError
 from bulkinfer.faults import failpoint
 from bulkinfer.providers.catalog import Catalog
@@ -27,10 +27,10 @@ class JobNotEnded(BulkinferError):
     """The job has not ended, so its outputs are not final."""
 
 
-#: A job in one of these has written all the outputs it will (a service never resumes a Stopped job).
 STOP_TRIES = 5
+"""Times a stop looks at a job that keeps moving before it gives up."""
 
-ENDED = frozenset({s for s in JobStatus if s.is_terminal} | {JobStatus.STOPPED})
+ENDED = SERVICE_ENDED
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,7 +130,7 @@ class BatchService:
         output and manifest, wherever it is held); one that never ran ends Stopped at once."""
         for _ in range(STOP_TRIES):  # a job that moves on meanwhile is looked at again
             job = self.get(tenant, job_id)
-            if job.status.is_terminal or job.status in (JobStatus.STOPPED, JobStatus.STOPPING):
+            if job.status in ENDED or job.status == JobStatus.STOPPING:
                 raise JobConflict(f"Job {job_id} cannot be stopped. State was: {job.status.value}")
             ran = job.status == JobStatus.IN_PROGRESS or job.start_time is not None
             if ran:

@@ -136,7 +136,7 @@ def job_summary(job: BatchJob, region: str, account: str) -> dict[str, Any]:
         "outputDataConfig": request["outputDataConfig"],
         "vpcConfig": request.get("vpcConfig"),
         "timeoutDurationInHours": timeout,
-        "jobExpirationTime": _iso(job.submit_time + timeout * 3600),
+        "jobExpirationTime": _iso(job.expires_at or job.submit_time + timeout * 3600),
         "modelInvocationType": request.get("modelInvocationType"),
         "totalRecordCount": job.total,
         "processedRecordCount": job.processed,

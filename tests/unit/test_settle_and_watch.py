@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import os
 import threading
+import time
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, cast
@@ -71,3 +72,31 @@ def test_the_watch_folder_submits_a_file_once_and_again_when_it_changes(tmp_path
     os.utime(dropped, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000_000))
     watch.scan()
     assert len(jobs.tokens) == 2 and jobs.tokens[0] != jobs.tokens[1]  # a new version is a new job
+
+
+def test_a_call_that_comes_as_the_batcher_goes_idle_is_still_answered(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from concurrent.futures import Future
+
+    from bulkinfer.store import batcher as batcher_module
+    from bulkinfer.store.batcher import Batcher
+
+    monkeypatch.setattr(batcher_module, "IDLE_S", 0.01)
+    doubled = Batcher[int, int]("test", lambda items: [2 * i for i in items], max_group=10)
+    late: list[Future[int]] = []
+    real_wait = doubled._changed.wait
+
+    def wait_then_call(timeout: float | None = None) -> bool:
+        woken = real_wait(timeout)
+        if not woken and not late:  # the wait timed out, and just then a call comes in
+            late.append(doubled.submit(21))
+        return woken
+
+    monkeypatch.setattr(doubled._changed, "wait", wait_then_call)
+    assert doubled.submit(1).result(timeout=30) == 2
+    deadline = time.monotonic() + 30
+    while not late:
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    assert late[0].result(timeout=30) == 42

@@ -131,31 +131,55 @@ class OcrEngine:
 def decode_image(data: bytes, field: str = "") -> tuple[int, int, np.ndarray[Any, Any]]:
     """Width, height and BGR pixels (what rapidocr takes) of a JPEG, PNG, GIF (first frame) or WebP.
 
-    EXIF orientation is applied; transparent pixels become a background that contrasts with the rest.
+    The width and height are the image's own (what it counts as in tokens); the pixels are shrunk to fit
+    within MAX_SIDE first, so memory per image is bounded whatever its size. EXIF orientation is applied;
+    transparent pixels become a background that contrasts with the rest.
     """
     try:
         with Image.open(io.BytesIO(data)) as opened:
             width, height = opened.size
             opened.draft("RGB", (MAX_SIDE, MAX_SIDE))  # JPEG only: decode big photos at a reduced scale
-            image = ImageOps.exif_transpose(opened)
+            # Shrink before turning: exif_transpose copies the whole image even when it turns nothing.
+            image = ImageOps.exif_transpose(_shrink(opened))
             rgb = _flatten(image)
     except Exception as exc:  # Pillow raises many kinds for a broken file; each is this record's fault
         raise RecordInvalid(f"the image cannot be decoded: {exc}", field=field) from exc
     return width, height, np.ascontiguousarray(rgb[:, :, ::-1])
 
 
+def _shrink(image: Image.Image) -> Image.Image:
+    """The image with its longer side at most MAX_SIDE (rapidocr would scale it down to that anyway)."""
+    if max(image.size) <= MAX_SIDE:
+        return image
+    if image.mode not in _RESAMPLED_MODES or "transparency" in image.info:
+        # Pillow resizes a palette image by nearest neighbour, and a transparent colour would not survive.
+        image = image.convert("RGBA" if _has_alpha(image) else "RGB")
+    # In place; Pillow premultiplies alpha while it resamples, so hidden pixels do not bleed into edges.
+    image.thumbnail((MAX_SIDE, MAX_SIDE), Image.Resampling.LANCZOS)
+    return image
+
+
+_RESAMPLED_MODES = ("RGB", "RGBA", "L", "LA")
+
+
+def _has_alpha(image: Image.Image) -> bool:
+    return image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info
+
+
 def _flatten(image: Image.Image) -> np.ndarray[Any, Any]:
     """RGB pixels; transparent areas get white, or black when the visible pixels are mostly light."""
-    if image.mode not in ("RGBA", "LA", "PA") and "transparency" not in image.info:
+    if not _has_alpha(image):
         rgb: np.ndarray[Any, Any] = np.asarray(image.convert("RGB"))
         return rgb
-    rgba = np.asarray(image.convert("RGBA")).astype(np.float32)
-    alpha = rgba[:, :, 3:] / 255.0
-    visible = rgba[:, :, :3][rgba[:, :, 3] > 0]
+    rgba = np.asarray(image.convert("RGBA"))
+    colour, alpha = rgba[:, :, :3], rgba[:, :, 3:].astype(np.uint16)
+    visible = colour[rgba[:, :, 3] > 0]
     light = visible.size > 0 and float((visible @ np.array([0.299, 0.587, 0.114])).mean()) >= 128
-    background = 0.0 if light else 255.0
-    blended: np.ndarray[Any, Any] = rgba[:, :, :3] * alpha + background * (1.0 - alpha)
-    return blended.round().astype(np.uint8)
+    background = 0 if light else 255
+    # Integer blending, rounded to nearest: (colour * a + background * (255 - a)) / 255 never ends in .5,
+    # so this matches float rounding exactly, and it fits 16 bits (at most 255 * 255 + 127).
+    blended = (colour * alpha + background * (255 - alpha) + 127) // 255
+    return blended.astype(np.uint8)
 
 
 def reading_order(boxes: Sequence[Sequence[Sequence[float]]], texts: Sequence[str]) -> str:

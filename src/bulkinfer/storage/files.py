@@ -31,18 +31,33 @@ class InputFile:
         return f"{self.size}:{self.mtime_ns}"
 
 
-def list_inputs(location: Path) -> list[InputFile]:
-    """The ``.jsonl`` files at a location: the file itself, or every one under a folder, sorted."""
+def list_inputs(location: Path, within: Path | None = None) -> list[InputFile]:
+    """The ``.jsonl`` files at a location: the file itself, or every one under a folder, sorted.
+
+    With ``within`` (a local bucket's folder), a file that resolves outside it, through a symbolic link,
+    is refused: a bucket must not serve files from elsewhere on the machine.
+    """
     if not location.exists():
         raise InputError(f"input not found: {location}")
     if location.is_file():
         if location.suffix != ".jsonl":
             raise InputError(f"input {location} is not a .jsonl file")
-        return [_input(0, location, location.name)]
-    paths = sorted(p for p in location.rglob("*.jsonl") if p.is_file() and not _hidden(p, location))
-    if not paths:
-        raise InputError(f"no .jsonl file under {location}")
-    return [_input(i, p, p.relative_to(location).as_posix()) for i, p in enumerate(paths)]
+        files = [_input(0, location, location.name)]
+    else:
+        paths = sorted(p for p in location.rglob("*.jsonl") if p.is_file() and not _hidden(p, location))
+        if not paths:
+            raise InputError(f"no .jsonl file under {location}")
+        files = [_input(i, p, p.relative_to(location).as_posix()) for i, p in enumerate(paths)]
+    if within is not None:
+        _refuse_escapes(files, within)
+    return files
+
+
+def _refuse_escapes(files: list[InputFile], within: Path) -> None:
+    inside = within.resolve()  # the bucket folder may itself be a link
+    for file in files:
+        if not file.path.resolve().is_relative_to(inside):
+            raise InputError(f"{file.name}: a symbolic link to outside its bucket is not read")
 
 
 def _input(index: int, path: Path, name: str) -> InputFile:

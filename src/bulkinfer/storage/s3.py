@@ -125,7 +125,8 @@ class S3Staging:
         """Copy the job's ``.jsonl`` objects (one object, or every one under a prefix) to local disk and
         return the local file or folder. The objects are copied beside it and moved into place once all
         are there, so the input folder exists only complete. Objects over ``max_bytes`` in all are
-        refused from their listing, before a byte is downloaded."""
+        refused from their listing, before a byte is downloaded, and so is a key that would be staged
+        outside the job's folder (see `_staged_paths`)."""
         key = _key(uri)
         attempts = _Attempts(on_wait, patience_s)
         found = attempts(uri, "list", functools.partial(self._list, key))
@@ -142,8 +143,8 @@ class S3Staging:
         partial = target.with_name("input.partial")
         for folder in (partial, target):
             shutil.rmtree(folder, ignore_errors=True)
-        for name in objects:
-            local = partial / name[len(base) :].lstrip("/")
+        paths = _staged_paths(objects, base, partial)  # every key is checked before a byte is written
+        for name, local in paths.items():
             local.parent.mkdir(parents=True, exist_ok=True)
             attempts(f"s3://{name}", "download", functools.partial(self._fs.get_file, name, str(local)))
         partial.rename(target)
@@ -211,6 +212,28 @@ class _Attempts:
 
 def _key(uri: str) -> str:
     return uri.removeprefix("s3://").rstrip("/")
+
+
+def _staged_paths(names: list[str], base: str, folder: Path) -> dict[str, Path]:
+    """Where each listed object (``bucket/key``) is staged under ``folder``.
+
+    An object key is any string, so a key such as ``in/../../x.jsonl`` would be written outside the job's
+    folder; a key holding a ``..``, ``.`` or empty segment is refused rather than normalised (two keys
+    could normalise to one file), and so is any path that still resolves elsewhere.
+    """
+    inside = folder.resolve()
+    paths = {}
+    for name in names:
+        key = name.partition("/")[2]
+        if any(part in ("", ".", "..") for part in key.split("/")):
+            raise InputError(
+                f"s3://{name}: an object key may not hold '..', '.' or empty segments; refusing to stage it"
+            )
+        local = folder / name[len(base) :].lstrip("/")
+        if not local.resolve().is_relative_to(inside):
+            raise InputError(f"s3://{name}: would be staged outside the job's folder; refusing to stage it")
+        paths[name] = local
+    return paths
 
 
 def _error_response(exc: BaseException) -> dict[str, Any] | None:

@@ -18,12 +18,13 @@ class LocalBuckets:
     def __init__(self, data_dir: Path) -> None:
         self.root = (data_dir / "s3").resolve()
 
+    def bucket_dir(self, uri: str) -> Path:
+        """The folder of an ``s3://`` URI's bucket: every input file listed must resolve inside it."""
+        return self.root / _split(uri)[0]
+
     def path(self, uri: str, *, must_exist: bool = True) -> Path:
         """The local path of an ``s3://`` URI."""
-        match = S3_URI.fullmatch(uri)
-        if match is None:
-            raise InputError(f"{uri}: not an s3://bucket/key URI")
-        bucket, key = match.group(1), match.group(2) or ""
+        bucket, key = _split(uri)
         if ".." in key.split("/"):
             raise InputError(f"{uri}: a key may not contain '..'")
         bucket_dir = self.root / bucket
@@ -35,3 +36,11 @@ class LocalBuckets:
         if must_exist and not target.exists():
             raise InputError(f"{uri}: no such key or prefix")
         return target
+
+
+def _split(uri: str) -> tuple[str, str]:
+    """An ``s3://`` URI's bucket and key."""
+    match = S3_URI.fullmatch(uri)
+    if match is None:
+        raise InputError(f"{uri}: not an s3://bucket/key URI")
+    return match.group(1), match.group(2) or ""

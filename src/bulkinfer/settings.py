@@ -25,6 +25,14 @@ class ServerSettings(BaseSettings):
     access_keys: str | None = Field(
         None, description="KEY:SECRET pairs, comma-separated: each key is a tenant; requests must be signed."
     )
+    tenants: Path | None = Field(
+        None, description="TOML file of tenants: their access keys, granted s3:// prefixes, models, limits."
+    )
+    watch_tenant: str | None = Field(
+        None, description="The tenant whose grants and jobs the watch folder uses."
+    )
+    max_request_bytes: int = Field(32 * 2**20, ge=1024, description="Largest request body, refused unread.")
+    docs: bool = Field(False, description="Serve /docs, /redoc and /openapi.json (unauthenticated).")
     region: str = Field("us-east-1", description="Region used in job ARNs when a request names none.")
     account_id: str = Field("123456789012", pattern=r"[0-9]{12}", description="Account id in job ARNs.")
     jobs_per_model: int = Field(3, ge=1, description="Jobs of one model that run at once; more wait.")

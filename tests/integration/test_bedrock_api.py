@@ -385,12 +385,25 @@ def test_a_file_dropped_in_the_watch_folder_is_processed_without_an_api_call(tmp
         server.stop()
 
 
-def test_signatures_are_verified_and_each_key_is_a_tenant(tmp_path: Path) -> None:
+def tenants_file(path: Path, keys: dict[str, str]) -> Path:
+    """A ``--tenants`` file where each key is a tenant of its own granted every bucket; the secrets go
+    into this process's environment (a server started after inherits them)."""
+    entries = []
+    for key, secret in keys.items():
+        variable = f"BI_TEST_SECRET_{key}"
+        os.environ[variable] = secret
+        entries.append(
+            f'[tenants.{key.lower()}]\naccess_keys = {{ {key} = "{variable}" }}\ngrants = ["s3://"]\n'
+        )
+    path.write_text("\n".join(entries))
+    return path
+
+
+def test_signatures_are_verified_and_each_tenant_sees_its_own_jobs(tmp_path: Path) -> None:
     catalog = tmp_path / "models.toml"
     catalog.write_text(CATALOG)
-    server = start_server(
-        tmp_path / "data", catalog, "--access-keys", "AKIDALICE:alice-secret,AKIDBOB:bob-secret"
-    )
+    tenants = tenants_file(tmp_path / "tenants.toml", {"AKIDALICE": "alice-secret", "AKIDBOB": "bob-secret"})
+    server = start_server(tmp_path / "data", catalog, "--tenants", str(tenants))
     try:
         write_jsonl(server.bucket("auth-bucket") / "in.jsonl", records(3))
         alice = client(server, "AKIDALICE", "alice-secret")
@@ -416,7 +429,7 @@ def test_signatures_are_verified_and_each_key_is_a_tenant(tmp_path: Path) -> Non
 def test_serve_refuses_to_start_without_keys_or_insecure_dev(tmp_path: Path) -> None:
     command = [sys.executable, "-m", "bulkinfer", "serve", "--port", "0", "--data-dir", str(tmp_path)]
     result = subprocess.run(command, capture_output=True, text=True, timeout=60)
-    assert result.returncode == 2 and "--access-keys" in result.stderr
+    assert result.returncode == 2 and "--access-keys" in result.stderr and "--tenants" in result.stderr
 
 
 def test_two_replicas_share_one_postgresql_and_survive_losing_one(tmp_path: Path) -> None:

@@ -23,6 +23,7 @@ from tests.integration.test_bedrock_api import (
     moto_s3,  # noqa: F401  (a fixture)
     records,
     start_server,
+    tenants_file,
     wait_status,
 )
 
@@ -35,8 +36,8 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     root = tmp_path_factory.mktemp("serve")
     catalog = root / "models.toml"
     catalog.write_text(CATALOG)
-    keys = ",".join(f"{key}:{secret}" for key, secret in (ALICE, BOB))
-    running = start_server(root / "data", catalog, "--access-keys", keys)
+    tenants = tenants_file(root / "tenants.toml", dict([ALICE, BOB]))
+    running = start_server(root / "data", catalog, "--tenants", str(tenants))
     yield running
     running.stop()
 

@@ -9,6 +9,7 @@ from pathlib import Path
 import orjson
 
 from bulkinfer.domain.job import JobStatus
+from bulkinfer.domain.tenant import Tenant
 from bulkinfer.providers.catalog import Catalog
 from bulkinfer.scheduler.scheduler import Scheduler
 from bulkinfer.services.batch import BatchService, NewJob
@@ -33,7 +34,7 @@ def new_job(name: str) -> NewJob:
         "outputDataConfig": {"s3OutputDataConfig": {"s3Uri": "s3://out-bucket/"}},
         "timeoutDurationInHours": 24,
     }
-    return NewJob("tenant", name, "slow-echo", None, request)
+    return NewJob(Tenant("tenant"), name, "slow-echo", None, request)
 
 
 async def wait_for(store: BatchJobStore, job_id: str, status: JobStatus, timeout: float = 30) -> None:

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from bulkinfer.domain.job import JobStatus
+from bulkinfer.domain.tenant import Tenant
 from bulkinfer.providers.catalog import Catalog
 from bulkinfer.scheduler.scheduler import Scheduler
 from bulkinfer.services.batch import BatchService, NewJob
@@ -39,7 +40,7 @@ class Service:
             "inputDataConfig": {"s3InputDataConfig": {"s3Uri": f"s3://in-bucket/{input_key}"}},
             "outputDataConfig": {"s3OutputDataConfig": {"s3Uri": "s3://out-bucket/"}},
         }
-        return self.jobs.submit(NewJob("tenant", "checked", model, None, request))
+        return self.jobs.submit(NewJob(Tenant("tenant"), "checked", model, None, request))
 
     async def finished(self, job: BatchJob, timeout: float = 30) -> BatchJob:
         deadline = time.monotonic() + timeout

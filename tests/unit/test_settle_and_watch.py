@@ -13,6 +13,7 @@ from typing import Any, cast
 
 import pytest
 
+from bulkinfer.domain.tenant import Tenant
 from bulkinfer.engine import committer as committer_module
 from bulkinfer.engine.committer import Committer, Finished
 from bulkinfer.scheduler.watch import WatchFolder
@@ -64,7 +65,9 @@ def test_the_watch_folder_submits_a_file_once_and_again_when_it_changes(tmp_path
     dropped = inbox / "a.jsonl"
     dropped.write_text("{}\n")
     jobs = CountingJobs()
-    watch = WatchFolder("s3://watched/in", "echo", LocalBuckets(tmp_path), cast(BatchService, jobs))
+    watch = WatchFolder(
+        "s3://watched/in", "echo", LocalBuckets(tmp_path), cast(BatchService, jobs), Tenant("t")
+    )
     watch.scan()
     watch.scan()
     assert len(jobs.tokens) == 1  # seen before: no second submit (nor its database round trips)

@@ -11,13 +11,17 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from bulkinfer import __version__
 from bulkinfer.api import errors
-from bulkinfer.api.auth import Authenticator, parse_keys
+from bulkinfer.api.auth import DOCS_PATHS, Authenticator, Gate, parse_keys
 from bulkinfer.api.bedrock.routes import router as bedrock_router
 from bulkinfer.api.runtime.routes import router as runtime_router
+from bulkinfer.api.tenants import load_tenants, open_tenants, single_tenant
+from bulkinfer.domain.tenant import Tenant, Tenants
+from bulkinfer.engine.job import MediaSettings
+from bulkinfer.errors import ConfigError
 from bulkinfer.providers.catalog import Catalog
 from bulkinfer.scheduler.pressure import Pressure
 from bulkinfer.scheduler.scheduler import Scheduler
-from bulkinfer.scheduler.watch import WatchFolder
+from bulkinfer.scheduler.watch import WATCH_TENANT, WatchFolder
 from bulkinfer.services.batch import BatchService
 from bulkinfer.services.invoke import InvokeService, ModelPool
 from bulkinfer.settings import ServerSettings
@@ -44,22 +48,42 @@ class CountRequests:
             self._pressure.leave(ticket)
 
 
-def create_app(settings: ServerSettings) -> FastAPI:
+def tenants_of(settings: ServerSettings) -> Tenants:
+    """Who may call: the tenants file, the one tenant of ``--access-keys``, or anyone (development)."""
+    given = [settings.insecure_dev, settings.tenants is not None, settings.access_keys is not None]
+    if sum(given) != 1:
+        raise ConfigError(
+            "give exactly one of --tenants FILE, --access-keys KEY:SECRET,... or --insecure-dev"
+        )
+    if settings.insecure_dev:
+        return open_tenants()
+    if settings.tenants is not None:
+        return load_tenants(settings.tenants)
+    try:
+        return single_tenant(parse_keys(settings.access_keys))
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+
+
+def create_app(settings: ServerSettings, tenants: Tenants | None = None) -> FastAPI:
     settings.data_dir.mkdir(parents=True, exist_ok=True)
+    tenants = tenants or tenants_of(settings)
     catalog = Catalog.load(settings.models)
     store = BatchJobStore(settings.store_url)
     pressure = Pressure()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        scheduler = Scheduler(store, settings, catalog, pressure=pressure)
+        scheduler = Scheduler(store, settings, catalog, pressure=pressure, tenants=tenants)
         pool = ModelPool(catalog)
         app.state.batch = BatchService(store, scheduler, catalog)
-        app.state.invoke = InvokeService(catalog, pool)
+        media = MediaSettings.of_service(settings.fetch_allow, settings.data_dir, settings.s3_endpoint_url)
+        app.state.invoke = InvokeService(catalog, pool, media)
         tasks = [asyncio.create_task(scheduler.run())]
         if settings.watch and settings.watch_model:
+            owner = watch_tenant(tenants, settings)
             watch = WatchFolder(
-                settings.watch, settings.watch_model, LocalBuckets(settings.data_dir), app.state.batch
+                settings.watch, settings.watch_model, LocalBuckets(settings.data_dir), app.state.batch, owner
             )
             tasks.append(asyncio.create_task(watch.run(settings.watch_every_s)))
         try:
@@ -72,11 +96,39 @@ def create_app(settings: ServerSettings) -> FastAPI:
             await pool.close()
             store.close()
 
-    app = FastAPI(title="bulkinfer", version=__version__, lifespan=lifespan)
+    docs = {} if settings.docs else {"docs_url": None, "redoc_url": None, "openapi_url": None}
+    app = FastAPI(title="bulkinfer", version=__version__, lifespan=lifespan, **docs)  # type: ignore[arg-type]
     app.state.settings = settings
-    app.state.auth = Authenticator(parse_keys(settings.access_keys), settings.insecure_dev, settings.region)
+    app.state.tenants = tenants
     errors.install(app)
+    app.add_middleware(
+        Gate,
+        auth=Authenticator(tenants, settings.region),
+        max_body=settings.max_request_bytes,
+        respond=errors.refusal,
+        public=DOCS_PATHS if settings.docs else frozenset(),
+    )
     app.add_middleware(CountRequests, pressure=pressure)
     app.include_router(bedrock_router)
     app.include_router(runtime_router)
     return app
+
+
+def watch_tenant(tenants: Tenants, settings: ServerSettings) -> Tenant:
+    """The tenant the watch folder submits as; it must be granted the folder (to read its inbox and
+    write its outputs)."""
+    if tenants.open:
+        name = settings.watch_tenant or WATCH_TENANT
+    elif settings.watch_tenant is not None:
+        name = settings.watch_tenant
+    elif len(tenants.by_name) == 1:
+        (name,) = tenants.by_name
+    else:
+        raise ConfigError("--watch with several tenants needs --watch-tenant NAME: whose jobs are they?")
+    if not tenants.open and name not in tenants.by_name:
+        raise ConfigError(
+            f"--watch-tenant {name!r} is not a tenant; known: {', '.join(sorted(tenants.by_name))}"
+        )
+    tenant = tenants.get(name)
+    tenant.check_write(f"{(settings.watch or '').rstrip('/')}/", "--watch")
+    return tenant

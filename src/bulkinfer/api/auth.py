@@ -1,21 +1,36 @@
-"""Who is calling: AWS Signature Version 4, checked against the configured access keys.
+"""Who is calling, checked before a request reaches any route: AWS Signature Version 4 over a bounded body.
 
-Each access key is a tenant that sees only its own jobs. The signature is recomputed with botocore's own
-signer over exactly the headers the client signed, so whatever boto3 signs, we check the same way.
+`Gate` is ASGI middleware that, for every request, in this order:
+
+1. refuses a body whose ``Content-Length`` is over the cap (413), before anything else;
+2. refuses a request with no signature, an unknown access key id, or a credential scope for another
+   service (403), before a byte of the body is read;
+3. reads the body, refusing it once it passes the cap (a body sent without a length, chunked), so
+   nothing over the cap is ever held in memory;
+4. checks the signature over exactly that body, recomputed with botocore's own signer over the headers
+   the client signed, and that ``X-Amz-Content-SHA256``, when sent, is the body's hash (a captured
+   request cannot be replayed with another body), and the clock;
+
+then hands the request on with its ``Caller`` in ``scope["state"]`` and the body replayed. A refused
+request never reaches a route, so no JSON is parsed for it.
 """
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from botocore.auth import SigV4Auth
 from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
-from fastapi import Request
+from starlette.datastructures import Headers
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from bulkinfer.domain.tenant import Tenant, Tenants
 from bulkinfer.errors import BulkinferError
 
 _AUTHORIZATION = re.compile(
@@ -23,70 +38,116 @@ _AUTHORIZATION = re.compile(
     r"/aws4_request, ?SignedHeaders=(?P<headers>[^,]+), ?Signature=(?P<signature>[0-9a-f]{64})"
 )
 MAX_CLOCK_SKEW_S = 15 * 60
+MAX_KEY_ID = 128
+DEFAULT_MAX_REQUEST_BYTES = 32 * 2**20
+"""Enough for Bedrock's largest body, a 25 MB InvokeModel request, with room for JSON's overhead."""
+RUNTIME_PREFIX = "/model/"
+"""The bedrock-runtime routes, which boto3 may sign for ``bedrock`` or ``bedrock-runtime``."""
+DOCS_PATHS = frozenset({"/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json"})
 
 
 class AuthFailed(BulkinferError):
-    def __init__(self, code: str, message: str) -> None:
+    def __init__(self, code: str, message: str, status: int = 403) -> None:
         self.code = code
+        self.status = status
         super().__init__(message)
 
 
 @dataclass(frozen=True, slots=True)
 class Caller:
-    tenant: str
-    """The access key id: each key sees only its own jobs."""
+    tenant: Tenant
+    """Whose jobs it sees and what it may touch."""
     region: str
     """The region the request was signed for; it goes into ARNs."""
 
 
-MAX_KEY_ID = 128
+@dataclass(frozen=True, slots=True)
+class _Claim:
+    """What the Authorization header says, before the body is read."""
+
+    tenant: Tenant
+    secret: str
+    key: str
+    region: str
+    service: str
+    signed: str
+    signature: str
+
+
+_INVALID_TOKEN = ("UnrecognizedClientException", "The security token included in the request is invalid")
 
 
 class Authenticator:
-    def __init__(self, keys: dict[str, str], insecure: bool, default_region: str) -> None:
-        self._keys = keys
-        self._insecure = insecure
+    def __init__(self, tenants: Tenants, default_region: str) -> None:
+        self._tenants = tenants
         self._region = default_region
 
-    async def __call__(self, request: Request) -> Caller:
-        header = request.headers.get("authorization", "")
-        match = _AUTHORIZATION.fullmatch(header.strip())
+    @property
+    def open(self) -> bool:
+        return self._tenants.open
+
+    def claim(self, headers: Headers, path: str) -> _Claim | Caller:
+        """The caller an Authorization header claims to be; a `Caller` at once where nothing is checked
+        (development mode). Raises `AuthFailed` without reading the body."""
+        match = _AUTHORIZATION.fullmatch(headers.get("authorization", "").strip())
         if match is None:
-            if self._insecure:
-                return Caller("anonymous", self._region)
+            if self._tenants.open:
+                return Caller(Tenant("anonymous"), self._region)
             raise AuthFailed("MissingAuthenticationTokenException", "Request is missing a SigV4 signature")
         if len(match["key"]) > MAX_KEY_ID:  # AWS's own bound, and the store's for a tenant name
-            raise AuthFailed(
-                "UnrecognizedClientException", "The security token included in the request is invalid"
-            )
-        caller = Caller(match["key"], match["region"])
-        if self._insecure:
-            return caller
-        secret = self._keys.get(match["key"])
-        if secret is None:
-            raise AuthFailed(
-                "UnrecognizedClientException", "The security token included in the request is invalid"
-            )
-        expected = _signature(
-            request, await request.body(), secret, match["region"], match["service"], match["headers"]
+            raise AuthFailed(*_INVALID_TOKEN)
+        found = self._tenants.for_key(match["key"])
+        if found is None:
+            raise AuthFailed(*_INVALID_TOKEN)
+        tenant, secret = found
+        if self._tenants.open:
+            return Caller(tenant, match["region"])
+        _check_service(match["service"], path)
+        return _Claim(
+            tenant,
+            secret,
+            match["key"],
+            match["region"],
+            match["service"],
+            match["headers"],
+            match["signature"],
         )
-        if not hmac.compare_digest(expected, match["signature"]):
+
+    def verify(self, claim: _Claim, scope: Scope, headers: Headers, body: bytes) -> Caller:
+        """The caller, once the signature over ``body`` holds."""
+        sent_hash = headers.get("x-amz-content-sha256")
+        if sent_hash is not None and not hmac.compare_digest(sent_hash, hashlib.sha256(body).hexdigest()):
+            raise AuthFailed(
+                "AccessDeniedException",
+                "X-Amz-Content-SHA256 must be the SHA-256 of the body (unsigned payloads are not accepted)",
+            )
+        expected = _signature(scope, headers, body, claim)
+        if not hmac.compare_digest(expected, claim.signature):
             raise AuthFailed(
                 "AccessDeniedException",
                 "The request signature we calculated does not match the signature you provided",
             )
-        _check_clock(request.headers.get("x-amz-date", ""))
-        return caller
+        _check_clock(headers.get("x-amz-date", ""))
+        return Caller(claim.tenant, claim.region)
 
 
-def _signature(request: Request, body: bytes, secret: str, region: str, service: str, signed: str) -> str:
-    raw_path = request.scope.get("raw_path", request.url.path.encode()).decode()
-    query = request.scope.get("query_string", b"").decode()
-    url = f"http://{request.headers.get('host', '')}{raw_path}" + (f"?{query}" if query else "")
-    headers = {name: request.headers.get(name, "") for name in signed.split(";")}
-    copy = AWSRequest(method=request.method, url=url, headers=headers, data=body)
-    copy.context["timestamp"] = request.headers.get("x-amz-date", "")
-    signer = SigV4Auth(Credentials("unused", secret), service, region)
+def _check_service(service: str, path: str) -> None:
+    allowed = ("bedrock", "bedrock-runtime") if path.startswith(RUNTIME_PREFIX) else ("bedrock",)
+    if service not in allowed:
+        raise AuthFailed(
+            "InvalidSignatureException",
+            f"Credential should be scoped to correct service: '{allowed[0]}', not {service!r}",
+        )
+
+
+def _signature(scope: Scope, headers: Headers, body: bytes, claim: _Claim) -> str:
+    raw_path = scope.get("raw_path") or scope["path"].encode()
+    query = scope.get("query_string", b"").decode()
+    url = f"http://{headers.get('host', '')}{raw_path.decode()}" + (f"?{query}" if query else "")
+    signed = {name: headers.get(name, "") for name in claim.signed.split(";")}
+    copy = AWSRequest(method=scope["method"], url=url, headers=signed, data=body)
+    copy.context["timestamp"] = headers.get("x-amz-date", "")
+    signer = SigV4Auth(Credentials("unused", claim.secret), claim.service, claim.region)
     canonical = signer.canonical_request(copy)
     return str(signer.signature(signer.string_to_sign(copy, canonical), copy))
 
@@ -98,6 +159,84 @@ def _check_clock(stamp: str) -> None:
         raise AuthFailed("AccessDeniedException", "X-Amz-Date is missing or malformed") from None
     if abs((datetime.now(UTC) - signed_at).total_seconds()) > MAX_CLOCK_SKEW_S:
         raise AuthFailed("AccessDeniedException", "Signature expired: X-Amz-Date is more than 15 minutes off")
+
+
+class BodyTooLarge(AuthFailed):
+    def __init__(self, limit: int) -> None:
+        super().__init__("ValidationException", f"the request body is over the {limit:,}-byte limit", 413)
+
+
+class Gate:
+    """ASGI middleware: the checks in this module's docstring, before any route runs."""
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        auth: Authenticator,
+        max_body: int,
+        respond: Callable[[AuthFailed], ASGIApp],
+        public: frozenset[str] = frozenset(),
+    ) -> None:
+        self._app = app
+        self._auth = auth
+        self._max_body = max_body
+        self._respond = respond
+        self._public = public
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self._app(scope, receive, send)
+            return
+        try:
+            replay = await self._admit(scope, receive)
+        except AuthFailed as refusal:
+            await self._respond(refusal)(scope, receive, send)
+            return
+        await self._app(scope, replay, send)
+
+    async def _admit(self, scope: Scope, receive: Receive) -> Receive:
+        headers = Headers(scope=scope)
+        length = headers.get("content-length", "")
+        if length.isdigit() and int(length) > self._max_body:
+            raise BodyTooLarge(self._max_body)
+        public = scope["path"] in self._public
+        claim = None if public else self._auth.claim(headers, scope["path"])
+        body = await _read_body(receive, self._max_body)
+        if isinstance(claim, _Claim):
+            claim = self._auth.verify(claim, scope, headers, body)
+        scope.setdefault("state", {})["caller"] = claim
+        return _replay(body, receive)
+
+
+async def _read_body(receive: Receive, limit: int) -> bytes:
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            break
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            raise BodyTooLarge(limit)
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            break
+    return b"".join(chunks)
+
+
+def _replay(body: bytes, receive: Receive) -> Receive:
+    """A ``receive`` that gives the body read already, then whatever the client does next."""
+    sent = False
+
+    async def again() -> Message:
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()
+
+    return again
 
 
 def parse_keys(text: str | None) -> dict[str, str]:

@@ -10,8 +10,10 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 from bulkinfer.api.auth import AuthFailed
+from bulkinfer.domain.tenant import NotGranted
 from bulkinfer.errors import UserError
 from bulkinfer.services.batch import JobConflict, JobNotEnded, JobNotFound
+from bulkinfer.store.batch_jobs import TooManyActiveJobs
 from bulkinfer.transient import is_transient_db
 
 log = logging.getLogger(__name__)
@@ -25,6 +27,11 @@ def error_response(status: int, code: str, message: str) -> JSONResponse:
     )
 
 
+def refusal(exc: AuthFailed) -> JSONResponse:
+    """The answer to a request refused before it reached a route."""
+    return error_response(exc.status, exc.code, str(exc))
+
+
 def install(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
     async def invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
@@ -33,9 +40,13 @@ def install(app: FastAPI) -> None:
         detail = str(first["msg"]).removeprefix("Value error, ")
         return error_response(400, "ValidationException", f"{where}: {detail}" if where else detail)
 
-    @app.exception_handler(AuthFailed)
-    async def refused(_: Request, exc: AuthFailed) -> JSONResponse:
-        return error_response(403, exc.code, str(exc))
+    @app.exception_handler(NotGranted)
+    async def not_granted(_: Request, exc: NotGranted) -> JSONResponse:
+        return error_response(403, "AccessDeniedException", str(exc))
+
+    @app.exception_handler(TooManyActiveJobs)
+    async def too_many(_: Request, exc: TooManyActiveJobs) -> JSONResponse:
+        return error_response(400, "ServiceQuotaExceededException", str(exc))
 
     @app.exception_handler(JobNotFound)
     async def not_found(_: Request, exc: JobNotFound) -> JSONResponse:

@@ -13,7 +13,7 @@ import sys
 from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, NoReturn
 
 import orjson
 import typer
@@ -37,6 +37,10 @@ from bulkinfer.formats.jsonl import Line, OversizeLine, split_lines
 from bulkinfer.providers.catalog import Catalog
 from bulkinfer.storage.files import list_inputs, read_blocks
 from bulkinfer.store.state import CorruptStateFile, StateStore
+
+if TYPE_CHECKING:
+    from bulkinfer.domain.tenant import Tenants
+    from bulkinfer.settings import ServerSettings
 
 EXIT_FAILED = 1
 EXIT_USAGE = 2
@@ -359,7 +363,17 @@ def serve(
     access_keys: Annotated[
         str | None,
         typer.Option(
-            envvar="BULKINFER_ACCESS_KEYS", help="KEY:SECRET,...: the keys allowed to sign requests."
+            envvar="BULKINFER_ACCESS_KEYS",
+            help="KEY:SECRET,...: one team's keys, granted everything (the environment variable keeps "
+            "secrets off the command line).",
+        ),
+    ] = None,
+    tenants: Annotated[
+        Path | None,
+        typer.Option(
+            envvar="BULKINFER_TENANTS",
+            help="TOML file of tenants: access keys (by the variable holding each secret), granted s3:// "
+            "prefixes, models, limits.",
         ),
     ] = None,
     watch: Annotated[
@@ -368,6 +382,10 @@ def serve(
     ] = None,
     watch_model: Annotated[
         str | None, typer.Option(envvar="BULKINFER_WATCH_MODEL", help="Model for watch-folder jobs.")
+    ] = None,
+    watch_tenant: Annotated[
+        str | None,
+        typer.Option(envvar="BULKINFER_WATCH_TENANT", help="Tenant the watch folder's jobs belong to."),
     ] = None,
     lease_seconds: Annotated[
         float,
@@ -383,6 +401,17 @@ def serve(
             help="How long a job waits out a database or S3 outage before it fails, naming it.",
         ),
     ] = 6 * 3600.0,
+    max_request_bytes: Annotated[
+        int,
+        typer.Option(
+            envvar="BULKINFER_MAX_REQUEST_BYTES",
+            min=1024,
+            help="Largest request body; more is refused unread.",
+        ),
+    ] = 32 * 2**20,
+    docs: Annotated[
+        bool, typer.Option(envvar="BULKINFER_DOCS", help="Serve /docs and /openapi.json (unauthenticated).")
+    ] = False,
 ) -> None:
     """Serve the Bedrock batch API (boto3's `bedrock` client with endpoint_url) and run its jobs."""
     try:
@@ -403,22 +432,23 @@ def serve(
         jobs_per_model=jobs_per_model,
         insecure_dev=insecure_dev,
         access_keys=access_keys,
+        tenants=tenants,
         watch=watch,
         watch_model=watch_model,
+        watch_tenant=watch_tenant,
         lease_seconds=lease_seconds,
         outage_seconds=outage_seconds,
+        max_request_bytes=max_request_bytes,
+        docs=docs,
     )
     if (watch is None) != (watch_model is None):
         err.print("[red]error:[/red] --watch and --watch-model go together", highlight=False)
         raise typer.Exit(EXIT_USAGE)
     if watch is not None:
         _check_watch(watch, data_dir)
-    if insecure_dev:
-        err.print("insecure dev mode: any credentials are accepted; do not expose this server")
-    elif not access_keys:
-        err.print("[red]error:[/red] give --access-keys KEY:SECRET,... or --insecure-dev", highlight=False)
-        raise typer.Exit(EXIT_USAGE)
-    config = uvicorn.Config(create_app(settings), host=host, port=port, log_level="warning")
+    who = _callers(settings)
+    _private_data_dir(data_dir)
+    config = uvicorn.Config(create_app(settings, who), host=host, port=port, log_level="warning")
     server = uvicorn.Server(config)
 
     async def announce_and_serve() -> None:
@@ -431,6 +461,57 @@ def serve(
         await task
 
     asyncio.run(announce_and_serve())
+
+
+def _callers(settings: ServerSettings) -> Tenants:
+    """The tenants that may call, said on stderr; any problem with them is a usage error now."""
+    from bulkinfer.api.app import tenants_of, watch_tenant
+
+    given = {
+        "--insecure-dev": settings.insecure_dev,
+        "--tenants": settings.tenants is not None,
+        "--access-keys": settings.access_keys is not None,
+    }
+    chosen = [flag for flag, on in given.items() if on]
+    if not chosen:
+        _usage(
+            "give --tenants FILE (several teams), --access-keys KEY:SECRET,... (one team) or --insecure-dev"
+        )
+    if len(chosen) > 1:
+        _usage(f"{' and '.join(chosen)} cannot be used together: choose one")
+    try:
+        tenants = tenants_of(settings)
+        if settings.watch is not None:
+            watch_tenant(tenants, settings)
+    except UserError as exc:
+        _usage(str(exc))
+    if tenants.open:
+        err.print("insecure dev mode: any credentials are accepted; do not expose this server")
+    elif settings.tenants is None:
+        where = "on the S3 endpoint" if settings.s3_endpoint_url else "under the data dir"
+        err.print(
+            f"--access-keys: {len(tenants.keys)} key(s) form one tenant, granted every bucket {where}; "
+            "several teams need --tenants FILE",
+            highlight=False,
+        )
+    else:
+        names = ", ".join(f"{t.name} ({len(t.grants.read_write)} grants)" for t in tenants.by_name.values())
+        err.print(f"tenants: {names}", highlight=False)
+    return tenants
+
+
+def _private_data_dir(data_dir: Path) -> None:
+    """Everything the server writes (its database, job state, outputs) is its user's alone: 0600 files
+    and 0700 folders."""
+    os.umask(0o077)
+    data_dir.mkdir(parents=True, exist_ok=True)
+    with contextlib.suppress(OSError):  # a data dir the server does not own keeps its mode
+        data_dir.chmod(0o700)
+
+
+def _usage(message: str) -> NoReturn:
+    err.print(f"[red]error:[/red] {escape(message)}", highlight=False)
+    raise typer.Exit(EXIT_USAGE)
 
 
 def _check_watch(watch: str, data_dir: Path) -> None:

@@ -18,6 +18,7 @@ import orjson
 
 from bulkinfer.dialects.registry import get_dialect
 from bulkinfer.domain.job import TRANSITIONS, Counts, JobStatus, can_transition, new_job_id
+from bulkinfer.domain.tenant import Grants
 from bulkinfer.engine.committer import Committer, rebuild_chunks
 from bulkinfer.engine.finalize import write_output
 from bulkinfer.engine.progress import ProgressSink
@@ -75,6 +76,16 @@ class MediaSettings:
     s3_endpoint_url: str | None = None
     roots: tuple[Path, ...] = ()
     """Folders ``file://`` images may be read from."""
+    grants: Grants | None = None
+    """The ``s3://`` prefixes a service job's tenant may read images from; None reads any."""
+
+    @classmethod
+    def of_service(
+        cls, fetch_allow: str | None, data_dir: Path, s3_endpoint_url: str | None
+    ) -> MediaSettings:
+        """A service's: ``fetch_allow`` is its comma-separated allowlist."""
+        allow = tuple(h.strip() for h in (fetch_allow or "").split(",") if h.strip())
+        return cls(allow, data_dir, s3_endpoint_url)
 
     def resolver(self, policy: MediaPolicy) -> MediaResolver:
         from bulkinfer.media import FetchPolicy, FileReader, GuardedFetcher, MediaResolver
@@ -84,6 +95,14 @@ class MediaSettings:
         return MediaResolver(policy, fetcher=fetcher, reader=reader)
 
     def _objects(self) -> ObjectGet | None:
+        from bulkinfer.media import granted_only
+
+        objects = self._all_objects()
+        if objects is None or self.grants is None:
+            return objects
+        return granted_only(objects, self.grants.may_read)
+
+    def _all_objects(self) -> ObjectGet | None:
         from bulkinfer.media import local_buckets, s3fs_objects
 
         if self.s3_endpoint_url or self.data_dir is None:
@@ -115,6 +134,8 @@ class RunRequest:
     media: MediaSettings = MediaSettings()
     limits: LimitRegistry | None = field(default=None, compare=False)
     """Rate limits of remote models, shared by every job of the process (a service passes its own)."""
+    input_within: Path | None = None
+    """A folder every input file must resolve inside (a service's local bucket: no symlink out)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -176,7 +197,7 @@ class LocalJob:
     def open(cls, request: RunRequest) -> LocalJob:
         catalog = Catalog.load(request.catalog_file)
         spec = catalog.get(request.model)
-        files = list_inputs(request.input)
+        files = list_inputs(request.input, request.input_within)
         return cls(request, spec, files)
 
     # set-up

@@ -145,6 +145,18 @@ def s3fs_objects(endpoint_url: str | None, **storage_options: Any) -> ObjectGet:
     return get
 
 
+def granted_only(objects: ObjectGet, may_read: Callable[[str], bool]) -> ObjectGet:
+    """``objects`` for the URIs ``may_read`` grants; any other is refused before it is looked at, so the
+    refusal tells nothing of whether the object exists."""
+
+    async def get(uri: str, max_bytes: int) -> bytes:
+        if not may_read(uri):
+            raise MediaRefused("not granted")
+        return await objects(uri, max_bytes)
+
+    return get
+
+
 def object_reader(data_dir: Path, s3_endpoint_url: str | None) -> ObjectGet:
     """The ``s3://`` reader bulkinfer's settings imply: s3fs with an endpoint, local buckets without."""
     return s3fs_objects(s3_endpoint_url) if s3_endpoint_url else local_buckets(data_dir)

@@ -23,11 +23,12 @@ import time
 import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
 from bulkinfer.domain.job import SERVICE_ENDED, JobStatus
+from bulkinfer.domain.tenant import Tenants
 from bulkinfer.engine.job import LocalJob, MediaSettings, RunRequest
 from bulkinfer.engine.runner import EngineSettings
 from bulkinfer.errors import BulkinferError, JobLocked
@@ -74,12 +75,12 @@ class Running:
             self.job.request_stop(final)
 
 
-def _input_uri(job: BatchJob) -> str:
-    return str(job.request["inputDataConfig"]["s3InputDataConfig"]["s3Uri"])
+def input_uri(request: dict[str, Any]) -> str:
+    return str(request["inputDataConfig"]["s3InputDataConfig"]["s3Uri"])
 
 
-def _output_uri(job: BatchJob) -> str:
-    return str(job.request["outputDataConfig"]["s3OutputDataConfig"]["s3Uri"])
+def output_uri(request: dict[str, Any]) -> str:
+    return str(request["outputDataConfig"]["s3OutputDataConfig"]["s3Uri"])
 
 
 DEFAULT_TIMEOUT_HOURS = 24
@@ -114,6 +115,7 @@ class Scheduler:
         catalog: Catalog,
         clock: Callable[[], float] = time.time,
         pressure: Pressure | None = None,
+        tenants: Tenants | None = None,
     ) -> None:
         self._clock = clock
         self._pressure = pressure or Pressure()
@@ -130,8 +132,10 @@ class Scheduler:
         self._running: dict[str, Running] = {}
         self._validating: set[str] = set()
         self._limits = LimitRegistry()  # every job on a remote model shares that model's rate limits
-        allow = tuple(h.strip() for h in (settings.fetch_allow or "").split(",") if h.strip())
-        self._media = MediaSettings(allow, settings.data_dir, settings.s3_endpoint_url)
+        self._media = MediaSettings.of_service(
+            settings.fetch_allow, settings.data_dir, settings.s3_endpoint_url
+        )
+        self._tenants = tenants or Tenants(open=True)
         self._loops = Loops()
         self._lease_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="leases")
         self._lease_confirmed = time.monotonic()
@@ -326,23 +330,50 @@ class Scheduler:
 
     async def _validated(self, job: BatchJob) -> tuple[JobStatus, dict[str, Any]]:
         """The status validation moves the job to, with its changes."""
-        uri = _input_uri(job)
+        uri = input_uri(job.request)
         try:
+            self._check_grants(job)
             if self._staging is not None:
                 staged = await self._stage(job, uri)
                 updated = await self._db(self._store.update, job, held_by=self.replica, request=staged)
                 job = updated or job
-            files = await asyncio.to_thread(list_inputs, self._input_path(job))
+            within = self._buckets.bucket_dir(uri) if self._staging is None else None
+            files = await asyncio.to_thread(list_inputs, self._input_path(job), within)
             spec = self._catalog.get(job.model_id)  # its default dialect reads bodies, as the engine's will
             quotas, max_line = self._settings.quotas, EngineSettings().max_line_bytes
             report = await asyncio.to_thread(validate_input, files, quotas, spec, max_line, uri)
         except BulkinferError as exc:
-            return JobStatus.FAILED, {"message": str(exc), "end_time": time.time(), "owner": None}
+            message = self._public(job, str(exc))
+            return JobStatus.FAILED, {"message": message, "end_time": time.time(), "owner": None}
         except OSError as exc:  # S3 past its outage limit, or the data dir itself failing
-            message = f"validating: {type(exc).__name__}: {exc}"
+            message = self._public(job, f"validating: {type(exc).__name__}: {exc}")
             return JobStatus.FAILED, {"message": message, "end_time": time.time(), "owner": None}
         changes = {"total": report.records, "message": invalid_records(report), "owner": None}
         return JobStatus.SCHEDULED, {**changes, "lease_until": None}
+
+    def _check_grants(self, job: BatchJob) -> None:
+        """The job's tenant may still read its input and write its output: grants checked at create
+        may have been taken away since (a changed tenants file, a restart)."""
+        tenant = self._tenants.get(job.tenant)
+        tenant.check_model(job.model_id)
+        tenant.check_read(input_uri(job.request), "inputDataConfig.s3InputDataConfig.s3Uri")
+        tenant.check_write(output_uri(job.request), "outputDataConfig.s3OutputDataConfig.s3Uri")
+
+    def _public(self, job: BatchJob, message: str) -> str:
+        """A message for the job's owner: the server's own paths in it told as the s3:// URIs they
+        stand for, and any other path under the data dir hidden."""
+        swaps = [(str(self._buckets.root) + "/", "s3://")]
+        if self._staging is not None:
+            source = input_uri(job.request).rstrip("/")
+            staged = job.request.get("stagedInput", "")
+            base = source.rsplit("/", 1)[0] if staged.endswith(".jsonl") else source
+            swaps.append((str(self._staging.input_dir(job.job_id)), base))
+            swaps.append((str(self._staging.output_dir(job.job_id)), output_uri(job.request).rstrip("/")))
+        for data_dir in {str(self._settings.data_dir.resolve()), str(self._settings.data_dir)}:
+            swaps.append((data_dir, "<data-dir>"))
+        for local, public in swaps:
+            message = message.replace(local, public)
+        return message
 
     async def _stage(self, job: BatchJob, uri: str) -> dict[str, Any]:
         """Copy the job's input objects here, waiting out an S3 outage (shown in the job's message)."""
@@ -387,12 +418,12 @@ class Scheduler:
     def _input_path(self, job: BatchJob) -> Path:
         if self._staging is not None:
             return Path(job.request["stagedInput"])
-        return self._buckets.path(_input_uri(job))
+        return self._buckets.path(input_uri(job.request))
 
     def _output_path(self, job: BatchJob) -> Path:
         if self._staging is not None:
             return self._staging.output_dir(job.job_id)
-        return self._buckets.path(_output_uri(job), must_exist=False)
+        return self._buckets.path(output_uri(job.request), must_exist=False)
 
     # slots
 
@@ -461,7 +492,7 @@ class Scheduler:
             await self._let_go(job)
             return
         except BulkinferError as exc:
-            await self._end(job, JobStatus.FAILED, message=str(exc))
+            await self._end(job, JobStatus.FAILED, message=self._public(job, str(exc)))
             return
         try:  # from here on the job is open: whatever happens, close() releases its lock
             running.job = local
@@ -478,7 +509,7 @@ class Scheduler:
                 return
             message = str(exc) if isinstance(exc, BulkinferError) else f"{type(exc).__name__}: {exc}"
             log.exception("job %s failed", job.job_id)
-            await self._end(job, JobStatus.FAILED, message=message)
+            await self._end(job, JobStatus.FAILED, message=self._public(job, message))
         finally:
             await asyncio.to_thread(local.close)
 
@@ -525,7 +556,7 @@ class Scheduler:
         assert self._staging is not None
         staging = self._staging
         on_wait = self._show_outage(job, "publishing")
-        uri = _output_uri(job)
+        uri = output_uri(job.request)
         patience = self._settings.outage_seconds
         await asyncio.to_thread(staging.publish, job.job_id, uri, on_wait=on_wait, patience_s=patience)
 
@@ -554,6 +585,7 @@ class Scheduler:
     def _run_request(self, job: BatchJob) -> RunRequest:
         return RunRequest(
             input=self._input_path(job),
+            input_within=self._buckets.bucket_dir(input_uri(job.request)) if self._staging is None else None,
             model=job.model_id,
             output=self._output_path(job),
             job_id=job.job_id,
@@ -563,7 +595,7 @@ class Scheduler:
             keep_partial=True,
             store_patience_s=self._settings.lease_seconds / 2,  # then the job is let go, not run blind
             limits=self._limits,
-            media=self._media,
+            media=replace(self._media, grants=self._tenants.get(job.tenant).grants),
         )
 
 

@@ -10,18 +10,23 @@ import asyncio
 import hashlib
 from pathlib import Path
 
+from bulkinfer.domain.tenant import Tenant
 from bulkinfer.errors import BulkinferError
 from bulkinfer.scheduler.supervisor import supervise
 from bulkinfer.services.batch import BatchService, NewJob
 from bulkinfer.storage.uris import LocalBuckets
 
 WATCH_TENANT = "watch-folder"
+"""The tenant of watch-folder jobs in development mode (with real tenants: ``--watch-tenant``)."""
 WATCH_ROLE = "arn:aws:iam::000000000000:role/bulkinfer-watch-folder"
 
 
 class WatchFolder:
-    def __init__(self, prefix: str, model: str, buckets: LocalBuckets, jobs: BatchService) -> None:
+    def __init__(
+        self, prefix: str, model: str, buckets: LocalBuckets, jobs: BatchService, tenant: Tenant
+    ) -> None:
         self._prefix = prefix.rstrip("/")
+        self._tenant = tenant
         self._model = model
         self._buckets = buckets
         self._jobs = jobs
@@ -54,7 +59,7 @@ class WatchFolder:
                 continue  # made into a job by an earlier scan (the store's token would find it too)
             self._jobs.submit(
                 NewJob(
-                    tenant=WATCH_TENANT,
+                    tenant=self._tenant,
                     name=_job_name(relative),
                     model_id=self._model,
                     client_token=token,

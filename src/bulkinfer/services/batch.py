@@ -8,10 +8,11 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from bulkinfer.domain.job import SERVICE_ENDED, JobStatus, new_job_id
+from bulkinfer.domain.tenant import Tenant
 from bulkinfer.errors import BulkinferError, UserError
 from bulkinfer.faults import failpoint
 from bulkinfer.providers.catalog import Catalog
-from bulkinfer.scheduler.scheduler import Scheduler, deadline
+from bulkinfer.scheduler.scheduler import Scheduler, deadline, input_uri, output_uri
 from bulkinfer.store.batch_jobs import BatchJob, BatchJobStore, JobFilter
 
 
@@ -35,7 +36,7 @@ ENDED = SERVICE_ENDED
 
 @dataclass(frozen=True, slots=True)
 class NewJob:
-    tenant: str
+    tenant: Tenant
     name: str
     model_id: str
     client_token: str | None
@@ -57,11 +58,11 @@ class BatchService:
     def submit(self, new: NewJob) -> BatchJob:
         """Record a job (Submitted) and wake the scheduler; a repeated client token returns the first job
         (the store's unique index finds it, also between concurrent creates)."""
-        return self._submitted(self._store.create(self._new(new)))
+        return self._submitted(self._store.create(self._new(new), new.tenant.max_active_jobs))
 
     async def submit_async(self, new: NewJob) -> BatchJob:
         """`submit` for a request handler: waits for its group's commit off the event loop."""
-        return self._submitted(await self._store.create_async(self._new(new)))
+        return self._submitted(await self._store.create_async(self._new(new), new.tenant.max_active_jobs))
 
     def _submitted(self, stored: BatchJob) -> BatchJob:
         failpoint("submitted")
@@ -69,11 +70,16 @@ class BatchService:
         return stored
 
     def _new(self, new: NewJob) -> BatchJob:
+        """The job to store, once the tenant may use its model and touch its input and output."""
+        tenant = new.tenant
+        tenant.check_model(new.model_id)  # before the catalog: it names only models the tenant may use
         self._catalog.get(new.model_id)  # unknown model: a UserError naming the available ones
+        tenant.check_read(input_uri(new.request), "inputDataConfig.s3InputDataConfig.s3Uri")
+        tenant.check_write(output_uri(new.request), "outputDataConfig.s3OutputDataConfig.s3Uri")
         now = time.time()
         return BatchJob(
             job_id=new_job_id(),
-            tenant=new.tenant,
+            tenant=tenant.name,
             name=new.name,
             model_id=new.model_id,
             status=JobStatus.SUBMITTED,
@@ -151,11 +157,15 @@ def _encode_token(offset: int) -> str:
     return base64.urlsafe_b64encode(f"offset:{offset}".encode()).decode()
 
 
+MAX_OFFSET = 2**31 - 1
+"""Past any real listing, and within every database's OFFSET."""
+
+
 def _decode_token(token: str) -> int:
     try:
         kind, _, value = base64.urlsafe_b64decode(token.encode()).decode().partition(":")
-        if kind == "offset" and value.isdigit():
+        if kind == "offset" and value.isdigit() and len(value) <= 10 and int(value) <= MAX_OFFSET:
             return int(value)
     except ValueError:
         pass
-    raise UserError(f"invalid nextToken {token!r}")
+    raise UserError("nextToken: not a token this server gave out")

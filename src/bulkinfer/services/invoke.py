@@ -1,16 +1,24 @@
-"""On-demand calls (bedrock-runtime InvokeModel and Converse) to the same catalog models."""
+"""On-demand calls (bedrock-runtime InvokeModel and Converse) to the same catalog models.
+
+A call's images pass the same checks as a batch record's (the model's image policy: formats, bytes,
+pixels, images per request, downscaling; ``s3://`` references only under the caller's grants), and a
+call names no input folder, so relative and ``file://`` paths are refused.
+"""
 
 from __future__ import annotations
 
 import asyncio
+from dataclasses import replace
 from typing import Any
 
 from bulkinfer.dialects.base import Dialect
 from bulkinfer.dialects.registry import detect, get_dialect
-from bulkinfer.domain.request import RecordError
+from bulkinfer.domain.request import ChatRequest, ImagePart, RecordError, Request
+from bulkinfer.domain.tenant import Tenant
+from bulkinfer.engine.job import MediaSettings, media_policy
 from bulkinfer.errors import BulkinferError
 from bulkinfer.providers.base import Provider
-from bulkinfer.providers.catalog import Catalog
+from bulkinfer.providers.catalog import Catalog, ModelSpec
 from bulkinfer.providers.registry import load_provider
 
 
@@ -44,15 +52,19 @@ class ModelPool:
 
 
 class InvokeService:
-    def __init__(self, catalog: Catalog, pool: ModelPool) -> None:
+    def __init__(self, catalog: Catalog, pool: ModelPool, media: MediaSettings) -> None:
         self._catalog = catalog
         self._pool = pool
+        self._media = media
 
-    async def invoke(self, model: str, body: dict[str, Any], dialect: str | None = None) -> dict[str, Any]:
+    async def invoke(
+        self, tenant: Tenant, model: str, body: dict[str, Any], dialect: str | None = None
+    ) -> dict[str, Any]:
         """Answer one ``modelInput`` body in its own dialect (or the one named)."""
+        tenant.check_model(model)
         spec = self._catalog.get(model)
         chosen: Dialect[Any] = get_dialect(dialect) if dialect else detect(body, spec.default_dialect)
-        request = chosen.to_request(body)  # RecordInvalid names the field
+        request = await self._with_images(tenant, spec, chosen.to_request(body))  # RecordInvalid: the field
         provider = await self._pool.get(model)
         refusal = provider.refusal(request)
         if refusal is not None:
@@ -61,3 +73,18 @@ class InvokeService:
         if isinstance(outcome, RecordError):
             raise ModelFailed(outcome)
         return chosen.render(outcome, request)
+
+    async def _with_images(self, tenant: Tenant, spec: ModelSpec, request: Request) -> Request:
+        """The request with its images checked as a batch record's are; `ModelFailed` (400) if one fails."""
+        if not isinstance(request, ChatRequest) or not any(
+            isinstance(p, ImagePart) for m in request.messages for p in m.parts
+        ):
+            return request
+        resolver = replace(self._media, grants=tenant.grants).resolver(media_policy(spec.images))
+        try:
+            resolved = await resolver.resolve(request, base_dir=None)
+        finally:
+            await resolver.aclose()
+        if isinstance(resolved, RecordError):
+            raise ModelFailed(resolved)
+        return resolved

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
+from bulkinfer.domain.tenant import is_plain_key
 from bulkinfer.errors import InputError
 from bulkinfer.faults import failpoint
 from bulkinfer.transient import Outage, retrying_call
@@ -225,7 +226,7 @@ def _staged_paths(names: list[str], base: str, folder: Path) -> dict[str, Path]:
     paths = {}
     for name in names:
         key = name.partition("/")[2]
-        if any(part in ("", ".", "..") for part in key.split("/")):
+        if not key or key.endswith("/") or not is_plain_key(key):
             raise InputError(
                 f"s3://{name}: an object key may not hold '..', '.' or empty segments; refusing to stage it"
             )

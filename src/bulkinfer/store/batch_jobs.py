@@ -20,6 +20,7 @@ from sqlalchemy import Connection, Engine, func, insert, select, update
 from sqlalchemy.exc import DBAPIError, IntegrityError
 
 from bulkinfer.domain.job import JobStatus, check_transition
+from bulkinfer.errors import UserError
 from bulkinfer.store.batcher import Batcher
 from bulkinfer.store.migrate import upgrade
 from bulkinfer.store.notify import Listener, announce
@@ -28,6 +29,7 @@ from bulkinfer.store.state import make_engine
 from bulkinfer.transient import is_transient_db, retrying_call
 
 T = TypeVar("T")
+K = TypeVar("K")
 
 DEFAULT_PATIENCE_S = 5.0
 """How long one store call retries a transient database error: long enough for a server restart, short
@@ -37,6 +39,8 @@ LEASED = (JobStatus.VALIDATING, JobStatus.IN_PROGRESS, JobStatus.STOPPING)
 """The statuses a replica holds a job in under a lease."""
 
 RUNNING = (JobStatus.IN_PROGRESS, JobStatus.STOPPING)
+ACTIVE = (JobStatus.SUBMITTED, JobStatus.VALIDATING, JobStatus.SCHEDULED, *RUNNING)
+"""The statuses a tenant's ``max_active_jobs`` counts."""
 
 DOWN_S = 2.0
 """After the database was found down, grouped calls fail at once for this long (then try again)."""
@@ -72,6 +76,17 @@ class BatchJob:
     errors: int | None = None
 
 
+class TooManyActiveJobs(UserError):
+    """The tenant has as many jobs active as it may."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Create:
+    job: BatchJob
+    max_active: int | None
+    """The tenant's limit on active jobs, if it has one."""
+
+
 @dataclass(frozen=True, slots=True)
 class JobFilter:
     tenant: str
@@ -89,7 +104,7 @@ class BatchJobStore:
         self._engine: Engine = make_engine(url)
         self._retry(lambda: upgrade(self._engine))
         self._down: tuple[float, DBAPIError] | None = None
-        self._inserts = Batcher[BatchJob, BatchJob]("job-creates", self._insert_group, MAX_GROUP)
+        self._inserts = Batcher[_Create, BatchJob]("job-creates", self._insert_group, MAX_GROUP)
         self._reads = Batcher[str, BatchJob | None]("job-reads", self._read_group, MAX_GROUP)
 
     def _retry(self, fn: Callable[[], T]) -> T:
@@ -112,37 +127,42 @@ class BatchJobStore:
     def close(self) -> None:
         self._engine.dispose()
 
-    def create(self, job: BatchJob) -> BatchJob:
+    def create(self, job: BatchJob, max_active: int | None = None) -> BatchJob:
         """Insert a job; a job of the same tenant and client token already there is returned instead
-        (the database's unique index decides between concurrent creates).
+        (the database's unique index decides between concurrent creates). With ``max_active``, a tenant
+        that has that many jobs active already gets `TooManyActiveJobs` (counted in the insert's own
+        transaction, under a per-tenant lock on PostgreSQL, so concurrent creates cannot pass it).
 
         Creates from many requests are committed together, one transaction for all those waiting
         (group commit): a commit costs a disk flush, and a burst would queue behind one flush each.
         """
-        return self._inserts.submit(job).result()
+        return self._inserts.submit(_Create(job, max_active)).result()
 
-    async def create_async(self, job: BatchJob) -> BatchJob:
+    async def create_async(self, job: BatchJob, max_active: int | None = None) -> BatchJob:
         """`create` for a coroutine: waits for its group's commit without blocking the event loop."""
-        return await asyncio.wrap_future(self._inserts.submit(job))
+        return await asyncio.wrap_future(self._inserts.submit(_Create(job, max_active)))
 
     async def get_async(self, job_id: str) -> BatchJob | None:
         """`get` for a coroutine: read together with the other reads waiting, in one query."""
         return await asyncio.wrap_future(self._reads.submit(job_id))
 
-    def _insert_group(self, jobs: Sequence[BatchJob]) -> list[BatchJob | BaseException]:
-        def together() -> None:
-            with self._engine.begin() as conn:
-                conn.execute(insert(batch_jobs), [_row(job) for job in jobs])
-                announce(conn, jobs[0].job_id)
-
+    def _insert_group(self, creates: Sequence[_Create]) -> list[BatchJob | BaseException]:
         try:
-            self._while_up(together)
+            return self._while_up(lambda: self._insert_together(creates))
         except DBAPIError as exc:
             if is_transient_db(exc):
                 raise  # the database is away: every caller is told so
             # a token repeated, or one row refused: each on its own, so only that one fails
-            return [_outcome(self._insert_one, job) for job in jobs]
-        return list(jobs)
+            return [_outcome(self._insert_one, create) for create in creates]
+
+    def _insert_together(self, creates: Sequence[_Create]) -> list[BatchJob | BaseException]:
+        with self._engine.begin() as conn:
+            outcomes = _within_limits(conn, creates)
+            new = [_row(c.job) for c, o in zip(creates, outcomes, strict=True) if o is c.job]
+            if new:
+                conn.execute(insert(batch_jobs), new)
+                announce(conn, new[0]["job_id"])
+        return outcomes
 
     def _read_group(self, job_ids: Sequence[str]) -> list[BatchJob | None]:
         query = select(batch_jobs).where(batch_jobs.c.job_id.in_(sorted(set(job_ids))))
@@ -170,15 +190,13 @@ class BatchJobStore:
         self._down = None
         return result
 
-    def _insert_one(self, job: BatchJob) -> BatchJob:
-        return self._retry(lambda: self._insert_or_find(job))
+    def _insert_one(self, create: _Create) -> BatchJob:
+        return self._retry(lambda: self._insert_or_find(create))
 
-    def _insert_or_find(self, job: BatchJob) -> BatchJob:
+    def _insert_or_find(self, create: _Create) -> BatchJob:
+        job = create.job
         try:
-            with self._engine.begin() as conn:
-                conn.execute(insert(batch_jobs).values(**_row(job)))
-                announce(conn, job.job_id)
-            return job
+            (outcome,) = self._insert_together([create])
         except IntegrityError:
             # the same client token, or this very job: a commit whose answer was lost, then retried
             existing = self.by_token(job.tenant, job.client_token) if job.client_token else None
@@ -186,6 +204,9 @@ class BatchJobStore:
             if existing is None or existing.tenant != job.tenant:
                 raise
             return existing
+        if isinstance(outcome, BaseException):
+            raise outcome
+        return outcome
 
     def get(self, job_id: str) -> BatchJob | None:
         return self._one(select(batch_jobs).where(batch_jobs.c.job_id == job_id))
@@ -437,11 +458,47 @@ class BatchJobStore:
         return self._retry(read)
 
 
-def _outcome(fn: Callable[[BatchJob], T], job: BatchJob) -> T | BaseException:
+def _outcome(fn: Callable[[K], T], item: K) -> T | BaseException:
     try:
-        return fn(job)
+        return fn(item)
     except Exception as exc:
         return exc
+
+
+def _within_limits(conn: Connection, creates: Sequence[_Create]) -> list[BatchJob | BaseException]:
+    """Each create's job when its tenant is under its limit of active jobs (counting the ones before it
+    in the group); else the job already stored under its client token (a retried create), or
+    `TooManyActiveJobs`."""
+    c = batch_jobs.c
+    limited = sorted({k.job.tenant for k in creates if k.max_active is not None})
+    if not limited:
+        return [k.job for k in creates]
+    if conn.dialect.name == "postgresql":  # replicas count one tenant's jobs one at a time
+        for tenant in limited:
+            conn.execute(select(func.pg_advisory_xact_lock(func.hashtext(f"bulkinfer-active:{tenant}"))))
+    active = [s.value for s in ACTIVE]
+    query = (
+        select(c.tenant, func.count()).where(c.tenant.in_(limited), c.status.in_(active)).group_by(c.tenant)
+    )
+    counts: dict[str, int] = {str(t): int(n) for t, n in conn.execute(query).all()}
+    outcomes: list[BatchJob | BaseException] = []
+    for create in creates:
+        job, limit = create.job, create.max_active
+        if limit is None or counts.get(job.tenant, 0) < limit:
+            counts[job.tenant] = counts.get(job.tenant, 0) + 1
+            outcomes.append(job)
+            continue
+        same = (c.client_token == job.client_token) if job.client_token else (c.job_id == job.job_id)
+        row = conn.execute(select(batch_jobs).where(c.tenant == job.tenant, same)).mappings().first()
+        outcomes.append(_job(row) if row is not None else TooManyActiveJobs(_over(job.tenant, limit)))
+    return outcomes
+
+
+def _over(tenant: str, limit: int) -> str:
+    return (
+        f"tenant {tenant!r} has {limit} jobs active (Submitted to Stopping), its max_active_jobs; "
+        "submit more once some have ended"
+    )
 
 
 def _running(conn: Connection, model: str) -> int:

@@ -4,6 +4,10 @@ With no S3 endpoint, outputs are files in the server's local buckets, which no r
 with one, the staged copies are gone once the outputs are uploaded, so they are read back from the S3
 server. Either way a file is named by its path under ``<output-uri>/<job-id>/``, and only a name the
 listing holds can be read, so a name can never reach anything else.
+
+The listing holds only the files the job wrote: its manifest and the ``.out`` file of each input file
+the manifest names. Anything else under the folder (another job's outputs, when that job was pointed at
+this one's folder, or a file someone put there) is never listed nor served.
 """
 
 from __future__ import annotations
@@ -12,11 +16,16 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Protocol
 
+import orjson
+
+from bulkinfer.domain.tenant import is_plain_key
 from bulkinfer.settings import ServerSettings
 from bulkinfer.storage.uris import LocalBuckets
 from bulkinfer.store.batch_jobs import BatchJob
 
 READ_BYTES = 1 << 20
+MANIFEST = "manifest.json.out"
+MAX_MANIFEST_BYTES = 16 << 20
 
 
 class OutputFiles(Protocol):
@@ -29,12 +38,39 @@ class OutputFiles(Protocol):
         ...
 
 
+def output_uri(job: BatchJob) -> str:
+    return str(job.request["outputDataConfig"]["s3OutputDataConfig"]["s3Uri"])
+
+
 def job_outputs(settings: ServerSettings, job: BatchJob) -> OutputFiles:
-    uri = str(job.request["outputDataConfig"]["s3OutputDataConfig"]["s3Uri"])
+    uri = output_uri(job)
     if settings.s3_endpoint_url is not None:
         key = f"{uri.removeprefix('s3://').rstrip('/')}/{job.job_id}"
-        return S3Outputs(settings.s3_endpoint_url, key)
-    return LocalOutputs(LocalBuckets(settings.data_dir).path(uri, must_exist=False) / job.job_id)
+        return Written(S3Outputs(settings.s3_endpoint_url, key))
+    return Written(LocalOutputs(LocalBuckets(settings.data_dir).path(uri, must_exist=False) / job.job_id))
+
+
+class Written:
+    """Of a folder's files, the ones the job wrote (see the module's docstring)."""
+
+    def __init__(self, folder: OutputFiles) -> None:
+        self._folder = folder
+
+    def sizes(self) -> dict[str, int]:
+        found = self._folder.sizes()
+        if found.get(MANIFEST, MAX_MANIFEST_BYTES + 1) > MAX_MANIFEST_BYTES:
+            return {}  # no manifest (the job failed before writing outputs), or not one we wrote
+        try:
+            inputs = orjson.loads(b"".join(self._folder.read(MANIFEST))).get("inputFiles", [])
+        except (orjson.JSONDecodeError, AttributeError):
+            return {}
+        names = {MANIFEST} | {
+            f"{name}.out" for name in inputs if isinstance(name, str) and is_plain_key(name)
+        }
+        return {name: size for name, size in found.items() if name in names}
+
+    def read(self, name: str) -> Iterator[bytes]:
+        return self._folder.read(name)
 
 
 class LocalOutputs:

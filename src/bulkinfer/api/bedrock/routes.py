@@ -8,8 +8,8 @@ from urllib.parse import unquote
 from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import JSONResponse, StreamingResponse
 
-from bulkinfer.api.auth import Authenticator, Caller
-from bulkinfer.api.bedrock.outputs import OutputFiles, job_outputs
+from bulkinfer.api.auth import Caller
+from bulkinfer.api.bedrock.outputs import OutputFiles, job_outputs, output_uri
 from bulkinfer.api.bedrock.schemas import (
     JOB_IDENTIFIER,
     CreateJobRequest,
@@ -27,8 +27,9 @@ router = APIRouter()
 
 
 async def caller(request: Request) -> Caller:
-    auth: Authenticator = request.app.state.auth
-    return await auth(request)
+    """Who signed the request: the `Gate` middleware checked it before the route was reached."""
+    who: Caller = request.state.caller
+    return who
 
 
 async def service(request: Request) -> BatchService:
@@ -71,7 +72,7 @@ def list_jobs(
     query: Annotated[ListJobsQuery, Depends()], who: CallerDep, jobs: ServiceDep, request: Request
 ) -> dict[str, Any]:
     wanted = JobFilter(
-        tenant=who.tenant,
+        tenant=who.tenant.name,
         status=JobStatus(query.statusEquals) if query.statusEquals else None,
         name_contains=query.nameContains,
         submitted_after=query.submitTimeAfter.timestamp() if query.submitTimeAfter else None,
@@ -90,12 +91,13 @@ def list_jobs(
 
 @router.post("/model-invocation-job/{identifier:path}/stop")
 def stop_job(identifier: str, who: CallerDep, jobs: ServiceDep) -> Response:
-    jobs.stop(who.tenant, _job_id(identifier))
+    jobs.stop(who.tenant.name, _job_id(identifier))
     return JSONResponse({})
 
 
 def _outputs(request: Request, who: Caller, jobs: BatchService, identifier: str) -> OutputFiles:
-    job = jobs.ended(who.tenant, _job_id(identifier))  # 409 until it has ended
+    job = jobs.ended(who.tenant.name, _job_id(identifier))  # 409 until it has ended
+    who.tenant.check_read(output_uri(job), "outputDataConfig.s3OutputDataConfig.s3Uri")
     return job_outputs(request.app.state.settings, job)
 
 
@@ -119,5 +121,5 @@ def read_output(identifier: str, name: str, who: CallerDep, jobs: ServiceDep, re
 
 @router.get("/model-invocation-job/{identifier:path}")
 async def get_job(identifier: str, who: CallerDep, jobs: ServiceDep, request: Request) -> dict[str, Any]:
-    job = await jobs.get_async(who.tenant, _job_id(identifier))
+    job = await jobs.get_async(who.tenant.name, _job_id(identifier))
     return job_summary(job, who.region, _account(request))

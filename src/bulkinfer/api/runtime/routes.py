@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 from urllib.parse import unquote
 
 import orjson
 from fastapi import APIRouter, Depends, Request, Response
 
+from bulkinfer.api.auth import Caller
 from bulkinfer.api.bedrock.routes import caller
 from bulkinfer.api.errors import error_response
 from bulkinfer.errors import RecordInvalid, UnknownModelError
@@ -31,14 +32,14 @@ async def _body(request: Request) -> dict[str, Any] | Response:
     return body
 
 
-async def _answer(request: Request, model: str, dialect: str | None) -> Response:
+async def _answer(request: Request, who: Caller, model: str, dialect: str | None) -> Response:
     body = await _body(request)
     if isinstance(body, Response):
         return body
     if dialect == "converse":
         body.pop("modelId", None)  # Converse carries the model in the path only
     try:
-        answer = await _service(request).invoke(unquote(model), body, dialect)
+        answer = await _service(request).invoke(who.tenant, unquote(model), body, dialect)
     except UnknownModelError as exc:
         return error_response(404, "ResourceNotFoundException", str(exc))
     except RecordInvalid as exc:
@@ -50,11 +51,11 @@ async def _answer(request: Request, model: str, dialect: str | None) -> Response
     return Response(orjson.dumps(answer), media_type="application/json")
 
 
-@router.post("/model/{model:path}/invoke", dependencies=[Depends(caller)])
-async def invoke_model(model: str, request: Request) -> Response:
-    return await _answer(request, model, None)
+@router.post("/model/{model:path}/invoke")
+async def invoke_model(model: str, request: Request, who: Annotated[Caller, Depends(caller)]) -> Response:
+    return await _answer(request, who, model, None)
 
 
-@router.post("/model/{model:path}/converse", dependencies=[Depends(caller)])
-async def converse(model: str, request: Request) -> Response:
-    return await _answer(request, model, "converse")
+@router.post("/model/{model:path}/converse")
+async def converse(model: str, request: Request, who: Annotated[Caller, Depends(caller)]) -> Response:
+    return await _answer(request, who, model, "converse")

@@ -1,0 +1,118 @@
+"""The tenants a server knows: read once at start-up from ``--tenants FILE`` or ``--access-keys``.
+
+The file is TOML, one table per tenant::
+
+    [tenants.team-a]
+    access_keys = { AKIDTEAMA = "TEAM_A_SECRET" }  # key id = the environment variable holding its secret
+    grants = ["s3://team-a/", "s3://shared/team-a/"]
+    read_only = ["s3://reference-data/"]
+    models = ["*"]
+    max_active_jobs = 20
+
+Secrets never appear in the file or on the command line: each key names the variable that holds it.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, field_validator
+
+from bulkinfer.domain.tenant import ALL_GRANTED, Grants, Tenant, Tenants, normalized_grant
+from bulkinfer.errors import ConfigError
+
+SINGLE_TENANT = "default"
+"""The tenant that ``--access-keys`` keys form."""
+_KEY_ID = re.compile(r"[A-Za-z0-9_+=,.@-]{1,128}")
+_VARIABLE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+Name = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")]
+
+
+class TenantEntry(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    access_keys: dict[str, str] = Field(min_length=1)
+    grants: list[str] = []
+    read_only: list[str] = []
+    models: list[str] = ["*"]
+    max_active_jobs: int | None = Field(None, ge=1)
+
+    @field_validator("grants", "read_only")
+    @classmethod
+    def _prefixes(cls, prefixes: list[str]) -> list[str]:
+        return [normalized_grant(p) for p in prefixes]
+
+    @field_validator("access_keys")
+    @classmethod
+    def _keys(cls, keys: dict[str, str]) -> dict[str, str]:
+        for key, variable in keys.items():
+            if not _KEY_ID.fullmatch(key):
+                raise ValueError(f"{key!r} is not an access key id (letters, digits, _+=,.@-, ≤128)")
+            if not _VARIABLE.fullmatch(variable):
+                raise ValueError(
+                    f"{key} = {variable!r}: give the name of the environment variable holding its secret"
+                )
+        return keys
+
+
+class TenantsFile(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    tenants: dict[Name, TenantEntry] = Field(min_length=1)
+
+
+def load_tenants(path: Path, environ: Mapping[str, str] | None = None) -> Tenants:
+    """The tenants of a file; a ``ConfigError`` naming the file, the key and what is wrong."""
+    env = os.environ if environ is None else environ
+    try:
+        parsed = TenantsFile.model_validate(tomllib.loads(path.read_text(encoding="utf-8")))
+    except OSError as exc:
+        raise ConfigError(f"cannot read tenants file {path}: {exc.strerror}") from exc
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: invalid TOML: {exc}") from exc
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        if first["type"] == "extra_forbidden":
+            raise ConfigError(f"{path}: {where}: unknown key") from exc
+        detail = str(first["msg"]).removeprefix("Value error, ")
+        raise ConfigError(f"{path}: {where}: {detail}") from exc
+    by_name: dict[str, Tenant] = {}
+    keys: dict[str, tuple[str, str]] = {}
+    for name, entry in parsed.tenants.items():
+        by_name[name] = Tenant(
+            name,
+            Grants(tuple(entry.grants), tuple(entry.read_only)),
+            tuple(entry.models),
+            entry.max_active_jobs,
+        )
+        for key, variable in entry.access_keys.items():
+            if key in keys:
+                raise ConfigError(f"{path}: tenants.{name}.access_keys: {key} also belongs to {keys[key][0]}")
+            secret = env.get(variable, "")
+            if not secret:
+                raise ConfigError(
+                    f"{path}: tenants.{name}.access_keys.{key}: the variable {variable} holding its secret "
+                    "is not set (export it before starting the server)"
+                )
+            keys[key] = (name, secret)
+    return Tenants(by_name, keys)
+
+
+def single_tenant(keys: Mapping[str, str]) -> Tenants:
+    """``--access-keys``: every key is the one tenant ``default``, granted everything."""
+    if not keys:
+        raise ConfigError("--access-keys holds no KEY:SECRET pair")
+    tenant = Tenant(SINGLE_TENANT, ALL_GRANTED)
+    return Tenants({SINGLE_TENANT: tenant}, {key: (SINGLE_TENANT, secret) for key, secret in keys.items()})
+
+
+def open_tenants() -> Tenants:
+    """``--insecure-dev``: any key is a tenant of its own, granted everything."""
+    return Tenants(open=True)

@@ -1,0 +1,126 @@
+"""Who may touch what: tenants, and the ``s3://`` prefixes each is granted.
+
+A grant is a folder prefix (``s3://team-a/`` or ``s3://shared/team-a/``): a tenant may read and write
+every URI under one of its grants, and only read under one of its read-only prefixes. Every URI a
+tenant's request names (job input and output, image references in its records, the watch folder, the
+results routes) is checked here before anything is read or written.
+
+A URI is matched as the literal string it is, so one that a path normalizer (ours, an HTTP client's, an
+S3 server's) could read as another (``..``, ``.`` or empty segments) is never granted.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from bulkinfer.errors import UserError
+
+EVERYTHING = "s3://"
+"""A grant of every bucket."""
+
+
+class NotGranted(UserError):
+    """The caller may not touch this URI or model."""
+
+
+def is_plain_key(key: str) -> bool:
+    """Whether an object key names one place however it is read: no ``..``, ``.`` or empty segment
+    (a trailing ``/``, naming a folder, is allowed)."""
+    segments = key.removesuffix("/").split("/")
+    return key == "" or all(s not in ("", ".", "..") for s in segments)
+
+
+def normalized_grant(prefix: str) -> str:
+    """A grant as a folder prefix: ``s3://bucket/folder/``. Raises ValueError for anything else."""
+    if prefix == EVERYTHING:
+        return prefix
+    if not prefix.startswith("s3://"):
+        raise ValueError(f"{prefix!r} is not an s3://bucket/prefix/ URI")
+    bucket, _, key = prefix.removeprefix("s3://").partition("/")
+    if not bucket or not is_plain_key(key):
+        raise ValueError(f"{prefix!r} is not an s3://bucket/prefix/ URI (no '..', '.' or empty segment)")
+    return prefix if prefix.endswith("/") else prefix + "/"
+
+
+@dataclass(frozen=True, slots=True)
+class Grants:
+    """Prefixes a tenant may read and write, and prefixes it may only read (each ``normalized_grant``)."""
+
+    read_write: tuple[str, ...] = ()
+    read_only: tuple[str, ...] = ()
+
+    def may_read(self, uri: str) -> bool:
+        return _under(uri, self.read_write + self.read_only)
+
+    def may_write(self, uri: str) -> bool:
+        return _under(uri, self.read_write)
+
+
+ALL_GRANTED = Grants((EVERYTHING,))
+
+
+def _under(uri: str, prefixes: tuple[str, ...]) -> bool:
+    if not uri.startswith("s3://"):
+        return False
+    bucket, _, key = uri.removeprefix("s3://").partition("/")
+    if not bucket or not is_plain_key(key):
+        return False
+    folder = uri if uri.endswith("/") else uri + "/"  # a URI naming a granted folder itself is under it
+    return any(uri.startswith(p) or folder == p for p in prefixes)
+
+
+@dataclass(frozen=True, slots=True)
+class Tenant:
+    name: str
+    grants: Grants = ALL_GRANTED
+    models: tuple[str, ...] = ("*",)
+    """Catalog models it may use, as glob patterns."""
+    max_active_jobs: int | None = None
+    """Jobs from Submitted to Stopping it may have at once; None for no limit."""
+
+    def may_use(self, model: str) -> bool:
+        return any(fnmatch.fnmatchcase(model, pattern) for pattern in self.models)
+
+    def check_read(self, uri: str, what: str) -> None:
+        if not self.grants.may_read(uri):
+            raise NotGranted(f"{what}: {uri} is not granted to tenant {self.name!r} for reading")
+
+    def check_write(self, uri: str, what: str) -> None:
+        if not self.grants.may_write(uri):
+            raise NotGranted(f"{what}: {uri} is not granted to tenant {self.name!r} for writing")
+
+    def check_model(self, model: str) -> None:
+        if not self.may_use(model):
+            raise NotGranted(f"model {model!r} is not granted to tenant {self.name!r}")
+
+
+@dataclass(frozen=True, slots=True)
+class Tenants:
+    """Every tenant, by name and by access key id; built once at start-up.
+
+    ``open`` is the development mode: any key is accepted, each key id is a tenant of its own granted
+    everything, and a request with no key at all is the tenant ``anonymous``.
+    """
+
+    by_name: Mapping[str, Tenant] = field(default_factory=dict)
+    keys: Mapping[str, tuple[str, str]] = field(default_factory=dict)
+    """Access key id to (tenant name, secret)."""
+    open: bool = False
+
+    def for_key(self, key_id: str) -> tuple[Tenant, str] | None:
+        """The tenant an access key belongs to and the key's secret; None for a key not known."""
+        found = self.keys.get(key_id)
+        if found is None:
+            return (Tenant(key_id), "") if self.open else None
+        name, secret = found
+        return self.by_name[name], secret
+
+    def get(self, name: str) -> Tenant:
+        """A tenant by name; one no longer configured is granted nothing (its jobs read and write
+        nothing more)."""
+        tenant = self.by_name.get(name)
+        if tenant is not None:
+            return tenant
+        return Tenant(name) if self.open else Tenant(name, Grants(), models=())

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from bulkinfer.domain.job import IllegalTransition, JobStatus, new_job_id
-from bulkinfer.store.batch_jobs import BatchJob, BatchJobStore
+from bulkinfer.store.batch_jobs import BatchJob, BatchJobStore, TooManyActiveJobs
 
 
 @pytest.fixture
@@ -118,3 +118,36 @@ async def test_reads_and_creates_awaited_together_answer_each_caller(store: Batc
     assert len({m.job_id for m in made}) == 50  # one job per token, whoever came first
     read = await asyncio.gather(*(store.get_async(m.job_id) for m in made), store.get_async("missing"))
     assert read[:-1] == [store.get(m.job_id) for m in made] and read[-1] is None
+
+
+def test_a_tenant_may_have_at_most_its_active_jobs(store: BatchJobStore) -> None:
+    first = store.create(job("t1"), max_active=2)
+    store.create(job("t2"), max_active=2)
+    with pytest.raises(TooManyActiveJobs, match="max_active_jobs"):
+        store.create(job("t3"), max_active=2)
+    assert store.create(job("t1"), max_active=2).job_id == first.job_id  # a retried create: its job
+    assert store.create(job("other", tenant="another-team"), max_active=2) is not None
+    store.transition(first, JobStatus.STOPPED)  # an ended job no longer counts
+    assert store.create(job("t3"), max_active=2).client_token == "t3"
+
+
+def test_concurrent_creates_never_pass_the_limit(store: BatchJobStore) -> None:
+    def create(i: int) -> BatchJob | None:
+        try:
+            return store.create(job(f"c{i}"), max_active=5)
+        except TooManyActiveJobs:
+            return None
+
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        made = [j for j in pool.map(create, range(40)) if j is not None]
+    assert len(made) == 5
+
+
+def test_jobs_of_an_access_key_move_to_its_tenant(store: BatchJobStore) -> None:
+    old = store.create(job("k", tenant="AKIDOLD"))
+    store.create(job("k", tenant="team"))  # the tenant has a job with the same token
+    clash = store.create(job("k", tenant="AKIDCLASH"))
+    assert store.rename_tenants({"AKIDOLD": "moved-team", "AKIDCLASH": "team", "same": "same"}) == 1
+    moved, kept = store.get(old.job_id), store.get(clash.job_id)
+    assert moved is not None and moved.tenant == "moved-team"
+    assert kept is not None and kept.tenant == "AKIDCLASH"  # kept rather than lose a token's job

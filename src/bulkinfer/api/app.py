@@ -70,6 +70,8 @@ def create_app(settings: ServerSettings, tenants: Tenants | None = None) -> Fast
     tenants = tenants or tenants_of(settings)
     catalog = Catalog.load(settings.models)
     store = BatchJobStore(settings.store_url)
+    # jobs from before tenants belong to the access key that made them: they join its tenant now
+    store.rename_tenants({key: name for key, (name, _) in tenants.keys.items()})
     pressure = Pressure()
 
     @asynccontextmanager

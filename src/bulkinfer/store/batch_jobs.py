@@ -10,6 +10,7 @@ retried for a few seconds before they are raised.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
@@ -30,6 +31,7 @@ from bulkinfer.transient import is_transient_db, retrying_call
 
 T = TypeVar("T")
 K = TypeVar("K")
+log = logging.getLogger(__name__)
 
 DEFAULT_PATIENCE_S = 5.0
 """How long one store call retries a transient database error: long enough for a server restart, short
@@ -376,6 +378,28 @@ class BatchJobStore:
             return [_job(r) for r in rows]
 
         return self._retry(write)
+
+    def rename_tenants(self, renames: dict[str, str]) -> int:
+        """Jobs stored under an old tenant name take a new one: before tenants, each access key id was a
+        tenant, so its jobs move to the tenant the key now belongs to. A key whose jobs would repeat a
+        client token of the tenant's keeps them (logged), rather than lose either."""
+        moved = 0
+        for old, new in sorted(renames.items()):
+            if old == new:
+                continue
+            change = update(batch_jobs).where(batch_jobs.c.tenant == old).values(tenant=new)
+
+            def write(change: Any = change) -> int:
+                with self._engine.begin() as conn:
+                    return int(conn.execute(change).rowcount)
+
+            try:
+                moved += self._retry(write)
+            except IntegrityError:
+                log.warning(
+                    "jobs of access key %s repeat a client token of tenant %s: left as they are", old, new
+                )
+        return moved
 
     def release_expired(self, everyone: bool = False) -> int:
         """Let go of the jobs whose replica stopped renewing its lease (all leased jobs with

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import io
 import os
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -343,3 +344,45 @@ def test_a_tenants_file_problem_stops_the_server_at_start(tmp_path: Path) -> Non
         env=SECRETS,
     )
     assert stolen.returncode == 2 and "s3://team-b/inbox/" in stolen.stderr
+
+
+def test_a_tenant_removed_from_the_file_has_its_waiting_jobs_failed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Its grants went with it: a job it left behind fails saying so, rather than run or wait forever."""
+    from bulkinfer.store.batch_jobs import BatchJobStore
+
+    catalog = tmp_path / "models.toml"
+    catalog.write_text(SLOW_ECHO_CATALOG)
+    tenants = tmp_path / "tenants.toml"
+    tenants.write_text(TENANTS)
+    for name, value in SECRETS.items():
+        monkeypatch.setenv(name, value)
+    server = start_server(tmp_path / "data", catalog, "--tenants", str(tenants), "--jobs-per-model", "1")
+    deployment = Deployment(server, None)
+    deployment.put("s3://team-b/long.jsonl", lines(900, "L"))
+    team_b = deployment.bedrock(TEAM_B)
+    running = create(team_b, "running", "s3://team-b/long.jsonl", "s3://team-b/o/", "slow-echo")
+    wait_status(team_b, running, {"InProgress"})
+    waiting = create(team_b, "waiting", "s3://team-b/long.jsonl", "s3://team-b/o/", "slow-echo")
+    wait_status(team_b, waiting, {"Scheduled"})
+    server.stop()
+
+    tenants.write_text(TENANTS.split("[tenants.team-b]")[0])
+    server = start_server(tmp_path / "data", catalog, "--tenants", str(tenants))
+    try:
+        store = BatchJobStore(f"sqlite:///{tmp_path / 'data' / 'bulkinfer.db'}")
+        try:
+            for arn in (running, waiting):
+                job_id = arn.rsplit("/", 1)[1]
+                deadline = time.monotonic() + 60
+                while (job := store.get(job_id)) is not None and job.status.value != "Failed":
+                    assert time.monotonic() < deadline, job
+                    time.sleep(0.2)
+                assert job is not None and "not granted to tenant 'team-b'" in (job.message or "")
+        finally:
+            store.close()
+        with pytest.raises(ClientError, match="UnrecognizedClient"):
+            Deployment(server, None).bedrock(TEAM_B).list_model_invocation_jobs()
+    finally:
+        server.stop()

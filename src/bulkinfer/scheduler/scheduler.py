@@ -352,8 +352,8 @@ class Scheduler:
         return JobStatus.SCHEDULED, {**changes, "lease_until": None}
 
     def _check_grants(self, job: BatchJob) -> None:
-        """The job's tenant may still read its input and write its output: grants checked at create
-        may have been taken away since (a changed tenants file, a restart)."""
+        """The job's tenant may still use its model, read its input and write its output: grants checked
+        at create may have been taken away since (a changed tenants file and a restart)."""
         tenant = self._tenants.get(job.tenant)
         tenant.check_model(job.model_id)
         tenant.check_read(input_uri(job.request), "inputDataConfig.s3InputDataConfig.s3Uri")
@@ -485,6 +485,7 @@ class Scheduler:
         failpoint("in-progress")
         running = self._running[job.job_id]
         try:
+            self._check_grants(job)  # (a tenant may have lost a grant since it validated)
             local = await _open(self._run_request(job))
         except JobLocked as exc:  # its files are still held by a run winding down: try later
             log.warning("job %s: %s; it is taken up again shortly", job.job_id, exc)

@@ -386,3 +386,23 @@ def test_a_tenant_removed_from_the_file_has_its_waiting_jobs_failed(
             Deployment(server, None).bedrock(TEAM_B).list_model_invocation_jobs()
     finally:
         server.stop()
+
+
+def test_access_keys_are_one_team(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The quick form: every key of ``--access-keys`` (here from the environment) is one tenant."""
+    catalog = tmp_path / "models.toml"
+    catalog.write_text(SLOW_ECHO_CATALOG)
+    monkeypatch.setenv("BULKINFER_ACCESS_KEYS", "AKIDONE:one-secret,AKIDTWO:two-secret")
+    server = start_server(tmp_path / "data", catalog, "--jobs-per-model", "2")
+    try:
+        deployment = Deployment(server, None)
+        deployment.put("s3://any-bucket/in.jsonl", lines(2))
+        one, two = (
+            deployment.bedrock(("AKIDONE", "one-secret")),
+            deployment.bedrock(("AKIDTWO", "two-secret")),
+        )
+        arn = create(one, "ours", "s3://any-bucket/in.jsonl", "s3://other-bucket/out/")
+        assert wait_status(two, arn, {"Completed", "Failed"})["status"] == "Completed"
+        refused(lambda: deployment.bedrock(("AKIDONE", "wrong")).list_model_invocation_jobs())
+    finally:
+        server.stop()

@@ -32,6 +32,9 @@ class ServerSettings(BaseSettings):
         None, description="The tenant whose grants and jobs the watch folder uses."
     )
     max_request_bytes: int = Field(32 * 2**20, ge=1024, description="Largest request body, refused unread.")
+    max_buffered_bytes: int | None = Field(
+        None, ge=1024, description="Request bodies held in memory at once, all requests together (2 bodies)."
+    )
     docs: bool = Field(False, description="Serve /docs, /redoc and /openapi.json (unauthenticated).")
     region: str = Field("us-east-1", description="Region used in job ARNs when a request names none.")
     account_id: str = Field("123456789012", pattern=r"[0-9]{12}", description="Account id in job ARNs.")

@@ -252,7 +252,9 @@ def test_a_flood_of_chunked_bodies_with_a_bad_signature_stops_at_the_cap(bench: 
     warm_up(bench)
     with peak_rss(bench.pid) as seen:
         statuses = flood(bench.port, forged_authorization(), chunked=True)
-    assert statuses == [413] * FLOOD_REQUESTS  # read to the cap, never to the signature check
+    # each read to the cap (413), or refused once the server's budget for bodies in memory is spent (503):
+    # never to the signature check
+    assert set(statuses) <= {413, 503} and 413 in statuses, statuses
     assert growth(seen) < MAX_FLOOD_GROWTH, f"RSS grew {growth(seen) / MiB:.0f} MiB"
 
 

@@ -107,6 +107,7 @@ def create_app(settings: ServerSettings, tenants: Tenants | None = None) -> Fast
         Gate,
         auth=Authenticator(tenants, settings.region),
         max_body=settings.max_request_bytes,
+        max_buffered=max(settings.max_buffered_bytes or 0, 2 * settings.max_request_bytes),
         respond=errors.refusal,
         public=DOCS_PATHS if settings.docs else frozenset(),
     )

@@ -6,7 +6,8 @@
 2. refuses a request with no signature, an unknown access key id, or a credential scope for another
    service (403), before a byte of the body is read;
 3. reads the body, refusing it once it passes the cap (a body sent without a length, chunked), so
-   nothing over the cap is ever held in memory;
+   nothing over the cap is ever held in memory, and refusing it (503) when the bodies of all requests
+   being received would pass the server's budget for them;
 4. checks the signature over exactly that body, recomputed with botocore's own signer over the headers
    the client signed, and that ``X-Amz-Content-SHA256``, when sent, is the body's hash (a captured
    request cannot be replayed with another body), and the clock;
@@ -176,10 +177,14 @@ class Gate:
         max_body: int,
         respond: Callable[[AuthFailed], ASGIApp],
         public: frozenset[str] = frozenset(),
+        max_buffered: int | None = None,
     ) -> None:
         self._app = app
         self._auth = auth
         self._max_body = max_body
+        self._budget = [max_buffered or 2 * max_body]
+        """Body bytes all requests together may hold in memory; past it a request is refused (503),
+        so a flood of bodies, signed or not, costs a bounded amount of memory."""
         self._respond = respond
         self._public = public
 
@@ -187,28 +192,54 @@ class Gate:
         if scope["type"] != "http":
             await self._app(scope, receive, send)
             return
+        held = _Held(self._budget)
         try:
-            replay = await self._admit(scope, receive)
-        except AuthFailed as refusal:
-            await self._respond(refusal)(scope, receive, send)
-            return
-        await self._app(scope, replay, send)
+            try:
+                replay = await self._admit(scope, receive, held)
+            except AuthFailed as refusal:
+                await self._respond(refusal)(scope, receive, send)
+                return
+            await self._app(scope, replay, send)
+        finally:
+            held.release()  # the body is the app's no longer once its answer is sent
 
-    async def _admit(self, scope: Scope, receive: Receive) -> Receive:
+    async def _admit(self, scope: Scope, receive: Receive, held: _Held) -> Receive:
         headers = Headers(scope=scope)
         length = headers.get("content-length", "")
         if length.isdigit() and int(length) > self._max_body:
             raise BodyTooLarge(self._max_body)
         public = scope["path"] in self._public
         claim = None if public else self._auth.claim(headers, scope["path"])
-        body = await _read_body(receive, self._max_body)
+        body = await _read_body(receive, self._max_body, held)
         if isinstance(claim, _Claim):
             claim = self._auth.verify(claim, scope, headers, body)
         scope.setdefault("state", {})["caller"] = claim
         return _replay(body, receive)
 
 
-async def _read_body(receive: Receive, limit: int) -> bytes:
+class _Held:
+    """The body bytes one request holds of the server's budget for bodies in memory."""
+
+    def __init__(self, budget: list[int]) -> None:
+        self._budget = budget
+        self.bytes = 0
+
+    def take(self, size: int) -> None:
+        if size > self._budget[0]:
+            raise AuthFailed(
+                "ServiceUnavailableException",
+                "too many request bodies are being received at once; try again shortly",
+                503,
+            )
+        self._budget[0] -= size
+        self.bytes += size
+
+    def release(self) -> None:
+        self._budget[0] += self.bytes
+        self.bytes = 0
+
+
+async def _read_body(receive: Receive, limit: int, held: _Held) -> bytes:
     chunks: list[bytes] = []
     size = 0
     while True:
@@ -219,10 +250,11 @@ async def _read_body(receive: Receive, limit: int) -> bytes:
         size += len(chunk)
         if size > limit:
             raise BodyTooLarge(limit)
+        held.take(len(chunk))
         chunks.append(chunk)
         if not message.get("more_body", False):
             break
-    return b"".join(chunks)
+    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
 def _replay(body: bytes, receive: Receive) -> Receive:

@@ -258,6 +258,25 @@ def test_a_flood_of_chunked_bodies_with_a_bad_signature_stops_at_the_cap(bench: 
     assert growth(seen) < MAX_FLOOD_GROWTH, f"RSS grew {growth(seen) / MiB:.0f} MiB"
 
 
+def whole_answer(sock: socket.socket) -> bytes:
+    """An HTTP answer's head and its Content-Length of body, however many reads they arrive in."""
+    answer = b""
+    while b"\r\n\r\n" not in answer or len(answer.partition(b"\r\n\r\n")[2]) < _length(answer):
+        chunk = sock.recv(65536)
+        if not chunk:
+            break
+        answer += chunk
+    return answer
+
+
+def _length(answer: bytes) -> int:
+    for line in answer.partition(b"\r\n\r\n")[0].split(b"\r\n"):
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"content-length":
+            return int(value)
+    return 0
+
+
 def test_a_declared_length_over_the_cap_is_refused_before_the_body_is_sent(bench: Bench) -> None:
     headers = {**forged_authorization(), "Content-Length": str(CAP + 1)}
     with socket.create_connection(("127.0.0.1", bench.port), timeout=30) as sock:

@@ -39,7 +39,7 @@ read_only = ["s3://reference-data/"]
 
 [tenants.team-b]
 access_keys = { AKIDTEAMB = "BI_TEST_TEAM_B_SECRET" }
-grants = ["s3://team-b/"]
+grants = ["s3://team-b/", "s3://shared/team-b/"]
 models = ["echo", "slow-*"]
 max_active_jobs = 2
 """
@@ -332,6 +332,22 @@ def test_a_tenants_file_problem_stops_the_server_at_start(tmp_path: Path) -> Non
         "--tenants", str(tenants), "--watch", "s3://team-b/inbox", "--watch-model", "echo", env=SECRETS
     )
     assert watch.returncode == 2 and "--watch-tenant" in watch.stderr
+    unusable = serve(
+        "--tenants",
+        str(tenants),
+        "--watch",
+        "s3://team-b/inbox",
+        "--watch-model",
+        "ocr",
+        "--watch-tenant",
+        "team-b",
+        env=SECRETS,
+    )
+    assert unusable.returncode == 2 and "model 'ocr' is not granted" in unusable.stderr
+    tenants.write_text(TENANTS.replace('"slow-*"', '"slow-ehco"'))
+    typo = serve("--tenants", str(tenants), env=SECRETS)
+    assert typo.returncode == 2 and "'slow-ehco' matches no model" in typo.stderr
+    tenants.write_text(TENANTS)
     stolen = serve(
         "--tenants",
         str(tenants),
@@ -406,3 +422,31 @@ def test_access_keys_are_one_team(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
         refused(lambda: deployment.bedrock(("AKIDONE", "wrong")).list_model_invocation_jobs())
     finally:
         server.stop()
+
+
+def test_a_link_in_a_local_bucket_is_granted_by_where_it_leads(teams: Deployment, team_b: Any) -> None:
+    """In one bucket shared by two teams, team-b links its folder's files to team-a's: an input file,
+    an image and its output folder. Each is refused; the job's files are granted where they lead."""
+    if teams.s3 is not None:
+        pytest.skip("an S3-protocol server has no symbolic links")
+    shared = teams.server.data_dir / "s3" / "shared"
+    teams.put("s3://shared/team-a/secret.jsonl", lines(1, "A-SECRET"))
+    teams.put("s3://shared/team-a/secret.png", png())
+    (shared / "team-a" / "out").mkdir(parents=True, exist_ok=True)
+    mine = shared / "team-b"
+    (mine / "in").mkdir(parents=True, exist_ok=True)
+    (mine / "in" / "linked.jsonl").symlink_to(shared / "team-a" / "secret.jsonl")
+    teams.put("s3://shared/team-b/plain/in.jsonl", lines(1))
+    (mine / "out").symlink_to(shared / "team-a" / "out")
+    (mine / "pic.png").symlink_to(shared / "team-a" / "secret.png")
+    teams.put("s3://shared/team-b/pics/in.jsonl", image_record("linked", "s3://shared/team-b/pic.png"))
+
+    read = create(team_b, "linked-input", "s3://shared/team-b/in/", "s3://team-b/o/")
+    assert "linked.jsonl leads outside" in wait_status(team_b, read, {"Failed"})["message"]
+    write = create(team_b, "linked-output", "s3://shared/team-b/plain/in.jsonl", "s3://shared/team-b/out/")
+    assert "leads outside what tenant 'team-b' may write" in wait_status(team_b, write, {"Failed"})["message"]
+    assert list((shared / "team-a" / "out").iterdir()) == []
+    image = create(team_b, "linked-image", "s3://shared/team-b/pics/in.jsonl", "s3://team-b/pics-out/")
+    assert wait_status(team_b, image, {"Completed", "Failed"})["status"] == "Completed"
+    (line,) = map(orjson.loads, b"".join(teams.outputs(image, TEAM_B).blocks("in.jsonl.out")).splitlines())
+    assert "not granted" in line["error"]["errorMessage"]

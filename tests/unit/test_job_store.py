@@ -151,3 +151,18 @@ def test_jobs_of_an_access_key_move_to_its_tenant(store: BatchJobStore) -> None:
     moved, kept = store.get(old.job_id), store.get(clash.job_id)
     assert moved is not None and moved.tenant == "moved-team"
     assert kept is not None and kept.tenant == "AKIDCLASH"  # kept rather than lose a token's job
+
+
+def test_one_token_repeated_at_the_limit_is_one_job(store: BatchJobStore) -> None:
+    store.create(job("a"), max_active=2)
+
+    def create(_: int) -> BatchJob | BaseException:
+        try:
+            return store.create(job("same"), max_active=2)
+        except TooManyActiveJobs as exc:
+            return exc
+
+    with ThreadPoolExecutor(max_workers=10) as pool:
+        made = list(pool.map(create, range(10)))
+    assert all(isinstance(m, BatchJob) for m in made), made
+    assert len({m.job_id for m in made if isinstance(m, BatchJob)}) == 1

@@ -6,9 +6,19 @@ from pathlib import Path
 
 import pytest
 
-from bulkinfer.api.tenants import load_tenants, single_tenant
-from bulkinfer.domain.tenant import ALL_GRANTED, Grants, Tenant, Tenants, is_plain_key, normalized_grant
-from bulkinfer.errors import ConfigError
+from bulkinfer.api.auth import parse_keys
+from bulkinfer.api.tenants import check_models, load_tenants, single_tenant
+from bulkinfer.domain.tenant import (
+    ALL_GRANTED,
+    Grants,
+    NotGranted,
+    Tenant,
+    Tenants,
+    is_plain_key,
+    normalized_grant,
+)
+from bulkinfer.errors import ConfigError, UnknownModelError
+from bulkinfer.providers.catalog import Catalog
 
 GRANTS = Grants(("s3://team-a/", "s3://shared/team-a/"), ("s3://reference/",))
 
@@ -133,3 +143,51 @@ def test_access_keys_form_one_tenant_granted_everything() -> None:
     assert first[0].grants == ALL_GRANTED
     with pytest.raises(ConfigError):
         single_tenant({})
+
+
+@pytest.mark.parametrize(
+    "typo", ["s3://Team-A/", "s3://team-a/ ", "s3://team-*/", "s3://team-a/in*/", "s3://a/"]
+)
+def test_a_grant_that_could_never_match_is_refused(typo: str) -> None:
+    with pytest.raises(ValueError):
+        normalized_grant(typo)
+
+
+def test_a_secret_pasted_for_its_variable_is_not_echoed(tmp_path: Path) -> None:
+    path = tmp_path / "tenants.toml"
+    path.write_text(FILE.replace('"TEAM_B_SECRET"', '"wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY"'))
+    with pytest.raises(ConfigError) as caught:
+        load_tenants(path, ENV)
+    assert "wJalrXUtn" not in str(caught.value) and "not the secret" in str(caught.value)
+
+
+def test_a_misspelt_table_is_an_unknown_key(tmp_path: Path) -> None:
+    path = tmp_path / "tenants.toml"
+    path.write_text(FILE.replace("[tenants.team-b]", "[tenant.team-b]"))
+    with pytest.raises(ConfigError, match="tenant: unknown key"):
+        load_tenants(path, ENV)
+
+
+def test_model_patterns_must_match_the_catalog() -> None:
+    tenants = Tenants({"t": Tenant("t", models=("echo", "smollm2-*"))})
+    check_models(tenants, ["echo", "smollm2-135m-instruct"])
+    with pytest.raises(ConfigError, match="'ehco' matches no model"):
+        check_models(Tenants({"t": Tenant("t", models=("ehco",))}), ["echo"])
+
+
+def test_an_unknown_model_lists_only_the_tenants_models() -> None:
+    catalog = Catalog.load()
+    tenant = Tenant("t", models=("echo*",))
+    with pytest.raises(UnknownModelError) as caught:
+        catalog.get("echo-nope", tenant.may_use)
+    assert "available models: echo" in str(caught.value) and "ocr" not in str(caught.value)
+    with pytest.raises(NotGranted):
+        catalog.get("ocr", tenant.may_use)
+
+
+def test_access_keys_given_twice_are_refused() -> None:
+    with pytest.raises(ValueError, match="given twice"):
+        parse_keys("K:one,K:two")
+    with pytest.raises(ValueError) as caught:
+        parse_keys("K-without-secret-but-with-a-password")
+    assert "password" not in str(caught.value)

@@ -14,7 +14,7 @@ from bulkinfer.api import errors
 from bulkinfer.api.auth import DOCS_PATHS, Authenticator, Gate, parse_keys
 from bulkinfer.api.bedrock.routes import router as bedrock_router
 from bulkinfer.api.runtime.routes import router as runtime_router
-from bulkinfer.api.tenants import load_tenants, open_tenants, single_tenant
+from bulkinfer.api.tenants import check_models, load_tenants, open_tenants, single_tenant
 from bulkinfer.domain.tenant import Tenant, Tenants
 from bulkinfer.engine.job import MediaSettings
 from bulkinfer.errors import ConfigError
@@ -69,6 +69,7 @@ def create_app(settings: ServerSettings, tenants: Tenants | None = None) -> Fast
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     tenants = tenants or tenants_of(settings)
     catalog = Catalog.load(settings.models)
+    check_models(tenants, (spec.name for spec in catalog))
     store = BatchJobStore(settings.store_url)
     # jobs from before tenants belong to the access key that made them: they join its tenant now
     store.rename_tenants({key: name for key, (name, _) in tenants.keys.items()})
@@ -134,4 +135,5 @@ def watch_tenant(tenants: Tenants, settings: ServerSettings) -> Tenant:
         )
     tenant = tenants.get(name)
     tenant.check_write(f"{(settings.watch or '').rstrip('/')}/", "--watch")
+    tenant.check_model(settings.watch_model or "")
     return tenant

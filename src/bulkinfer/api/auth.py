@@ -18,6 +18,7 @@ request never reaches a route, so no JSON is parsed for it.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import re
@@ -44,6 +45,8 @@ DEFAULT_MAX_REQUEST_BYTES = 32 * 2**20
 """Enough for Bedrock's largest body, a 25 MB InvokeModel request, with room for JSON's overhead."""
 RUNTIME_PREFIX = "/model/"
 """The bedrock-runtime routes, which boto3 may sign for ``bedrock`` or ``bedrock-runtime``."""
+BODY_TIMEOUT_S = 120
+"""Longest a body may take to arrive: 32 MiB at a quarter of a megabyte a second."""
 DOCS_PATHS = frozenset({"/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json"})
 
 
@@ -210,7 +213,13 @@ class Gate:
             raise BodyTooLarge(self._max_body)
         public = scope["path"] in self._public
         claim = None if public else self._auth.claim(headers, scope["path"])
-        body = await _read_body(receive, self._max_body, held)
+        try:
+            async with asyncio.timeout(BODY_TIMEOUT_S):  # a body trickled in holds its connection no longer
+                body = await _read_body(receive, self._max_body, held)
+        except TimeoutError:
+            raise AuthFailed(
+                "RequestTimeoutException", f"the request body took over {BODY_TIMEOUT_S} s to arrive", 408
+            ) from None
         if isinstance(claim, _Claim):
             claim = self._auth.verify(claim, scope, headers, body)
         scope.setdefault("state", {})["caller"] = claim
@@ -273,10 +282,13 @@ def _replay(body: bytes, receive: Receive) -> Receive:
 
 def parse_keys(text: str | None) -> dict[str, str]:
     """``AKID1:SECRET1,AKID2:SECRET2`` into a dict."""
-    keys = {}
-    for pair in filter(None, (p.strip() for p in (text or "").split(","))):
+    keys: dict[str, str] = {}
+    pairs = [p.strip() for p in (text or "").split(",") if p.strip()]
+    for number, pair in enumerate(pairs, 1):
         key, sep, secret = pair.partition(":")
-        if not sep or not key or not secret:
-            raise ValueError(f"access keys are KEY:SECRET pairs separated by commas, not {pair!r}")
+        if not sep or not key or not secret:  # (what was given is not echoed: it may be a secret)
+            raise ValueError(f"access keys are KEY:SECRET pairs separated by commas; pair {number} is not")
+        if key in keys:
+            raise ValueError(f"access key {key} is given twice")
         keys[key] = secret
     return keys

@@ -14,10 +14,11 @@ Secrets never appear in the file or on the command line: each key names the vari
 
 from __future__ import annotations
 
+import fnmatch
 import os
 import re
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Annotated
 
@@ -54,9 +55,9 @@ class TenantEntry(BaseModel):
         for key, variable in keys.items():
             if not _KEY_ID.fullmatch(key):
                 raise ValueError(f"{key!r} is not an access key id (letters, digits, _+=,.@-, ≤128)")
-            if not _VARIABLE.fullmatch(variable):
+            if not _VARIABLE.fullmatch(variable):  # (a secret pasted here is not echoed back)
                 raise ValueError(
-                    f"{key} = {variable!r}: give the name of the environment variable holding its secret"
+                    f"{key}: give the name of the environment variable that holds its secret, not the secret"
                 )
         return keys
 
@@ -77,7 +78,8 @@ def load_tenants(path: Path, environ: Mapping[str, str] | None = None) -> Tenant
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{path}: invalid TOML: {exc}") from exc
     except ValidationError as exc:
-        first = exc.errors()[0]
+        errors = exc.errors()
+        first = next((e for e in errors if e["type"] == "extra_forbidden"), errors[0])  # a typo first
         where = ".".join(str(p) for p in first["loc"])
         if first["type"] == "extra_forbidden":
             raise ConfigError(f"{path}: {where}: unknown key") from exc
@@ -98,11 +100,23 @@ def load_tenants(path: Path, environ: Mapping[str, str] | None = None) -> Tenant
             secret = env.get(variable, "")
             if not secret:
                 raise ConfigError(
-                    f"{path}: tenants.{name}.access_keys.{key}: the variable {variable} holding its secret "
-                    "is not set (export it before starting the server)"
+                    f"{path}: tenants.{name}.access_keys.{key}: the environment variable {variable} that "
+                    "holds its secret is not set (export it before starting the server)"
                 )
             keys[key] = (name, secret)
     return Tenants(by_name, keys)
+
+
+def check_models(tenants: Tenants, known: Iterable[str]) -> None:
+    """Every tenant's model patterns match a model of the catalog (a misspelt one would grant none)."""
+    names = list(known)
+    for tenant in tenants.by_name.values():
+        for pattern in tenant.models:
+            if not any(fnmatch.fnmatchcase(name, pattern) for name in names):
+                raise ConfigError(
+                    f"tenants.{tenant.name}.models: {pattern!r} matches no model of the catalog "
+                    f"({', '.join(names)})"
+                )
 
 
 def single_tenant(keys: Mapping[str, str]) -> Tenants:

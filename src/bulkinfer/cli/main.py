@@ -448,7 +448,11 @@ def serve(
         _check_watch(watch, data_dir)
     who = _callers(settings)
     _private_data_dir(data_dir)
-    config = uvicorn.Config(create_app(settings, who), host=host, port=port, log_level="warning")
+    try:
+        application = create_app(settings, who)
+    except UserError as exc:  # the catalog, or a tenant's models that match none of it
+        _usage(str(exc))
+    config = uvicorn.Config(application, host=host, port=port, log_level="warning")
     server = uvicorn.Server(config)
 
     async def announce_and_serve() -> None:
@@ -501,12 +505,14 @@ def _callers(settings: ServerSettings) -> Tenants:
 
 
 def _private_data_dir(data_dir: Path) -> None:
-    """Everything the server writes (its database, job state, outputs) is its user's alone: 0600 files
-    and 0700 folders."""
+    """Everything the server writes (its database, job state, staged copies, outputs) is its user's
+    alone: 0600 files and 0700 folders. The data dir itself keeps the mode it has (others may drop input
+    files into its local buckets); a new one is 0700. Files of an older version are made private too."""
     os.umask(0o077)
     data_dir.mkdir(parents=True, exist_ok=True)
-    with contextlib.suppress(OSError):  # a data dir the server does not own keeps its mode
-        data_dir.chmod(0o700)
+    for own in (*data_dir.glob("bulkinfer.db*"), data_dir / "engine", data_dir / "staging"):
+        with contextlib.suppress(OSError):  # missing, or not the server's own
+            own.chmod(0o700 if own.is_dir() else 0o600)
 
 
 def _usage(message: str) -> NoReturn:

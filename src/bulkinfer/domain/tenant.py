@@ -12,6 +12,7 @@ S3 server's) could read as another (``..``, ``.`` or empty segments) is never gr
 from __future__ import annotations
 
 import fnmatch
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -32,15 +33,24 @@ def is_plain_key(key: str) -> bool:
     return key == "" or all(s not in ("", ".", "..") for s in segments)
 
 
+_BUCKET = re.compile(r"[a-z0-9][-.a-z0-9]{1,61}[a-z0-9]")
+
+
 def normalized_grant(prefix: str) -> str:
-    """A grant as a folder prefix: ``s3://bucket/folder/``. Raises ValueError for anything else."""
+    """A grant as a folder prefix: ``s3://bucket/folder/``. Raises ValueError for anything that could
+    never match a URI as written (an upper-case bucket, spaces, a wildcard, a climbing segment)."""
     if prefix == EVERYTHING:
         return prefix
     if not prefix.startswith("s3://"):
         raise ValueError(f"{prefix!r} is not an s3://bucket/prefix/ URI")
     bucket, _, key = prefix.removeprefix("s3://").partition("/")
-    if not bucket or not is_plain_key(key):
-        raise ValueError(f"{prefix!r} is not an s3://bucket/prefix/ URI (no '..', '.' or empty segment)")
+    if not _BUCKET.fullmatch(bucket):
+        raise ValueError(f"{prefix!r}: {bucket!r} is not a bucket name (3-63 of a-z, 0-9, '.', '-')")
+    if not is_plain_key(key) or key != key.strip() or "*" in key:
+        raise ValueError(
+            f"{prefix!r}: a grant is a plain prefix (no '..', '.' or empty segment, no spaces at its ends, "
+            "no wildcard)"
+        )
     return prefix if prefix.endswith("/") else prefix + "/"
 
 

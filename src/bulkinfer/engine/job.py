@@ -87,12 +87,12 @@ class MediaSettings:
         allow = tuple(h.strip() for h in (fetch_allow or "").split(",") if h.strip())
         return cls(allow, data_dir, s3_endpoint_url)
 
-    def resolver(self, policy: MediaPolicy) -> MediaResolver:
+    def resolver(self, policy: MediaPolicy, decode_slots: asyncio.Semaphore | None = None) -> MediaResolver:
         from bulkinfer.media import FetchPolicy, FileReader, GuardedFetcher, MediaResolver
 
         fetcher = GuardedFetcher(FetchPolicy(max_bytes=policy.max_bytes, allow=self.fetch_allow))
         reader = FileReader(roots=self.roots, objects=self._objects(), max_bytes=policy.max_bytes)
-        return MediaResolver(policy, fetcher=fetcher, reader=reader)
+        return MediaResolver(policy, fetcher=fetcher, reader=reader, decode_slots=decode_slots)
 
     def _objects(self) -> ObjectGet | None:
         from bulkinfer.media import granted_only
@@ -110,7 +110,8 @@ class MediaSettings:
                 return s3fs_objects(self.s3_endpoint_url)
             except ImportError:
                 return None
-        return local_buckets(self.data_dir)
+        # a symbolic link in a local bucket is granted by where it leads, not by its own name
+        return local_buckets(self.data_dir, self.grants.may_read if self.grants else None)
 
 
 @dataclass(frozen=True, slots=True)

@@ -100,8 +100,11 @@ def read_capped(path: Path, max_bytes: int) -> bytes:
     return data
 
 
-def local_buckets(data_dir: Path) -> ObjectGet:
-    """``s3://bucket/key`` as ``DATA_DIR/s3/bucket/key``: what bulkinfer does with no S3 endpoint."""
+def local_buckets(data_dir: Path, may_read: Callable[[str], bool] | None = None) -> ObjectGet:
+    """``s3://bucket/key`` as ``DATA_DIR/s3/bucket/key``: what bulkinfer does with no S3 endpoint.
+
+    With ``may_read``, the file a symbolic link leads to must be granted too (a link in one tenant's
+    folder to another's in the same bucket is not)."""
     buckets = LocalBuckets(data_dir)
 
     def read(uri: str, max_bytes: int) -> bytes:
@@ -109,6 +112,8 @@ def local_buckets(data_dir: Path) -> ObjectGet:
             path = buckets.path(uri)
         except InputError as exc:
             raise MediaError(str(exc).removeprefix(f"{uri}: ")) from None
+        if may_read is not None and not may_read(buckets.uri_of(path, uri)):
+            raise MediaRefused("not granted")
         return read_capped(path, max_bytes)
 
     async def get(uri: str, max_bytes: int) -> bytes:

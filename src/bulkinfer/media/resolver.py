@@ -63,6 +63,7 @@ class MediaResolver:
         cache_bytes: int = 256 * MiB,
         failure_ttl_s: float = 60.0,
         max_decodes: int = DEFAULT_DECODES,
+        decode_slots: asyncio.Semaphore | None = None,
     ) -> None:
         self.policy = policy or MediaPolicy()
         self._fetcher = fetcher or GuardedFetcher()
@@ -70,7 +71,9 @@ class MediaResolver:
         self._cache: MediaCache[CheckedImage] = MediaCache(
             max_bytes=cache_bytes, failure_ttl_s=failure_ttl_s, size=lambda image: len(image.data)
         )
-        self._decode_slots = asyncio.Semaphore(max_decodes)
+        # shared between resolvers where many are made at once (one per on-demand call), so the process
+        # decodes no more images at a time than one resolver would
+        self._decode_slots = decode_slots or asyncio.Semaphore(max_decodes)
         self._images = self._fetches = self._decodes = self._reencodes = 0
 
     @property

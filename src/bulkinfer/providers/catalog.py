@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import tomllib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -10,6 +11,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from bulkinfer.domain.tenant import NotGranted
 from bulkinfer.errors import ConfigError, UnknownModelError
 
 
@@ -158,11 +160,15 @@ class Catalog:
             specs.update(_parse(text, str(user_file)))
         return cls(specs)
 
-    def get(self, name: str) -> ModelSpec:
+    def get(self, name: str, visible: Callable[[str], bool] | None = None) -> ModelSpec:
+        """A model by name; ``visible`` says which models the caller may use (an unknown name's error
+        lists only those; one it may not use is `NotGranted`)."""
+        if visible is not None and not visible(name):
+            raise NotGranted(f"model {name!r} is not granted to this tenant")
         try:
             return self._specs[name]
         except KeyError:
-            known = ", ".join(sorted(self._specs))
+            known = ", ".join(n for n in sorted(self._specs) if visible is None or visible(n)) or "none"
             raise UnknownModelError(f"unknown model {name!r}; available models: {known}") from None
 
     def __iter__(self) -> Any:

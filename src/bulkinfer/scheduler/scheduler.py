@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from bulkinfer.domain.job import SERVICE_ENDED, JobStatus
-from bulkinfer.domain.tenant import Tenants
+from bulkinfer.domain.tenant import EVERYTHING, NotGranted, Tenant, Tenants
 from bulkinfer.engine.job import LocalJob, MediaSettings, RunRequest
 from bulkinfer.engine.runner import EngineSettings
 from bulkinfer.errors import BulkinferError, JobLocked
@@ -332,7 +332,7 @@ class Scheduler:
         """The status validation moves the job to, with its changes."""
         uri = input_uri(job.request)
         try:
-            self._check_grants(job)
+            await asyncio.to_thread(self._check_grants, job)
             if self._staging is not None:
                 staged = await self._stage(job, uri)
                 updated = await self._db(self._store.update, job, held_by=self.replica, request=staged)
@@ -356,8 +356,22 @@ class Scheduler:
         at create may have been taken away since (a changed tenants file and a restart)."""
         tenant = self._tenants.get(job.tenant)
         tenant.check_model(job.model_id)
-        tenant.check_read(input_uri(job.request), "inputDataConfig.s3InputDataConfig.s3Uri")
-        tenant.check_write(output_uri(job.request), "outputDataConfig.s3OutputDataConfig.s3Uri")
+        source, target = input_uri(job.request), output_uri(job.request)
+        tenant.check_read(source, "inputDataConfig.s3InputDataConfig.s3Uri")
+        tenant.check_write(target, "outputDataConfig.s3OutputDataConfig.s3Uri")
+        if self._staging is None and not tenant.grants.may_write(EVERYTHING):
+            self._check_links(tenant, source, target)
+
+    def _check_links(self, tenant: Tenant, source: str, target: str) -> None:
+        """In local buckets a folder or file may be a symbolic link: each input file and the output
+        folder are granted by where they lead, so a link in one tenant's folder to another's (in the
+        same bucket) reads or writes nothing of the other's."""
+        buckets = self._buckets
+        for file in list_inputs(buckets.path(source), buckets.bucket_dir(source)):
+            if not tenant.grants.may_read(buckets.uri_of(file.path, source)):
+                raise NotGranted(f"{source}: {file.name} leads outside what tenant {tenant.name!r} may read")
+        if not tenant.grants.may_write(buckets.uri_of(buckets.path(target, must_exist=False), target)):
+            raise NotGranted(f"{target}: leads outside what tenant {tenant.name!r} may write")
 
     def _public(self, job: BatchJob, message: str) -> str:
         """A message for the job's owner: the server's own paths in it told as the s3:// URIs they
@@ -367,7 +381,9 @@ class Scheduler:
             source = input_uri(job.request).rstrip("/")
             staged = job.request.get("stagedInput", "")
             base = source.rsplit("/", 1)[0] if staged.endswith(".jsonl") else source
-            swaps.append((str(self._staging.input_dir(job.job_id)), base))
+            staged_dir = str(self._staging.input_dir(job.job_id))
+            swaps.append((staged_dir + ".partial", base))  # (where objects land before all are there)
+            swaps.append((staged_dir, base))
             swaps.append((str(self._staging.output_dir(job.job_id)), output_uri(job.request).rstrip("/")))
         for data_dir in {str(self._settings.data_dir.resolve()), str(self._settings.data_dir)}:
             swaps.append((data_dir, "<data-dir>"))
@@ -485,7 +501,8 @@ class Scheduler:
         failpoint("in-progress")
         running = self._running[job.job_id]
         try:
-            self._check_grants(job)  # (a tenant may have lost a grant since it validated)
+            # a tenant may have lost a grant since the job validated, or a link in a local bucket changed
+            await asyncio.to_thread(self._check_grants, job)
             local = await _open(self._run_request(job))
         except JobLocked as exc:  # its files are still held by a run winding down: try later
             log.warning("job %s: %s; it is taken up again shortly", job.job_id, exc)

@@ -72,8 +72,7 @@ class BatchService:
     def _new(self, new: NewJob) -> BatchJob:
         """The job to store, once the tenant may use its model and touch its input and output."""
         tenant = new.tenant
-        tenant.check_model(new.model_id)  # before the catalog: it names only models the tenant may use
-        self._catalog.get(new.model_id)  # unknown model: a UserError naming the available ones
+        self._catalog.get(new.model_id, tenant.may_use)  # unknown: a UserError naming the tenant's models
         tenant.check_read(input_uri(new.request), "inputDataConfig.s3InputDataConfig.s3Uri")
         tenant.check_write(output_uri(new.request), "outputDataConfig.s3OutputDataConfig.s3Uri")
         now = time.time()

@@ -17,6 +17,7 @@ from bulkinfer.domain.request import ChatRequest, ImagePart, RecordError, Reques
 from bulkinfer.domain.tenant import Tenant
 from bulkinfer.engine.job import MediaSettings, media_policy
 from bulkinfer.errors import BulkinferError
+from bulkinfer.media.resolver import DEFAULT_DECODES
 from bulkinfer.providers.base import Provider
 from bulkinfer.providers.catalog import Catalog, ModelSpec
 from bulkinfer.providers.registry import load_provider
@@ -56,13 +57,14 @@ class InvokeService:
         self._catalog = catalog
         self._pool = pool
         self._media = media
+        self._decode_slots = asyncio.Semaphore(DEFAULT_DECODES)
+        """Images decoded at once across every call: each call has a resolver, they share these."""
 
     async def invoke(
         self, tenant: Tenant, model: str, body: dict[str, Any], dialect: str | None = None
     ) -> dict[str, Any]:
         """Answer one ``modelInput`` body in its own dialect (or the one named)."""
-        tenant.check_model(model)
-        spec = self._catalog.get(model)
+        spec = self._catalog.get(model, tenant.may_use)
         chosen: Dialect[Any] = get_dialect(dialect) if dialect else detect(body, spec.default_dialect)
         request = await self._with_images(tenant, spec, chosen.to_request(body))  # RecordInvalid: the field
         provider = await self._pool.get(model)
@@ -80,7 +82,8 @@ class InvokeService:
             isinstance(p, ImagePart) for m in request.messages for p in m.parts
         ):
             return request
-        resolver = replace(self._media, grants=tenant.grants).resolver(media_policy(spec.images))
+        media = replace(self._media, grants=tenant.grants)
+        resolver = media.resolver(media_policy(spec.images), self._decode_slots)
         try:
             resolved = await resolver.resolve(request, base_dir=None)
         finally:

@@ -18,6 +18,17 @@ class LocalBuckets:
     def __init__(self, data_dir: Path) -> None:
         self.root = (data_dir / "s3").resolve()
 
+    def uri_of(self, path: Path, uri: str) -> str:
+        """The ``s3://`` URI of a path reached through ``uri``, as the path resolves (symbolic links
+        followed), in the same bucket; "" for a path outside that bucket. Grants are checked on this,
+        so a link in one tenant's folder to another's in the same bucket is granted by where it leads."""
+        bucket = _split(uri)[0]
+        resolved, bucket_dir = path.resolve(), (self.root / bucket).resolve()
+        if not resolved.is_relative_to(bucket_dir):
+            return ""
+        key = resolved.relative_to(bucket_dir).as_posix()
+        return f"s3://{bucket}/" + ("" if key == "." else key)
+
     def bucket_dir(self, uri: str) -> Path:
         """The folder of an ``s3://`` URI's bucket: every input file listed must resolve inside it."""
         return self.root / _split(uri)[0]

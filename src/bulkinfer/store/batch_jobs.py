@@ -506,11 +506,18 @@ def _within_limits(conn: Connection, creates: Sequence[_Create]) -> list[BatchJo
     )
     counts: dict[str, int] = {str(t): int(n) for t, n in conn.execute(query).all()}
     outcomes: list[BatchJob | BaseException] = []
+    taken: dict[tuple[str, str], BatchJob] = {}  # tokens already taken in this group: one job each
     for create in creates:
         job, limit = create.job, create.max_active
+        earlier = taken.get((job.tenant, job.client_token)) if job.client_token else None
+        if earlier is not None:
+            outcomes.append(earlier)
+            continue
         if limit is None or counts.get(job.tenant, 0) < limit:
             counts[job.tenant] = counts.get(job.tenant, 0) + 1
             outcomes.append(job)
+            if job.client_token:
+                taken[(job.tenant, job.client_token)] = job
             continue
         same = (c.client_token == job.client_token) if job.client_token else (c.job_id == job.job_id)
         row = conn.execute(select(batch_jobs).where(c.tenant == job.tenant, same)).mappings().first()

@@ -185,6 +185,8 @@ def refused(source: str) -> str:
         (S + "{{ '{}{}'.format(s, s) }}", "format"),
         ("{{ '%Nd'|format(1) }}", "format"),
         ("{{ '%(a)Nd'|format(a=1) }}", "format"),
+        ("{{ '%(env)Ns'|format(env=1) }}", "format"),  # keywords named like the check's own arguments
+        ("{{ '%(limit)Ns'|format(limit=1) }}", "format"),
         ("{{ 'x'|indent(N) }}", "indent"),
         ("{{ 'x'|indent(N, true) }}", "indent"),
         (S + "{{ ('\\r' * 2**20)|indent(s) }}", "indent"),  # \r ends a line too

@@ -9,6 +9,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 
 def free_port() -> int:
@@ -39,3 +40,24 @@ def moto_server() -> Iterator[int]:
     finally:
         server.terminate()
         server.wait(timeout=10)
+
+
+S3_CREDENTIALS = {
+    "AWS_ACCESS_KEY_ID": "testing",
+    "AWS_SECRET_ACCESS_KEY": "testing",
+    "AWS_DEFAULT_REGION": "us-east-1",
+}
+"""What moto_server accepts; a bulkinfer server talking to it needs them in its environment."""
+
+
+def s3_client(endpoint: str) -> Any:
+    """boto3's S3 client of the server at ``endpoint``."""
+    import boto3
+
+    return boto3.client(
+        "s3",
+        endpoint_url=endpoint,
+        region_name="us-east-1",
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+    )

@@ -23,7 +23,7 @@ from botocore.exceptions import ClientError
 
 from tests.conftest import SLOW_ECHO_CATALOG as CATALOG
 from tests.conftest import anthropic_record, read_jsonl, write_jsonl
-from tests.moto import moto_server
+from tests.moto import S3_CREDENTIALS, moto_server, s3_client
 
 ROLE = "arn:aws:iam::123456789012:role/BatchRole"
 
@@ -507,18 +507,8 @@ def moto_s3() -> Iterator[str]:
 
 
 def test_inputs_and_outputs_on_an_s3_protocol_server(tmp_path: Path, moto_s3: str) -> None:
-    creds = {
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
-        "AWS_DEFAULT_REGION": "us-east-1",
-    }
-    s3 = boto3.client(
-        "s3",
-        endpoint_url=moto_s3,
-        region_name="us-east-1",
-        aws_access_key_id="testing",
-        aws_secret_access_key="testing",
-    )
+    creds = S3_CREDENTIALS
+    s3 = s3_client(moto_s3)
     s3.create_bucket(Bucket="batch-input")
     s3.create_bucket(Bucket="batch-output")
     for part in range(2):

@@ -47,7 +47,7 @@ from tests.integration.test_bedrock_api import (
     tenants_file,
     wait_status,
 )
-from tests.moto import moto_server
+from tests.moto import S3_CREDENTIALS, moto_server, s3_client
 
 TENANT = ("AKIDBOUNDS", "bounds-secret")
 NARROW = ("AKIDNARROW", "narrow-secret")
@@ -281,7 +281,7 @@ def test_a_declared_length_over_the_cap_is_refused_before_the_body_is_sent(bench
     headers = {**forged_authorization(), "Content-Length": str(CAP + 1)}
     with socket.create_connection(("127.0.0.1", bench.port), timeout=30) as sock:
         sock.sendall(head("/model-invocation-job", headers))  # and not a byte of the body
-        answer = sock.recv(65536)
+        answer = whole_answer(sock)
     assert answer.startswith(b"HTTP/1.1 413 ")
     assert b'"__type":"ValidationException"' in answer and b"33,554,432-byte limit" in answer
 
@@ -589,20 +589,10 @@ def test_a_failed_jobs_message_names_s3_uris_not_server_paths(bench: Bench) -> N
 
 
 def test_a_failed_jobs_message_names_s3_uris_on_an_s3_endpoint(root: Path) -> None:
-    credentials = {
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
-        "AWS_DEFAULT_REGION": "us-east-1",
-    }
+    credentials = S3_CREDENTIALS
     with moto_server() as port, pytest.MonkeyPatch.context() as env:
         endpoint = f"http://127.0.0.1:{port}"
-        s3 = boto3.client(
-            "s3",
-            endpoint_url=endpoint,
-            region_name="us-east-1",
-            aws_access_key_id="testing",
-            aws_secret_access_key="testing",
-        )
+        s3 = s3_client(endpoint)
         s3.create_bucket(Bucket="broken-in")
         s3.create_bucket(Bucket="broken-out")
         s3.put_object(Bucket="broken-in", Key="all-bad/nested/records.jsonl", Body=invalid_lines())

@@ -16,7 +16,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import boto3
 import orjson
 import pytest
 from botocore.credentials import Credentials
@@ -26,7 +25,7 @@ from PIL import Image
 from bulkinfer.cli.remote import ServerOutputs
 from tests.conftest import SLOW_ECHO_CATALOG, anthropic_record
 from tests.integration.test_bedrock_api import Server, client, create, start_server, wait_status
-from tests.moto import moto_server
+from tests.moto import S3_CREDENTIALS, moto_server, s3_client
 
 TEAM_A = ("AKIDTEAMA", "team-a-secret")
 TEAM_A2 = ("AKIDTEAMA2", "team-a-second-secret")
@@ -47,11 +46,6 @@ SECRETS = {
     "BI_TEST_TEAM_A_SECRET": TEAM_A[1],
     "BI_TEST_TEAM_A2_SECRET": TEAM_A2[1],
     "BI_TEST_TEAM_B_SECRET": TEAM_B[1],
-}
-S3_CREDENTIALS = {
-    "AWS_ACCESS_KEY_ID": "testing",
-    "AWS_SECRET_ACCESS_KEY": "testing",
-    "AWS_DEFAULT_REGION": "us-east-1",
 }
 BUCKETS = ("team-a", "team-b", "shared", "reference-data")
 
@@ -134,7 +128,7 @@ def teams(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFacto
         server = start_server(root / "data", catalog, "--tenants", str(tenants), *extra)
         s3 = None
         if endpoint:
-            s3 = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1")
+            s3 = s3_client(endpoint)
             for bucket in BUCKETS:
                 s3.create_bucket(Bucket=bucket)
         try:
@@ -432,12 +426,12 @@ def test_a_link_in_a_local_bucket_is_granted_by_where_it_leads(teams: Deployment
     shared = teams.server.data_dir / "s3" / "shared"
     teams.put("s3://shared/team-a/secret.jsonl", lines(1, "A-SECRET"))
     teams.put("s3://shared/team-a/secret.png", png())
-    (shared / "team-a" / "out").mkdir(parents=True, exist_ok=True)
+    (shared / "team-a" / "link-target").mkdir(parents=True, exist_ok=True)
     mine = shared / "team-b"
     (mine / "in").mkdir(parents=True, exist_ok=True)
     (mine / "in" / "linked.jsonl").symlink_to(shared / "team-a" / "secret.jsonl")
     teams.put("s3://shared/team-b/plain/in.jsonl", lines(1))
-    (mine / "out").symlink_to(shared / "team-a" / "out")
+    (mine / "out").symlink_to(shared / "team-a" / "link-target")
     (mine / "pic.png").symlink_to(shared / "team-a" / "secret.png")
     teams.put("s3://shared/team-b/pics/in.jsonl", image_record("linked", "s3://shared/team-b/pic.png"))
 
@@ -445,7 +439,7 @@ def test_a_link_in_a_local_bucket_is_granted_by_where_it_leads(teams: Deployment
     assert "linked.jsonl leads outside" in wait_status(team_b, read, {"Failed"})["message"]
     write = create(team_b, "linked-output", "s3://shared/team-b/plain/in.jsonl", "s3://shared/team-b/out/")
     assert "leads outside what tenant 'team-b' may write" in wait_status(team_b, write, {"Failed"})["message"]
-    assert list((shared / "team-a" / "out").iterdir()) == []
+    assert list((shared / "team-a" / "link-target").iterdir()) == []
     image = create(team_b, "linked-image", "s3://shared/team-b/pics/in.jsonl", "s3://team-b/pics-out/")
     assert wait_status(team_b, image, {"Completed", "Failed"})["status"] == "Completed"
     (line,) = map(orjson.loads, b"".join(teams.outputs(image, TEAM_B).blocks("in.jsonl.out")).splitlines())

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import uuid
+from collections.abc import Awaitable, Callable
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -32,6 +33,24 @@ def refusal(exc: AuthFailed) -> JSONResponse:
     return error_response(exc.status, exc.code, str(exc))
 
 
+_REFUSALS: list[tuple[type[Exception], int, str]] = [
+    (NotGranted, 403, "AccessDeniedException"),
+    (TooManyActiveJobs, 400, "ServiceQuotaExceededException"),
+    (JobNotFound, 404, "ResourceNotFoundException"),
+    (JobNotEnded, 409, "ConflictException"),
+    (JobConflict, 400, "ValidationException"),
+    (UserError, 400, "ValidationException"),
+]
+"""Our exceptions as the errors botocore knows: HTTP status and ``__type``."""
+
+
+def _answer(status: int, code: str) -> Callable[[Request, Exception], Awaitable[JSONResponse]]:
+    async def answer(_: Request, exc: Exception) -> JSONResponse:
+        return error_response(status, code, str(exc))
+
+    return answer
+
+
 def install(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
     async def invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
@@ -40,29 +59,8 @@ def install(app: FastAPI) -> None:
         detail = str(first["msg"]).removeprefix("Value error, ")
         return error_response(400, "ValidationException", f"{where}: {detail}" if where else detail)
 
-    @app.exception_handler(NotGranted)
-    async def not_granted(_: Request, exc: NotGranted) -> JSONResponse:
-        return error_response(403, "AccessDeniedException", str(exc))
-
-    @app.exception_handler(TooManyActiveJobs)
-    async def too_many(_: Request, exc: TooManyActiveJobs) -> JSONResponse:
-        return error_response(400, "ServiceQuotaExceededException", str(exc))
-
-    @app.exception_handler(JobNotFound)
-    async def not_found(_: Request, exc: JobNotFound) -> JSONResponse:
-        return error_response(404, "ResourceNotFoundException", str(exc))
-
-    @app.exception_handler(JobNotEnded)
-    async def not_ended(_: Request, exc: JobNotEnded) -> JSONResponse:
-        return error_response(409, "ConflictException", str(exc))
-
-    @app.exception_handler(JobConflict)
-    async def conflict(_: Request, exc: JobConflict) -> JSONResponse:
-        return error_response(400, "ValidationException", str(exc))
-
-    @app.exception_handler(UserError)
-    async def user_error(_: Request, exc: UserError) -> JSONResponse:
-        return error_response(400, "ValidationException", str(exc))
+    for kind, status, code in _REFUSALS:  # (looked up by the exception's class, most specific first)
+        app.add_exception_handler(kind, _answer(status, code))
 
     @app.exception_handler(Exception)
     async def internal(_: Request, exc: Exception) -> JSONResponse:

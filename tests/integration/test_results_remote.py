@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -144,7 +145,12 @@ def test_results_through_a_server_on_an_s3_endpoint(tmp_path: Path, moto_s3: str
         bedrock = client(served)
         arn = create(bedrock, "on-s3", "s3://s3-in/in.jsonl", "s3://s3-out/results/")
         wait_status(bedrock, arn, {"Completed"})
-        assert not (tmp_path / "data" / "staging" / arn.rsplit("/", 1)[1]).exists()  # read back from S3
+        staged = tmp_path / "data" / "staging" / arn.rsplit("/", 1)[1]
+        deadline = time.monotonic() + 30  # removed just after the job's end is recorded
+        while staged.exists():
+            assert time.monotonic() < deadline, "the staged copies were not removed"
+            time.sleep(0.05)
+        # so the results below are read back from S3
         shown = cli("results", arn, "--server", served.url, key=("AKIDTENANTA", "secret"))  # the job's tenant
     finally:
         served.stop()

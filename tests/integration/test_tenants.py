@@ -322,38 +322,22 @@ def test_a_tenants_file_problem_stops_the_server_at_start(tmp_path: Path) -> Non
     unknown = serve("--tenants", str(tenants), env=SECRETS)
     assert unknown.returncode == 2 and "tenants.team-b.max_jobs: unknown key" in unknown.stderr
     tenants.write_text(TENANTS)
-    watch = serve(
-        "--tenants", str(tenants), "--watch", "s3://team-b/inbox", "--watch-model", "echo", env=SECRETS
-    )
-    assert watch.returncode == 2 and "--watch-tenant" in watch.stderr
-    unusable = serve(
-        "--tenants",
-        str(tenants),
-        "--watch",
-        "s3://team-b/inbox",
-        "--watch-model",
-        "ocr",
-        "--watch-tenant",
-        "team-b",
-        env=SECRETS,
-    )
+
+    def watch(model: str, *tenant: str) -> subprocess.CompletedProcess[str]:
+        inbox = ["--watch", "s3://team-b/inbox", "--watch-model", model]
+        return serve(
+            "--tenants", str(tenants), *inbox, *(["--watch-tenant", *tenant] if tenant else []), env=SECRETS
+        )
+
+    whose = watch("echo")
+    assert whose.returncode == 2 and "--watch-tenant" in whose.stderr
+    unusable = watch("ocr", "team-b")
     assert unusable.returncode == 2 and "model 'ocr' is not granted" in unusable.stderr
+    stolen = watch("echo", "team-a")
+    assert stolen.returncode == 2 and "s3://team-b/inbox/" in stolen.stderr
     tenants.write_text(TENANTS.replace('"slow-*"', '"slow-ehco"'))
     typo = serve("--tenants", str(tenants), env=SECRETS)
     assert typo.returncode == 2 and "'slow-ehco' matches no model" in typo.stderr
-    tenants.write_text(TENANTS)
-    stolen = serve(
-        "--tenants",
-        str(tenants),
-        "--watch",
-        "s3://team-b/inbox",
-        "--watch-model",
-        "echo",
-        "--watch-tenant",
-        "team-a",
-        env=SECRETS,
-    )
-    assert stolen.returncode == 2 and "s3://team-b/inbox/" in stolen.stderr
 
 
 def test_a_tenant_removed_from_the_file_has_its_waiting_jobs_failed(

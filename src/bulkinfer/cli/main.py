@@ -10,7 +10,7 @@ import os
 import shlex
 import signal
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, NoReturn
@@ -21,14 +21,16 @@ from rich.console import Console
 from rich.markup import escape
 from rich.text import Text
 
+from bulkinfer import __version__
 from bulkinfer.cli import remote
-from bulkinfer.cli.options import DEFAULT_DATA_DIR, DataDirOption, S3EndpointOption
+from bulkinfer.cli.options import DEFAULT_DATA_DIR, Command, DataDirOption, Group, S3EndpointOption
 from bulkinfer.cli.prepare import prepare_command
 from bulkinfer.cli.progress import JobProgress
 from bulkinfer.cli.summary import print_catalog, print_dry_run, print_jobs, print_report
 from bulkinfer.dialects.registry import get_dialect
-from bulkinfer.domain.job import JobStatus
-from bulkinfer.engine.job import STATE_DIR, LocalJob, MediaSettings, RunRequest
+from bulkinfer.domain.job import TRANSITIONS, JobStatus
+from bulkinfer.engine.finalize import merged_lines
+from bulkinfer.engine.job import MANIFEST_NAME, STATE_DIR, LocalJob, MediaSettings, RunRequest
 from bulkinfer.engine.runner import EngineSettings
 from bulkinfer.engine.validate import dry_run
 from bulkinfer.errors import BulkinferError, UserError
@@ -36,7 +38,7 @@ from bulkinfer.formats.bedrock import output_text
 from bulkinfer.formats.jsonl import Line, OversizeLine, split_lines
 from bulkinfer.providers.catalog import Catalog
 from bulkinfer.storage.files import list_inputs, read_blocks
-from bulkinfer.store.state import CorruptStateFile, StateStore
+from bulkinfer.store.state import ChunkRecord, CorruptStateFile, StateStore
 
 if TYPE_CHECKING:
     from bulkinfer.domain.tenant import Tenants
@@ -47,6 +49,7 @@ EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
 
 app = typer.Typer(
+    cls=Group,
     help="Open, self-hosted batch inference: run every record of JSONL files through a model.",
     no_args_is_help=True,
     add_completion=False,
@@ -57,13 +60,30 @@ _WIDTH = None if sys.stdout.isatty() else 160
 out = Console(width=_WIDTH)
 err = Console(stderr=True, width=_WIDTH)
 
+
+def _print_version(wanted: bool) -> None:
+    if wanted:
+        out.print(f"bulkinfer {__version__}", highlight=False)
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool,
+        typer.Option("--version", callback=_print_version, is_eager=True, help="Print the version and exit."),
+    ] = False,
+) -> None:
+    pass
+
+
 ModelsOption = Annotated[
     Path | None,
     typer.Option("--models", envvar="BULKINFER_MODELS", help="TOML catalog adding or overriding models."),
 ]
 
 
-@app.command()
+@app.command(cls=Command)
 def run(
     input: Annotated[Path, typer.Argument(help="A .jsonl file or a folder of them.")],
     model: Annotated[str, typer.Option("--model", "-m", help="Model name from `bulkinfer models`.")],
@@ -268,7 +288,7 @@ def _dry_run(request: RunRequest) -> None:
     print_dry_run(out, report, spec.price.cost(report.input_tokens, report.output_tokens))
 
 
-@app.command()
+@app.command(cls=Command)
 def status(
     target: Annotated[str, typer.Argument(help="An --output folder; with --server, a job id or ARN.")],
     job_id: Annotated[str | None, typer.Option("--job-id", help="Only this job of the folder.")] = None,
@@ -287,7 +307,7 @@ def status(
         print_jobs(out, [(j, store.counts(j.job_id)) for j in jobs])
 
 
-@app.command()
+@app.command(cls=Command)
 def submit(
     input_uri: Annotated[str, typer.Argument(help="s3:// URI of a .jsonl object or a prefix of them.")],
     model: Annotated[str, typer.Option("--model", "-m", help="Model name from the server's catalog.")],
@@ -305,7 +325,7 @@ def submit(
     raise typer.Exit(code)
 
 
-@app.command()
+@app.command(cls=Command)
 def jobs(
     server: remote.ServerOption,
     status_equals: Annotated[str | None, typer.Option("--status", help="Only jobs in this status.")] = None,
@@ -317,7 +337,7 @@ def jobs(
     )
 
 
-@app.command()
+@app.command(cls=Command)
 def stop(
     job: Annotated[str, typer.Argument(help="Job id or ARN.")],
     server: remote.ServerOption,
@@ -344,7 +364,7 @@ def _remote(call: Callable[[], object]) -> int:
     return 0
 
 
-@app.command()
+@app.command(cls=Command)
 def serve(
     host: Annotated[str, typer.Option(envvar="BULKINFER_HOST", help="Address to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(envvar="BULKINFER_PORT", help="Port (0 picks a free one).")] = 8080,
@@ -531,14 +551,14 @@ def _check_watch(watch: str, data_dir: Path) -> None:
         raise typer.Exit(EXIT_USAGE) from None
 
 
-@app.command("models")
+@app.command("models", cls=Command)
 def list_models(models: ModelsOption = None) -> None:
     """List the models in the catalog."""
     with _reported():
         print_catalog(out, Catalog.load(models))
 
 
-@app.command()
+@app.command(cls=Command)
 def results(
     target: Annotated[
         str, typer.Argument(help="A job's output folder, OUTPUT/<job-id>; with --server, a job id or ARN.")
@@ -548,20 +568,95 @@ def results(
         str | None, typer.Option("--server", envvar="BULKINFER_SERVER", help="Ask a running bulkinfer serve.")
     ] = None,
 ) -> None:
-    """Show the records of a finished job: id and model text, or the error."""
+    """Show a job's records: id and model text, or the error (of a running local job, those committed)."""
     if server is not None:
         raise typer.Exit(_remote(lambda: _server_results(server, target, limit)))
-    job_dir = Path(target)
-    files = sorted(job_dir.rglob(f"*{remote.RECORDS_SUFFIX}")) if job_dir.is_dir() else []
-    if not files:
-        err.print(f"[red]error:[/red] no {remote.RECORDS_SUFFIX} file in {escape(target)}", highlight=False)
-        raise typer.Exit(EXIT_USAGE)
     with _reported():
+        job_dir = _one_job(Path(target))
+        if _committed_so_far(job_dir, limit):
+            return
+        files = sorted(job_dir.rglob(f"*{remote.RECORDS_SUFFIX}")) if job_dir.is_dir() else []
+        if not files:
+            raise UserError(f"no {remote.RECORDS_SUFFIX} file in {job_dir}")
         _print_records([read_blocks(path) for path in files], limit)
+
+
+def _one_job(target: Path) -> Path:
+    """The job folder a ``results`` target names: itself, or the only job of an output folder; an output
+    folder of several jobs is a usage error listing them, never their records merged."""
+    if (target / MANIFEST_NAME).is_file():
+        return target
+    jobs = _job_folders(target)
+    if len(jobs) == 1:
+        return jobs[0]
+    if len(jobs) > 1:
+        listing = "".join(f"\n  {job}" for job in jobs)
+        raise UserError(
+            f"{target} holds {len(jobs)} jobs; show one with `bulkinfer results {target / '<job-id>'}`:"
+            + listing
+        )
+    return target
+
+
+def _job_folders(output: Path) -> list[Path]:
+    """The jobs of an output folder: those its state file knows, and any folder with a manifest."""
+    found = {manifest.parent for manifest in output.rglob(MANIFEST_NAME) if manifest.parent != output}
+    if (output / STATE_DIR / "state.db").is_file():
+        with _state(output) as store:
+            found |= {output / job.job_id for job in store.list_jobs()}
+    return sorted(found)
+
+
+def _committed_so_far(job_dir: Path, limit: int) -> bool:
+    """For a job of this output folder's state file that has not ended (running, stopped, failed): say
+    how far it got and show its committed records, in input order, file by file. False for any other."""
+    output = job_dir.parent
+    if not (output / STATE_DIR / "state.db").is_file():
+        return False
+    with _state(output) as store:
+        job = store.get_job(job_dir.name)
+        if job is None or not TRANSITIONS[job.status]:
+            return False  # an ended job's output files hold every record
+        chunks = store.chunks(job.job_id)
+    processed = sum(c.counts.processed for c in chunks)  # counted from the very chunks shown
+    errors = sum(c.counts.errors for c in chunks)
+    total = job.total_records or job.options.get("estimated_records")
+    of = f"{total:,}" if total is not None else "?"
+    err.print(
+        f"job {job.job_id} is {job.status.value}: {processed:,} of {of} records committed so far, "
+        f"{errors:,} errors; its output files are written when it ends",
+        markup=False,
+        highlight=False,
+    )
+    folder = output / STATE_DIR / job.job_id / "chunks"
+    by_file: dict[int, list[ChunkRecord]] = {}
+    for chunk in chunks:
+        by_file.setdefault(chunk.file_index, []).append(chunk)
+    lines = [_lines_of(by_file[index], folder) for index in sorted(by_file)]
+    try:
+        _print_records(lines, limit)
+    except FileNotFoundError:  # it ended meanwhile, and its chunks were merged into its outputs
+        raise UserError(f"job {job.job_id} ended while its records were read: run this again") from None
+    return True
+
+
+def _lines_of(chunks: list[ChunkRecord], folder: Path) -> Iterator[bytes]:
+    """One input file's committed output lines, in input order."""
+    for _, data in merged_lines(chunks, folder):
+        yield data + b"\n"
 
 
 def _server_results(server: str, target: str, limit: int) -> None:
     job, files = remote.output_files(server, target)
+    if files is None:
+        err.print(
+            f"job {target} is still running (State is: {job['status']}): {remote.records_of(job)} records "
+            f"processed so far, {job.get('errorRecordCount', 0):,} errors. Its records can be read once it "
+            f"ends; follow it with: bulkinfer status {target} --server {server}",
+            markup=False,
+            highlight=False,
+        )
+        raise typer.Exit(EXIT_USAGE)
     if not files:
         why = f"{job['status']}: {job['message']}" if job.get("message") else job["status"]
         err.print(f"[red]error:[/red] job {escape(target)} has no records ({escape(why)})", highlight=False)
@@ -569,7 +664,7 @@ def _server_results(server: str, target: str, limit: int) -> None:
     _print_records(files, limit)
 
 
-def _print_records(files: list[Iterator[bytes]], limit: int) -> None:
+def _print_records(files: Sequence[Iterator[bytes]], limit: int) -> None:
     """Each output line's record id, then the model's text or the error, for the first ``limit``."""
     most = 4 * EngineSettings().max_line_bytes  # an output line holds its input line and the answer
     lines = (line for blocks in files for _, line in split_lines(blocks, most))
@@ -588,7 +683,7 @@ def _record_texts(line: Line) -> tuple[Text, Text]:
     return record_id, Text(str(record.get("error", {}).get("errorMessage")))
 
 
-app.command("prepare")(prepare_command)
+app.command("prepare", cls=Command)(prepare_command)
 
 
 def main() -> None:

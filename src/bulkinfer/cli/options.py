@@ -1,11 +1,16 @@
-"""Options several commands share, declared once so their flags, variables and help agree."""
+"""Options several commands share, declared once so their flags, variables and help agree; and the
+command classes that render flags as flags in help."""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
+from typer.core import TyperCommand, TyperGroup, TyperOption
+
+if TYPE_CHECKING:
+    from typer._click import Context, HelpFormatter
 
 S3EndpointOption = Annotated[
     str | None,
@@ -24,3 +29,27 @@ DataDirOption = Annotated[
     ),
 ]
 DEFAULT_DATA_DIR = Path("bulkinfer-data")
+
+
+def _flags_without_types(command: TyperCommand | TyperGroup, ctx: Context) -> None:
+    """Typer's rich help prints every option's type, flags included (``--dry-run <bool>``, even
+    ``--help <bool>``); a flag takes no value, so it gets an empty type, which the help leaves out."""
+    for param in command.get_params(ctx):
+        if isinstance(param, TyperOption) and param.is_flag and param.metavar is None:
+            param.metavar = ""
+
+
+class Command(TyperCommand):
+    """A command whose help shows flags as flags."""
+
+    def format_help(self, ctx: Context, formatter: HelpFormatter) -> None:
+        _flags_without_types(self, ctx)
+        super().format_help(ctx, formatter)
+
+
+class Group(TyperGroup):
+    """The command group, whose help shows flags as flags."""
+
+    def format_help(self, ctx: Context, formatter: HelpFormatter) -> None:
+        _flags_without_types(self, ctx)
+        super().format_help(ctx, formatter)

@@ -20,10 +20,15 @@ PLAIN_EVERY_S = 5.0
 
 
 class JobProgress:
-    """Counts finished records and shows them; usable as the engine's ``ProgressSink``."""
+    """Counts finished records and shows them; usable as the engine's ``ProgressSink``.
 
-    def __init__(self, console: Console, total: int, already_done: int) -> None:
+    ``tokens`` says whether token counts arrive at all (a server's job reports none): without them the
+    display has no token rate rather than a false ``0 tok/s``.
+    """
+
+    def __init__(self, console: Console, total: int, already_done: int, *, tokens: bool = True) -> None:
         self._console = console
+        self._with_tokens = tokens
         self._total = max(total, already_done)
         self._done = already_done
         self._run_done = 0
@@ -32,19 +37,18 @@ class JobProgress:
         self._started = time.monotonic()
         self._last_plain = self._started
         self._live = console.is_terminal
-        self._progress = Progress(
+        columns = [
             TextColumn("[bold]{task.description}"),
             BarColumn(),
             MofNCompleteColumn(),
             TextColumn("{task.fields[rate]} rec/s"),
-            TextColumn("{task.fields[tps]} tok/s"),
+            *([TextColumn("{task.fields[tps]} tok/s")] if tokens else []),
             TextColumn("[red]{task.fields[errors]} errors"),
             TimeElapsedColumn(),
             TextColumn("ETA"),
             TimeRemainingColumn(),
-            console=console,
-            transient=False,
-        )
+        ]
+        self._progress = Progress(*columns, console=console, transient=False)
         self._task: TaskID | None = None
 
     def __enter__(self) -> JobProgress:
@@ -84,8 +88,9 @@ class JobProgress:
     def _plain_line(self) -> None:
         self._last_plain = time.monotonic()
         elapsed = max(self._last_plain - self._started, 1e-6)
+        tokens = f"{self._tokens / elapsed:,.0f} tok/s, " if self._with_tokens else ""
         self._console.print(
             f"progress: {self._done}/{self._total} records, {self._run_done / elapsed:,.1f} rec/s, "
-            f"{self._tokens / elapsed:,.0f} tok/s, {self._errors} errors",
+            f"{tokens}{self._errors} errors",
             highlight=False,
         )

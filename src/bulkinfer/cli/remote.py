@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Annotated, Any
 from urllib.parse import quote
 
@@ -23,6 +24,9 @@ ServerOption = Annotated[
     str, typer.Option("--server", envvar="BULKINFER_SERVER", help="URL of a running bulkinfer serve.")
 ]
 TERMINAL = {"Completed", "PartiallyCompleted", "Failed", "Stopped", "Expired"}
+WAITING = {"Submitted", "Validating", "Scheduled"}
+"""States of a job that has not begun to run."""
+POLL_S = 0.5
 DEFAULT_ROLE = "arn:aws:iam::123456789012:role/bulkinfer"
 RECORDS_SUFFIX = ".jsonl.out"
 """An output file of records (``<input-name>.out``); the manifest is ``manifest.json.out``."""
@@ -42,16 +46,20 @@ def client(server: str) -> Any:
     return _session().client("bedrock", endpoint_url=server)
 
 
-def output_files(server: str, job: str) -> tuple[dict[str, Any], list[Iterator[bytes]]]:
+def output_files(server: str, job: str) -> tuple[dict[str, Any], list[Iterator[bytes]] | None]:
     """A server job (as Get returns it) and the blocks of each of its record files, in name order;
-    each file is requested only when its blocks are first read."""
+    each file is requested only when its blocks are first read. ``None`` for a job that has not ended:
+    the server writes its files only then."""
     session = _session()
     found: dict[str, Any] = session.client("bedrock", endpoint_url=server).get_model_invocation_job(
         jobIdentifier=job
     )
+    if found["status"] not in TERMINAL:
+        return found, None
     credentials = session.get_credentials()  # present: the call above was signed with them
-    job_id = found["jobArn"].rsplit("/", 1)[1]
-    outputs = ServerOutputs(server, job_id, credentials.get_frozen_credentials(), session.region_name)
+    outputs = ServerOutputs(
+        server, job_id_of(found), credentials.get_frozen_credentials(), session.region_name
+    )
     return found, [outputs.blocks(name) for name in outputs.names() if name.endswith(RECORDS_SUFFIX)]
 
 
@@ -119,8 +127,8 @@ def submit(
     name: str | None,
     wait: bool,
 ) -> dict[str, Any] | None:
-    """Create the job and print its ARN; with ``wait``, follow it (progress on the second console)
-    and return how it ended."""
+    """Create the job and print its ARN; with ``wait``, follow it (progress on the second console),
+    print how it ended and return it."""
     bedrock = client(server)
     arn = bedrock.create_model_invocation_job(
         jobName=name or f"bulkinfer-{int(time.time())}",
@@ -132,24 +140,73 @@ def submit(
     console.print(arn, highlight=False)
     if not wait:
         return None
-    return follow(progress, bedrock, bedrock.get_model_invocation_job(jobIdentifier=arn))
+    watched = follow(progress, bedrock, bedrock.get_model_invocation_job(jobIdentifier=arn))
+    console.print(ending(watched), markup=False, highlight=False, soft_wrap=True)
+    return watched.job
 
 
-def follow(console: Console, bedrock: Any, job: dict[str, Any]) -> dict[str, Any]:
-    """Poll a job until it ends, drawing the same progress display as ``bulkinfer run``."""
-    while job["status"] in ("Submitted", "Validating", "Scheduled"):
-        time.sleep(0.5)
+@dataclass(frozen=True, slots=True)
+class Watched:
+    """How a followed job ended, and its rate while it was watched."""
+
+    job: dict[str, Any]
+    records_per_s: float | None
+    """Records processed per second between the last poll before it ran (or the first poll, when it
+    already ran) and the poll that saw it end; ``None`` when no record was processed meanwhile."""
+
+
+def follow(console: Console, bedrock: Any, job: dict[str, Any]) -> Watched:
+    """Poll a job until it ends, drawing the same progress display as ``bulkinfer run`` while it runs
+    (a job that ends before it runs, as one failing validation does, gets no display)."""
+    started, first = time.monotonic(), job.get("processedRecordCount", 0)
+    while job["status"] in WAITING:
+        started = time.monotonic()  # the poll just made saw it waiting: it had not begun yet
+        time.sleep(POLL_S)
         job = bedrock.get_model_invocation_job(jobIdentifier=job["jobArn"])
+    if job["status"] not in TERMINAL or job.get("processedRecordCount", 0) > first:
+        job = _show_progress(console, bedrock, job)
+    processed, elapsed = job.get("processedRecordCount", 0) - first, time.monotonic() - started
+    return Watched(job, processed / elapsed if processed > 0 and elapsed > 0 else None)
+
+
+def _show_progress(console: Console, bedrock: Any, job: dict[str, Any]) -> dict[str, Any]:
     done, errors = job.get("processedRecordCount", 0), job.get("errorRecordCount", 0)
-    with JobProgress(console, job.get("totalRecordCount", 0), done) as progress:
+    with JobProgress(console, job.get("totalRecordCount", 0), done, tokens=False) as progress:
         while True:
             processed, failed = job.get("processedRecordCount", 0), job.get("errorRecordCount", 0)
             progress.advance(processed - done, failed - errors, 0, 0)
             done, errors = processed, failed
             if job["status"] in TERMINAL:
                 return job
-            time.sleep(0.5)
+            time.sleep(POLL_S)
             job = bedrock.get_model_invocation_job(jobIdentifier=job["jobArn"])
+
+
+def ending(watched: Watched) -> str:
+    """One line on how a job ended: its status, counts, rate, output folder and the server's message."""
+    job = watched.job
+    processed = job.get("processedRecordCount", 0)
+    facts = []
+    if processed or "totalRecordCount" in job:
+        facts.append(f"{records_of(job)} records, {job.get('errorRecordCount', 0):,} errors")
+    if watched.records_per_s is not None:
+        facts.append(f"{watched.records_per_s:,.1f} rec/s")
+    if processed:
+        facts.append(f"output {job_output_uri(job)}")
+    if job.get("message"):
+        facts.append(str(job["message"]))
+    said = f"job {job_id_of(job)} {job['status']}"
+    return f"{said}: {'; '.join(facts)}" if facts else said
+
+
+def job_id_of(job: dict[str, Any]) -> str:
+    return str(job["jobArn"]).rsplit("/", 1)[1]
+
+
+def job_output_uri(job: dict[str, Any]) -> str:
+    """Where the job writes its files: ``<output s3Uri>/<job-id>/``."""
+    base = str(job["outputDataConfig"]["s3OutputDataConfig"]["s3Uri"]).rstrip("/")
+    return f"{base}/{job_id_of(job)}/"
 
 
 def jobs_table(bedrock: Any, status: str | None, limit: int) -> Table:
@@ -170,7 +227,7 @@ def job_table(job: dict[str, Any]) -> Table:
     for key in ("jobName", "modelId", "status", "message", "submitTime", "endTime"):
         if key in job:
             table.add_row(key, str(job[key]))
-    table.add_row("records", _records(job))
+    table.add_row("records", records_of(job))
     table.add_row("errors", str(job.get("errorRecordCount", 0)))
     table.add_row("output", job["outputDataConfig"]["s3OutputDataConfig"]["s3Uri"])
     return table
@@ -182,12 +239,13 @@ def _row(job: dict[str, Any]) -> list[str]:
         job.get("jobName", ""),
         job["modelId"],
         job["status"],
-        _records(job),
+        records_of(job),
         str(job.get("errorRecordCount", 0)),
         str(job["submitTime"]),
     ]
 
 
-def _records(job: dict[str, Any]) -> str:
+def records_of(job: dict[str, Any]) -> str:
+    """Processed records, and of how many when the total is known."""
     total = job.get("totalRecordCount")
     return f"{job.get('processedRecordCount', 0):,}" + (f" of {total:,}" if total is not None else "")

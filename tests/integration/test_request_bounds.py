@@ -614,3 +614,26 @@ def test_a_failed_jobs_message_names_s3_uris_on_an_s3_endpoint(root: Path) -> No
             server.stop()
     assert str(server.data_dir) not in message and "/tmp" not in message, message
     assert "records.jsonl line 1" in message, message
+
+
+def test_big_bodies_stalled_under_one_key_block_no_one_else(bench: Bench) -> None:
+    """Knowing a key id is enough to send a body; stalled big bodies under it hold that key's share of
+    the server's budget for bodies at most, and a small request never waits on the budget at all."""
+    stalled = []
+    framing = {"Transfer-Encoding": "chunked", "Content-Type": "application/json"}
+    block = 4 * MiB
+    try:
+        for _ in range(3):
+            sock = socket.create_connection(("127.0.0.1", bench.port), timeout=30)
+            stalled.append(sock)
+            with contextlib.suppress(OSError):  # refused (503) once past the key's share: it may hang up
+                sock.sendall(head("/model-invocation-job", {**forged_authorization(NARROW[0]), **framing}))
+                for _ in range(7):  # 28 MiB, then nothing more
+                    sock.sendall(f"{block:x}\r\n".encode() + b"\0" * block + b"\r\n")
+        assert bedrock(bench).list_model_invocation_jobs()["ResponseMetadata"]["HTTPStatusCode"] == 200
+        body = create_body("beside-stalled-uploads", "s3://replay-in/in.jsonl")
+        status, answer = send(bench, signed(bench, "POST", "/model-invocation-job", body))
+        assert status != 503, answer
+    finally:
+        for sock in stalled:
+            sock.close()

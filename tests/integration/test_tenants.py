@@ -428,3 +428,43 @@ def test_a_link_in_a_local_bucket_is_granted_by_where_it_leads(teams: Deployment
     assert wait_status(team_b, image, {"Completed", "Failed"})["status"] == "Completed"
     (line,) = map(orjson.loads, b"".join(teams.outputs(image, TEAM_B).blocks("in.jsonl.out")).splitlines())
     assert "not granted" in line["error"]["errorMessage"]
+
+
+def test_a_link_on_a_jobs_own_folder_reaches_nothing_of_another_tenant(
+    teams: Deployment, team_a: Any, team_b: Any
+) -> None:
+    """team-b links its job's folder, or one of its output files, to team-a's: its job writes nothing
+    through the link, and its outputs routes serve nothing of team-a's."""
+    if teams.s3 is not None:
+        pytest.skip("an S3-protocol server has no symbolic links")
+    buckets = teams.server.data_dir / "s3"
+    teams.put("s3://shared/team-a/own/in.jsonl", lines(2, "A-SECRET"))
+    theirs = create(team_a, "theirs", "s3://shared/team-a/own/in.jsonl", "s3://shared/team-a/own-out/")
+    wait_status(team_a, theirs, {"Completed"})
+    their_folder = buckets / "shared" / "team-a" / "own-out" / theirs.rsplit("/", 1)[1]
+    before = {p.name: p.read_bytes() for p in their_folder.iterdir()}
+
+    # a link put where the job will write, before it does
+    teams.put("s3://shared/team-b/slow/in.jsonl", lines(200, "B"))
+    writer = create(
+        team_b, "writer", "s3://shared/team-b/slow/in.jsonl", "s3://shared/team-b/w/", "slow-echo"
+    )
+    (buckets / "shared" / "team-b" / "w").mkdir(parents=True, exist_ok=True)
+    (buckets / "shared" / "team-b" / "w" / writer.rsplit("/", 1)[1]).symlink_to(their_folder)
+    job = wait_status(team_b, writer, {"Completed", "Failed"})
+    assert job["status"] == "Failed" and "symbolic link" in job["message"], job
+    assert {p.name: p.read_bytes() for p in their_folder.iterdir()} == before
+
+    # links put in place of an ended job's folder, or of one of its files
+    teams.put("s3://shared/team-b/r/in.jsonl", lines(1, "B"))
+    reader = create(team_b, "reader", "s3://shared/team-b/r/in.jsonl", "s3://shared/team-b/r-out/")
+    wait_status(team_b, reader, {"Completed"})
+    folder = buckets / "shared" / "team-b" / "r-out" / reader.rsplit("/", 1)[1]
+    (folder / "in.jsonl.out").unlink()
+    (folder / "in.jsonl.out").symlink_to(their_folder / "in.jsonl.out")
+    assert teams.outputs(reader, TEAM_B).names() == ["manifest.json.out"]
+    folder.rename(folder.with_name("moved"))
+    folder.symlink_to(their_folder)
+    assert teams.outputs(reader, TEAM_B).names() == []
+    with pytest.raises(ClientError):
+        list(teams.outputs(reader, TEAM_B).blocks("in.jsonl.out"))

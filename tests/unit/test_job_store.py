@@ -9,6 +9,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+import sqlalchemy
 
 from bulkinfer.domain.job import IllegalTransition, JobStatus, new_job_id
 from bulkinfer.store.batch_jobs import BatchJob, BatchJobStore, TooManyActiveJobs
@@ -143,14 +144,21 @@ def test_concurrent_creates_never_pass_the_limit(store: BatchJobStore) -> None:
     assert len(made) == 5
 
 
-def test_jobs_of_an_access_key_move_to_its_tenant(store: BatchJobStore) -> None:
+def test_jobs_of_an_access_key_move_to_its_tenant(store: BatchJobStore, tmp_path: Path) -> None:
     old = store.create(job("k", tenant="AKIDOLD"))
     store.create(job("k", tenant="team"))  # the tenant has a job with the same token
     clash = store.create(job("k", tenant="AKIDCLASH"))
+    engine = sqlalchemy.create_engine(f"sqlite:///{tmp_path / 'jobs.db'}")
+    with engine.begin() as conn:  # as the migration marks the jobs made before tenants
+        conn.execute(sqlalchemy.text("UPDATE batch_jobs SET keyed_by_access_key = 1"))
+    engine.dispose()
+    later = store.create(job("later", tenant="AKIDOLD"))  # made since, by a tenant of that name
     assert store.rename_tenants({"AKIDOLD": "moved-team", "AKIDCLASH": "team", "same": "same"}) == 1
-    moved, kept = store.get(old.job_id), store.get(clash.job_id)
+    moved, kept, unmoved = store.get(old.job_id), store.get(clash.job_id), store.get(later.job_id)
     assert moved is not None and moved.tenant == "moved-team"
     assert kept is not None and kept.tenant == "AKIDCLASH"  # kept rather than lose a token's job
+    assert unmoved is not None and unmoved.tenant == "AKIDOLD"
+    assert store.rename_tenants({"AKIDOLD": "elsewhere"}) == 0  # once only
 
 
 def test_one_token_repeated_at_the_limit_is_one_job(store: BatchJobStore) -> None:

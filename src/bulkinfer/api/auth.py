@@ -6,8 +6,9 @@
 2. refuses a request with no signature, an unknown access key id, or a credential scope for another
    service (403), before a byte of the body is read;
 3. reads the body, refusing it once it passes the cap (a body sent without a length, chunked), so
-   nothing over the cap is ever held in memory, and refusing it (503) when the bodies of all requests
-   being received would pass the server's budget for them;
+   nothing over the cap is ever held in memory, and refusing it (503) when the bodies being received
+   would pass the server's budget for them (`BodyBudget`: in all, and per access key id), or when it
+   stops coming for `BODY_IDLE_S`;
 4. checks the signature over exactly that body, recomputed with botocore's own signer over the headers
    the client signed, and that ``X-Amz-Content-SHA256``, when sent, is the body's hash (a captured
    request cannot be replayed with another body), and the clock;
@@ -22,6 +23,7 @@ import asyncio
 import hashlib
 import hmac
 import re
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -47,6 +49,10 @@ RUNTIME_PREFIX = "/model/"
 """The bedrock-runtime routes, which boto3 may sign for ``bedrock`` or ``bedrock-runtime``."""
 BODY_TIMEOUT_S = 120
 """Longest a body may take to arrive: 32 MiB at a quarter of a megabyte a second."""
+BODY_IDLE_S = 10
+"""Longest a body may stop coming before it is refused."""
+FREE_BODY_BYTES = 64 * 1024
+"""Of each body, what the budget for bodies in memory does not count (see `BodyBudget`)."""
 DOCS_PATHS = frozenset({"/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json"})
 
 
@@ -170,6 +176,57 @@ class BodyTooLarge(AuthFailed):
         super().__init__("ValidationException", f"the request body is over the {limit:,}-byte limit", 413)
 
 
+class BodyBudget:
+    """Request body bytes held in memory: all requests together at most ``total``, the requests signed
+    with one access key id at most ``per_key`` (key ids are not secret: anyone may name one), past which
+    a request is refused (503, which boto3 retries). The first `FREE_BODY_BYTES` of each body are not
+    counted: uvicorn holds that much per connection anyway, and a create or a get never waits behind
+    big uploads."""
+
+    def __init__(self, total: int, per_key: int) -> None:
+        self._left = total
+        self._per_key = per_key
+        self._by_key: Counter[str] = Counter()
+
+    def take(self, key: str, size: int) -> None:
+        if size > self._left or self._by_key[key] + size > self._per_key:
+            raise AuthFailed(
+                "ServiceUnavailableException",
+                "too many request bodies are being received at once; try again shortly",
+                503,
+            )
+        self._left -= size
+        self._by_key[key] += size
+
+    def give(self, key: str, size: int) -> None:
+        self._left += size
+        self._by_key[key] -= size
+        if self._by_key[key] <= 0:
+            del self._by_key[key]
+
+
+class _Held:
+    """The bytes of one request's body, and what of them it holds of the budget."""
+
+    def __init__(self, budget: BodyBudget) -> None:
+        self._budget = budget
+        self.key = ""
+        self._bytes = 0
+        self._charged = 0
+
+    def take(self, size: int) -> None:
+        charge = max(0, self._bytes + size - FREE_BODY_BYTES) - self._charged
+        if charge > 0:
+            self._budget.take(self.key, charge)
+            self._charged += charge
+        self._bytes += size
+
+    def release(self) -> None:
+        if self._charged:
+            self._budget.give(self.key, self._charged)
+        self._bytes = self._charged = 0
+
+
 class Gate:
     """ASGI middleware: the checks in this module's docstring, before any route runs."""
 
@@ -185,9 +242,7 @@ class Gate:
         self._app = app
         self._auth = auth
         self._max_body = max_body
-        self._budget = [max_buffered or 2 * max_body]
-        """Body bytes all requests together may hold in memory; past it a request is refused (503),
-        so a flood of bodies, signed or not, costs a bounded amount of memory."""
+        self._budget = BodyBudget(max_buffered or 2 * max_body, per_key=max_body)
         self._respond = respond
         self._public = public
 
@@ -213,12 +268,15 @@ class Gate:
             raise BodyTooLarge(self._max_body)
         public = scope["path"] in self._public
         claim = None if public else self._auth.claim(headers, scope["path"])
+        held.key = claim.key if isinstance(claim, _Claim) else claim.tenant.name if claim else "-"
         try:
             async with asyncio.timeout(BODY_TIMEOUT_S):  # a body trickled in holds its connection no longer
                 body = await _read_body(receive, self._max_body, held)
         except TimeoutError:
             raise AuthFailed(
-                "RequestTimeoutException", f"the request body took over {BODY_TIMEOUT_S} s to arrive", 408
+                "RequestTimeoutException",
+                f"the request body stopped coming for {BODY_IDLE_S} s, or took over {BODY_TIMEOUT_S} s",
+                408,
             ) from None
         if isinstance(claim, _Claim):
             claim = self._auth.verify(claim, scope, headers, body)
@@ -226,33 +284,12 @@ class Gate:
         return _replay(body, receive)
 
 
-class _Held:
-    """The body bytes one request holds of the server's budget for bodies in memory."""
-
-    def __init__(self, budget: list[int]) -> None:
-        self._budget = budget
-        self.bytes = 0
-
-    def take(self, size: int) -> None:
-        if size > self._budget[0]:
-            raise AuthFailed(
-                "ServiceUnavailableException",
-                "too many request bodies are being received at once; try again shortly",
-                503,
-            )
-        self._budget[0] -= size
-        self.bytes += size
-
-    def release(self) -> None:
-        self._budget[0] += self.bytes
-        self.bytes = 0
-
-
 async def _read_body(receive: Receive, limit: int, held: _Held) -> bytes:
     chunks: list[bytes] = []
     size = 0
     while True:
-        message = await receive()
+        async with asyncio.timeout(BODY_IDLE_S):  # a stalled body holds its share of the budget no longer
+            message = await receive()
         if message["type"] == "http.disconnect":
             break
         chunk = message.get("body", b"")

@@ -30,7 +30,9 @@ from bulkinfer.errors import ConfigError
 SINGLE_TENANT = "default"
 """The tenant that ``--access-keys`` keys form."""
 _KEY_ID = re.compile(r"[A-Za-z0-9_+=,.@-]{1,128}")
-_VARIABLE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_VARIABLE = re.compile(r"[A-Z_][A-Z0-9_]*")
+"""An environment variable's name as they are written: upper case, so a secret pasted in its place (mixed
+case) is never taken for one and echoed back in an error."""
 
 Name = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")]
 
@@ -42,7 +44,7 @@ class TenantEntry(BaseModel):
     grants: list[str] = []
     read_only: list[str] = []
     models: list[str] = ["*"]
-    max_active_jobs: int | None = Field(None, ge=1)
+    max_active_jobs: int | None = Field(None, ge=1, strict=True)
 
     @field_validator("grants", "read_only")
     @classmethod

@@ -23,7 +23,7 @@ from bulkinfer.engine.committer import Committer, rebuild_chunks
 from bulkinfer.engine.finalize import write_output
 from bulkinfer.engine.progress import ProgressSink
 from bulkinfer.engine.runner import EngineSettings, RecordPipeline
-from bulkinfer.errors import BulkinferError, JobConflictError, JobLocked, UserError
+from bulkinfer.errors import BulkinferError, InputError, JobConflictError, JobLocked, UserError
 from bulkinfer.faults import failpoint
 from bulkinfer.formats.jsonl import count_lines
 from bulkinfer.formats.manifest import ManifestInfo, build_manifest
@@ -203,7 +203,17 @@ class LocalJob:
 
     # set-up
 
+    def _check_own_folder(self) -> None:
+        """A service job on local buckets (``input_within`` set) writes only into a folder of its own:
+        one that is a symbolic link, put there to send its outputs into someone else's folder, is
+        refused (a file link needs no check: a durable write replaces the link, not its target)."""
+        if self.request.input_within is not None and self.output_dir.is_symlink():
+            raise InputError(
+                f"{self.job_id}: its output folder is a symbolic link; nothing is written through it"
+            )
+
     def _open_job(self) -> JobRecord:
+        self._check_own_folder()
         self.work_dir.mkdir(parents=True, exist_ok=True)
         self._take_lock()
         # Temp files of writes a kill interrupted: never part of a result.
@@ -479,6 +489,7 @@ class LocalJob:
         errors: list[str] = []
         failpoint("writing-outputs")
         self.output_dir.mkdir(parents=True, exist_ok=True)
+        self._check_own_folder()
         for f in self.files:
             chunks = self.store.chunks(self.job_id, f.index)
             if complete or chunks:

@@ -356,6 +356,7 @@ class Scheduler:
         at create may have been taken away since (a changed tenants file and a restart)."""
         tenant = self._tenants.get(job.tenant)
         tenant.check_model(job.model_id)
+        self._catalog.get(job.model_id, tenant.may_use)  # (an unknown one's error names only its models)
         source, target = input_uri(job.request), output_uri(job.request)
         tenant.check_read(source, "inputDataConfig.s3InputDataConfig.s3Uri")
         tenant.check_write(target, "outputDataConfig.s3OutputDataConfig.s3Uri")

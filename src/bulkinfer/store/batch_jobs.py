@@ -380,14 +380,20 @@ class BatchJobStore:
         return self._retry(write)
 
     def rename_tenants(self, renames: dict[str, str]) -> int:
-        """Jobs stored under an old tenant name take a new one: before tenants, each access key id was a
-        tenant, so its jobs move to the tenant the key now belongs to. A key whose jobs would repeat a
-        client token of the tenant's keeps them (logged), rather than lose either."""
+        """Jobs from before tenants (each access key id was a tenant) move to the tenant their key now
+        belongs to, once: only jobs the migration marked are moved, so a later job whose tenant name
+        happens to be a key id never is. A key whose jobs would repeat a client token of the tenant's
+        keeps them (logged), rather than lose either."""
         moved = 0
+        c = batch_jobs.c
         for old, new in sorted(renames.items()):
             if old == new:
                 continue
-            change = update(batch_jobs).where(batch_jobs.c.tenant == old).values(tenant=new)
+            change = (
+                update(batch_jobs)
+                .where(c.tenant == old, c.keyed_by_access_key.is_(True))
+                .values(tenant=new, keyed_by_access_key=False)
+            )
 
             def write(change: Any = change) -> int:
                 with self._engine.begin() as conn:
@@ -578,6 +584,7 @@ def _row(job: BatchJob) -> dict[str, Any]:
 
 def _job(row: Any) -> BatchJob:
     values = dict(row)
+    values.pop("keyed_by_access_key", None)
     values["status"] = JobStatus(values["status"])
     values["request"] = orjson.loads(values["request"])
     return BatchJob(**values)

@@ -2,7 +2,19 @@
 
 from __future__ import annotations
 
-from sqlalchemy import BigInteger, Column, Float, Index, Integer, MetaData, String, Table, Text
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    Column,
+    Float,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    false,
+)
 
 metadata = MetaData()
 
@@ -63,6 +75,8 @@ batch_jobs = Table(
     Column("processed", BigInteger),
     Column("success", BigInteger),
     Column("errors", BigInteger),
+    # A job from before tenants, whose tenant is the access key id that made it (see rename_tenants).
+    Column("keyed_by_access_key", Boolean, nullable=False, server_default=false()),
     # One job per token and tenant (NULL tokens are distinct): concurrent creates with one token make one.
     Index("uq_batch_jobs_tenant_token", "tenant", "client_token", unique=True),
 )

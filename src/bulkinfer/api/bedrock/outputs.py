@@ -12,7 +12,7 @@ this one's folder, or a file someone put there) is never listed nor served.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -42,12 +42,18 @@ def output_uri(job: BatchJob) -> str:
     return str(job.request["outputDataConfig"]["s3OutputDataConfig"]["s3Uri"])
 
 
-def job_outputs(settings: ServerSettings, job: BatchJob) -> OutputFiles:
+def job_outputs(settings: ServerSettings, job: BatchJob, may_read: Callable[[str], bool]) -> OutputFiles:
+    """The files the job wrote, which its tenant (``may_read``) may read."""
     uri = output_uri(job)
     if settings.s3_endpoint_url is not None:
         key = f"{uri.removeprefix('s3://').rstrip('/')}/{job.job_id}"
         return Written(S3Outputs(settings.s3_endpoint_url, key))
-    return Written(LocalOutputs(LocalBuckets(settings.data_dir).path(uri, must_exist=False) / job.job_id))
+    buckets = LocalBuckets(settings.data_dir)
+    folder = buckets.path(uri, must_exist=False) / job.job_id
+    # a symbolic link on the way (put there after the job ended) is followed only to what may be read
+    if folder.is_symlink() or not may_read(buckets.uri_of(folder, uri)):
+        return Written(LocalOutputs(None))
+    return Written(LocalOutputs(folder))
 
 
 class Written:
@@ -74,23 +80,38 @@ class Written:
 
 
 class LocalOutputs:
-    def __init__(self, folder: Path) -> None:
+    """Files of a job folder in a local bucket (None: a folder that may not be read, so no files).
+    A file that is a symbolic link was not written by the job (its writes replace links): never listed."""
+
+    def __init__(self, folder: Path | None) -> None:
         self._folder = folder
 
     def sizes(self) -> dict[str, int]:
-        if not self._folder.is_dir():
+        folder = self._folder
+        if folder is None or not folder.is_dir():
             return {}
-        files = (p for p in sorted(self._folder.rglob("*")) if p.is_file() and not self._hidden(p))
-        return {p.relative_to(self._folder).as_posix(): p.stat().st_size for p in files}
+        files = (p for p in sorted(folder.rglob("*")) if _plain_file(folder, p) and not self._hidden(p))
+        return {p.relative_to(folder).as_posix(): p.stat().st_size for p in files}
 
     def _hidden(self, path: Path) -> bool:
         """A temporary file of a durable write (``.name.tmp``), or anything else not an output."""
+        assert self._folder is not None
         return any(part.startswith(".") for part in path.relative_to(self._folder).parts)
 
     def read(self, name: str) -> Iterator[bytes]:
-        with (self._folder / name).open("rb") as f:
+        assert self._folder is not None  # (only a name sizes() listed is read)
+        path = self._folder / name
+        if not _plain_file(self._folder, path):
+            raise FileNotFoundError(name)  # became a link since it was listed
+        with path.open("rb") as f:
             while block := f.read(READ_BYTES):
                 yield block
+
+
+def _plain_file(folder: Path, path: Path) -> bool:
+    """A regular file reached through no symbolic link below the job folder."""
+    between = [folder / p for p in path.relative_to(folder).parents if p != Path(".")]
+    return path.is_file() and not path.is_symlink() and not any(p.is_symlink() for p in between)
 
 
 class S3Outputs:

@@ -98,7 +98,7 @@ def stop_job(identifier: str, who: CallerDep, jobs: ServiceDep) -> Response:
 def _outputs(request: Request, who: Caller, jobs: BatchService, identifier: str) -> OutputFiles:
     job = jobs.ended(who.tenant.name, _job_id(identifier))  # 409 until it has ended
     who.tenant.check_read(output_uri(job), "outputDataConfig.s3OutputDataConfig.s3Uri")
-    return job_outputs(request.app.state.settings, job)
+    return job_outputs(request.app.state.settings, job, who.tenant.grants.may_read)
 
 
 @router.get("/model-invocation-job/{identifier:path}/outputs")

@@ -468,3 +468,19 @@ def test_a_link_on_a_jobs_own_folder_reaches_nothing_of_another_tenant(
     assert teams.outputs(reader, TEAM_B).names() == []
     with pytest.raises(ClientError):
         list(teams.outputs(reader, TEAM_B).blocks("in.jsonl.out"))
+
+
+def test_an_object_key_that_climbs_fails_the_job_naming_it(teams: Deployment, team_a: Any) -> None:
+    """On an S3-protocol server a key may hold '..': staged as it is, it would land outside the job's
+    folder. The job fails naming the key, and nothing of it is written anywhere."""
+    if teams.s3 is None:
+        pytest.skip("local buckets are folders: a key cannot hold '..'")
+    teams.put("s3://team-a/climb/ok.jsonl", lines(1))
+    teams.put("s3://team-a/climb/../../../../escape.jsonl", lines(1, "ESCAPE"))
+    assert "s3://team-a/climb/../../../../escape.jsonl" in teams.keys("s3://team-a/climb/")
+    arn = create(team_a, "climber", "s3://team-a/climb/", "s3://team-a/climb-out/")
+    job = wait_status(team_a, arn, {"Failed", "Completed"})
+    assert job["status"] == "Failed" and "climb/../../../../escape.jsonl" in job["message"], job
+    root = teams.server.data_dir.parent
+    assert not [p for p in root.rglob("escape.jsonl")], "a climbing key was written"
+    assert teams.keys("s3://team-a/climb-out/") == []

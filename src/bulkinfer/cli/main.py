@@ -627,6 +627,7 @@ def _committed_so_far(job_dir: Path, limit: int) -> bool:
         f"{errors:,} errors; its output files are written when it ends",
         markup=False,
         highlight=False,
+        soft_wrap=True,
     )
     folder = output / STATE_DIR / job.job_id / "chunks"
     by_file: dict[int, list[ChunkRecord]] = {}
@@ -655,6 +656,7 @@ def _server_results(server: str, target: str, limit: int) -> None:
             f"ends; follow it with: bulkinfer status {target} --server {server}",
             markup=False,
             highlight=False,
+            soft_wrap=True,
         )
         raise typer.Exit(EXIT_USAGE)
     if not files:

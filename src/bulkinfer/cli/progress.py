@@ -23,10 +23,19 @@ class JobProgress:
     """Counts finished records and shows them; usable as the engine's ``ProgressSink``.
 
     ``tokens`` says whether token counts arrive at all (a server's job reports none): without them the
-    display has no token rate rather than a false ``0 tok/s``.
+    display has no token rate rather than a false ``0 tok/s``. ``since`` is when ``already_done`` was
+    counted (``time.monotonic()``), if before now: rates are taken from then.
     """
 
-    def __init__(self, console: Console, total: int, already_done: int, *, tokens: bool = True) -> None:
+    def __init__(
+        self,
+        console: Console,
+        total: int,
+        already_done: int,
+        *,
+        tokens: bool = True,
+        since: float | None = None,
+    ) -> None:
         self._console = console
         self._with_tokens = tokens
         self._total = max(total, already_done)
@@ -34,7 +43,7 @@ class JobProgress:
         self._run_done = 0
         self._errors = 0
         self._tokens = 0
-        self._started = time.monotonic()
+        self._started = time.monotonic() if since is None else since
         self._last_plain = self._started
         self._live = console.is_terminal
         columns = [

@@ -158,28 +158,34 @@ class Watched:
 def follow(console: Console, bedrock: Any, job: dict[str, Any]) -> Watched:
     """Poll a job until it ends, drawing the same progress display as ``bulkinfer run`` while it runs
     (a job that ends before it runs, as one failing validation does, gets no display)."""
-    started, first = time.monotonic(), job.get("processedRecordCount", 0)
+    started, first, first_errors = time.monotonic(), _processed(job), job.get("errorRecordCount", 0)
     while job["status"] in WAITING:
         started = time.monotonic()  # the poll just made saw it waiting: it had not begun yet
         time.sleep(POLL_S)
         job = bedrock.get_model_invocation_job(jobIdentifier=job["jobArn"])
-    if job["status"] not in TERMINAL or job.get("processedRecordCount", 0) > first:
-        job = _show_progress(console, bedrock, job)
-    processed, elapsed = job.get("processedRecordCount", 0) - first, time.monotonic() - started
+    if job["status"] not in TERMINAL or _processed(job) > first:
+        total = job.get("totalRecordCount", 0)
+        with JobProgress(console, total, first, tokens=False, since=started) as progress:
+            job = _poll_to_end(progress, bedrock, job, first, first_errors)
+    processed, elapsed = _processed(job) - first, time.monotonic() - started
     return Watched(job, processed / elapsed if processed > 0 and elapsed > 0 else None)
 
 
-def _show_progress(console: Console, bedrock: Any, job: dict[str, Any]) -> dict[str, Any]:
-    done, errors = job.get("processedRecordCount", 0), job.get("errorRecordCount", 0)
-    with JobProgress(console, job.get("totalRecordCount", 0), done, tokens=False) as progress:
-        while True:
-            processed, failed = job.get("processedRecordCount", 0), job.get("errorRecordCount", 0)
-            progress.advance(processed - done, failed - errors, 0, 0)
-            done, errors = processed, failed
-            if job["status"] in TERMINAL:
-                return job
-            time.sleep(POLL_S)
-            job = bedrock.get_model_invocation_job(jobIdentifier=job["jobArn"])
+def _poll_to_end(
+    progress: JobProgress, bedrock: Any, job: dict[str, Any], done: int, errors: int
+) -> dict[str, Any]:
+    while True:
+        processed, failed = _processed(job), job.get("errorRecordCount", 0)
+        progress.advance(processed - done, failed - errors, 0, 0)
+        done, errors = processed, failed
+        if job["status"] in TERMINAL:
+            return job
+        time.sleep(POLL_S)
+        job = bedrock.get_model_invocation_job(jobIdentifier=job["jobArn"])
+
+
+def _processed(job: dict[str, Any]) -> int:
+    return int(job.get("processedRecordCount", 0))
 
 
 def ending(watched: Watched) -> str:
@@ -188,7 +194,8 @@ def ending(watched: Watched) -> str:
     processed = job.get("processedRecordCount", 0)
     facts = []
     if processed or "totalRecordCount" in job:
-        facts.append(f"{records_of(job)} records, {job.get('errorRecordCount', 0):,} errors")
+        errors = job.get("errorRecordCount", 0)
+        facts.append(f"{records_of(job)} records, {errors:,} error{'' if errors == 1 else 's'}")
     if watched.records_per_s is not None:
         facts.append(f"{watched.records_per_s:,.1f} rec/s")
     if processed:

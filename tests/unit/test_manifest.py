@@ -76,6 +76,13 @@ def test_bulkinfer_keys() -> None:
     assert manifest["estimatedCostUSD"] == 0.012346
 
 
+def test_a_cost_with_no_price_is_null_and_a_free_one_zero() -> None:
+    unknown = build_manifest(info(estimated_cost_usd=None))
+    assert unknown["estimatedCostUSD"] is None
+    assert b'"estimatedCostUSD":null' in orjson.dumps(unknown)
+    assert build_manifest(info(estimated_cost_usd=0.0))["estimatedCostUSD"] == 0.0
+
+
 def test_rates() -> None:
     manifest = build_manifest(info())
     assert manifest["recordsPerSecond"] == 2.0  # 100 / 50

@@ -9,8 +9,12 @@ from bulkinfer.domain.job import Counts
 from bulkinfer.engine.job import MANIFEST_NAME, JobReport
 from bulkinfer.engine.validate import DryRunReport
 from bulkinfer.formats.manifest import iso
-from bulkinfer.providers.catalog import Catalog, ModelSpec
+from bulkinfer.providers.catalog import Catalog, ModelEntry, ModelSpec, Price
 from bulkinfer.store.state import JobRecord
+
+UNKNOWN = "unknown"
+NOT_SET = "—"
+_DEFAULT_CONTEXT = ModelEntry.model_fields["context_length"].default
 
 
 def print_report(console: Console, report: JobReport) -> None:
@@ -35,7 +39,7 @@ def print_report(console: Console, report: JobReport) -> None:
                 f"{manifest['recordsPerSecond']:,.2f} rec/s, {manifest['tokensPerSecond']:,.1f} tok/s",
             ),
         ]
-    rows.append(("estimated cost", f"${report.estimated_cost_usd:,.6f}"))
+    rows.append(("estimated cost", _usd(report.estimated_cost_usd)))
     if report.manifest is not None:
         rows.append(("output", str(report.output_dir)))
         rows.append(("manifest", str(report.output_dir / MANIFEST_NAME)))
@@ -52,7 +56,12 @@ def _codes(codes: dict[str, int]) -> str:
     return "(" + ", ".join(f"{code}: {n}" for code, n in sorted(codes.items())) + ")"
 
 
-def print_dry_run(console: Console, report: DryRunReport, cost: float) -> None:
+def _usd(cost: float | None) -> str:
+    """A cost, or ``unknown`` for a model with no price: never a made-up $0."""
+    return f"{UNKNOWN} (the model catalog has no price for this model)" if cost is None else f"${cost:,.6f}"
+
+
+def print_dry_run(console: Console, report: DryRunReport, cost: float | None) -> None:
     table = Table(title="Dry run: nothing was sent to a model", title_justify="left")
     for column in ("file", "records", "invalid"):
         table.add_column(column, justify="right" if column != "file" else "left")
@@ -64,7 +73,7 @@ def print_dry_run(console: Console, report: DryRunReport, cost: float) -> None:
     console.print(f"dialects: {dialects}")
     console.print(f"estimated input tokens: {report.input_tokens:,} (about 4 characters a token)")
     console.print(f"most output tokens: {report.output_tokens:,} (max_tokens of every record)")
-    console.print(f"estimated cost at most: ${cost:,.6f}")
+    console.print(f"estimated cost at most: {_usd(cost)}")
     for message in report.samples:
         console.print(f"  {message}", highlight=False, markup=False)
 
@@ -96,6 +105,27 @@ def _pace(spec: ModelSpec) -> str:
     return f"{rpm:g} req/min" if rpm else "adaptive"
 
 
+def _price_known(spec: ModelSpec) -> bool:
+    """A local model costs only the machine it runs on; a remote one bills by the token, at a price
+    known only where its catalog entry sets one (an entry that sets a price of 0 reads as unset)."""
+    return spec.remote is None or spec.price != Price()
+
+
+def _context(spec: ModelSpec) -> str:
+    """A local model's context is enforced here; a remote one's only by its provider, so it is shown
+    only where the entry states it (an entry that states the default reads as unset)."""
+    if spec.remote is not None and spec.context_length == _DEFAULT_CONTEXT:
+        return NOT_SET
+    return f"{spec.context_length:,}"
+
+
+def _prices(spec: ModelSpec) -> tuple[str, str, str]:
+    p = spec.price
+    if not _price_known(spec):
+        return UNKNOWN, UNKNOWN, NOT_SET
+    return f"{p.input_per_million:g}", f"{p.output_per_million:g}", f"{p.batch_discount:.0%}"
+
+
 def print_catalog(console: Console, catalog: Catalog) -> None:
     table = Table(title="Models")
     for column in (
@@ -111,16 +141,13 @@ def print_catalog(console: Console, catalog: Catalog) -> None:
     ):
         table.add_column(column)
     for spec in catalog:
-        p = spec.price
         table.add_row(
             spec.name,
             spec.provider,
             spec.kind,
             ", ".join(spec.dialects),
-            f"{spec.context_length:,}",
+            _context(spec),
             _pace(spec),
-            f"{p.input_per_million:g}",
-            f"{p.output_per_million:g}",
-            f"{p.batch_discount:.0%}",
+            *_prices(spec),
         )
     console.print(table)

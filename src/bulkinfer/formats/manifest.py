@@ -19,7 +19,9 @@ class ManifestInfo:
     started_at: float
     ended_at: float
     inputs: list[str]
-    estimated_cost_usd: float
+    estimated_cost_usd: float | None
+    """``None`` when the model has no price (a remote model whose catalog entry sets none): unknown,
+    written as ``null``, never as a cost of 0."""
     active_seconds: float
     """Time spent running, summed over runs: a resumed job's rates leave out the time between runs."""
 
@@ -45,7 +47,7 @@ def build_manifest(info: ManifestInfo) -> dict[str, Any]:
         "tokensPerSecond": round((c.input_tokens + c.output_tokens) / duration, 3),
         "outputTokensPerSecond": round(c.output_tokens / duration, 3),
         "errorCodeCounts": dict(sorted(c.error_codes.items())),
-        "estimatedCostUSD": round(info.estimated_cost_usd, 6),
+        "estimatedCostUSD": None if info.estimated_cost_usd is None else round(info.estimated_cost_usd, 6),
     }
 
 

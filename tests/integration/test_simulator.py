@@ -227,27 +227,27 @@ async def test_each_fault_reaches_the_sdks_as_its_exception(fault: str) -> None:
     openai_error, anthropic_error = FAULTS[fault]
     rates: dict[str, Any] = {fault: 1.0}
     config = SimulatorConfig(hang_s=60.0, **rates)
-    async with Simulator(config) as sim, clients(sim, timeout=0.3) as (oai, ant):
+    # Only the hang needs a client that gives up soon; the others get time to spare on a busy machine.
+    timeout = 0.5 if fault == "timeout" else 30.0
+    async with Simulator(config) as sim, clients(sim, timeout=timeout) as (oai, ant):
         with pytest.raises(openai_error) as from_openai:
             await chat(oai, "ping openai")
         with pytest.raises(anthropic_error) as from_anthropic:
             await message(ant, "ping anthropic")
-        stats = await wait_for_idle(sim)
+        stats = await sim.idle_stats()
 
     assert type(from_openai.value) is openai_error and type(from_anthropic.value) is anthropic_error
     if isinstance(from_openai.value, openai.APIStatusError):
         assert from_openai.value.status_code == int(fault[-3:])
-    assert stats.successes == 0 and stats.by_outcome == {fault: 2}
-    assert stats.for_id("ping openai").failures == {fault: 1}
-
-
-async def wait_for_idle(sim: Simulator) -> SimulatorStats:
-    """The stats once no call is in flight: a hung call ends as soon as its client gives up."""
-    for _ in range(100):
-        if (stats := sim.stats()).in_flight == 0:
-            return stats
-        await asyncio.sleep(0.02)
-    raise AssertionError("calls still in flight")
+    assert stats.successes == 0
+    if fault == "timeout":
+        # A client that gives up may do so before the simulator has read its request: then the
+        # call is counted nowhere. Every call the simulator did read hung.
+        assert set(stats.by_outcome) <= {fault} and stats.calls <= 2, stats.by_outcome
+        assert set(stats.for_id("ping openai").failures) <= {fault}
+    else:
+        assert stats.by_outcome == {fault: 2}  # each answer (or reset) came from the simulator
+        assert stats.for_id("ping openai").failures == {fault: 1}
 
 
 async def test_permanent_marker_is_a_400_whatever_the_fault_rate() -> None:
@@ -292,13 +292,16 @@ async def test_every_call_is_counted_under_its_request_id() -> None:
     ]
     async with Simulator(config) as sim, clients(sim) as both:
         attempts = await asyncio.gather(*(call_until_success(both, kind, rid) for kind, rid in records))
-        stats = await wait_for_idle(sim)
+        stats = await sim.idle_stats()
 
+    # A client's attempt may end before the simulator has read it (counted by the client alone), so
+    # across the socket the counts compare with <=; inside the simulator they add up exactly.
     for (_, rid), calls in zip(records, attempts, strict=True):
         per_id = stats.for_id(rid)
-        assert (per_id.calls, per_id.successes, sum(per_id.failures.values())) == (calls, 1, calls - 1)
-    assert stats.calls == sum(attempts) and stats.successes == len(records)
-    assert sum(attempts) > len(records)  # the faults did happen
+        assert per_id.successes == 1 and per_id.calls == 1 + per_id.failed <= calls, (rid, per_id, calls)
+    assert stats.successes == len(records) and stats.calls == sum(stats.by_outcome.values())
+    assert stats.calls == sum(s.calls for s in stats.per_id.values()) <= sum(attempts)
+    assert stats.calls > len(records)  # the faults did happen, and were counted
     assert len(stats.success_times) == len(records)
     assert SimulatorStats.from_json(json.loads(json.dumps(stats.to_json()))) == stats
 
@@ -356,7 +359,7 @@ def test_simulator_thread_serves_sync_clients() -> None:
             oai.chat.completions.create(model="m", messages=[{"role": "user", "content": "down"}])
         sim.go_up()
         oai.chat.completions.create(model="m", messages=[{"role": "user", "content": "up"}])
-        stats = sim.stats()
+        stats = sim.idle_stats()
 
     assert stats.successes == 2 and set(stats.per_id) == {"sync", "up"}
 

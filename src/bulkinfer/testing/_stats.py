@@ -2,6 +2,16 @@
 
 The simulator writes into a mutable ``Ledger``; readers only ever see a frozen ``SimulatorStats``
 snapshot, in process (``Simulator.stats()``) or as JSON from another process (``GET /_sim/stats``).
+
+What the counts guarantee, and what they cannot, about the client on the other side of the socket:
+
+- A call is counted once its body has been read. A request its client gave up on before then (a
+  timeout on a starved machine, a connection broken mid-send) is counted nowhere, so a client's
+  attempts are at least the calls counted here: compare them with ``>=``, never ``==``.
+- Every counted call ends in exactly one ``Outcome``. Once none is in flight (``idle_stats``),
+  ``calls`` is the sum of ``by_outcome``, and each id's ``calls`` is its successes plus ``failed``.
+- A success is counted once the whole answer is in the kernel's hands. A client that gives up after
+  that and calls again is billed twice: its doing, and what an exactly-once test is there to catch.
 """
 
 from __future__ import annotations
@@ -42,6 +52,10 @@ class IdStats:
     successes: int = 0
     failures: Mapping[str, int] = field(default_factory=lambda: MappingProxyType({}))
     """Failed calls by ``Outcome`` value."""
+
+    @property
+    def failed(self) -> int:
+        return sum(self.failures.values())
 
 
 @dataclass(frozen=True, slots=True)

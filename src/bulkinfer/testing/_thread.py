@@ -70,6 +70,10 @@ class SimulatorThread:
     def stats(self) -> SimulatorStats:
         return self._call(self._snapshot())
 
+    def idle_stats(self, timeout_s: float = 30.0) -> SimulatorStats:
+        """The stats once no call is in flight (see ``Simulator.idle_stats``)."""
+        return self._call(self.simulator.idle_stats(timeout_s), timeout_s + CONTROL_TIMEOUT_S)
+
     def reset_stats(self) -> None:
         self._call(self._reset_stats())
 
@@ -90,8 +94,8 @@ class SimulatorThread:
     async def _reset_stats(self) -> None:
         self.simulator.reset_stats()
 
-    def _call(self, coro: Coroutine[Any, Any, T]) -> T:
-        return asyncio.run_coroutine_threadsafe(coro, self._loop).result(CONTROL_TIMEOUT_S)
+    def _call(self, coro: Coroutine[Any, Any, T], timeout_s: float = CONTROL_TIMEOUT_S) -> T:
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout_s)
 
     def _close_loop(self) -> None:
         self._loop.call_soon_threadsafe(self._loop.stop)

@@ -156,6 +156,16 @@ class Simulator:
     def stats(self) -> SimulatorStats:
         return self._ledger.snapshot()
 
+    async def idle_stats(self, timeout_s: float = 30.0) -> SimulatorStats:
+        """The stats once no call is in flight, so that every call counted has its outcome.
+
+        A hung call ends as soon as its client gives up; ``TimeoutError`` after ``timeout_s``.
+        """
+        async with asyncio.timeout(timeout_s):
+            while (stats := self.stats()).in_flight:
+                await asyncio.sleep(0.01)
+        return stats
+
     def reset_stats(self) -> None:
         """Start counting afresh (after a benchmark's warm-up, say)."""
         self._ledger = Ledger()

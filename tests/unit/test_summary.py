@@ -73,7 +73,7 @@ def test_a_local_model_shows_its_context_and_a_free_price(tmp_path: Path) -> Non
 def report(cost: float | None) -> JobReport:
     job = JobRecord("j1", "remote-bare", "in", "out", JobStatus.COMPLETED, created_at=0.0)
     counts = Counts(processed=2, success=2, input_tokens=10, output_tokens=4)
-    return JobReport(job, counts, 2, Path("out"), estimated_cost_usd=cost)  # type: ignore[arg-type]
+    return JobReport(job, counts, 2, Path("out"), estimated_cost_usd=cost)
 
 
 def summary_rows(cost: float | None) -> dict[str, str]:

@@ -285,7 +285,7 @@ def _dry_run(request: RunRequest) -> None:
     files = list_inputs(request.input)
     forced = get_dialect(request.dialect) if request.dialect else None
     report = dry_run(files, spec, forced, EngineSettings().max_line_bytes)
-    print_dry_run(out, report, spec.price.cost(report.input_tokens, report.output_tokens))
+    print_dry_run(out, report, spec.estimated_cost(report.input_tokens, report.output_tokens))
 
 
 @app.command(cls=Command)

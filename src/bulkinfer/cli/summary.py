@@ -9,12 +9,11 @@ from bulkinfer.domain.job import Counts
 from bulkinfer.engine.job import MANIFEST_NAME, JobReport
 from bulkinfer.engine.validate import DryRunReport
 from bulkinfer.formats.manifest import iso
-from bulkinfer.providers.catalog import Catalog, ModelEntry, ModelSpec, Price
+from bulkinfer.providers.catalog import Catalog, ModelSpec
 from bulkinfer.store.state import JobRecord
 
 UNKNOWN = "unknown"
 NOT_SET = "—"
-_DEFAULT_CONTEXT = ModelEntry.model_fields["context_length"].default
 
 
 def print_report(console: Console, report: JobReport) -> None:
@@ -105,23 +104,17 @@ def _pace(spec: ModelSpec) -> str:
     return f"{rpm:g} req/min" if rpm else "adaptive"
 
 
-def _price_known(spec: ModelSpec) -> bool:
-    """A local model costs only the machine it runs on; a remote one bills by the token, at a price
-    known only where its catalog entry sets one (an entry that sets a price of 0 reads as unset)."""
-    return spec.remote is None or spec.price != Price()
-
-
 def _context(spec: ModelSpec) -> str:
     """A local model's context is enforced here; a remote one's only by its provider, so it is shown
-    only where the entry states it (an entry that states the default reads as unset)."""
-    if spec.remote is not None and spec.context_length == _DEFAULT_CONTEXT:
+    only where the entry states it."""
+    if not spec.context_known:
         return NOT_SET
     return f"{spec.context_length:,}"
 
 
 def _prices(spec: ModelSpec) -> tuple[str, str, str]:
     p = spec.price
-    if not _price_known(spec):
+    if not spec.price_known:
         return UNKNOWN, UNKNOWN, NOT_SET
     return f"{p.input_per_million:g}", f"{p.output_per_million:g}", f"{p.batch_discount:.0%}"
 

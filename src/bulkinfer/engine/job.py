@@ -145,7 +145,8 @@ class JobReport:
     counts: Counts
     total_records: int
     output_dir: Path
-    estimated_cost_usd: float
+    estimated_cost_usd: float | None
+    """None where the model's price is not known."""
     error_samples: list[str] = field(default_factory=list)
     manifest: dict[str, Any] | None = None
 
@@ -509,7 +510,7 @@ class LocalJob:
             ended_at=ended,
             inputs=[f.name for f in self.files],
             active_seconds=options["active_seconds"],
-            estimated_cost_usd=self.spec.price.cost(counts.input_tokens, counts.output_tokens),
+            estimated_cost_usd=self.spec.estimated_cost(counts.input_tokens, counts.output_tokens),
         )
         manifest = build_manifest(info)
         manifest["errorSamples"] = errors
@@ -552,7 +553,7 @@ class LocalJob:
             counts=counts,
             total_records=total,
             output_dir=self.output_dir,
-            estimated_cost_usd=self.spec.price.cost(counts.input_tokens, counts.output_tokens),
+            estimated_cost_usd=self.spec.estimated_cost(counts.input_tokens, counts.output_tokens),
             error_samples=list((manifest or {}).get("errorSamples", [])),
             manifest=manifest,
         )

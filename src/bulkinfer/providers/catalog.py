@@ -136,6 +136,14 @@ class ModelSpec:
     images: ImageSettings = ImageSettings()
     image_text: Literal["ocr"] | None = None
     """``"ocr"``: image parts reach the model as the text read in them (``providers.image_text``)."""
+    price_known: bool = True
+    """False for a remote model whose entry sets no price: its cost is unknown, not zero."""
+    context_known: bool = True
+    """False for a remote model whose entry states no context length: only its provider knows it."""
+
+    def estimated_cost(self, input_tokens: int, output_tokens: int) -> float | None:
+        """The cost of these tokens in USD; None where the price is not known."""
+        return self.price.cost(input_tokens, output_tokens) if self.price_known else None
 
     @property
     def default_dialect(self) -> str:
@@ -221,6 +229,8 @@ def _spec(name: str, entry: ModelEntry, source: str) -> ModelSpec:
         remote=remote,
         images=ImageSettings(**entry.images.model_dump()),
         image_text=entry.image_text,
+        price_known=remote is None or "price" in entry.model_fields_set,
+        context_known=remote is None or "context_length" in entry.model_fields_set,
     )
 
 

@@ -18,7 +18,6 @@ from typing import TYPE_CHECKING, Annotated, NoReturn
 import orjson
 import typer
 from rich.console import Console
-from rich.markup import escape
 from rich.text import Text
 
 from bulkinfer import __version__
@@ -152,22 +151,22 @@ async def _run(request: RunRequest) -> int:
 async def _execute(job: LocalJob) -> int:
     resumed = job.committed().processed
     if job.completed:
-        err.print(f"job {job.job_id} already completed", highlight=False)
+        _note(f"job {job.job_id} already completed")
     elif resumed:
-        err.print(f"resuming job {job.job_id}: {resumed:,} records already done", highlight=False)
+        _note(f"resuming job {job.job_id}: {resumed:,} records already done")
     else:
-        err.print(f"job {job.job_id}", highlight=False)
+        _note(f"job {job.job_id}")
     main = asyncio.current_task()
     assert main is not None
     interrupts = _install_interrupts(job, main)
     try:
         with JobProgress(err, job.estimated_total(), resumed) as progress:
-            report = await job.execute(progress, status=lambda m: err.print(m, highlight=False))
+            report = await job.execute(progress, status=_note)
     except asyncio.CancelledError:
         _say_resume(job, "stopped at once")
         return EXIT_INTERRUPTED
     except Exception as exc:  # any failure: say what and how to resume, never a bare traceback
-        err.print(f"[red]job failed:[/red] {_describe(exc)}", highlight=False)
+        _error(_describe(exc), "job failed")
         _say_resume(job, "failed")
         if os.environ.get("BULKINFER_DEBUG"):
             raise
@@ -189,13 +188,24 @@ def _reported(failure: str = "error") -> Iterator[None]:
     except typer.Exit:
         raise
     except UserError as exc:  # never wrapped: a message may hold a command to copy
-        err.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False, soft_wrap=True)
+        _error(str(exc))
         raise typer.Exit(EXIT_USAGE) from None
     except Exception as exc:
         if os.environ.get("BULKINFER_DEBUG"):
             raise
-        err.print(f"[red]{failure}:[/red] {_describe(exc)}", highlight=False)
+        _error(_describe(exc), failure)
         raise typer.Exit(EXIT_FAILED) from None
+
+
+def _note(message: str) -> None:
+    """A line of plain text on stderr (it may hold a job id, a path or a model's name: never markup)."""
+    err.print(message, markup=False, highlight=False)
+
+
+def _error(message: str, label: str = "error") -> None:
+    """Say a problem on stderr: the label in red, the message as it is (a path, a server's or an
+    exception's text is never read as markup)."""
+    err.print(Text.assemble((f"{label}:", "red"), " ", message), highlight=False, soft_wrap=True)
 
 
 def _describe(exc: Exception) -> str:
@@ -244,7 +254,7 @@ def _say_resume(job: LocalJob, what: str) -> None:
         said = "no record had finished, so nothing is kept. Run it again with"
     else:
         said = "resume with"
-    err.print(f"job {job.job_id} {what}; {said}:\n  {escape(command)}", highlight=False, soft_wrap=True)
+    err.print(f"job {job.job_id} {what}; {said}:\n  {command}", markup=False, highlight=False, soft_wrap=True)
 
 
 def _run_command(r: RunRequest, job_id: str | None) -> str:
@@ -354,10 +364,10 @@ def _remote(call: Callable[[], object]) -> int:
         result = call()
     except ClientError as exc:
         error = exc.response.get("Error", {})
-        err.print(f"[red]error:[/red] {error.get('Code')}: {error.get('Message')}", highlight=False)
+        _error(f"{error.get('Code')}: {error.get('Message')}")
         return EXIT_USAGE
     except BotoCoreError as exc:
-        err.print(f"[red]error:[/red] {exc}", highlight=False)
+        _error(str(exc))
         return EXIT_FAILED
     if isinstance(result, dict) and result.get("status") not in (None, "Completed"):
         return EXIT_FAILED
@@ -440,7 +450,7 @@ def serve(
         from bulkinfer.api.app import create_app
         from bulkinfer.settings import ServerSettings
     except ImportError as exc:
-        err.print(f"[red]error:[/red] {exc.name} is missing: pip install 'bulkinfer[serve]'", highlight=False)
+        _error(f"{exc.name} is missing: pip install 'bulkinfer[serve]'")
         raise typer.Exit(EXIT_USAGE) from None
     settings = ServerSettings(
         host=host,
@@ -462,7 +472,7 @@ def serve(
         docs=docs,
     )
     if (watch is None) != (watch_model is None):
-        err.print("[red]error:[/red] --watch and --watch-model go together", highlight=False)
+        _error("--watch and --watch-model go together")
         raise typer.Exit(EXIT_USAGE)
     if watch is not None:
         _check_watch(watch, data_dir)
@@ -481,7 +491,7 @@ def serve(
             await asyncio.sleep(0.05)
         if server.started:
             bound = server.servers[0].sockets[0].getsockname()
-            out.print(f"bulkinfer serving on http://{bound[0]}:{bound[1]}", highlight=False)
+            out.print(f"bulkinfer serving on http://{bound[0]}:{bound[1]}", markup=False, highlight=False)
         await task
 
     asyncio.run(announce_and_serve())
@@ -520,7 +530,7 @@ def _callers(settings: ServerSettings) -> Tenants:
         )
     else:
         names = ", ".join(f"{t.name} ({len(t.grants.read_write)} grants)" for t in tenants.by_name.values())
-        err.print(f"tenants: {names}", highlight=False)
+        err.print(f"tenants: {names}", markup=False, highlight=False)
     return tenants
 
 
@@ -536,7 +546,7 @@ def _private_data_dir(data_dir: Path) -> None:
 
 
 def _usage(message: str) -> NoReturn:
-    err.print(f"[red]error:[/red] {escape(message)}", highlight=False)
+    _error(message)
     raise typer.Exit(EXIT_USAGE)
 
 
@@ -547,7 +557,7 @@ def _check_watch(watch: str, data_dir: Path) -> None:
     try:
         LocalBuckets(data_dir).path(f"{watch.rstrip('/')}/to-process/", must_exist=False)
     except UserError as exc:
-        err.print(f"[red]error:[/red] --watch {escape(str(exc))}", highlight=False)
+        _error(f"--watch {exc}")
         raise typer.Exit(EXIT_USAGE) from None
 
 
@@ -661,7 +671,7 @@ def _server_results(server: str, target: str, limit: int) -> None:
         raise typer.Exit(EXIT_USAGE)
     if not files:
         why = f"{job['status']}: {job['message']}" if job.get("message") else job["status"]
-        err.print(f"[red]error:[/red] job {escape(target)} has no records ({escape(why)})", highlight=False)
+        _error(f"job {target} has no records ({why})")
         raise typer.Exit(EXIT_USAGE)
     _print_records(files, limit)
 

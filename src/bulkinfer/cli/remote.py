@@ -17,6 +17,7 @@ import orjson
 import typer
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from bulkinfer.cli.progress import JobProgress
 
@@ -137,7 +138,7 @@ def submit(
         inputDataConfig={"s3InputDataConfig": {"s3Uri": input_uri}},
         outputDataConfig={"s3OutputDataConfig": {"s3Uri": output_uri}},
     )["jobArn"]
-    console.print(arn, highlight=False)
+    console.print(arn, markup=False, highlight=False)
     if not wait:
         return None
     watched = follow(progress, bedrock, bedrock.get_model_invocation_job(jobIdentifier=arn))
@@ -225,18 +226,22 @@ def jobs_table(bedrock: Any, status: str | None, limit: int) -> Table:
     for column in ("job", "name", "model", "status", "records", "errors", "submitted"):
         table.add_column(column)
     for job in summaries:
-        table.add_row(*_row(job))
+        table.add_row(*map(Text, _row(job)))  # the server's text: never markup
     return table
 
 
 def job_table(job: dict[str, Any]) -> Table:
-    table = Table(title=f"Job {job['jobArn'].rsplit('/', 1)[1]}: {job['status']}", show_header=False)
-    for key in ("jobName", "modelId", "status", "message", "submitTime", "endTime"):
-        if key in job:
-            table.add_row(key, str(job[key]))
-    table.add_row("records", records_of(job))
-    table.add_row("errors", str(job.get("errorRecordCount", 0)))
-    table.add_row("output", job["outputDataConfig"]["s3OutputDataConfig"]["s3Uri"])
+    title = Text(f"Job {job_id_of(job)}: {job['status']}")
+    table = Table(title=title, show_header=False)
+    keys = ("jobName", "modelId", "status", "message", "submitTime", "endTime")
+    rows = [(key, str(job[key])) for key in keys if key in job]
+    rows += [
+        ("records", records_of(job)),
+        ("errors", str(job.get("errorRecordCount", 0))),
+        ("output", str(job["outputDataConfig"]["s3OutputDataConfig"]["s3Uri"])),
+    ]
+    for key, value in rows:
+        table.add_row(key, Text(value))  # the server's text (a message quotes its input): never markup
     return table
 
 

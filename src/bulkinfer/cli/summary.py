@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from bulkinfer.domain.job import Counts
 from bulkinfer.engine.job import MANIFEST_NAME, JobReport
@@ -18,7 +19,8 @@ NOT_SET = "—"
 
 def print_report(console: Console, report: JobReport) -> None:
     job, c = report.job, report.counts
-    table = Table(title=f"Job {job.job_id}: {job.status.value}", show_header=False, title_justify="left")
+    title = Text(f"Job {job.job_id}: {job.status.value}")
+    table = Table(title=title, show_header=False, title_justify="left")
     table.add_column(style="bold")
     table.add_column()
     manifest = report.manifest or {}
@@ -43,7 +45,7 @@ def print_report(console: Console, report: JobReport) -> None:
         rows.append(("output", str(report.output_dir)))
         rows.append(("manifest", str(report.output_dir / MANIFEST_NAME)))
     for key, value in rows:
-        table.add_row(key, value)
+        table.add_row(key, Text(value))  # a model's name or a path: never markup
     console.print(table)
     if report.error_samples:
         console.print("[bold]First errors:[/bold]")
@@ -65,7 +67,7 @@ def print_dry_run(console: Console, report: DryRunReport, cost: float | None) ->
     for column in ("file", "records", "invalid"):
         table.add_column(column, justify="right" if column != "file" else "left")
     for f in report.files:
-        table.add_row(f.name, f"{f.records:,}", f"{f.invalid:,}")
+        table.add_row(Text(f.name), f"{f.records:,}", f"{f.invalid:,}")
     table.add_row("[bold]total", f"[bold]{report.records:,}", f"[bold]{report.invalid:,}")
     console.print(table)
     dialects = ", ".join(f"{name}: {n:,}" for name, n in sorted(report.dialects.items())) or "none"
@@ -83,7 +85,7 @@ def print_jobs(console: Console, rows: list[tuple[JobRecord, Counts]]) -> None:
         table.add_column(column)
     for job, c in rows:
         total = job.total_records if job.total_records is not None else job.options.get("estimated_records")
-        table.add_row(
+        cells = (
             job.job_id,
             job.model,
             job.status.value + (f" ({job.message})" if job.message else ""),
@@ -93,6 +95,7 @@ def print_jobs(console: Console, rows: list[tuple[JobRecord, Counts]]) -> None:
             iso(job.started_at) if job.started_at else "",
             iso(job.ended_at) if job.ended_at else "",
         )
+        table.add_row(*map(Text, cells))  # a job's message may quote anything: never markup
     console.print(table)
 
 
@@ -134,7 +137,7 @@ def print_catalog(console: Console, catalog: Catalog) -> None:
     ):
         table.add_column(column)
     for spec in catalog:
-        table.add_row(
+        cells = (
             spec.name,
             spec.provider,
             spec.kind,
@@ -143,4 +146,5 @@ def print_catalog(console: Console, catalog: Catalog) -> None:
             _pace(spec),
             *_prices(spec),
         )
+        table.add_row(*map(Text, cells))  # names from a user's catalog file: never markup
     console.print(table)

@@ -89,3 +89,104 @@ def test_tables_show_file_names_as_they_are(tmp_path: Path) -> None:
     result = invoke("run", folder, "--model", "echo", "--output", tmp_path / "out", "--dry-run")
     assert result.exit_code == 0, result.output
     assert "a[red].jsonl" in result.stdout
+
+
+def test_an_output_that_is_a_file_is_a_usage_error(tmp_path: Path) -> None:
+    source = tmp_path / "in.jsonl"
+    source.write_text('{"recordId": "a", "modelInput": {"inputText": "hi"}}\n')
+    afile = tmp_path / "afile"
+    afile.write_text("mine\n")
+    result = bulkinfer("run", source, "--model", "echo", "--output", afile)
+    assert result.returncode == 2
+    said = f"error: --output {afile} is a file: give a folder (a job's outputs land in OUTPUT/<job-id>/)\n"
+    assert result.stderr == said
+    assert afile.read_text() == "mine\n"
+
+
+@pytest.mark.parametrize("command", [["status", "job1"], ["jobs"], ["results", "job1"], ["stop", "job1"]])
+def test_a_server_url_without_a_scheme_is_a_usage_error(command: list[str]) -> None:
+    result = bulkinfer(*command, "--server", "127.0.0.1:18301")
+    assert result.returncode == 2
+    assert result.stderr == (
+        "error: --server 127.0.0.1:18301: give the server's URL with its scheme: http://127.0.0.1:18301\n"
+    )
+
+
+OPENAI_LINE = {
+    "custom_id": "r1",
+    "method": "POST",
+    "url": "/v1/chat/completions",
+    "body": {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 5},
+}
+ANTHROPIC_PARAMS = {"max_tokens": 5, "messages": [{"role": "user", "content": "hi"}]}
+ANTHROPIC_LINE = {"custom_id": "r1", "params": {"model": "claude", **ANTHROPIC_PARAMS}}
+UNRUNNABLE = {
+    "empty": (b"", "error: in.jsonl is empty: give JSON Lines of Bedrock batch records, one "),
+    "blank lines": (b"\n  \n", "error: in.jsonl is empty: "),
+    "array": (
+        b'[{"recordId": "a", "modelInput": {"inputText": "hi"}}]\n',
+        "error: in.jsonl holds a JSON array, not JSON Lines: put each record on a line of its own, "
+        "e.g. jq -c '.[]' in.jsonl > records.jsonl",
+    ),
+    "indented array": (b'[\n  {"recordId": "a"}\n]\n', "error: in.jsonl holds a JSON array, not JSON Lines"),
+    "openai": (
+        json.dumps(OPENAI_LINE).encode() + b"\n",
+        "error: in.jsonl line 1: this is an OpenAI Batch API input line; bulkinfer reads Bedrock batch "
+        "records {recordId, modelInput}: put body as modelInput and custom_id as recordId, "
+        "e.g. jq -c '{recordId: .custom_id, modelInput: .body}' IN.jsonl > records.jsonl",
+    ),
+    "anthropic": (
+        json.dumps(ANTHROPIC_LINE).encode() + b"\n",
+        "error: in.jsonl line 1: this is an Anthropic Message Batches input line; bulkinfer reads Bedrock "
+        "batch records {recordId, modelInput}: put params, without model and with anthropic_version, as "
+        "modelInput and custom_id as recordId, e.g. jq -c '{recordId: .custom_id, modelInput: (.params | "
+        'del(.model) + {anthropic_version: "bedrock-2023-05-31"})}\' IN.jsonl > records.jsonl',
+    ),
+}
+
+
+@pytest.mark.parametrize("dry", [False, True], ids=["run", "dry-run"])
+@pytest.mark.parametrize("case", list(UNRUNNABLE))
+def test_an_input_no_record_of_which_could_run_is_refused_before_a_job_exists(
+    tmp_path: Path, case: str, dry: bool
+) -> None:
+    content, said = UNRUNNABLE[case]
+    source = tmp_path / "in.jsonl"
+    source.write_bytes(content)
+    out = tmp_path / "out"
+    result = invoke("run", source, "--model", "echo", "--output", out, *(["--dry-run"] if dry else []))
+    assert result.exit_code == 2, result.output
+    assert result.stderr.startswith(said), result.stderr
+    assert not out.exists()
+
+
+def test_the_suggested_conversions_run(tmp_path: Path) -> None:
+    """The lines the messages' jq commands make are read in the dialect their request was written in."""
+    bedrock_anthropic = {**ANTHROPIC_PARAMS, "anthropic_version": "bedrock-2023-05-31"}
+    lines = [
+        {"recordId": "openai", "modelInput": OPENAI_LINE["body"]},
+        {"recordId": "anthropic", "modelInput": bedrock_anthropic},
+    ]
+    source = tmp_path / "in.jsonl"
+    source.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    result = invoke("run", source, "--model", "echo", "--output", tmp_path / "out", "--dry-run")
+    assert result.exit_code == 0, result.output
+    assert "dialects: anthropic: 1, openai-chat: 1" in result.stdout
+
+
+def test_a_folder_with_an_empty_file_among_others_runs(tmp_path: Path) -> None:
+    folder = tmp_path / "in"
+    folder.mkdir()
+    (folder / "a.jsonl").write_text('{"recordId": "a", "modelInput": {"inputText": "hi"}}\n')
+    (folder / "empty.jsonl").write_bytes(b"")
+    result = invoke("run", folder, "--model", "echo", "--output", tmp_path / "out", "--dry-run")
+    assert result.exit_code == 0, result.output
+
+
+def test_a_foreign_line_among_bedrock_records_is_named_for_what_it_is(tmp_path: Path) -> None:
+    source = tmp_path / "in.jsonl"
+    bedrock = {"recordId": "a", "modelInput": {"inputText": "hi"}}
+    source.write_text(json.dumps(bedrock) + "\n" + json.dumps(OPENAI_LINE) + "\n")
+    result = invoke("run", source, "--model", "echo", "--output", tmp_path / "out", "--dry-run")
+    said = "in.jsonl line 2: this is an OpenAI Batch API input line; bulkinfer reads Bedrock batch records"
+    assert said in " ".join(result.stdout.split())

@@ -31,7 +31,7 @@ from bulkinfer.domain.job import TRANSITIONS, JobStatus
 from bulkinfer.engine.finalize import merged_lines
 from bulkinfer.engine.job import MANIFEST_NAME, STATE_DIR, LocalJob, MediaSettings, RunRequest
 from bulkinfer.engine.runner import EngineSettings
-from bulkinfer.engine.validate import dry_run
+from bulkinfer.engine.validate import check_inputs, dry_run
 from bulkinfer.errors import BulkinferError, UserError
 from bulkinfer.formats.bedrock import output_text
 from bulkinfer.formats.jsonl import Line, OversizeLine, split_lines
@@ -112,6 +112,7 @@ def run(
     media = MediaSettings(fetch_allow=tuple(allow_fetch or ()), s3_endpoint_url=s3_endpoint_url)
     request = RunRequest(input, model, output, job_id, models, dialect, media=media)
     with _reported("job failed"), _rerun_named(request):
+        _check_usage(request)
         if resume and job_id is None:
             request = replace(request, job_id=_latest_unfinished(output))
         if dry:
@@ -119,6 +120,16 @@ def run(
             return
         code = asyncio.run(_run(request))
     raise typer.Exit(code)
+
+
+def _check_usage(request: RunRequest) -> None:
+    """What makes a run impossible whatever its records hold, found before a job exists (exit 2): an
+    output that is a file, an input that is empty, a JSON array or another provider's batch lines."""
+    if request.output.exists() and not request.output.is_dir():
+        raise UserError(
+            f"--output {request.output} is a file: give a folder (a job's outputs land in OUTPUT/<job-id>/)"
+        )
+    check_inputs(list_inputs(request.input), EngineSettings().max_line_bytes)
 
 
 @contextlib.contextmanager
@@ -308,13 +319,16 @@ def status(
 ) -> None:
     """Show jobs and their progress: of an output folder, or one job of a server."""
     if server is not None:
-        get = remote.client(server).get_model_invocation_job
-        raise typer.Exit(_remote(lambda: out.print(remote.job_table(get(jobIdentifier=target)))))
+        raise typer.Exit(_remote(lambda: _show_server_job(server, target)))
     with _reported(), _state(Path(target)) as store:
         jobs = [j for j in store.list_jobs() if job_id is None or j.job_id == job_id]
         if job_id is not None and not jobs:
             raise UserError(f"no job {job_id!r} in {target}")
         print_jobs(out, [(j, store.counts(j.job_id)) for j in jobs])
+
+
+def _show_server_job(server: str, target: str) -> None:
+    out.print(remote.job_table(remote.client(server).get_model_invocation_job(jobIdentifier=target)))
 
 
 @app.command(cls=Command)
@@ -362,6 +376,9 @@ def _remote(call: Callable[[], object]) -> int:
 
     try:
         result = call()
+    except UserError as exc:  # the command's own arguments, as a server URL without a scheme
+        _error(str(exc))
+        return EXIT_USAGE
     except ClientError as exc:
         error = exc.response.get("Error", {})
         _error(f"{error.get('Code')}: {error.get('Message')}")

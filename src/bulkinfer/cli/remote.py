@@ -11,7 +11,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Annotated, Any
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 import orjson
 import typer
@@ -20,6 +20,7 @@ from rich.table import Table
 from rich.text import Text
 
 from bulkinfer.cli.progress import JobProgress
+from bulkinfer.errors import UserError
 
 ServerOption = Annotated[
     str, typer.Option("--server", envvar="BULKINFER_SERVER", help="URL of a running bulkinfer serve.")
@@ -44,7 +45,18 @@ def _session() -> Any:
 
 
 def client(server: str) -> Any:
-    return _session().client("bedrock", endpoint_url=server)
+    return _session().client("bedrock", endpoint_url=server_url(server))
+
+
+def server_url(server: str) -> str:
+    """``--server`` as given, once it is an http(s) URL; anything else is a usage error saying what to
+    give (boto3 would fail on it with a long traceback)."""
+    parts = urlsplit(server)
+    if parts.scheme in ("http", "https") and parts.netloc:
+        return server
+    if "://" in server:
+        raise UserError(f"--server {server}: give the server's URL with http:// or https://")
+    raise UserError(f"--server {server}: give the server's URL with its scheme: http://{server}")
 
 
 def output_files(server: str, job: str) -> tuple[dict[str, Any], list[Iterator[bytes]] | None]:
@@ -52,9 +64,8 @@ def output_files(server: str, job: str) -> tuple[dict[str, Any], list[Iterator[b
     each file is requested only when its blocks are first read. ``None`` for a job that has not ended:
     the server writes its files only then."""
     session = _session()
-    found: dict[str, Any] = session.client("bedrock", endpoint_url=server).get_model_invocation_job(
-        jobIdentifier=job
-    )
+    bedrock = session.client("bedrock", endpoint_url=server_url(server))
+    found: dict[str, Any] = bedrock.get_model_invocation_job(jobIdentifier=job)
     if found["status"] not in TERMINAL:
         return found, None
     credentials = session.get_credentials()  # present: the call above was signed with them

@@ -9,16 +9,20 @@ and repeated ids are found with the engine's compact ``SeenIds`` (16 bytes an id
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
+
+import orjson
 
 from bulkinfer.dialects.base import Dialect
 from bulkinfer.domain.request import ChatRequest, Request
 from bulkinfer.engine.prepare import prepare
 from bulkinfer.engine.seen import SeenIds, id_hash, position, unpack
-from bulkinfer.formats.bedrock import InputRecord, parse_line
-from bulkinfer.formats.jsonl import split_lines
+from bulkinfer.errors import InputError
+from bulkinfer.formats.bedrock import InputRecord, foreign_batch_line, parse_line
+from bulkinfer.formats.jsonl import OversizeLine, split_lines
 from bulkinfer.providers.catalog import ModelSpec
 from bulkinfer.storage.files import InputFile, read_blocks
 
@@ -50,6 +54,54 @@ class DryRunReport:
     @property
     def invalid(self) -> int:
         return sum(f.invalid for f in self.files)
+
+
+def check_inputs(files: list[InputFile], max_line_bytes: int) -> None:
+    """Refuse an input no record of which could run, reading only the start of each file, before a job
+    exists: one holding no record, a JSON array saved as JSON Lines, another provider's batch lines.
+    Raises ``InputError`` naming each file and what to do."""
+    problems: list[str] = []
+    empty: list[str] = []
+    for f in files:
+        # a generator left unfinished closes its file as soon as it is dropped
+        first = next(split_lines(read_blocks(f.path), max_line_bytes), None)
+        if first is None:
+            empty.append(f.name)
+        elif (problem := _shape_problem(f, *first)) is not None:
+            problems.append(problem)
+    if len(empty) == len(files):
+        which = empty[0] if len(empty) == 1 else f"every input file ({', '.join(empty)})"
+        problems.append(
+            f"{which} is empty: give JSON Lines of Bedrock batch records, one {{recordId, modelInput}} a line"
+        )
+    if problems:
+        raise InputError("\n".join(problems))
+
+
+def _shape_problem(f: InputFile, number: int, line: bytes | OversizeLine) -> str | None:
+    """Why a file whose first record is ``line`` cannot be a job's input, if it cannot."""
+    if _first_byte(f, line) == b"[":
+        return (
+            f"{f.name} holds a JSON array, not JSON Lines: put each record on a line of its own, "
+            f"e.g. jq -c '.[]' {f.name} > records.jsonl"
+        )
+    if isinstance(line, OversizeLine):
+        return None
+    with contextlib.suppress(orjson.JSONDecodeError):
+        obj = orjson.loads(line)
+        if type(obj) is dict and (foreign := foreign_batch_line(obj)) is not None:
+            return f"{f.name} line {number}: {foreign}"
+    return None
+
+
+def _first_byte(f: InputFile, line: bytes | OversizeLine) -> bytes:
+    """The first byte of a file that is not white space (it begins ``line``, its first non-blank line)."""
+    if not isinstance(line, OversizeLine):
+        return line.lstrip()[:1]
+    for block in read_blocks(f.path):
+        if stripped := block.lstrip():
+            return stripped[:1]
+    return b""
 
 
 def dry_run(

@@ -62,9 +62,37 @@ def parse_line(raw: Line, line: int, *, source: str, seed: str) -> InputRecord:
     if type(model_input) is dict:
         return InputRecord(line, record_id, model_input)
     if model_input is None:
-        return InputRecord(line, record_id, None, _bad(f"{source} line {line}: modelInput: field required"))
+        said = foreign_batch_line(obj) or "modelInput: field required"
+        return InputRecord(line, record_id, None, _bad(f"{source} line {line}: {said}"))
     message = f"{source} line {line}: modelInput: expected a JSON object, got {_type_name(model_input)}"
     return InputRecord(line, record_id, model_input, _bad(message))
+
+
+_FOREIGN = {
+    "body": ("an OpenAI Batch API input line", "put body as modelInput", ".body"),
+    "params": (
+        "an Anthropic Message Batches input line",
+        "put params, without model and with anthropic_version, as modelInput",
+        '(.params | del(.model) + {anthropic_version: "bedrock-2023-05-31"})',
+    ),
+}
+"""Another provider's batch line, by the key holding its request: what it is, and how to convert it
+(in words and as the ``jq`` expression of its ``modelInput``)."""
+
+
+def foreign_batch_line(obj: dict[str, Any]) -> str | None:
+    """What a line of another provider's batch format is and how to run it here; ``None`` for any other
+    line. Such a line has ``custom_id`` and its request under ``body`` (OpenAI) or ``params`` (Anthropic)."""
+    if "modelInput" in obj or "custom_id" not in obj:
+        return None
+    for key, (what, how, expression) in _FOREIGN.items():
+        if key in obj:
+            return (
+                f"this is {what}; bulkinfer reads Bedrock batch records {{recordId, modelInput}}: {how} "
+                f"and custom_id as recordId, e.g. "
+                f"jq -c '{{recordId: .custom_id, modelInput: {expression}}}' IN.jsonl > records.jsonl"
+            )
+    return None
 
 
 def render_output(record: InputRecord, output: dict[str, Any], attempts: int = 0) -> bytes:

@@ -58,14 +58,28 @@ def run_job(request: RunRequest) -> JobReport:
         job.close()
 
 
-def run_until_stopped(request: RunRequest, after_s: float) -> JobReport:
-    """Start a job and ask it to stop gracefully after a while, as Ctrl-C does."""
+class CountingProgress:
+    """Records finished so far, as the engine reports them."""
+
+    def __init__(self) -> None:
+        self.records = 0
+
+    def advance(self, records: int, errors: int, input_tokens: int, output_tokens: int) -> None:
+        self.records += records
+
+
+def run_until_stopped(request: RunRequest, after_s: float, at_least: int = 1) -> JobReport:
+    """Start a job and ask it to stop gracefully, as Ctrl-C does, after a while and once at least
+    ``at_least`` records have finished (however slowly a busy machine gets there)."""
 
     async def go() -> JobReport:
         job = LocalJob.open(request)
         try:
-            task = asyncio.create_task(job.execute(NoProgress()))
+            progress = CountingProgress()
+            task = asyncio.create_task(job.execute(progress))
             await asyncio.sleep(after_s)
+            while progress.records < at_least and not task.done():
+                await asyncio.sleep(0.01)
             job.request_stop()
             return await task
         finally:

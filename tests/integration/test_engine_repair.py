@@ -105,7 +105,7 @@ def test_a_lost_chunk_file_runs_its_records_again(
     source = write_jsonl(tmp_path / "in.jsonl", wanted)
     request = RunRequest(source, "echo-test", tmp_path / "out", "lost", catalog, settings=SMALL_CHUNKS)
 
-    first = run_until_stopped(request, 0.4)
+    first = run_until_stopped(request, 0.4, at_least=10)
     assert first.job.status == JobStatus.STOPPED and first.counts.processed >= 10
     chunk_files = sorted((tmp_path / "out" / ".bulkinfer" / "lost" / "chunks").iterdir())
     victim = chunk_files[1]

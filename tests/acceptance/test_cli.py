@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import sqlite3
@@ -120,13 +121,26 @@ def test_ctrl_c_stops_gracefully_and_says_how_to_resume(
     assert "Completed" in done.stdout and "300 of 300" in done.stdout
 
 
+def committed_chunks(state: Path) -> int:
+    """Chunks the state file records as committed (0 while it does not exist yet)."""
+    if not state.is_file():
+        return 0
+    with contextlib.closing(sqlite3.connect(state, timeout=5)) as db:
+        try:
+            return int(db.execute("SELECT count(*) FROM chunks").fetchone()[0])
+        except sqlite3.OperationalError:  # its tables not made yet
+            return 0
+
+
 def test_resume_flag_picks_the_unfinished_job(tmp_path: Path, echo_catalog: Callable[..., Path]) -> None:
     catalog = echo_catalog(delay_s=0.2, batch_size=5, concurrency=1)
     source = write_jsonl(tmp_path / "in.jsonl", [anthropic_record(f"C{i:010d}", f"r{i}") for i in range(100)])
     out = tmp_path / "out"
     args = [*BULKINFER, "run", str(source), "-m", "echo-test", "-o", str(out), "--models", str(catalog)]
     proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=_env())
-    wait_for(lambda: any(out.glob(".bulkinfer/*/chunks/*.jsonl")), timeout=60)
+    wait_for(
+        lambda: committed_chunks(out / ".bulkinfer" / "state.db") > 0, timeout=60
+    )  # a file alone: not yet
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=10)
     resumed = bulkinfer("run", source, "-m", "echo-test", "-o", out, "--models", catalog, "--resume")

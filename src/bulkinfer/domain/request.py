@@ -151,4 +151,12 @@ class RecordError:
     attempts: int = 0
 
 
-Outcome = Result | RecordError
+@dataclass(frozen=True, slots=True)
+class Unsent:
+    """A request its provider gave up before sending it because the job is stopping. Not an outcome of
+    the record: it is not finished, and runs when the job resumes (or never, for a stopped job)."""
+
+
+UNSENT = Unsent()
+
+Outcome = Result | RecordError | Unsent

@@ -459,7 +459,7 @@ class LocalJob:
             timer.cancel()
             watch.cancel()
             await media.aclose()
-        stopped_early = len(self._pipeline.record_counts) < len(self.files)
+        stopped_early = not self._pipeline.ran_everything
         if stopped_early and self.request.keep_partial:
             status("writing the finished records")
             counts = self._pipeline.record_counts

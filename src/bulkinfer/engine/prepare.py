@@ -7,7 +7,7 @@ from typing import Any
 
 from bulkinfer.dialects.base import Dialect
 from bulkinfer.dialects.registry import detect
-from bulkinfer.domain.request import ChatRequest, Outcome, RecordError, Request
+from bulkinfer.domain.request import ChatRequest, RecordError, Request, Result
 from bulkinfer.engine.committer import Finished
 from bulkinfer.errors import RecordInvalid
 from bulkinfer.formats.bedrock import InputRecord, render_error, render_output
@@ -42,7 +42,7 @@ def with_error(item: Prepared, error: RecordError) -> Prepared:
     return Prepared(item.record, item.dialect, item.request, error)
 
 
-def finish(item: Prepared, outcome: Outcome) -> Finished:
+def finish(item: Prepared, outcome: Result | RecordError) -> Finished:
     """Render the output line for one record; one that cannot be written becomes an error line."""
     record = item.record
     try:

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from bulkinfer.dialects.base import Dialect
 from bulkinfer.domain.lineset import LineSet
-from bulkinfer.domain.request import ChatRequest, ImagePart, Native, Outcome, RecordError, Request
+from bulkinfer.domain.request import ChatRequest, ImagePart, Native, Outcome, RecordError, Request, Unsent
 from bulkinfer.engine.batching import Item, plan_batches
 from bulkinfer.engine.committer import Committer, Finished
 from bulkinfer.engine.prepare import Prepared, finish, prepare, sampling_group, with_error
@@ -23,6 +23,7 @@ from bulkinfer.formats.bedrock import InputRecord, parse_line
 from bulkinfer.formats.jsonl import split_lines
 from bulkinfer.providers.base import Provider
 from bulkinfer.providers.catalog import ModelSpec
+from bulkinfer.stopping import STOPPED, StopSignal
 from bulkinfer.storage.files import InputFile, read_blocks
 from bulkinfer.store.state import StateStore
 
@@ -94,6 +95,9 @@ class RecordPipeline:
         self._media = media
         self._slots = asyncio.Semaphore(spec.concurrency)
         self._stopping = False
+        self._stop = StopSignal()
+        self.released = 0
+        """Records given up unstarted at a stop: read, but neither run nor committed."""
         self._failure: BaseException | None = None
         self._seen = SeenIds()
         self._names: dict[int, str] = {}
@@ -101,8 +105,16 @@ class RecordPipeline:
         """Records seen per file index (committed or not), known once a file was read to its end."""
 
     def request_stop(self) -> None:
-        """Start no new block; the blocks already running finish and are committed."""
+        """Start nothing more: records waiting for a slot, a limiter or a retry are released at once
+        (left uncommitted, to run when the job resumes); calls under way finish and are committed."""
         self._stopping = True
+        self._stop.set()
+        self._provider.stop()
+
+    @property
+    def ran_everything(self) -> bool:
+        """Every record of every file was read and none was released at a stop."""
+        return len(self.record_counts) == len(self._names) and not self.released
 
     @property
     def stopping(self) -> bool:
@@ -282,7 +294,10 @@ class RecordPipeline:
         return 0
 
     async def _run_batch(self, f: InputFile, batch: list[Prepared]) -> None:
-        async with self._slots:
+        if not await self._slot():
+            self.released += len(batch)
+            return
+        try:
             # Images are fetched and decoded here, inside the slot, so only the batches being run
             # hold image bytes: the blocks read ahead hold just their records.
             batch = await self._resolve_images(f, batch)
@@ -290,8 +305,22 @@ class RecordPipeline:
             batch = [item for item in batch if item.error is None]
             requests = [item.request for item in batch if item.request is not None]
             outcomes = await self._infer(requests) if requests else []
-        finished = [finish(item, outcome) for item, outcome in zip(batch, outcomes, strict=True)]
+        finally:
+            self._slots.release()
+        pairs = list(zip(batch, outcomes, strict=True))
+        finished = [finish(item, outcome) for item, outcome in pairs if not isinstance(outcome, Unsent)]
+        self.released += len(pairs) - len(finished)
         await self._finished(f, refused + finished)
+
+    async def _slot(self) -> bool:
+        """Take a slot to run a batch; False (and none taken) once the job is stopping."""
+        if self._stop.is_set:
+            return False
+        if not self._slots.locked():
+            await self._slots.acquire()  # free: taken at once, so no stop can come between
+            return True
+        taken = await self._stop.unless_stopped(self._slots.acquire(), undo=lambda _: self._slots.release())
+        return taken is not STOPPED
 
     async def _infer(self, requests: list[Any]) -> list[Outcome]:
         try:
@@ -305,6 +334,8 @@ class RecordPipeline:
         return outcomes
 
     async def _finished(self, f: InputFile, finished: list[Finished]) -> None:
+        if not finished:  # a batch given up whole at a stop
+            return
         errors = sum(1 for x in finished if x.error_code is not None)
         await self._committer.add(f.index, finished)
         self._progress.advance(

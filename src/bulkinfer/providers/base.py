@@ -26,7 +26,7 @@ class Provider(ABC):
     """A model that answers canonical requests.
 
     ``infer`` returns exactly one outcome per request, in order; a request it cannot serve gets a
-    ``RecordError``, never an exception.
+    ``RecordError``, never an exception; one it gave up unsent after ``stop`` gets ``UNSENT``.
     """
 
     capabilities: Capabilities = Capabilities()
@@ -41,6 +41,9 @@ class Provider(ABC):
 
     async def aclose(self) -> None:  # noqa: B027 - optional hook
         """Release the model."""
+
+    def stop(self) -> None:  # noqa: B027 - optional hook
+        """The job is stopping: send nothing more. Requests not yet sent may come back ``UNSENT``."""
 
     def paused(self) -> str | None:
         """Why dispatch is held back right now (a provider that is down), or None while it runs."""

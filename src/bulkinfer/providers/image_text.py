@@ -62,6 +62,9 @@ class ImageTextProvider(Provider):
         images = len(image_parts(request)) if isinstance(request, ChatRequest) else 0
         return self._inner.count_tokens(request) + TOKENS_PER_IMAGE * images
 
+    def stop(self) -> None:
+        self._inner.stop()
+
     def paused(self) -> str | None:
         return self._inner.paused()
 

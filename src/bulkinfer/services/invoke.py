@@ -13,7 +13,7 @@ from typing import Any
 
 from bulkinfer.dialects.base import Dialect
 from bulkinfer.dialects.registry import detect, get_dialect
-from bulkinfer.domain.request import ChatRequest, ImagePart, RecordError, Request
+from bulkinfer.domain.request import ChatRequest, ImagePart, RecordError, Request, Unsent
 from bulkinfer.domain.tenant import Tenant
 from bulkinfer.engine.job import MediaSettings, media_policy
 from bulkinfer.errors import BulkinferError
@@ -74,6 +74,7 @@ class InvokeService:
         (outcome,) = await provider.infer([request])
         if isinstance(outcome, RecordError):
             raise ModelFailed(outcome)
+        assert not isinstance(outcome, Unsent), "the pool's providers are never stopped"
         return chosen.render(outcome, request)
 
     async def _with_images(self, tenant: Tenant, spec: ModelSpec, request: Request) -> Request:

@@ -138,6 +138,15 @@ class ModelLimits:
 
     @asynccontextmanager
     async def slot(self, reservation: Reservation) -> AsyncIterator[None]:
+        await self.admit(reservation)
+        try:
+            yield
+        finally:
+            self.release()
+
+    async def admit(self, reservation: Reservation) -> None:
+        """Wait until one more call may go; the caller must ``release`` once it is answered. A wait
+        that is cancelled takes nothing (tokens it took stay spent: they pace, they are not a slot)."""
         await self.concurrency.acquire()
         try:
             await self._wait_for_reset()
@@ -148,9 +157,12 @@ class ModelLimits:
             ):
                 if bucket is not None:
                     await bucket.take(amount)
-            yield
-        finally:
+        except BaseException:
             self.concurrency.release()
+            raise
+
+    def release(self) -> None:
+        self.concurrency.release()
 
     def settle(self, reservation: Reservation, input_tokens: int, output_tokens: int) -> None:
         if self._input is not None:

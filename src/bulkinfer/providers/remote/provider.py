@@ -7,11 +7,12 @@ import random
 import time
 from collections.abc import Sequence
 
-from bulkinfer.domain.request import ChatRequest, Outcome, RecordError, Request, Result
+from bulkinfer.domain.request import UNSENT, ChatRequest, Outcome, RecordError, Request, Result, Unsent
 from bulkinfer.providers.base import Capabilities, Provider
 from bulkinfer.providers.catalog import ModelSpec, RemoteSpec
 from bulkinfer.providers.remote.call import Call, CallFailed, Permanent, ProviderDown, RateLimited, Retryable
 from bulkinfer.providers.remote.limits import LimitRegistry, ModelLimits, Reservation
+from bulkinfer.stopping import STOPPED, StopSignal
 
 BACKOFF_FIRST_S = 0.25
 BACKOFF_MAX_S = 30.0
@@ -31,7 +32,8 @@ class RemoteProvider(Provider):
     """Sends each request on its own, as many at once as the model's limits allow.
 
     ``infer`` never raises for a record: a permanent refusal, or retries running out, is that record's
-    error line, with the number of calls it took.
+    error line, with the number of calls it took. Once ``stop`` is called, a record still waiting (for
+    the limits, the breaker or a retry's backoff) is given up as ``UNSENT``; calls already sent finish.
     """
 
     def __init__(self, spec: ModelSpec, call: Call, limits: ModelLimits, capabilities: Capabilities) -> None:
@@ -44,6 +46,7 @@ class RemoteProvider(Provider):
         self.capabilities = capabilities
         self._rng = random.Random()
         self._output_estimate = float(min(spec.default_max_tokens, 256))
+        self._stop = StopSignal()
 
     async def infer(self, requests: Sequence[Request]) -> list[Outcome]:
         return list(await asyncio.gather(*(self._one(r) for r in requests)))
@@ -55,15 +58,17 @@ class RemoteProvider(Provider):
         since = time.strftime("%H:%M:%S", time.localtime(breaker.down_since))
         return f"paused: {self._spec.name} not answering since {since} ({breaker.reason}); retrying"
 
+    def stop(self) -> None:
+        self._stop.set()
+
     async def aclose(self) -> None:
         await self._call.aclose()
 
     async def _one(self, request: Request) -> Outcome:
         attempts = tries = 0
         limit = self._remote.max_attempts
-        while True:
+        while (probe := await self._ready()) is not None:
             tries += 1
-            probe = await self._breaker.ready()
             try:
                 result = await self._attempt(request)
             except asyncio.CancelledError:
@@ -81,8 +86,7 @@ class RemoteProvider(Provider):
                 self._limits.throttled(exc.retry_after)
                 if tries >= limit * THROTTLED_TRIES_PER_ATTEMPT:
                     return _gave_up(exc, attempts + 1)
-                await asyncio.sleep(backoff(min(tries, 8), exc.retry_after, self._rng))
-                continue
+                delay = backoff(min(tries, 8), exc.retry_after, self._rng)
             except Exception as exc:  # an adapter's surprise is retried, then an error line
                 error = exc if isinstance(exc, Retryable) else Retryable(f"{type(exc).__name__}: {exc}")
                 if error.code == 408:  # a timeout: the provider is queueing, so send it less at once
@@ -91,16 +95,43 @@ class RemoteProvider(Provider):
                 self._breaker.failed(str(error), probe, unreachable=False)
                 if attempts >= limit:
                     return _gave_up(error, attempts)
-                await asyncio.sleep(backoff(attempts, error.retry_after, self._rng))
-                continue
-            self._breaker.answered(probe)
-            result.attempts = attempts + 1
-            return result
+                delay = backoff(attempts, error.retry_after, self._rng)
+            else:
+                return self._answered(result, probe, attempts + 1)
+            if not await self._pause(delay):
+                break
+        return UNSENT  # the job is stopping: this record was not sent again
 
-    async def _attempt(self, request: Request) -> Result:
+    def _answered(self, result: Result | Unsent, probe: bool, attempts: int) -> Result | Unsent:
+        if isinstance(result, Unsent):  # stopped before it was sent: it tells nothing of the provider
+            self._breaker.abandoned(probe)
+            return result
+        self._breaker.answered(probe)
+        result.attempts = attempts
+        return result
+
+    async def _ready(self) -> bool | None:
+        """Whether this call is the breaker's probe; None when the job stopped while it waited."""
+        if not self._breaker.is_down:
+            return False if not self._stop.is_set else None
+        probe = await self._stop.unless_stopped(self._breaker.ready(), undo=self._breaker.abandoned)
+        return None if probe is STOPPED else bool(probe)
+
+    async def _pause(self, seconds: float) -> bool:
+        """Sleep before a retry; False when the job stopped meanwhile (the record is then not retried)."""
+        return await self._stop.unless_stopped(asyncio.sleep(seconds)) is not STOPPED
+
+    async def _attempt(self, request: Request) -> Result | Unsent:
         reservation = Reservation(self.count_tokens(request), self._expected_output(request))
-        async with self._limits.slot(reservation):
+        admitted = await self._stop.unless_stopped(
+            self._limits.admit(reservation), undo=lambda _: self._limits.release()
+        )
+        if admitted is STOPPED:
+            return UNSENT
+        try:
             answer = await self._call(request, self._remote.timeout_seconds)
+        finally:
+            self._limits.release()
         usage = answer.result.usage
         self._limits.settle(reservation, usage.input_tokens, usage.output_tokens)
         self._limits.observe(answer.hints)

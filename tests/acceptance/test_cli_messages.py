@@ -190,3 +190,10 @@ def test_a_foreign_line_among_bedrock_records_is_named_for_what_it_is(tmp_path: 
     result = invoke("run", source, "--model", "echo", "--output", tmp_path / "out", "--dry-run")
     said = "in.jsonl line 2: this is an OpenAI Batch API input line; bulkinfer reads Bedrock batch records"
     assert said in " ".join(result.stdout.split())
+
+
+def test_runs_help_names_only_its_own_options() -> None:
+    result = invoke("run", "--help")
+    assert result.exit_code == 0, result.output
+    assert "--s3-endpoint-url" in result.stdout
+    assert "--data-dir" not in result.stdout

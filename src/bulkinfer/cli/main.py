@@ -22,7 +22,14 @@ from rich.text import Text
 
 from bulkinfer import __version__
 from bulkinfer.cli import remote
-from bulkinfer.cli.options import DEFAULT_DATA_DIR, Command, DataDirOption, Group, S3EndpointOption
+from bulkinfer.cli.options import (
+    DEFAULT_DATA_DIR,
+    Command,
+    DataDirOption,
+    Group,
+    RunS3EndpointOption,
+    S3EndpointOption,
+)
 from bulkinfer.cli.prepare import prepare_command
 from bulkinfer.cli.progress import JobProgress
 from bulkinfer.cli.summary import print_catalog, print_dry_run, print_jobs, print_report
@@ -106,7 +113,7 @@ def run(
             help="Host or CIDR that image URLs may point to although private or loopback (repeatable).",
         ),
     ] = None,
-    s3_endpoint_url: S3EndpointOption = None,
+    s3_endpoint_url: RunS3EndpointOption = None,
 ) -> None:
     """Run a batch job to completion (or resume one)."""
     media = MediaSettings(fetch_allow=tuple(allow_fetch or ()), s3_endpoint_url=s3_endpoint_url)

@@ -127,7 +127,7 @@ async def test_the_models_own_dialect_reads_bodies_that_fit_several(tmp_path: Pa
 async def test_the_message_names_a_few_problems_and_stays_short(tmp_path: Path) -> None:
     huge = {"recordId": "x" * 300, "modelInput": {}}  # an id over 256 characters
     async with service(tmp_path) as svc:
-        svc.write("many.jsonl", [b"[1, 2]"] * 500 + [huge] * 500)
+        svc.write("many.jsonl", [b"42"] * 500 + [huge] * 500)
         job = await svc.finished(svc.submit("many.jsonl"))
     assert job.status == JobStatus.FAILED and job.message is not None
     assert job.message.startswith("all 1,000 records are invalid; first: many.jsonl line 1: expected a JSON")

@@ -255,7 +255,8 @@ def test_a_model_whose_extra_is_missing_is_refused_with_the_install_command(
     catalog.write_text(REMOTE_MODELS)
     source = write_jsonl(tmp_path / "in.jsonl", [anthropic_record("a", "hi")])
     out = tmp_path / "out"
-    args = ["run", source, "-m", model, "-o", out, "--models", catalog, *(["--dry-run"] if dry else [])]
+    args: list[str | Path] = ["run", source, "-m", model, "-o", out, "--models", catalog]
+    args += ["--dry-run"] if dry else []
     result = bulkinfer_without(modules, *args)
     assert result.returncode == 2, result.stderr
     assert result.stderr.startswith(f"error: model {model} needs the {said}"), result.stderr
@@ -350,3 +351,18 @@ def test_dry_run_counts_each_record_the_model_does_not_take_as_invalid(tmp_path:
     assert "│ in.jsonl │       3 │       1 │" in result.stdout
     said = "in.jsonl line 2: modelInput is a chat body, but this model only produces embeddings; send an"
     assert said in result.stdout
+
+
+def test_serve_refuses_a_watch_model_it_could_not_run(tmp_path: Path) -> None:
+    catalog = tmp_path / "models.toml"
+    catalog.write_text(REMOTE_MODELS)
+    data = tmp_path / "data"
+    (data / "s3" / "team-b").mkdir(parents=True)
+    serve: list[str | Path] = ["serve", "--insecure-dev", "--port", "0", "--data-dir", data]
+    serve += ["--models", catalog, "--watch", "s3://team-b/inbox", "--watch-model", "gpt-4o-mini"]
+    result = bulkinfer_without("openai", *serve)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.endswith(
+        "error: --watch-model: model gpt-4o-mini needs the openai extra (openai not installed): "
+        "pip install 'bulkinfer[openai]'\n"
+    )

@@ -283,6 +283,21 @@ def test_the_client_commands_without_boto3_say_what_to_install(command: list[str
     )
 
 
+def test_prepare_without_pyarrow_says_what_to_install(tmp_path: Path) -> None:
+    pa = pytest.importorskip("pyarrow")
+    import pyarrow.parquet as pq
+
+    table = tmp_path / "rows.parquet"
+    pq.write_table(pa.table({"q": ["hi"]}), table)
+    template = tmp_path / "prompt.txt"
+    template.write_text("Say {{ q }}")
+    out = tmp_path / "records.jsonl"
+    result = bulkinfer_without("pyarrow", "prepare", table, "--template", template, "--output", out)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr == 'error: reading Parquet needs pyarrow: pip install "bulkinfer[parquet]"\n'
+    assert not out.exists()
+
+
 def _png() -> str:
     image = io.BytesIO()
     Image.new("RGB", (8, 8), "red").save(image, "PNG")

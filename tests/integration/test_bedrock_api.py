@@ -20,7 +20,10 @@ import orjson
 import pytest
 import sqlalchemy
 from botocore.exceptions import ClientError
+from typer.testing import CliRunner
 
+from bulkinfer.cli.main import app
+from tests.acceptance.test_cli_messages import ANTHROPIC_LINE, OPENAI_LINE, chat_record, image_record
 from tests.conftest import SLOW_ECHO_CATALOG as CATALOG
 from tests.conftest import anthropic_record, read_jsonl, write_jsonl
 from tests.moto import S3_CREDENTIALS, moto_server, s3_client
@@ -210,6 +213,38 @@ def test_a_missing_input_fails_the_job_with_a_message(server: Server) -> None:
     arn = create(bedrock, "no-input", "s3://empty-bucket/nothing/", "s3://out-bucket/")
     job = wait_status(bedrock, arn, {"Failed"})
     assert "s3://empty-bucket/nothing/" in job["message"] and "no such key" in job["message"]
+
+
+REFUSED: dict[str, tuple[str, list[dict[str, Any] | bytes]]] = {
+    "empty.jsonl": ("echo", []),
+    "array.jsonl": ("echo", [b'[{"recordId": "a", "modelInput": {"inputText": "hi"}}]']),
+    "openai.jsonl": ("echo", [OPENAI_LINE]),
+    "anthropic.jsonl": ("echo", [ANTHROPIC_LINE]),
+    "chat.jsonl": ("all-minilm-l6-v2", [chat_record("a"), chat_record("b")]),
+    "images.jsonl": ("smollm2-135m-instruct", [image_record("a")]),
+}
+
+
+@pytest.mark.parametrize("name", list(REFUSED))
+def test_an_input_run_refuses_fails_validation_with_runs_message(
+    server: Server, tmp_path: Path, name: str
+) -> None:
+    """What ``bulkinfer run`` refuses before a job exists, a service job refuses at Validating, saying
+    the same: an empty input, a JSON array, another API's batch lines, records the model cannot take."""
+    model, lines = REFUSED[name]
+    source = write_jsonl(server.bucket("refused-bucket") / name, lines)
+    bedrock = client(server)
+    arn = create(bedrock, f"refused-{name[:-6]}", f"s3://refused-bucket/{name}", "s3://refused-out/", model)
+    job = wait_status(bedrock, arn, {"Failed", "Completed"})
+
+    catalog = tmp_path / "models.toml"
+    catalog.write_text(CATALOG)  # the server's
+    run = ["run", str(source), "--model", model, "--output", str(tmp_path / "out"), "--models", str(catalog)]
+    said = CliRunner().invoke(app, run)
+    assert said.exit_code == 2, said.output
+    assert job["status"] == "Failed"
+    assert f"error: {job['message']}\n" == said.stderr
+    assert not (server.data_dir / "s3" / "refused-out" / arn.rsplit("/", 1)[1]).exists()  # it never ran
 
 
 @pytest.mark.parametrize(

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import sys
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 from bulkinfer.domain.job import JobStatus
 from bulkinfer.domain.tenant import Tenant
@@ -24,6 +27,9 @@ CATALOG = """
 [models.echo-openai]
 provider = "echo"
 dialects = ["openai-chat"]
+[models."gpt-4o-mini"]
+provider = "openai"
+base_url = "http://127.0.0.1:9/v1"
 """
 FINISHED = {JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.PARTIALLY_COMPLETED}
 
@@ -127,7 +133,7 @@ async def test_the_models_own_dialect_reads_bodies_that_fit_several(tmp_path: Pa
 async def test_the_message_names_a_few_problems_and_stays_short(tmp_path: Path) -> None:
     huge = {"recordId": "x" * 300, "modelInput": {}}  # an id over 256 characters
     async with service(tmp_path) as svc:
-        svc.write("many.jsonl", [b"[1, 2]"] * 500 + [huge] * 500)
+        svc.write("many.jsonl", [b"42"] * 500 + [huge] * 500)
         job = await svc.finished(svc.submit("many.jsonl"))
     assert job.status == JobStatus.FAILED and job.message is not None
     assert job.message.startswith("all 1,000 records are invalid; first: many.jsonl line 1: expected a JSON")
@@ -142,3 +148,16 @@ async def test_quotas_are_checked_in_the_same_pass(tmp_path: Path) -> None:
         job = await svc.finished(svc.submit("two/"))
     assert job.status == JobStatus.FAILED
     assert job.message == "s3://in-bucket/two/: 5 records, over the 4 a job may hold"
+
+
+async def test_a_job_whose_models_library_is_missing_fails_saying_what_to_install(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(sys.modules, "openai", None)  # as if the openai extra were not installed
+    async with service(tmp_path) as svc:
+        svc.write("in.jsonl", [good(0)])
+        job = await svc.finished(svc.submit("in.jsonl", model="gpt-4o-mini"))
+    assert job.status == JobStatus.FAILED and job.total is None
+    assert job.message == (
+        "model gpt-4o-mini needs the openai extra (openai not installed): pip install 'bulkinfer[openai]'"
+    )

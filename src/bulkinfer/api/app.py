@@ -17,8 +17,9 @@ from bulkinfer.api.runtime.routes import router as runtime_router
 from bulkinfer.api.tenants import check_models, load_tenants, open_tenants, single_tenant
 from bulkinfer.domain.tenant import Tenant, Tenants
 from bulkinfer.engine.job import MediaSettings
-from bulkinfer.errors import ConfigError
+from bulkinfer.errors import ConfigError, UserError
 from bulkinfer.providers.catalog import Catalog
+from bulkinfer.providers.extras import require_model
 from bulkinfer.scheduler.pressure import Pressure
 from bulkinfer.scheduler.scheduler import Scheduler
 from bulkinfer.scheduler.watch import WATCH_TENANT, WatchFolder
@@ -70,6 +71,11 @@ def create_app(settings: ServerSettings, tenants: Tenants | None = None) -> Fast
     tenants = tenants or tenants_of(settings)
     catalog = Catalog.load(settings.models)
     check_models(tenants, (spec.name for spec in catalog))
+    if settings.watch_model is not None:  # its jobs could never run: said now, not by each job
+        try:
+            require_model(catalog.get(settings.watch_model))
+        except UserError as exc:
+            raise ConfigError(f"--watch-model: {exc}") from None
     store = BatchJobStore(settings.store_url)
     # jobs from before tenants belong to the access key that made them: they join its tenant now
     store.rename_tenants({key: name for key, (name, _) in tenants.keys.items()})

@@ -22,7 +22,14 @@ from rich.text import Text
 
 from bulkinfer import __version__
 from bulkinfer.cli import remote
-from bulkinfer.cli.options import DEFAULT_DATA_DIR, Command, DataDirOption, Group, S3EndpointOption
+from bulkinfer.cli.options import (
+    DEFAULT_DATA_DIR,
+    Command,
+    DataDirOption,
+    Group,
+    RunS3EndpointOption,
+    S3EndpointOption,
+)
 from bulkinfer.cli.prepare import prepare_command
 from bulkinfer.cli.progress import JobProgress
 from bulkinfer.cli.summary import print_catalog, print_dry_run, print_jobs, print_report
@@ -31,11 +38,12 @@ from bulkinfer.domain.job import TRANSITIONS, JobStatus
 from bulkinfer.engine.finalize import merged_lines
 from bulkinfer.engine.job import MANIFEST_NAME, STATE_DIR, LocalJob, MediaSettings, RunRequest
 from bulkinfer.engine.runner import EngineSettings
-from bulkinfer.engine.validate import check_inputs, dry_run
+from bulkinfer.engine.validate import check_fit, check_inputs, dry_run
 from bulkinfer.errors import BulkinferError, UserError
 from bulkinfer.formats.bedrock import output_text
 from bulkinfer.formats.jsonl import Line, OversizeLine, split_lines
 from bulkinfer.providers.catalog import Catalog
+from bulkinfer.providers.extras import require_client, require_model
 from bulkinfer.storage.files import list_inputs, read_blocks
 from bulkinfer.store.state import ChunkRecord, CorruptStateFile, StateStore
 
@@ -106,7 +114,7 @@ def run(
             help="Host or CIDR that image URLs may point to although private or loopback (repeatable).",
         ),
     ] = None,
-    s3_endpoint_url: S3EndpointOption = None,
+    s3_endpoint_url: RunS3EndpointOption = None,
 ) -> None:
     """Run a batch job to completion (or resume one)."""
     media = MediaSettings(fetch_allow=tuple(allow_fetch or ()), s3_endpoint_url=s3_endpoint_url)
@@ -123,13 +131,20 @@ def run(
 
 
 def _check_usage(request: RunRequest) -> None:
-    """What makes a run impossible whatever its records hold, found before a job exists (exit 2): an
-    output that is a file, an input that is empty, a JSON array or another provider's batch lines."""
+    """What makes a run impossible, found before a job exists (exit 2): an output that is a file, a
+    model whose libraries are not installed, an input that is empty, a JSON array or another provider's
+    batch lines, records none of which the model takes (read from the start of each file)."""
     if request.output.exists() and not request.output.is_dir():
         raise UserError(
             f"--output {request.output} is a file: give a folder (a job's outputs land in OUTPUT/<job-id>/)"
         )
-    check_inputs(list_inputs(request.input), EngineSettings().max_line_bytes)
+    catalog = Catalog.load(request.catalog_file)
+    spec = catalog.get(request.model)
+    require_model(spec)
+    files, max_line = list_inputs(request.input), EngineSettings().max_line_bytes
+    check_inputs(files, max_line)
+    forced = get_dialect(request.dialect) if request.dialect else None
+    check_fit(files, spec, forced, max_line, catalog)
 
 
 @contextlib.contextmanager
@@ -372,6 +387,11 @@ def stop(
 
 def _remote(call: Callable[[], object]) -> int:
     """Run a client call; a refusal from the server is a message and exit code 2, never a traceback."""
+    try:
+        require_client()
+    except UserError as exc:
+        _error(str(exc))
+        return EXIT_USAGE
     from botocore.exceptions import BotoCoreError, ClientError
 
     try:

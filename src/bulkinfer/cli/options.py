@@ -20,6 +20,15 @@ S3EndpointOption = Annotated[
         help="S3-protocol server for s3:// URIs; unset, serve and prepare use local buckets in --data-dir.",
     ),
 ]
+RunS3EndpointOption = Annotated[
+    str | None,
+    typer.Option(
+        "--s3-endpoint-url",
+        envvar="BULKINFER_S3_ENDPOINT_URL",
+        help="S3-protocol server the records' s3:// images are read from (unset: AWS S3, which needs the "
+        "serve extra's s3fs).",
+    ),
+]
 DataDirOption = Annotated[
     Path,
     typer.Option(

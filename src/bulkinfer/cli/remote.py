@@ -21,6 +21,7 @@ from rich.text import Text
 
 from bulkinfer.cli.progress import JobProgress
 from bulkinfer.errors import UserError
+from bulkinfer.providers.extras import require_client
 
 ServerOption = Annotated[
     str, typer.Option("--server", envvar="BULKINFER_SERVER", help="URL of a running bulkinfer serve.")
@@ -36,10 +37,9 @@ READ_BYTES = 1 << 20
 
 
 def _session() -> Any:
-    try:
-        import boto3
-    except ImportError:
-        raise typer.BadParameter("the client needs boto3: pip install 'bulkinfer[client]'") from None
+    require_client()  # (the commands check first; this keeps any other caller from a bare ImportError)
+    import boto3
+
     region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
     return boto3.session.Session(region_name=region)
 

@@ -42,6 +42,11 @@ def with_error(item: Prepared, error: RecordError) -> Prepared:
     return Prepared(item.record, item.dialect, item.request, error)
 
 
+def at_line(error: RecordError, source: str, line: int) -> RecordError:
+    """An error that names the file and line of its record, as every error line does."""
+    return RecordError(error.code, f"{source} line {line}: {error.message}", error.kind)
+
+
 def finish(item: Prepared, outcome: Result | RecordError) -> Finished:
     """Render the output line for one record; one that cannot be written becomes an error line."""
     record = item.record

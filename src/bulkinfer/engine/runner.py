@@ -16,7 +16,7 @@ from bulkinfer.domain.lineset import LineSet
 from bulkinfer.domain.request import ChatRequest, ImagePart, Native, Outcome, RecordError, Request, Unsent
 from bulkinfer.engine.batching import Item, plan_batches
 from bulkinfer.engine.committer import Committer, Finished
-from bulkinfer.engine.prepare import Prepared, finish, prepare, sampling_group, with_error
+from bulkinfer.engine.prepare import Prepared, at_line, finish, prepare, sampling_group, with_error
 from bulkinfer.engine.progress import ProgressSink
 from bulkinfer.engine.seen import SeenIds, id_hash, position, unpack
 from bulkinfer.formats.bedrock import InputRecord, parse_line
@@ -228,7 +228,7 @@ class RecordPipeline:
     async def _run_block(self, f: InputFile, block: list[InputRecord]) -> None:
         default = self._spec.default_dialect
         items = [prepare(r, source=f.name, default_dialect=default, forced=self._forced) for r in block]
-        items = [self._refuse(item) for item in items]
+        items = [self._refuse(f, item) for item in items]
         failed = [finish(item, item.error) for item in items if item.error is not None]
         if failed:
             await self._finished(f, failed)
@@ -260,12 +260,12 @@ class RecordPipeline:
 
         return list(await asyncio.gather(*(resolve(item) for item in items)))
 
-    def _refuse(self, item: Prepared) -> Prepared:
+    def _refuse(self, f: InputFile, item: Prepared) -> Prepared:
         if item.error is not None or item.request is None:
             return item
         refusal = self._provider.refusal(item.request)
-        if refusal is not None:
-            return with_error(item, refusal)
+        if refusal is not None:  # said as --dry-run says it (engine.validate)
+            return with_error(item, at_line(refusal, f.name, item.record.line))
         capabilities = self._provider.capabilities
         if item.dialect is not None and item.dialect.name in capabilities.native_dialects:
             item.request.native = Native(item.dialect.name, item.record.model_input)

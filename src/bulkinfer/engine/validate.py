@@ -10,25 +10,30 @@ and repeated ids are found with the engine's compact ``SeenIds`` (16 bytes an id
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable
+import itertools
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
 
 from bulkinfer.dialects.base import Dialect
-from bulkinfer.domain.request import ChatRequest, Request
-from bulkinfer.engine.prepare import prepare
+from bulkinfer.domain.request import ChatRequest, RecordError, Request
+from bulkinfer.engine.prepare import Prepared, at_line, prepare
 from bulkinfer.engine.seen import SeenIds, id_hash, position, unpack
 from bulkinfer.errors import InputError
 from bulkinfer.formats.bedrock import InputRecord, foreign_batch_line, parse_line
 from bulkinfer.formats.jsonl import OversizeLine, split_lines
+from bulkinfer.providers.base import refusal
 from bulkinfer.providers.catalog import ModelSpec
+from bulkinfer.providers.registry import capabilities_of
 from bulkinfer.storage.files import InputFile, read_blocks
 
 MAX_SAMPLES = 20
 BLOCK_RECORDS = 4096
 """Records whose ids are looked up in one ``SeenIds`` call (a call per record would cost more)."""
+FIT_SAMPLE = 100
+"""Records at the start of each file that `check_fit` reads."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,6 +99,50 @@ def _shape_problem(f: InputFile, number: int, line: bytes | OversizeLine) -> str
     return None
 
 
+def check_fit(
+    files: list[InputFile],
+    spec: ModelSpec,
+    forced: Dialect[Any] | None,
+    max_line_bytes: int,
+    catalog: Iterable[ModelSpec] = (),
+) -> None:
+    """Refuse a model that takes none of the valid records at the start of each file (an embedding
+    model given chat bodies, a text-only model given images), before a job exists. Raises
+    ``InputError`` naming the first such record, what the model lacks and which of ``catalog``'s models
+    take it. A job of which some records fit runs; the others become error lines."""
+    capabilities = capabilities_of(spec)
+    first: tuple[Prepared, RecordError] | None = None
+    read = 0
+    for f in files:
+        for item in _prepared(f, spec, forced, max_line_bytes):
+            if item.request is None or item.error is not None:
+                continue  # an invalid record is an error line whichever the model
+            read += 1
+            why = refusal(capabilities, item.request)
+            if why is None:
+                return
+            first = first or (item, at_line(why, f.name, item.record.line))
+    if first is not None:
+        item, why = first
+        assert item.request is not None
+        request = item.request
+        takers = [s.name for s in catalog if refusal(capabilities_of(s), request) is None]
+        models = f"choose one that does: {', '.join(takers)}" if takers else "no model of the catalog does"
+        raise InputError(
+            f"{why.message}. Model {spec.name} takes none of the first records ({read:,} read, up to "
+            f"{FIT_SAMPLE} a file); {models}"
+        )
+
+
+def _prepared(
+    f: InputFile, spec: ModelSpec, forced: Dialect[Any] | None, max_line_bytes: int
+) -> Iterable[Prepared]:
+    lines = itertools.islice(split_lines(read_blocks(f.path), max_line_bytes), FIT_SAMPLE)
+    for number, raw in lines:
+        record = parse_line(raw, number, source=f.name, seed=f.name)
+        yield prepare(record, source=f.name, default_dialect=spec.default_dialect, forced=forced)
+
+
 def _first_byte(f: InputFile, line: bytes | OversizeLine) -> bytes:
     """The first byte of a file that is not white space (it begins ``line``, its first non-blank line)."""
     if not isinstance(line, OversizeLine):
@@ -128,6 +177,7 @@ class _Pass:
     def __init__(self, spec: ModelSpec, forced: Dialect[Any] | None, names: dict[int, str]) -> None:
         self.report = DryRunReport()
         self._spec = spec
+        self._capabilities = capabilities_of(spec)
         self._forced = forced
         self._names = names
         self._seen = SeenIds()
@@ -165,6 +215,8 @@ class _Pass:
         item = prepare(record, source=f.name, default_dialect=self._spec.default_dialect, forced=self._forced)
         if item.error is not None or item.request is None or item.dialect is None:
             return item.error.message if item.error else f"{f.name} line {record.line}: invalid record"
+        if (why := refusal(self._capabilities, item.request)) is not None:
+            return at_line(why, f.name, record.line).message
         self.report.dialects[item.dialect.name] = self.report.dialects.get(item.dialect.name, 0) + 1
         _estimate(self.report, item.request, self._spec)
         return None

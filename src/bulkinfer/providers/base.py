@@ -51,15 +51,23 @@ class Provider(ABC):
 
     def refusal(self, request: Request) -> RecordError | None:
         """Why this provider cannot serve a request at all, or None."""
-        caps = self.capabilities
-        if isinstance(request, EmbeddingRequest) and not caps.embeddings:
-            return RecordError(400, "this model does not produce embeddings; send a chat body")
-        if isinstance(request, ChatRequest):
-            if not caps.chat:
-                return RecordError(400, "this model only produces embeddings; send an embeddings body")
-            if not caps.images and _has_image(request):
-                return RecordError(400, "this model does not accept images")
-        return None
+        return refusal(self.capabilities, request)
+
+
+def refusal(capabilities: Capabilities, request: Request) -> RecordError | None:
+    """Why a model of these capabilities cannot serve a request at all, or None: the one judgment of a
+    record's kind against a model's, made by the engine per record and by validation from the catalog
+    entry alone (``providers.registry.capabilities_of``)."""
+    if isinstance(request, EmbeddingRequest) and not capabilities.embeddings:
+        message = "modelInput is an embeddings body, but this model does not produce embeddings"
+        return RecordError(400, f"{message}; send a chat body")
+    if isinstance(request, ChatRequest):
+        if not capabilities.chat:
+            message = "modelInput is a chat body, but this model only produces embeddings"
+            return RecordError(400, f"{message}; send an embeddings body")
+        if not capabilities.images and _has_image(request):
+            return RecordError(400, "modelInput holds an image, but this model does not accept images")
+    return None
 
 
 def _has_image(request: ChatRequest) -> bool:

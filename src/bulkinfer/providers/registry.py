@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 from bulkinfer.errors import ConfigError
-from bulkinfer.providers.base import Provider
+from bulkinfer.providers.base import Capabilities, Provider
 from bulkinfer.providers.catalog import ModelSpec
 from bulkinfer.providers.remote.limits import LimitRegistry
 
@@ -44,4 +46,38 @@ def _load(spec: ModelSpec, limits: LimitRegistry | None) -> Provider:
         from bulkinfer.providers.ocr import OcrProvider
 
         return OcrProvider.load(spec)
+    raise ConfigError(f"model {spec.name}: unknown provider {spec.provider!r}")
+
+
+def capabilities_of(spec: ModelSpec) -> Capabilities:
+    """What a model takes (chat, embeddings, images), told from its catalog entry without loading it:
+    the capabilities its provider declares, as `load_provider` would build it."""
+    if spec.remote is not None:
+        from bulkinfer.providers.remote.provider import remote_capabilities
+
+        capabilities = remote_capabilities(spec)
+    else:
+        capabilities = _local_class(spec).capabilities
+    if spec.image_text == "ocr":  # as ImageTextProvider: images reach the model as their text
+        capabilities = dataclasses.replace(capabilities, images=True, native_dialects=frozenset())
+    return capabilities
+
+
+def _local_class(spec: ModelSpec) -> type[Provider]:
+    if spec.provider == "echo":
+        from bulkinfer.providers.echo import EchoProvider
+
+        return EchoProvider
+    if spec.provider == "transformers":
+        from bulkinfer.providers.transformers_llm import TransformersChatProvider
+
+        return TransformersChatProvider
+    if spec.provider == "sentence-transformers":
+        from bulkinfer.providers.embeddings import SentenceEmbeddingProvider
+
+        return SentenceEmbeddingProvider
+    if spec.provider == "ocr":
+        from bulkinfer.providers.ocr import OcrProvider
+
+        return OcrProvider
     raise ConfigError(f"model {spec.name}: unknown provider {spec.provider!r}")

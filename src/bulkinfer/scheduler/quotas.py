@@ -5,9 +5,10 @@ Pure, apart from reading the files it is given.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
-from bulkinfer.engine.validate import DryRunReport, dry_run
+from bulkinfer.engine.validate import DryRunReport, check_fit, check_inputs, dry_run
 from bulkinfer.errors import InputError
 from bulkinfer.formats.jsonl import split_lines
 from bulkinfer.providers.catalog import ModelSpec
@@ -31,12 +32,22 @@ class Quotas:
 
 
 def validate_input(
-    files: list[InputFile], quotas: Quotas, spec: ModelSpec, max_line_bytes: int, where: str
+    files: list[InputFile],
+    quotas: Quotas,
+    spec: ModelSpec,
+    max_line_bytes: int,
+    where: str,
+    models: Iterable[ModelSpec] = (),
 ) -> DryRunReport:
     """Read every record once, checking it as the engine will for ``spec``'s model and enforcing the
     quotas; an ``InputError`` naming the file and the limit, or the first problems when no record is
-    valid (a job with some valid records goes on: the others become error lines)."""
+    valid (a job with some valid records goes on: the others become error lines). An input that
+    ``bulkinfer run`` refuses (empty, a JSON array, another provider's batch lines, records of a kind
+    the model does not take) is refused first, with the same message; ``models`` are those the message
+    may suggest instead."""
     check_sizes(files, quotas, where)
+    check_inputs(files, max_line_bytes)
+    check_fit(files, spec, None, max_line_bytes, models)
     report = dry_run(
         files, spec, None, max_line_bytes, on_file=lambda f: _check_file(f.name, f.records, quotas)
     )

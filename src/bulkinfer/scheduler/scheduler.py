@@ -34,6 +34,7 @@ from bulkinfer.engine.runner import EngineSettings
 from bulkinfer.errors import BulkinferError, JobLocked
 from bulkinfer.faults import failpoint
 from bulkinfer.providers.catalog import Catalog
+from bulkinfer.providers.extras import require_model
 from bulkinfer.providers.remote.limits import LimitRegistry
 from bulkinfer.scheduler.pressure import Pressure
 from bulkinfer.scheduler.quotas import invalid_records, validate_input
@@ -340,8 +341,10 @@ class Scheduler:
             within = self._buckets.bucket_dir(uri) if self._staging is None else None
             files = await asyncio.to_thread(list_inputs, self._input_path(job), within)
             spec = self._catalog.get(job.model_id)  # its default dialect reads bodies, as the engine's will
+            require_model(spec)
             quotas, max_line = self._settings.quotas, EngineSettings().max_line_bytes
-            report = await asyncio.to_thread(validate_input, files, quotas, spec, max_line, uri)
+            usable = [s for s in self._catalog if self._tenants.get(job.tenant).may_use(s.name)]
+            report = await asyncio.to_thread(validate_input, files, quotas, spec, max_line, uri, usable)
         except BulkinferError as exc:
             message = self._public(job, str(exc))
             return JobStatus.FAILED, {"message": message, "end_time": time.time(), "owner": None}

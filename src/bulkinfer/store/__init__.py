@@ -1,1 +1,1 @@
-"""Durable job state: SQLAlchemy over an embedded SQLite file (PostgreSQL later for several replicas)."""
+"""Durable job state: SQLAlchemy over an embedded SQLite file, or PostgreSQL for several replicas."""

@@ -164,11 +164,16 @@ def remote_provider(spec: ModelSpec, limits: LimitRegistry) -> RemoteProvider:
         from bulkinfer.providers.remote.bedrock_api import INVOKE_DIALECTS, BedrockCall
 
         call, native = BedrockCall(remote, spec.default_max_tokens), INVOKE_DIALECTS & set(spec.dialects)
+    return RemoteProvider(spec, call, limits.for_model(spec.name, remote), remote_capabilities(spec, native))
+
+
+def remote_capabilities(spec: ModelSpec, native: frozenset[str] = frozenset()) -> Capabilities:
+    """A remote model takes what its catalog entry's kind says, images included (its provider judges
+    them)."""
     embeddings = spec.kind == "embedding"
-    capabilities = Capabilities(
+    return Capabilities(
         chat=not embeddings, embeddings=embeddings, images=True, native_dialects=native, keyed=True
     )
-    return RemoteProvider(spec, call, limits.for_model(spec.name, remote), capabilities)
 
 
 def _gave_up(exc: CallFailed, attempts: int) -> RecordError:

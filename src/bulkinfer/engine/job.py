@@ -501,6 +501,8 @@ class LocalJob:
         retry = self.retry
         if retry is None or retry.carried is not None:
             return
+        if self.request.retry_of is not None:  # where its outputs are now (a service fetches them anew)
+            retry = replace(retry, outputs=self.request.retry_of.outputs)
         status(f"carrying over the successes of job {retry.job_id}")
         args = (self.files, retry, self.store, committer, self.job_id, self.settings)
         carried, committed = await asyncio.to_thread(carry_over, *args)

@@ -32,6 +32,7 @@ from bulkinfer.formats.jsonl import split_lines
 from bulkinfer.storage.files import InputFile, read_blocks
 from bulkinfer.store.state import ChunkRecord, StateStore
 
+MANIFEST_NAME = "manifest.json.out"
 OUTPUT_LINE_FACTOR = 4
 """An output line holds its input line and the answer: lines up to this many times the input limit."""
 
@@ -96,13 +97,32 @@ def base_lines(
     """The base's output lines for one input file, in input order: its ``.out`` file, or (a local run
     that stopped before writing one) its committed chunks; nothing when it has neither."""
     out = Path(base.outputs) / f"{f.name}.out"
-    if out.is_file():
+    if _plain_file(Path(base.outputs), out):
         for _, line in split_lines(read_blocks(out), OUTPUT_LINE_FACTOR * max_line_bytes):
             if isinstance(line, bytes):
                 yield line
     elif base.chunks is not None and chunks:
         for _, data in merged_lines(chunks, Path(base.chunks)):
             yield data
+
+
+def _plain_file(folder: Path, path: Path) -> bool:
+    """A regular file reached through no symbolic link below ``folder``: jobs write their outputs by
+    replacing files, so a link there was put by someone else, and is never read."""
+    between = [folder / p for p in path.relative_to(folder).parents if p != Path(".")]
+    return path.is_file() and not path.is_symlink() and not any(p.is_symlink() for p in between)
+
+
+def read_manifest(folder: Path) -> dict[str, Any] | None:
+    """A job folder's manifest, if it has one that can be read."""
+    path = folder / MANIFEST_NAME
+    if not _plain_file(folder, path):
+        return None
+    try:
+        manifest = orjson.loads(path.read_bytes())
+    except orjson.JSONDecodeError:
+        return None
+    return manifest if isinstance(manifest, dict) else None
 
 
 def carried_lines(

@@ -32,6 +32,9 @@ STOP_TRIES = 5
 """Times a stop looks at a job that keeps moving before it gives up."""
 
 ENDED = SERVICE_ENDED
+INTERNAL_REQUEST_KEYS = frozenset({"stagedInput"})
+"""What the scheduler adds to a job's request: not part of a retry job's."""
+RETRY_SUFFIX = "-retry"
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,6 +91,24 @@ class BatchService:
             client_token=new.client_token,
             expires_at=deadline(now, new.request),
         )
+
+    def retry(self, tenant: Tenant, job_id: str, name: str | None, client_token: str | None) -> BatchJob:
+        """Submit the retry job of one of the tenant's ended jobs: same input, output and model; it keeps
+        the base's successes and runs its error lines and unrun records again (see engine.retry).
+
+        Someone else's job is not found; one that has not ended is a conflict. The tenant must still
+        be granted the base's input, output (where the base's outputs are read from) and model.
+        """
+        base = self.ended(tenant.name, job_id)
+        tenant.check_read(output_uri(base.request), "outputDataConfig.s3OutputDataConfig.s3Uri")
+        complete = base.total is not None and (base.success or 0) >= base.total
+        if base.status == JobStatus.COMPLETED and complete:
+            raise UserError(f"nothing to retry: all {base.total:,} records of job {job_id} succeeded")
+        seed = base.request.get("retryOf", {}).get("seed", base.job_id)
+        request = {key: value for key, value in base.request.items() if key not in INTERNAL_REQUEST_KEYS}
+        name = name or f"{base.name[: 63 - len(RETRY_SUFFIX)]}{RETRY_SUFFIX}"
+        request |= {"jobName": name, "retryOf": {"jobId": base.job_id, "seed": seed}}
+        return self.submit(NewJob(tenant, name, base.model_id, client_token, request))
 
     def get(self, tenant: str, job_id: str) -> BatchJob:
         return self._visible(tenant, job_id, self._store.get(job_id))

@@ -7,6 +7,7 @@ from typing import Any
 
 import orjson
 
+from bulkinfer.domain.job import Counts
 from bulkinfer.engine.retry import RetryBase, base_lines, carried_lines
 from bulkinfer.formats.bedrock import generated_record_id
 from bulkinfer.storage.files import list_inputs
@@ -57,3 +58,25 @@ def test_a_link_in_the_base_folder_is_never_read(tmp_path: Path) -> None:
     (outputs / "in.jsonl.out").unlink()
     (outputs / "in.jsonl.out").write_bytes(secret.read_bytes())
     assert len(list(base_lines(base, f, [], MAX_LINE))) == 1
+
+
+def test_a_file_the_base_manifest_does_not_name_is_not_read(tmp_path: Path) -> None:
+    source = write_jsonl(tmp_path / "in.jsonl", [anthropic_record("R0", "x")])
+    f = list_inputs(source)[0]
+    outputs = tmp_path / "base"
+    outputs.mkdir()
+    (outputs / "in.jsonl.out").write_bytes(_out(anthropic_record("R0", "x"), "R0") + b"\n")
+    (outputs / "manifest.json.out").write_bytes(orjson.dumps({"inputFiles": ["other.jsonl"]}))
+    base = RetryBase(job_id="b", seed="b", outputs=str(outputs))
+    assert list(base_lines(base, f, [], MAX_LINE)) == []
+
+
+def test_a_retry_counts_both_jobs_tokens_and_an_unknown_price_stays_unknown() -> None:
+    base = RetryBase(
+        job_id="b", seed="b", outputs="", input_tokens=10, output_tokens=4, estimated_cost_usd=0.5
+    )
+    counts, cost = base.combined(Counts(processed=3, success=3, input_tokens=1, output_tokens=2), 0.25)
+    assert (counts.processed, counts.input_tokens, counts.output_tokens, cost) == (3, 11, 6, 0.75)
+    assert base.combined(Counts(), None)[1] is None
+    unknown = RetryBase(job_id="b", seed="b", outputs="", estimated_cost_usd=None)
+    assert unknown.combined(Counts(), 0.25)[1] is None

@@ -95,9 +95,15 @@ def base_lines(
     base: RetryBase, f: InputFile, chunks: list[ChunkRecord], max_line_bytes: int
 ) -> Iterator[bytes]:
     """The base's output lines for one input file, in input order: its ``.out`` file, or (a local run
-    that stopped before writing one) its committed chunks; nothing when it has neither."""
-    out = Path(base.outputs) / f"{f.name}.out"
-    if _plain_file(Path(base.outputs), out):
+    that stopped before writing one) its committed chunks; nothing when it has neither.
+
+    Only a file the base wrote is read: one its manifest names (another job's outputs may sit in its
+    folder), reached through no symbolic link."""
+    folder = Path(base.outputs)
+    out = folder / f"{f.name}.out"
+    manifest = read_manifest(folder)
+    written = manifest is None or f.name in manifest.get("inputFiles", [])
+    if written and _plain_file(folder, out):
         for _, line in split_lines(read_blocks(out), OUTPUT_LINE_FACTOR * max_line_bytes):
             if isinstance(line, bytes):
                 yield line

@@ -94,22 +94,29 @@ class RetryBase:
 def base_lines(
     base: RetryBase, f: InputFile, chunks: list[ChunkRecord], max_line_bytes: int
 ) -> Iterator[bytes]:
-    """The base's output lines for one input file, in input order: its ``.out`` file, or (a local run
-    that stopped before writing one) its committed chunks; nothing when it has neither.
+    """The base's output lines for one input file, in input order.
 
-    Only a file the base wrote is read: one its manifest names (another job's outputs may sit in its
-    folder), reached through no symbolic link."""
+    A base that wrote its outputs (it has a manifest): the ``.out`` file of an input file its manifest
+    names (another job's outputs may sit in its folder). One that did not (a local run that stopped or
+    failed): its committed chunks. Never a file reached through a symbolic link; nothing when there
+    is none of these."""
     folder = Path(base.outputs)
     out = folder / f"{f.name}.out"
     manifest = read_manifest(folder)
-    written = manifest is None or f.name in manifest.get("inputFiles", [])
-    if written and _plain_file(folder, out):
-        for _, line in split_lines(read_blocks(out), OUTPUT_LINE_FACTOR * max_line_bytes):
-            if isinstance(line, bytes):
-                yield line
-    elif base.chunks is not None and chunks:
+    if manifest is not None:
+        if f.name in manifest.get("inputFiles", []) and _plain_file(folder, out):
+            yield from _lines(out, max_line_bytes)
+    elif base.chunks is not None and chunks and Path(base.chunks).is_dir():
         for _, data in merged_lines(chunks, Path(base.chunks)):
             yield data
+    elif _plain_file(folder, out):
+        yield from _lines(out, max_line_bytes)
+
+
+def _lines(path: Path, max_line_bytes: int) -> Iterator[bytes]:
+    for _, line in split_lines(read_blocks(path), OUTPUT_LINE_FACTOR * max_line_bytes):
+        if isinstance(line, bytes):
+            yield line
 
 
 def _plain_file(folder: Path, path: Path) -> bool:

@@ -112,6 +112,7 @@ def test_a_server_jobs_retry_merges_the_rerun_failures_into_its_output(deploymen
     }
     new_job = team_a.get_model_invocation_job(jobIdentifier=new_arn)
     assert new_job["successRecordCount"] == 6 and new_job["modelId"] == "flaky"
+    assert new_job["jobName"] == "flaky-run-retry-1"
 
     again = retry_cli(deployment, TEAM_A, new_arn)
     assert again.returncode == 2 and "nothing to retry: all 6 records" in again.stderr, again.stderr

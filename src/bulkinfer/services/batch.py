@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import re
 import time
 from dataclasses import dataclass, replace
 from typing import Any
@@ -34,7 +35,8 @@ STOP_TRIES = 5
 ENDED = SERVICE_ENDED
 INTERNAL_REQUEST_KEYS = frozenset({"stagedInput"})
 """What the scheduler adds to a job's request: not part of a retry job's."""
-RETRY_SUFFIX = "-retry"
+RETRY_NAME = re.compile(r"(?P<root>.*?)-retry-(?P<n>\d+)")
+MAX_NAME = 63
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,7 +108,7 @@ class BatchService:
             raise UserError(f"nothing to retry: all {base.total:,} records of job {job_id} succeeded")
         seed = base.request.get("retryOf", {}).get("seed", base.job_id)
         request = {key: value for key, value in base.request.items() if key not in INTERNAL_REQUEST_KEYS}
-        name = name or f"{base.name[: 63 - len(RETRY_SUFFIX)]}{RETRY_SUFFIX}"
+        name = name or retry_name(base.name)
         request |= {"jobName": name, "retryOf": {"jobId": base.job_id, "seed": seed}}
         return self.submit(NewJob(tenant, name, base.model_id, client_token, request))
 
@@ -171,6 +173,14 @@ class BatchService:
                 self._scheduler.stopped(job_id)
                 return
         raise JobConflict(f"Job {job_id} kept changing while it was being stopped; try again")
+
+
+def retry_name(base: str) -> str:
+    """A retry job's default name: ``<name>-retry-1``, then ``-retry-2`` for a retry of that one."""
+    match = RETRY_NAME.fullmatch(base)
+    root, n = (match["root"], int(match["n"]) + 1) if match else (base, 1)
+    suffix = f"-retry-{n}"
+    return root[: MAX_NAME - len(suffix)] + suffix
 
 
 def _encode_token(offset: int) -> str:

@@ -164,3 +164,28 @@ def test_retry_refuses_before_a_job_exists(tmp_path: Path, echo_catalog: Callabl
     elsewhere = bulkinfer("run", other, "-o", out, "--retry-errors", "--models", catalog)
     assert elsewhere.returncode == 2 and "no job over" in elsewhere.stderr
     assert sorted(p.name for p in out.iterdir()) == [".bulkinfer", "clean"]
+
+
+def test_a_retry_killed_during_its_carry_over_resumes_it(
+    tmp_path: Path, echo_catalog: Callable[..., Path]
+) -> None:
+    bad = {0, 5}
+    source = write_jsonl(tmp_path / "in.jsonl", _records(8, bad))
+    out = tmp_path / "out"
+    failing = echo_catalog(fail_text="BAD", batch_size=1)
+    first = bulkinfer("run", source, "-m", "echo-test", "-o", out, "--job-id", "base", "--models", failing)
+    assert first.returncode == 0, first.stderr
+    log = tmp_path / "ran.log"
+    healthy = echo_catalog(name="echo-test", invocation_log=str(log), batch_size=1)
+    args = [*BULKINFER, "run", str(source), "-o", str(out), "--retry-errors", "--models", str(healthy)]
+    killed = subprocess.run(args, capture_output=True, env={**_env(), "BULKINFER_FAILPOINTS": "carried=kill"})
+    assert killed.returncode == -signal.SIGKILL
+    assert not log.exists() or not log.read_text()  # killed before any record ran
+
+    rerun = bulkinfer(*args[3:])
+    assert rerun.returncode == 0, rerun.stderr
+    assert "resuming job base-retry-1: 6 records already done" in rerun.stderr
+    assert sorted(log.read_text().splitlines()) == ["BAD 0", "BAD 5"]
+    manifest = _manifest(out / "base-retry-1")
+    assert manifest["successRecordCount"] == 8
+    assert manifest["retry"] == {"of": "base", "carriedRecordCount": 6, "retriedRecordCount": 2}

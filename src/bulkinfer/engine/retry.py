@@ -27,6 +27,7 @@ from bulkinfer.domain.lineset import LineSet
 from bulkinfer.engine.committer import Committer, Finished
 from bulkinfer.engine.finalize import merged_lines
 from bulkinfer.engine.runner import EngineSettings
+from bulkinfer.faults import failpoint
 from bulkinfer.formats.bedrock import parse_line
 from bulkinfer.formats.jsonl import split_lines
 from bulkinfer.storage.files import InputFile, read_blocks
@@ -204,4 +205,5 @@ def carry_over(
         if pending:
             committer.commit_now(f.index, pending)
             committed += len(pending)
+    failpoint("carried")
     return carried, committed

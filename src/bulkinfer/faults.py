@@ -25,6 +25,7 @@ POINTS = frozenset(
         "scheduled",  # validation passed: the job is Scheduled
         "in-progress",  # a replica claimed a job for a slot, before the engine opened it
         "chunk-committed",  # the engine committed a chunk of finished records
+        "carried",  # a retry job committed its base's successes, before it noted the carry-over done
         "stopping",  # a stop was recorded (the job is Stopping)
         "writing-outputs",  # the engine is about to merge chunks into the output files
         "output-written",  # outputs and manifest are written, before the chunks are cleaned up

@@ -32,6 +32,7 @@ from bulkinfer.cli.options import (
 )
 from bulkinfer.cli.prepare import prepare_command
 from bulkinfer.cli.progress import JobProgress
+from bulkinfer.cli.retry import retry_request
 from bulkinfer.cli.summary import print_catalog, print_dry_run, print_jobs, print_report
 from bulkinfer.dialects.registry import get_dialect
 from bulkinfer.domain.job import TRANSITIONS, JobStatus
@@ -93,13 +94,26 @@ ModelsOption = Annotated[
 @app.command(cls=Command)
 def run(
     input: Annotated[Path, typer.Argument(help="A .jsonl file or a folder of them.")],
-    model: Annotated[str, typer.Option("--model", "-m", help="Model name from `bulkinfer models`.")],
     output: Annotated[Path, typer.Option("--output", "-o", help="Outputs land in OUTPUT/<job-id>/.")],
+    model: Annotated[
+        str | None,
+        typer.Option(
+            "--model", "-m", help="Model name from `bulkinfer models` (with --retry-errors: the base's)."
+        ),
+    ] = None,
     job_id: Annotated[
         str | None, typer.Option("--job-id", help="Name the job; re-running with the same id resumes it.")
     ] = None,
     resume: Annotated[
         bool, typer.Option("--resume", help="Resume the most recent unfinished job in OUTPUT.")
+    ] = False,
+    retry_errors: Annotated[
+        bool,
+        typer.Option(
+            "--retry-errors",
+            help="A new job that keeps the successes of the newest ended job in OUTPUT over INPUT and runs "
+            "its error lines and unrun records again; its output is the combined view.",
+        ),
     ] = False,
     models: ModelsOption = None,
     dialect: Annotated[
@@ -118,11 +132,18 @@ def run(
 ) -> None:
     """Run a batch job to completion (or resume one)."""
     media = MediaSettings(fetch_allow=tuple(allow_fetch or ()), s3_endpoint_url=s3_endpoint_url)
-    request = RunRequest(input, model, output, job_id, models, dialect, media=media)
+    request = RunRequest(input, model or "", output, job_id, models, dialect, media=media)
     with _reported("job failed"), _rerun_named(request):
+        if resume and retry_errors:
+            raise UserError("--resume and --retry-errors cannot be used together: choose one")
+        if not model and not retry_errors:
+            raise UserError("Missing option '--model' / '-m'.")
         _check_usage(request)
         if resume and job_id is None:
             request = replace(request, job_id=_latest_unfinished(output))
+        if retry_errors:
+            with _state(output) as store:
+                request = retry_request(request, store, None)
         if dry:
             _dry_run(request)
             return
@@ -383,6 +404,37 @@ def stop(
 ) -> None:
     """Stop a job on a running server; it keeps and writes what it finished."""
     raise typer.Exit(_remote(lambda: remote.client(server).stop_model_invocation_job(jobIdentifier=job)))
+
+
+@app.command("retry", cls=Command)
+def retry_command(
+    target: Annotated[
+        str,
+        typer.Argument(help="A local job's output folder, OUTPUT/<job-id>; with --server, a job id or ARN."),
+    ],
+    server: Annotated[
+        str | None,
+        typer.Option("--server", envvar="BULKINFER_SERVER", help="Retry a job of a running server."),
+    ] = None,
+    wait: Annotated[
+        bool, typer.Option("--wait", help="With --server: follow the job to its end with a progress bar.")
+    ] = False,
+    job_id: Annotated[str | None, typer.Option("--job-id", help="Name the local retry job.")] = None,
+    models: ModelsOption = None,
+) -> None:
+    """Retry what failed: a new job over an ended job's error lines and unrun records that keeps its
+    successes; its output is the combined view, each record once, and its manifest counts both jobs."""
+    if server is not None:
+        raise typer.Exit(_remote(lambda: remote.retry(out, err, server, target, wait)))
+    folder = Path(target)
+    output = folder.parent
+    request = RunRequest(folder, "", output, job_id, models)
+    with _reported("job failed"), _rerun_named(request):
+        with _state(output) as store:
+            request = retry_request(request, store, folder.name)
+        _check_usage(request)
+        code = asyncio.run(_run(request))
+    raise typer.Exit(code)
 
 
 def _remote(call: Callable[[], object]) -> int:

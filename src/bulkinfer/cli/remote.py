@@ -81,12 +81,8 @@ class ServerOutputs:
     """
 
     def __init__(self, server: str, job_id: str, credentials: Any, region: str) -> None:
-        from botocore.auth import SigV4Auth
-        from botocore.httpsession import URLLib3Session
-
-        self._signer = SigV4Auth(credentials, "bedrock", region)
+        self._signed = Signed(credentials, region)
         self._base = f"{server.rstrip('/')}/model-invocation-job/{job_id}/outputs"
-        self._http = URLLib3Session()
 
     def names(self) -> list[str]:
         listing = orjson.loads(self._get(self._base, stream=False).content)
@@ -101,14 +97,7 @@ class ServerOutputs:
             response.raw.close()  # a reader that stops early leaves the rest unread
 
     def _get(self, url: str, *, stream: bool) -> Any:
-        from botocore.awsrequest import AWSRequest
-
-        request = AWSRequest(method="GET", url=url, stream_output=stream)
-        self._signer.add_auth(request)
-        response = self._http.send(request.prepare())
-        if response.status_code >= 300:
-            raise _client_error(response)
-        return response
+        return self._signed.send("GET", url, stream=stream)
 
 
 def _client_error(response: Any) -> Exception:
@@ -155,6 +144,47 @@ def submit(
     watched = follow(progress, bedrock, bedrock.get_model_invocation_job(jobIdentifier=arn))
     console.print(ending(watched), markup=False, highlight=False, soft_wrap=True)
     return watched.job
+
+
+def retry(console: Console, progress: Console, server: str, job: str, wait: bool) -> dict[str, Any] | None:
+    """Create the retry job of an ended server job and print its ARN; with ``wait``, follow it as
+    `submit` does. boto3 has no such call: the server's own route is called, signed as boto3 signs."""
+    session = _session()
+    bedrock = session.client("bedrock", endpoint_url=server_url(server))
+    credentials = session.get_credentials()
+    if credentials is None:
+        raise UserError("no AWS credentials: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or a profile)")
+    signed = Signed(credentials.get_frozen_credentials(), session.region_name)
+    url = f"{server.rstrip('/')}/model-invocation-job/{quote(job, safe='')}/retry"
+    arn = str(orjson.loads(signed.send("POST", url, b"{}").content)["jobArn"])
+    console.print(arn, markup=False, highlight=False)
+    if not wait:
+        return None
+    watched = follow(progress, bedrock, bedrock.get_model_invocation_job(jobIdentifier=arn))
+    console.print(ending(watched), markup=False, highlight=False, soft_wrap=True)
+    return watched.job
+
+
+class Signed:
+    """Requests to the server's own routes, signed with SigV4 as boto3 signs its calls."""
+
+    def __init__(self, credentials: Any, region: str) -> None:
+        from botocore.auth import SigV4Auth
+        from botocore.httpsession import URLLib3Session
+
+        self._signer = SigV4Auth(credentials, "bedrock", region)
+        self._http = URLLib3Session()
+
+    def send(self, method: str, url: str, body: bytes | None = None, *, stream: bool = False) -> Any:
+        from botocore.awsrequest import AWSRequest
+
+        headers = {"Content-Type": "application/json"} if body is not None else {}
+        request = AWSRequest(method=method, url=url, data=body, headers=headers, stream_output=stream)
+        self._signer.add_auth(request)
+        response = self._http.send(request.prepare())
+        if response.status_code >= 300:
+            raise _client_error(response)
+        return response
 
 
 @dataclass(frozen=True, slots=True)

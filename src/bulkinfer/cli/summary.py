@@ -40,6 +40,10 @@ def print_report(console: Console, report: JobReport) -> None:
                 f"{manifest['recordsPerSecond']:,.2f} rec/s, {manifest['tokensPerSecond']:,.1f} tok/s",
             ),
         ]
+    if "retry" in manifest:  # a retry job: its counts are the combined view, its tokens both jobs'
+        retry = manifest["retry"]
+        carried, retried = retry["carriedRecordCount"], retry["retriedRecordCount"]
+        rows.append(("retry of", f"{retry['of']}: {carried:,} successes kept, {retried:,} records run again"))
     rows.append(("estimated cost", _usd(report.estimated_cost_usd)))
     if report.manifest is not None:
         rows.append(("output", str(report.output_dir)))

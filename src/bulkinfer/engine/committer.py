@@ -109,6 +109,10 @@ class Committer:
                     self._failure = exc
                     return
 
+    def commit_now(self, file_index: int, items: list[Finished]) -> None:
+        """Commit these records at once, in this thread (a retry job's carried lines)."""
+        self._commit({file_index: items})
+
     def _commit(self, taken: dict[int, list[Finished]]) -> None:
         for file_index, items in taken.items():
             items.sort(key=lambda f: f.line)

@@ -10,7 +10,7 @@ import re
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
@@ -22,6 +22,7 @@ from bulkinfer.domain.tenant import Grants
 from bulkinfer.engine.committer import Committer, rebuild_chunks
 from bulkinfer.engine.finalize import write_output
 from bulkinfer.engine.progress import ProgressSink
+from bulkinfer.engine.retry import RetryBase, carry_over
 from bulkinfer.engine.runner import EngineSettings, RecordPipeline
 from bulkinfer.errors import BulkinferError, InputError, JobConflictError, JobLocked, UserError
 from bulkinfer.faults import failpoint
@@ -137,6 +138,8 @@ class RunRequest:
     """Rate limits of remote models, shared by every job of the process (a service passes its own)."""
     input_within: Path | None = None
     """A folder every input file must resolve inside (a service's local bucket: no symlink out)."""
+    retry_of: RetryBase | None = None
+    """A new job is a retry of this finished job: it keeps its successes and runs the rest again."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -222,6 +225,8 @@ class LocalJob:
         remove_temp_files(self.chunk_dir)
         existing = self.store.get_job(self.job_id)
         options = {"dialect": self.request.dialect, "inputs": {f.name: f.fingerprint for f in self.files}}
+        if self.request.retry_of is not None:
+            options["retry"] = self.request.retry_of.to_options()
         if existing is None:
             job = JobRecord(
                 job_id=self.job_id,
@@ -233,7 +238,7 @@ class LocalJob:
                 options=options,
             )
             self.store.create_job(job)
-            self._take_back_chunks()
+            self._take_back_chunks(self.request.retry_of.seed if self.request.retry_of else self.job_id)
             return job
         finished, _ = self._finished(existing)
         self._check_same(existing, options, finished)
@@ -241,12 +246,12 @@ class LocalJob:
             shutil.rmtree(self.chunk_dir, ignore_errors=True)
         return existing
 
-    def _take_back_chunks(self) -> None:
+    def _take_back_chunks(self, seed: str) -> None:
         """A new job row over a chunk folder that holds files: the state was lost (a damaged state file
         moved aside). Take back the chunks that can be placed exactly; the others' records run again."""
         if not self.chunk_dir.is_dir() or not any(self.chunk_dir.iterdir()):
             return
-        rebuilt = rebuild_chunks(self.chunk_dir, self.files, self.job_id, self.settings.max_line_bytes)
+        rebuilt = rebuild_chunks(self.chunk_dir, self.files, seed, self.settings.max_line_bytes)
         self.store.add_chunks(self.job_id, rebuilt.chunks)
         records = sum(c.counts.processed for c in rebuilt.chunks)
         if rebuilt.chunks:
@@ -268,6 +273,8 @@ class LocalJob:
             problems.append(f"input {job.input_uri}")
         if job.options.get("dialect") != options["dialect"]:
             problems.append(f"--dialect {job.options.get('dialect')}")
+        if "retry" in options and job.options.get("retry", {}).get("of") != options["retry"]["of"]:
+            problems.append(f"retry of {job.options.get('retry', {}).get('of')}")
         if job.options.get("inputs") != options["inputs"] and not finished:
             problems.append("input files that have changed since (names, sizes or modification times)")
         if problems:
@@ -313,6 +320,18 @@ class LocalJob:
         if self._lock is not None:
             self._lock.close()
             self._lock = None
+
+    @property
+    def retry(self) -> RetryBase | None:
+        """The finished job this one retries, if it is a retry job."""
+        stored = self.job.options.get("retry")
+        return RetryBase.from_options(stored) if stored else None
+
+    @property
+    def id_seed(self) -> str:
+        """The job id whose seed generates missing record ids: a retry chain's root's, so they agree."""
+        retry = self.retry
+        return retry.seed if retry is not None else self.job_id
 
     # facts for the progress display
 
@@ -436,6 +455,7 @@ class LocalJob:
         )
         await asyncio.to_thread(committer.repair)  # before orphans: a mismatched file becomes one
         await asyncio.to_thread(committer.remove_orphans)
+        await self._carry_over(committer, progress, status)
         media = self.request.media.resolver(media_policy(self.spec.images))
         self._pipeline = RecordPipeline(
             job_id=self.job_id,
@@ -447,6 +467,7 @@ class LocalJob:
             settings=settings,
             forced_dialect=self._forced,
             media=media,
+            id_seed=self.id_seed,
         )
         if self._stop_requested:
             self._pipeline.request_stop()
@@ -472,6 +493,22 @@ class LocalJob:
         status("writing outputs")
         counts = self._pipeline.record_counts
         return await asyncio.to_thread(self._finalize, counts, chunk_dir, JobStatus.COMPLETED)
+
+    async def _carry_over(
+        self, committer: Committer, progress: ProgressSink, status: Callable[[str], None]
+    ) -> None:
+        """A retry job's first step: commit its base's successes as its own (once; see engine.retry)."""
+        retry = self.retry
+        if retry is None or retry.carried is not None:
+            return
+        if self.request.retry_of is not None:  # where its outputs are now (a service fetches them anew)
+            retry = replace(retry, outputs=self.request.retry_of.outputs)
+        status(f"carrying over the successes of job {retry.job_id}")
+        args = (self.files, retry, self.store, committer, self.job_id, self.settings)
+        carried, committed = await asyncio.to_thread(carry_over, *args)
+        progress.advance(committed, 0, 0, 0)
+        options = {**self.job.options, "retry": replace(retry, carried=carried).to_options()}
+        self.job = await asyncio.to_thread(self.store.update_job, self.job, options=options)
 
     async def _watch_pause(self, provider: Provider, status: Callable[[str], None]) -> None:
         """Show, in the progress line and the job's message, when the provider holds dispatch back."""
@@ -500,6 +537,10 @@ class LocalJob:
         options = self._with_active_time(self.job)  # once: the manifest and the job row must agree
         ended = now()
         counts = self.committed()
+        cost = self.spec.estimated_cost(counts.input_tokens, counts.output_tokens)
+        retry = self.retry
+        if retry is not None:  # the combined records, the tokens and cost of both jobs
+            counts, cost = retry.combined(counts, cost)
         info = ManifestInfo(
             job_id=self.job_id,
             model=self.spec.name,
@@ -510,9 +551,11 @@ class LocalJob:
             ended_at=ended,
             inputs=[f.name for f in self.files],
             active_seconds=options["active_seconds"],
-            estimated_cost_usd=self.spec.estimated_cost(counts.input_tokens, counts.output_tokens),
+            estimated_cost_usd=cost,
         )
         manifest = build_manifest(info)
+        if retry is not None:
+            manifest["retry"] = retry.summary(counts.processed)
         manifest["errorSamples"] = errors
         write_durably(self.output_dir / MANIFEST_NAME, [orjson.dumps(manifest, option=orjson.OPT_INDENT_2)])
         self.job = self.store.update_job(
@@ -553,10 +596,16 @@ class LocalJob:
             counts=counts,
             total_records=total,
             output_dir=self.output_dir,
-            estimated_cost_usd=self.spec.estimated_cost(counts.input_tokens, counts.output_tokens),
+            estimated_cost_usd=self._cost(counts, manifest),
             error_samples=list((manifest or {}).get("errorSamples", [])),
             manifest=manifest,
         )
+
+    def _cost(self, counts: Counts, manifest: dict[str, Any] | None) -> float | None:
+        if manifest is not None and "retry" in manifest:  # two jobs' tokens, maybe at two prices
+            cost = manifest.get("estimatedCostUSD")
+            return None if cost is None else float(cost)
+        return self.spec.estimated_cost(counts.input_tokens, counts.output_tokens)
 
 
 def _describe(exc: BaseException) -> str:

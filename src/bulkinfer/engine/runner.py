@@ -83,8 +83,11 @@ class RecordPipeline:
         settings: EngineSettings,
         forced_dialect: Dialect[Any] | None = None,
         media: MediaResolver | None = None,
+        id_seed: str | None = None,
     ) -> None:
         self._job_id = job_id
+        self._id_seed = id_seed or job_id
+        """Generated record ids derive from it: a retry job's is its root job's id."""
         self._spec = spec
         self._provider = provider
         self._store = store
@@ -149,7 +152,7 @@ class RecordPipeline:
         done = LineSet()
         for chunk in await asyncio.to_thread(self._store.chunks, self._job_id, f.index):
             done = done.union(chunk.lines)
-        seed = f"{self._job_id}:{f.name}"
+        seed = f"{self._id_seed}:{f.name}"
         # Committed lines are parsed too, so their ids count when looking for duplicates: the first
         # sighting of an id must be the same in a resumed run as in an uninterrupted one.
         size = self._settings.block_records

@@ -30,8 +30,9 @@ from typing import Any, TypeVar
 from bulkinfer.domain.job import SERVICE_ENDED, JobStatus
 from bulkinfer.domain.tenant import EVERYTHING, NotGranted, Tenant, Tenants
 from bulkinfer.engine.job import LocalJob, MediaSettings, RunRequest
+from bulkinfer.engine.retry import RetryBase, read_manifest
 from bulkinfer.engine.runner import EngineSettings
-from bulkinfer.errors import BulkinferError, JobLocked
+from bulkinfer.errors import BulkinferError, InputError, JobLocked
 from bulkinfer.faults import failpoint
 from bulkinfer.providers.catalog import Catalog
 from bulkinfer.providers.extras import require_model
@@ -507,7 +508,8 @@ class Scheduler:
         try:
             # a tenant may have lost a grant since the job validated, or a link in a local bucket changed
             await asyncio.to_thread(self._check_grants, job)
-            local = await _open(self._run_request(job))
+            retry_of = await self._retry_of(job)
+            local = await _open(self._run_request(job, retry_of))
         except JobLocked as exc:  # its files are still held by a run winding down: try later
             log.warning("job %s: %s; it is taken up again shortly", job.job_id, exc)
             await asyncio.sleep(CONFLICT_RETRY_S)
@@ -604,7 +606,41 @@ class Scheduler:
             patience_s=self._settings.outage_seconds,
         )
 
-    def _run_request(self, job: BatchJob) -> RunRequest:
+    async def _retry_of(self, job: BatchJob) -> RetryBase | None:
+        """A retry job's base: its output files (fetched here from S3, once) and its tokens and cost."""
+        retry = job.request.get("retryOf")
+        if not retry:
+            return None
+        base = await self._db(self._store.get, retry["jobId"])
+        if base is None or base.tenant != job.tenant:
+            raise InputError(f"job {retry['jobId']}, which this job retries, is gone")
+        uri = f"{output_uri(base.request).rstrip('/')}/{base.job_id}"
+        if self._staging is not None:
+            on_wait, patience = (
+                self._show_outage(job, "fetching the base's outputs"),
+                self._settings.outage_seconds,
+            )
+            fetch = self._staging.fetch_outputs
+            try:
+                folder = await asyncio.to_thread(fetch, job.job_id, uri, on_wait=on_wait, patience_s=patience)
+            except OSError as exc:  # S3 past its outage limit: the job fails, saying so
+                raise InputError(f"fetching the outputs of job {base.job_id}: {exc}") from exc
+        else:
+            folder = self._buckets.path(uri, must_exist=False)
+            granted = self._tenants.get(job.tenant).grants.may_read(self._buckets.uri_of(folder, uri))
+            if folder.is_symlink() or not granted:
+                raise NotGranted(f"{uri}: the outputs of job {base.job_id} may not be read")
+        manifest = await asyncio.to_thread(read_manifest, folder) or {}
+        return RetryBase(
+            job_id=base.job_id,
+            seed=str(retry["seed"]),
+            outputs=str(folder),
+            input_tokens=int(manifest.get("inputTokenCount", 0)),
+            output_tokens=int(manifest.get("outputTokenCount", 0)),
+            estimated_cost_usd=manifest.get("estimatedCostUSD", 0.0),
+        )
+
+    def _run_request(self, job: BatchJob, retry_of: RetryBase | None = None) -> RunRequest:
         return RunRequest(
             input=self._input_path(job),
             input_within=self._buckets.bucket_dir(input_uri(job.request)) if self._staging is None else None,
@@ -618,6 +654,7 @@ class Scheduler:
             store_patience_s=self._settings.lease_seconds / 2,  # then the job is let go, not run blind
             limits=self._limits,
             media=replace(self._media, grants=self._tenants.get(job.tenant).grants),
+            retry_of=retry_of,
         )
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import re
 import time
 from dataclasses import dataclass, replace
 from typing import Any
@@ -32,6 +33,10 @@ STOP_TRIES = 5
 """Times a stop looks at a job that keeps moving before it gives up."""
 
 ENDED = SERVICE_ENDED
+INTERNAL_REQUEST_KEYS = frozenset({"stagedInput"})
+"""What the scheduler adds to a job's request: not part of a retry job's."""
+RETRY_NAME = re.compile(r"(?P<root>.*?)-retry-(?P<n>\d+)")
+MAX_NAME = 63
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,6 +93,24 @@ class BatchService:
             client_token=new.client_token,
             expires_at=deadline(now, new.request),
         )
+
+    def retry(self, tenant: Tenant, job_id: str, name: str | None, client_token: str | None) -> BatchJob:
+        """Submit the retry job of one of the tenant's ended jobs: same input, output and model; it keeps
+        the base's successes and runs its error lines and unrun records again (see engine.retry).
+
+        Someone else's job is not found; one that has not ended is a conflict. The tenant must still
+        be granted the base's input, output (where the base's outputs are read from) and model.
+        """
+        base = self.ended(tenant.name, job_id)
+        tenant.check_read(output_uri(base.request), "outputDataConfig.s3OutputDataConfig.s3Uri")
+        complete = base.total is not None and (base.success or 0) >= base.total
+        if base.status == JobStatus.COMPLETED and complete:
+            raise UserError(f"nothing to retry: all {base.total:,} records of job {job_id} succeeded")
+        seed = base.request.get("retryOf", {}).get("seed", base.job_id)
+        request = {key: value for key, value in base.request.items() if key not in INTERNAL_REQUEST_KEYS}
+        name = name or retry_name(base.name)
+        request |= {"jobName": name, "retryOf": {"jobId": base.job_id, "seed": seed}}
+        return self.submit(NewJob(tenant, name, base.model_id, client_token, request))
 
     def get(self, tenant: str, job_id: str) -> BatchJob:
         return self._visible(tenant, job_id, self._store.get(job_id))
@@ -150,6 +173,14 @@ class BatchService:
                 self._scheduler.stopped(job_id)
                 return
         raise JobConflict(f"Job {job_id} kept changing while it was being stopped; try again")
+
+
+def retry_name(base: str) -> str:
+    """A retry job's default name: ``<name>-retry-1``, then ``-retry-2`` for a retry of that one."""
+    match = RETRY_NAME.fullmatch(base)
+    root, n = (match["root"], int(match["n"]) + 1) if match else (base, 1)
+    suffix = f"-retry-{n}"
+    return root[: MAX_NAME - len(suffix)] + suffix
 
 
 def _encode_token(offset: int) -> str:

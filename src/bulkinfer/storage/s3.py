@@ -152,6 +152,35 @@ class S3Staging:
         failpoint("staged")
         return target / key.rsplit("/", 1)[1] if single else target
 
+    def base_dir(self, job_id: str) -> Path:
+        """Where a retry job's base outputs are fetched to."""
+        return self._root / job_id / "base"
+
+    def fetch_outputs(
+        self,
+        job_id: str,
+        uri: str,
+        on_wait: Callable[[Outage], None] | None = None,
+        patience_s: float = PATIENCE_S,
+    ) -> Path:
+        """Copy the output files (``*.out``) under ``uri`` (another job's output folder) for the retry job
+        ``job_id``, once: the folder appears only complete, and a later call returns it as it is."""
+        target = self.base_dir(job_id)
+        if target.is_dir():
+            return target
+        key = _key(uri)
+        attempts = _Attempts(on_wait, patience_s)
+        found = attempts(uri, "list", functools.partial(self._list, key))
+        objects = sorted(name for name in found if name.startswith(f"{key}/") and name.endswith(".out"))
+        partial = target.with_name("base.partial")
+        shutil.rmtree(partial, ignore_errors=True)
+        partial.mkdir(parents=True)
+        for name, local in _staged_paths(objects, key, partial).items():
+            local.parent.mkdir(parents=True, exist_ok=True)
+            attempts(f"s3://{name}", "download", functools.partial(self._fs.get_file, name, str(local)))
+        partial.rename(target)
+        return target
+
     def publish(
         self,
         job_id: str,

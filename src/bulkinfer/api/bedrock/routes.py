@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Annotated, Any
 from urllib.parse import unquote
 
@@ -14,6 +15,7 @@ from bulkinfer.api.bedrock.schemas import (
     JOB_IDENTIFIER,
     CreateJobRequest,
     ListJobsQuery,
+    RetryJobRequest,
     job_arn,
     job_summary,
 )
@@ -93,6 +95,18 @@ def list_jobs(
 def stop_job(identifier: str, who: CallerDep, jobs: ServiceDep) -> Response:
     jobs.stop(who.tenant.name, _job_id(identifier))
     return JSONResponse({})
+
+
+@router.post("/model-invocation-job/{identifier:path}/retry")
+async def retry_job(
+    identifier: str, who: CallerDep, jobs: ServiceDep, request: Request, body: RetryJobRequest | None = None
+) -> dict[str, str]:
+    """Our own route: a new job that keeps an ended job's successes and runs the rest again."""
+    sent = body or RetryJobRequest()
+    job = await asyncio.to_thread(
+        jobs.retry, who.tenant, _job_id(identifier), sent.jobName, sent.clientRequestToken
+    )
+    return {"jobArn": job_arn(job.job_id, who.region, _account(request))}
 
 
 def _outputs(request: Request, who: Caller, jobs: BatchService, identifier: str) -> OutputFiles:

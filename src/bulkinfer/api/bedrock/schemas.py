@@ -102,6 +102,13 @@ class CreateJobRequest(Wire):
     modelInvocationType: Literal["InvokeModel", "Converse"] | None = None
 
 
+class RetryJobRequest(Wire):
+    """Our own call: the retry job of an ended job (see `BatchService.retry`); every member optional."""
+
+    jobName: Annotated[str, Field(min_length=1, max_length=63), _fullmatch(JOB_NAME)] | None = None
+    clientRequestToken: Annotated[str, Field(min_length=1, max_length=256), _fullmatch(TOKEN)] | None = None
+
+
 class ListJobsQuery(Wire):
     submitTimeAfter: datetime | None = None
     submitTimeBefore: datetime | None = None

@@ -138,12 +138,12 @@ def run(
             raise UserError("--resume and --retry-errors cannot be used together: choose one")
         if not model and not retry_errors:
             raise UserError("Missing option '--model' / '-m'.")
+        if retry_errors:  # first: the model to check may be the base job's
+            with _state(output) as store:
+                request = retry_request(request, store, None)
         _check_usage(request)
         if resume and job_id is None:
             request = replace(request, job_id=_latest_unfinished(output))
-        if retry_errors:
-            with _state(output) as store:
-                request = retry_request(request, store, None)
         if dry:
             _dry_run(request)
             return

@@ -138,12 +138,7 @@ def submit(
         inputDataConfig={"s3InputDataConfig": {"s3Uri": input_uri}},
         outputDataConfig={"s3OutputDataConfig": {"s3Uri": output_uri}},
     )["jobArn"]
-    console.print(arn, markup=False, highlight=False)
-    if not wait:
-        return None
-    watched = follow(progress, bedrock, bedrock.get_model_invocation_job(jobIdentifier=arn))
-    console.print(ending(watched), markup=False, highlight=False, soft_wrap=True)
-    return watched.job
+    return _created(console, progress, bedrock, arn, wait)
 
 
 def retry(console: Console, progress: Console, server: str, job: str, wait: bool) -> dict[str, Any] | None:
@@ -157,6 +152,13 @@ def retry(console: Console, progress: Console, server: str, job: str, wait: bool
     signed = Signed(credentials.get_frozen_credentials(), session.region_name)
     url = f"{server.rstrip('/')}/model-invocation-job/{quote(job, safe='')}/retry"
     arn = str(orjson.loads(signed.send("POST", url, b"{}").content)["jobArn"])
+    return _created(console, progress, bedrock, arn, wait)
+
+
+def _created(
+    console: Console, progress: Console, bedrock: Any, arn: str, wait: bool
+) -> dict[str, Any] | None:
+    """Print a new job's ARN; with ``wait``, follow it to its end, print how it ended and return it."""
     console.print(arn, markup=False, highlight=False)
     if not wait:
         return None

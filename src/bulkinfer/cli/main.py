@@ -406,7 +406,14 @@ def stop(
     raise typer.Exit(_remote(lambda: remote.client(server).stop_model_invocation_job(jobIdentifier=job)))
 
 
-@app.command("retry", cls=Command)
+RETRY_HELP = (
+    "Retry what failed: a new job that keeps an ended job's successes and runs the rest again.\n\n"
+    "It runs the ended job's error lines and unrun records; its output is the combined view, each "
+    "record once, and its manifest counts both jobs."
+)
+
+
+@app.command("retry", cls=Command, help=RETRY_HELP, short_help=RETRY_HELP.split("\n")[0])
 def retry_command(
     target: Annotated[
         str,
@@ -422,8 +429,7 @@ def retry_command(
     job_id: Annotated[str | None, typer.Option("--job-id", help="Name the local retry job.")] = None,
     models: ModelsOption = None,
 ) -> None:
-    """Retry what failed: a new job over an ended job's error lines and unrun records that keeps its
-    successes; its output is the combined view, each record once, and its manifest counts both jobs."""
+    """Retry what failed: a new job that keeps an ended job's successes and runs the rest again."""
     if server is not None:
         raise typer.Exit(_remote(lambda: remote.retry(out, err, server, target, wait)))
     folder = Path(target)

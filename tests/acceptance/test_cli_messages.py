@@ -5,6 +5,7 @@ exception's text is printed as it is, never read as markup, and a usage problem 
 from __future__ import annotations
 
 import base64
+import gzip
 import io
 import json
 import os
@@ -136,6 +137,19 @@ UNRUNNABLE = {
         "e.g. jq -c '.[]' in.jsonl > records.jsonl",
     ),
     "indented array": (b'[\n  {"recordId": "a"}\n]\n', "error: in.jsonl holds a JSON array, not JSON Lines"),
+    "utf-16": (
+        (json.dumps(OPENAI_LINE["body"]) + "\n").encode("utf-16"),
+        "error: in.jsonl is UTF-16 text: convert it to UTF-8, e.g. iconv -f UTF-16 -t UTF-8 in.jsonl > ",
+    ),
+    "gzip": (
+        gzip.compress(b'{"recordId": "a", "modelInput": {"inputText": "hi"}}\n'),
+        "error: in.jsonl is gzip-compressed: uncompress it first, e.g. gunzip -c in.jsonl > records.jsonl",
+    ),
+    "csv": (
+        b"recordId,text\na,hello\n",
+        "error: in.jsonl line 1: invalid JSON: unexpected character, expected a JSON value: line 1 column 1 "
+        "(char 0)\nin.jsonl line 2: invalid JSON",
+    ),
     "openai": (
         json.dumps(OPENAI_LINE).encode() + b"\n",
         "error: in.jsonl line 1: this is an OpenAI Batch API input line; bulkinfer reads Bedrock batch "
@@ -336,7 +350,14 @@ MISFITS = {
         chat_record,
         "modelInput is a chat body, but this model only produces embeddings; send an embeddings body. "
         "Model all-minilm-l6-v2 takes none of the first records (2 read, up to 100 a file); "
-        "choose one that does: echo, ocr, smollm2-135m-instruct, smollm2-135m-instruct-ocr",
+        "choose one that does: echo, smollm2-135m-instruct, smollm2-135m-instruct-ocr",
+    ),
+    "text to the ocr model": (
+        "ocr",
+        chat_record,
+        "modelInput holds no image, but this model reads images and replies with their text; send an "
+        "image. Model ocr takes none of the first records (2 read, up to 100 a file); "
+        "choose one that does: echo, smollm2-135m-instruct, smollm2-135m-instruct-ocr",
     ),
     "embeddings to a chat model": (
         "smollm2-135m-instruct",
@@ -392,3 +413,37 @@ def test_serve_refuses_a_watch_model_it_could_not_run(tmp_path: Path) -> None:
         "error: --watch-model: model gpt-4o-mini needs the openai extra (openai not installed): "
         "pip install 'bulkinfer[openai]'\n"
     )
+
+
+def test_a_dialect_that_fits_none_of_the_records_is_refused_before_a_job_exists(tmp_path: Path) -> None:
+    source = write_jsonl(tmp_path / "in.jsonl", [anthropic_record("a", "hi")])
+    out = tmp_path / "out"
+    result = invoke("run", source, "-m", "echo", "-o", out, "--dialect", "titan-embed")
+    assert result.exit_code == 2, result.output
+    assert result.stderr == (
+        "error: in.jsonl line 1: modelInput.inputText: Field required\nnone of the first records (up to "
+        "100 a file) is a valid Bedrock batch record: give JSON Lines of {recordId, modelInput} records; "
+        "or drop --dialect, which none of them is in\n"
+    )
+    assert not out.exists()
+
+
+def test_a_remote_model_whose_api_key_is_not_set_is_refused_before_a_job_exists(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("BULKINFER_TEST_UNSET_KEY", raising=False)
+    models = tmp_path / "models.toml"
+    models.write_text(
+        '[models.keyed]\nprovider = "openai"\nbase_url = "http://127.0.0.1:9/v1"\n'
+        'api_key_env = "BULKINFER_TEST_UNSET_KEY"\n'
+    )
+    source = write_jsonl(tmp_path / "in.jsonl", [anthropic_record("a", "hi")])
+    out = tmp_path / "out"
+    for dry in ([], ["--dry-run"]):
+        result = invoke("run", source, "-m", "keyed", "-o", out, "--models", models, *dry)
+        assert result.exit_code == 2, result.output
+        assert result.stderr == (
+            "error: model keyed reads its API key from the environment variable BULKINFER_TEST_UNSET_KEY "
+            "(api_key_env), which is not set: export BULKINFER_TEST_UNSET_KEY=... first\n"
+        )
+    assert not out.exists()

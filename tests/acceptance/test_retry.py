@@ -189,3 +189,58 @@ def test_a_retry_killed_during_its_carry_over_resumes_it(
     manifest = _manifest(out / "base-retry-1")
     assert manifest["successRecordCount"] == 8
     assert manifest["retry"] == {"of": "base", "carriedRecordCount": 6, "retriedRecordCount": 2}
+
+
+def test_a_stopped_retry_is_resumed_by_the_same_command_and_repeats_nothing(
+    tmp_path: Path, echo_catalog: Callable[..., Path]
+) -> None:
+    total = 120
+    bad = set(range(0, total, 2))
+    source = write_jsonl(tmp_path / "in.jsonl", _records(total, bad))
+    out = tmp_path / "out"
+    failing = echo_catalog(fail_text="BAD", batch_size=1, concurrency=4)
+    first = bulkinfer("run", source, "-m", "echo-test", "-o", out, "--job-id", "base", "--models", failing)
+    assert first.returncode == 0, first.stderr
+
+    log = tmp_path / "ran.log"
+    slow = echo_catalog(name="echo-test", invocation_log=str(log), delay_s=0.1, batch_size=2, concurrency=1)
+    args = [*BULKINFER, "retry", str(out / "base"), "--models", str(slow)]
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=_env())
+    try:
+        wait_for(lambda: committed_records(out, "base-retry-1") >= total - len(bad) + 6, timeout=60)
+    finally:
+        proc.send_signal(signal.SIGINT)  # Ctrl-C: the retry ends Stopped
+        assert proc.wait(timeout=60) == 130
+    ran_before = log.read_text().splitlines()
+
+    rerun = bulkinfer(*args[3:])  # the same command goes on with it, rather than start base-retry-2
+    assert rerun.returncode == 0, rerun.stderr
+    assert "resuming job base-retry-1" in rerun.stderr
+    ran = ran_before + log.read_text().splitlines()[len(ran_before) :]
+    assert sorted(ran) == sorted(f"BAD {i}" for i in bad)  # each failure ran once, no success again
+    assert not (out / "base-retry-2").exists()
+    lines = read_jsonl(out / "base-retry-1" / "in.jsonl.out")
+    assert [line["recordId"] for line in lines] == [f"R{i:04d}" for i in range(total)]
+    assert all("modelOutput" in line for line in lines)
+
+
+def test_a_retry_that_failed_before_its_carry_over_ended_is_not_taken_as_the_base(
+    tmp_path: Path, echo_catalog: Callable[..., Path]
+) -> None:
+    bad = {0, 5}
+    source = write_jsonl(tmp_path / "in.jsonl", _records(8, bad))
+    out = tmp_path / "out"
+    failing = echo_catalog(fail_text="BAD", batch_size=1)
+    first = bulkinfer("run", source, "-m", "echo-test", "-o", out, "--job-id", "base", "--models", failing)
+    assert first.returncode == 0, first.stderr
+    log = tmp_path / "ran.log"
+    healthy = echo_catalog(name="echo-test", invocation_log=str(log), batch_size=1)
+    args = [*BULKINFER, "run", str(source), "-o", str(out), "--retry-errors", "--models", str(healthy)]
+    failing_env = {**_env(), "BULKINFER_FAILPOINTS": "carried=raise"}
+    broken = subprocess.run(args, capture_output=True, env=failing_env)
+    assert broken.returncode == 1  # base-retry-1 Failed, holding nothing of its own
+
+    again = bulkinfer(*args[3:])
+    assert again.returncode == 0, again.stderr
+    assert "base: 6 successes kept, 2 records run again" in again.stdout  # base's, not retry-1's
+    assert sorted(log.read_text().splitlines()) == ["BAD 0", "BAD 5"]

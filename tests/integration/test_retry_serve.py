@@ -116,3 +116,25 @@ def test_a_server_jobs_retry_merges_the_rerun_failures_into_its_output(deploymen
 
     again = retry_cli(deployment, TEAM_A, new_arn)
     assert again.returncode == 2 and "nothing to retry: all 6 records" in again.stderr, again.stderr
+    same = retry_cli(deployment, TEAM_A, arn)  # the base asked again: its retry job, not a second one
+    assert same.returncode == 0 and same.stdout.splitlines()[0] == new_arn, same.stderr
+    assert sorted(log.read_text().splitlines()[ran_before:]) == ["BAD 1", "BAD 3"]  # nothing ran again
+
+
+def test_a_retry_of_a_base_whose_manifest_was_changed_fails_saying_so(deployment: Deployment) -> None:
+    catalog = deployment.server.data_dir.parent / "models.toml"
+    catalog.write_text(CATALOG.format(log=deployment.server.data_dir.parent / "ran.log") + BAD)
+    records = [anthropic_record(f"T{i}", f"{'BAD' if i == 0 else 'ok'} {i}") for i in range(3)]
+    deployment.put("s3://team-a/in2/in.jsonl", b"".join(orjson.dumps(r) + b"\n" for r in records))
+    team_a = deployment.bedrock(TEAM_A)
+    arn = create(team_a, "tampered", "s3://team-a/in2/in.jsonl", "s3://team-a/out2/", model="flaky")
+    assert wait_status(team_a, arn, {"Completed", "Failed"})["status"] == "Completed"
+    manifest_uri = f"s3://team-a/out2/{arn.rsplit('/', 1)[1]}/manifest.json.out"
+    manifest = orjson.loads(b"".join(read_output(deployment, arn, "manifest.json.out")))
+    deployment.put(manifest_uri, orjson.dumps({**manifest, "inputTokenCount": "lots"}))
+
+    retried = retry_cli(deployment, TEAM_A, arn, "--wait")
+    assert retried.returncode == 1, retried.stdout + retried.stderr
+    job = team_a.get_model_invocation_job(jobIdentifier=retried.stdout.splitlines()[0])
+    assert job["status"] == "Failed"
+    assert "does not hold the token counts and cost a job writes" in job["message"], job["message"]

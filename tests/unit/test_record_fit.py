@@ -39,8 +39,8 @@ base_url = "http://127.0.0.1:9"
 MAX_LINE = EngineSettings().max_line_bytes
 
 
-def what(capabilities: Capabilities) -> tuple[bool, bool, bool]:
-    return capabilities.chat, capabilities.embeddings, capabilities.images
+def what(capabilities: Capabilities) -> tuple[bool, bool, bool, bool]:
+    return capabilities.chat, capabilities.embeddings, capabilities.images, capabilities.needs_images
 
 
 @pytest.fixture

@@ -22,6 +22,7 @@ from bulkinfer.providers.remote.limits import (
 )
 from bulkinfer.providers.remote.provider import BACKOFF_MAX_S, backoff
 from bulkinfer.providers.remote.sdk import anthropic_hints, openai_hints, retry_after
+from bulkinfer.stopping import StopSignal
 
 
 @pytest.mark.parametrize(
@@ -220,3 +221,35 @@ def test_a_bogus_retry_after_cannot_freeze_a_model() -> None:
     limits.throttled(1e9)
     assert limits._hold_until <= clock.now + 300
     assert parse_duration("inf") is None and parse_duration("1.2.3s") is None
+
+
+@pytest.mark.parametrize("hops", range(6))
+def test_a_woken_waiter_cancelled_before_it_runs_passes_its_slot_on(hops: int) -> None:
+    """A stopped job's record, woken for a slot and cancelled in the same instant, must not keep another
+    job's record waiting for a slot that is free (whatever the order the two land in)."""
+
+    async def scenario() -> tuple[bool, int]:
+        concurrency = AdaptiveConcurrency(1)
+        await concurrency.acquire()
+        stop = StopSignal()
+        stopped = asyncio.ensure_future(
+            stop.unless_stopped(concurrency.acquire(), undo=lambda _: concurrency.release())
+        )
+        await asyncio.sleep(0)
+        other = asyncio.ensure_future(concurrency.acquire())
+        await asyncio.sleep(0.01)
+        loop = asyncio.get_running_loop()
+        loop.call_soon(stop.set)
+
+        def release_after(n: int) -> None:
+            if n:
+                loop.call_soon(release_after, n - 1)
+            else:
+                concurrency.release()
+
+        release_after(hops)
+        await stopped
+        done, _ = await asyncio.wait({other}, timeout=5)
+        return other in done, concurrency.in_flight
+
+    assert asyncio.run(scenario()) == (True, 1)

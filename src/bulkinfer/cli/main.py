@@ -39,7 +39,7 @@ from bulkinfer.domain.job import TRANSITIONS, JobStatus
 from bulkinfer.engine.finalize import merged_lines
 from bulkinfer.engine.job import MANIFEST_NAME, STATE_DIR, LocalJob, MediaSettings, RunRequest
 from bulkinfer.engine.runner import EngineSettings
-from bulkinfer.engine.validate import check_fit, check_inputs, dry_run
+from bulkinfer.engine.validate import check_fit, check_inputs, check_some_valid, dry_run
 from bulkinfer.errors import BulkinferError, UserError
 from bulkinfer.formats.bedrock import output_text
 from bulkinfer.formats.jsonl import Line, OversizeLine, split_lines
@@ -165,6 +165,7 @@ def _check_usage(request: RunRequest) -> None:
     files, max_line = list_inputs(request.input), EngineSettings().max_line_bytes
     check_inputs(files, max_line)
     forced = get_dialect(request.dialect) if request.dialect else None
+    check_some_valid(files, spec, forced, max_line)
     check_fit(files, spec, forced, max_line, catalog)
 
 
@@ -272,6 +273,8 @@ def _install_interrupts(job: LocalJob, main: asyncio.Task[int]) -> list[signal.S
                 highlight=False,
             )
             job.request_stop()
+        elif job.writing is not None:  # a thread cannot be stopped: leaving it would leave it writing
+            err.print(f"{job.writing}: the job stops as soon as that is done", highlight=False, markup=False)
         else:
             main.cancel()
 

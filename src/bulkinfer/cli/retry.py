@@ -17,7 +17,7 @@ import orjson
 
 from bulkinfer.domain.job import JobStatus
 from bulkinfer.engine.job import MANIFEST_NAME, STATE_DIR, RunRequest
-from bulkinfer.engine.retry import RetryBase
+from bulkinfer.engine.retry import RetryBase, manifest_usage
 from bulkinfer.errors import BulkinferError, UserError
 from bulkinfer.providers.catalog import Catalog
 from bulkinfer.store.state import JobRecord, StateStore
@@ -68,7 +68,7 @@ def _named_base(store: StateStore, base_id: str) -> JobRecord:
         raise UserError(f"no job {base_id!r} in this output folder")
     if base.status not in FINISHED:
         raise UserError(f"job {base_id} is {base.status.value}: only a job that has ended can be retried")
-    return base
+    return _holding_results(store, base)
 
 
 def _latest_base(store: StateStore, input: Path) -> JobRecord:
@@ -76,7 +76,22 @@ def _latest_base(store: StateStore, input: Path) -> JobRecord:
     finished = [j for j in same_input if j.status in FINISHED]
     if not finished:
         raise UserError(f"nothing to retry: no job over {input} has ended in this output folder")
-    return finished[-1]  # list_jobs is oldest first
+    latest = finished[-1]  # list_jobs is oldest first
+    retried = latest.options.get("retry")
+    if retried and latest.status == JobStatus.STOPPED:  # a stopped retry: the same command resumes it
+        latest = store.get_job(str(retried.get("of"))) or latest
+    return _holding_results(store, latest)
+
+
+def _holding_results(store: StateStore, job: JobRecord) -> JobRecord:
+    """``job``, or, when it is a retry that ended before it had carried its own base's successes over
+    (it failed or was stopped while its model loaded), that base: what it holds, this one lacks."""
+    while (retried := job.options.get("retry")) and retried.get("carried") is None:
+        base = store.get_job(str(retried.get("of")))
+        if base is None:
+            break
+        job = base
+    return job
 
 
 def _seed(base: JobRecord) -> str:
@@ -93,7 +108,9 @@ def _manifest(job_dir: Path) -> dict[str, Any] | None:
 
 def _check_something_left(base: JobRecord, manifest: dict[str, Any] | None, store: StateStore) -> None:
     if manifest is not None:
-        total, success = manifest["totalRecordCount"], manifest["successRecordCount"]
+        total, success = manifest.get("totalRecordCount"), manifest.get("successRecordCount")
+        if type(total) is not int or type(success) is not int:
+            return  # a manifest changed since: let the retry run what it cannot keep
     else:
         total, success = base.total_records, store.counts(base.job_id).success
     if total is not None and success >= total and base.status != JobStatus.FAILED:
@@ -105,7 +122,7 @@ def _base_usage(
 ) -> tuple[int, int, float | None]:
     """The base's tokens and cost: its manifest's, or (no manifest: stopped) its committed records'."""
     if manifest is not None:
-        return manifest["inputTokenCount"], manifest["outputTokenCount"], manifest.get("estimatedCostUSD")
+        return manifest_usage(manifest, base.job_id)
     counts = store.counts(base.job_id)
     try:
         cost = (
@@ -119,11 +136,13 @@ def _base_usage(
 
 
 def _retry_job_id(store: StateStore, base: JobRecord, seed: str) -> str:
-    """An unfinished (killed) retry job of the same base, to resume; else ``<root>-retry-<n>``, new."""
+    """A retry job of the same base that can go on (killed, or stopped by Ctrl-C), to resume, so that
+    what it ran is not run again; else ``<root>-retry-<n>``, new."""
     jobs = store.list_jobs()
     for job in reversed(jobs):
         retried = job.options.get("retry") or {}
-        if retried.get("of") == base.job_id and job.status not in FINISHED:
+        can_go_on = job.status not in FINISHED or job.status == JobStatus.STOPPED
+        if retried.get("of") == base.job_id and can_go_on:
             return job.job_id
     taken = {j.job_id for j in jobs}
     root = seed[:RETRY_ID_ROOT_CHARS]

@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any, TypeVar
 
 import orjson
 
@@ -51,6 +51,7 @@ MANIFEST_NAME = "manifest.json.out"
 PAUSE_CHECK_S = 0.5
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 def media_policy(images: ImageSettings) -> MediaPolicy:
@@ -183,6 +184,10 @@ class LocalJob:
         self._pipeline: RecordPipeline | None = None
         self._committer: Committer | None = None
         self._stop_requested = False
+        self.writing: str | None = None
+        """What the job is writing in a thread right now (its outputs, a retry's carried records): a
+        thread cannot be interrupted, so an interrupt then waits for it rather than leave it running
+        with the job's lock released."""
         self.paused: str | None = None
         """Why the model holds this job's records back right now (its provider is down), if it does."""
         self._final_on_stop = JobStatus.STOPPED
@@ -484,7 +489,8 @@ class LocalJob:
         if stopped_early and self.request.keep_partial:
             status("writing the finished records")
             counts = self._pipeline.record_counts
-            return await asyncio.to_thread(self._finalize, counts, chunk_dir, self._final_on_stop)
+            final = self._final_on_stop
+            return await self._writing("writing what finished", self._finalize, counts, chunk_dir, final)
         if stopped_early:
             self.job = self.store.update_job(
                 self.job, status=JobStatus.STOPPED, ended_at=now(), options=self._with_active_time(self.job)
@@ -492,7 +498,15 @@ class LocalJob:
             return self.report()
         status("writing outputs")
         counts = self._pipeline.record_counts
-        return await asyncio.to_thread(self._finalize, counts, chunk_dir, JobStatus.COMPLETED)
+        return await self._writing("writing outputs", self._finalize, counts, chunk_dir, JobStatus.COMPLETED)
+
+    async def _writing(self, what: str, write: Callable[..., T], *args: Any) -> T:
+        """Run ``write`` in a thread, saying what it writes while it does (see ``writing``)."""
+        self.writing = what
+        try:
+            return await asyncio.to_thread(write, *args)
+        finally:
+            self.writing = None
 
     async def _carry_over(
         self, committer: Committer, progress: ProgressSink, status: Callable[[str], None]
@@ -505,8 +519,12 @@ class LocalJob:
             retry = replace(retry, outputs=self.request.retry_of.outputs)
         status(f"carrying over the successes of job {retry.job_id}")
         args = (self.files, retry, self.store, committer, self.job_id, self.settings)
-        carried, committed = await asyncio.to_thread(carry_over, *args)
+        carried, committed = await self._writing(
+            "carrying over", carry_over, *args, lambda: self._stop_requested
+        )
         progress.advance(committed, 0, 0, 0)
+        if carried is None:  # stopped part-way: the next run carries the rest over
+            return
         options = {**self.job.options, "retry": replace(retry, carried=carried).to_options()}
         self.job = await asyncio.to_thread(self.store.update_job, self.job, options=options)
 

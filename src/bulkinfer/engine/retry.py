@@ -15,7 +15,8 @@ Records without a ``recordId`` get the ids their root job generated (``seed``), 
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
+import math
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,7 @@ from bulkinfer.domain.lineset import LineSet
 from bulkinfer.engine.committer import Committer, Finished
 from bulkinfer.engine.finalize import merged_lines
 from bulkinfer.engine.runner import EngineSettings
+from bulkinfer.errors import InputError
 from bulkinfer.faults import failpoint
 from bulkinfer.formats.bedrock import parse_line
 from bulkinfer.formats.jsonl import split_lines
@@ -139,6 +141,22 @@ def read_manifest(folder: Path) -> dict[str, Any] | None:
     return manifest if isinstance(manifest, dict) else None
 
 
+def manifest_usage(manifest: dict[str, Any], job_id: str) -> tuple[int, int, float | None]:
+    """A base's tokens and cost as its manifest says them (none: 0). The manifest lies where its tenant
+    may write, so anything but the counts a job writes is refused, never summed into the retry's."""
+    tokens = [manifest.get(key, 0) for key in ("inputTokenCount", "outputTokenCount")]
+    cost = manifest.get("estimatedCostUSD", 0.0)
+    counts_ok = all(type(t) is int and 0 <= t < 2**63 for t in tokens)
+    cost_ok = cost is None or (type(cost) in (int, float) and math.isfinite(cost) and cost >= 0)
+    if not (counts_ok and cost_ok):
+        raise InputError(
+            f"the manifest of job {job_id} does not hold the token counts and cost a job writes "
+            "(inputTokenCount, outputTokenCount, estimatedCostUSD): it was changed since; "
+            "its successes cannot be kept"
+        )
+    return tokens[0], tokens[1], None if cost is None else float(cost)
+
+
 def carried_lines(
     f: InputFile, base: Iterable[bytes], seed: str, max_line_bytes: int
 ) -> Iterator[tuple[int, bytes]]:
@@ -181,10 +199,12 @@ def carry_over(
     committer: Committer,
     job_id: str,
     settings: EngineSettings,
-) -> tuple[int, int]:
+    stopping: Callable[[], bool] = lambda: False,
+) -> tuple[int | None, int]:
     """Carry the base's successes over into the job ``job_id``, committing those not yet committed,
     ``settings.chunk_records`` at a time. Returns how many records are carried in all (those committed by
-    an earlier, interrupted carry-over included) and how many were committed now."""
+    an earlier, interrupted carry-over included; None when ``stopping`` ended it part-way: the next run
+    goes on from what is committed) and how many were committed now."""
     carried = committed = 0
     for f in files:
         done = LineSet()
@@ -202,6 +222,8 @@ def carry_over(
                 committer.commit_now(f.index, pending)
                 committed += len(pending)
                 pending = []
+                if stopping():
+                    return None, committed
         if pending:
             committer.commit_now(f.index, pending)
             committed += len(pending)

@@ -83,8 +83,24 @@ def check_inputs(files: list[InputFile], max_line_bytes: int) -> None:
         raise InputError("\n".join(problems))
 
 
+UTF16 = "is UTF-16 text: convert it to UTF-8, e.g. iconv -f UTF-16 -t UTF-8 {name} > records.jsonl"
+ENCODINGS = (
+    (b"\x1f\x8b", "is gzip-compressed: uncompress it first, e.g. gunzip -c {name} > records.jsonl"),
+    (b"\xff\xfe", UTF16),
+    (b"\xfe\xff", UTF16),
+)
+"""A file's first bytes that say it is not UTF-8 text at all, and what to do about it."""
+
+
 def _shape_problem(f: InputFile, number: int, line: bytes | OversizeLine) -> str | None:
     """Why a file whose first record is ``line`` cannot be a job's input, if it cannot."""
+    with f.path.open("rb") as handle:
+        start = handle.read(2)
+    for magic, problem in ENCODINGS:
+        if start == magic:
+            return f"{f.name} {problem.format(name=f.name)}"
+    if isinstance(line, bytes) and b"\x00" in line:
+        return f"{f.name} holds NUL bytes: it is not UTF-8 text (UTF-16 or UTF-32? convert it with iconv)"
     if _first_byte(f, line) == b"[":
         return (
             f"{f.name} holds a JSON array, not JSON Lines: put each record on a line of its own, "
@@ -131,6 +147,28 @@ def check_fit(
         raise InputError(
             f"{why.message}. Model {spec.name} takes none of the first records ({read:,} read, up to "
             f"{FIT_SAMPLE} a file); {models}"
+        )
+
+
+def check_some_valid(
+    files: list[InputFile], spec: ModelSpec, forced: Dialect[Any] | None, max_line_bytes: int
+) -> None:
+    """Refuse, before a job exists, an input none of whose first records (of any file) is valid: a
+    file of something else (CSV, text), or a ``--dialect`` that fits none of them. Raises
+    ``InputError`` with the first records' problems. (A service job reads every record when it
+    validates, and fails when none is valid.)"""
+    problems: list[str] = []
+    for f in files:
+        for item in _prepared(f, spec, forced, max_line_bytes):
+            if item.error is None:
+                return
+            if len(problems) < 3:
+                problems.append(item.error.message)
+    if problems:
+        hint = "; or drop --dialect, which none of them is in" if forced is not None else ""
+        raise InputError(
+            "\n".join(problems) + f"\nnone of the first records (up to {FIT_SAMPLE} a file) is a valid "
+            f"Bedrock batch record: give JSON Lines of {{recordId, modelInput}} records{hint}"
         )
 
 

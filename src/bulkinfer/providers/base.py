@@ -14,6 +14,8 @@ class Capabilities:
     chat: bool = False
     embeddings: bool = False
     images: bool = False
+    needs_images: bool = False
+    """A chat request without an image has nothing for it to answer (the ocr model)."""
     padded_batches: bool = False
     """Batches are padded to their longest request, so sorting by length pays (local models)."""
     native_dialects: frozenset[str] = frozenset()
@@ -67,6 +69,9 @@ def refusal(capabilities: Capabilities, request: Request) -> RecordError | None:
             return RecordError(400, f"{message}; send an embeddings body")
         if not capabilities.images and _has_image(request):
             return RecordError(400, "modelInput holds an image, but this model does not accept images")
+        if capabilities.needs_images and not _has_image(request):
+            message = "modelInput holds no image, but this model reads images and replies with their text"
+            return RecordError(400, f"{message}; send an image")
     return None
 
 

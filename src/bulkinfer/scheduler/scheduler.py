@@ -30,7 +30,7 @@ from typing import Any, TypeVar
 from bulkinfer.domain.job import SERVICE_ENDED, JobStatus
 from bulkinfer.domain.tenant import EVERYTHING, NotGranted, Tenant, Tenants
 from bulkinfer.engine.job import LocalJob, MediaSettings, RunRequest
-from bulkinfer.engine.retry import RetryBase, read_manifest
+from bulkinfer.engine.retry import RetryBase, manifest_usage, read_manifest
 from bulkinfer.engine.runner import EngineSettings
 from bulkinfer.errors import BulkinferError, InputError, JobLocked
 from bulkinfer.faults import failpoint
@@ -518,6 +518,14 @@ class Scheduler:
         except BulkinferError as exc:
             await self._end(job, JobStatus.FAILED, message=self._public(job, str(exc)))
             return
+        except Exception as exc:  # a surprise before the job opened: it ends, never left InProgress
+            if _database_outage(exc):
+                log.warning("job %s: the database stopped answering (%s); letting it go", job.job_id, exc)
+                await self._let_go(job)
+                return
+            log.exception("job %s could not be opened", job.job_id)
+            await self._end(job, JobStatus.FAILED, message=self._public(job, f"{type(exc).__name__}: {exc}"))
+            return
         try:  # from here on the job is open: whatever happens, close() releases its lock
             running.job = local
             running.counts.processed = (await asyncio.to_thread(local.committed)).processed
@@ -631,13 +639,14 @@ class Scheduler:
             if folder.is_symlink() or not granted:
                 raise NotGranted(f"{uri}: the outputs of job {base.job_id} may not be read")
         manifest = await asyncio.to_thread(read_manifest, folder) or {}
+        input_tokens, output_tokens, cost = manifest_usage(manifest, base.job_id)
         return RetryBase(
             job_id=base.job_id,
             seed=str(retry["seed"]),
             outputs=str(folder),
-            input_tokens=int(manifest.get("inputTokenCount", 0)),
-            output_tokens=int(manifest.get("outputTokenCount", 0)),
-            estimated_cost_usd=manifest.get("estimatedCostUSD", 0.0),
+            input_tokens=input_tokens,
+            output_tokens=output_tokens,
+            estimated_cost_usd=cost,
         )
 
     def _run_request(self, job: BatchJob, retry_of: RetryBase | None = None) -> RunRequest:

@@ -100,6 +100,8 @@ class BatchService:
 
         Someone else's job is not found; one that has not ended is a conflict. The tenant must still
         be granted the base's input, output (where the base's outputs are read from) and model.
+        Without a client token, a base has one retry job: asking again (a client that timed out, two
+        requests at once) returns it rather than bill the same records twice; retry that one to go on.
         """
         base = self.ended(tenant.name, job_id)
         tenant.check_read(output_uri(base.request), "outputDataConfig.s3OutputDataConfig.s3Uri")
@@ -110,7 +112,8 @@ class BatchService:
         request = {key: value for key, value in base.request.items() if key not in INTERNAL_REQUEST_KEYS}
         name = name or retry_name(base.name)
         request |= {"jobName": name, "retryOf": {"jobId": base.job_id, "seed": seed}}
-        return self.submit(NewJob(tenant, name, base.model_id, client_token, request))
+        token = client_token or f"retry-{base.job_id}"  # the store's unique index: one job per token
+        return self.submit(NewJob(tenant, name, base.model_id, token, request))
 
     def get(self, tenant: str, job_id: str) -> BatchJob:
         return self._visible(tenant, job_id, self._store.get(job_id))

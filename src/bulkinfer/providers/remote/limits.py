@@ -84,6 +84,12 @@ class AdaptiveConcurrency:
             self._waiters.append(waiter)
             try:
                 await waiter
+            except asyncio.CancelledError:
+                # woken, then cancelled before it ran (a stopped job's record): pass the wake-up on,
+                # or another job's call would wait for a slot that is free
+                if waiter.done() and not waiter.cancelled():
+                    self._wake()
+                raise
             finally:
                 if waiter in self._waiters:
                     self._waiters.remove(waiter)

@@ -138,3 +138,27 @@ def test_a_retry_of_a_base_whose_manifest_was_changed_fails_saying_so(deployment
     job = team_a.get_model_invocation_job(jobIdentifier=retried.stdout.splitlines()[0])
     assert job["status"] == "Failed"
     assert "does not hold the token counts and cost a job writes" in job["message"], job["message"]
+
+
+def test_a_retry_given_a_token_another_job_holds_is_a_conflict(deployment: Deployment) -> None:
+    from botocore.credentials import Credentials
+
+    from bulkinfer.cli.remote import Signed
+
+    deployment.put("s3://team-a/in3/in.jsonl", orjson.dumps(anthropic_record("U1", "BAD 1")) + b"\n")
+    team_a = deployment.bedrock(TEAM_A)
+    arn = create(team_a, "tokened", "s3://team-a/in3/in.jsonl", "s3://team-a/out3/", model="flaky")
+    assert wait_status(team_a, arn, {"Completed", "Failed"})["status"] == "Completed"
+    holder = team_a.create_model_invocation_job(
+        jobName="holder",
+        roleArn="arn:aws:iam::123456789012:role/bulkinfer",
+        modelId="flaky",
+        clientRequestToken="taken1",
+        inputDataConfig={"s3InputDataConfig": {"s3Uri": "s3://team-a/in3/in.jsonl"}},
+        outputDataConfig={"s3OutputDataConfig": {"s3Uri": "s3://team-a/out3/"}},
+    )["jobArn"]
+    signed = Signed(Credentials(*TEAM_A), "eu-west-1")
+    url = f"{deployment.server.url}/model-invocation-job/{arn.rsplit('/', 1)[1]}/retry"
+    with pytest.raises(Exception, match="clientRequestToken taken1 was given for job") as refused:
+        signed.send("POST", url, orjson.dumps({"clientRequestToken": "taken1"}))
+    assert holder.rsplit("/", 1)[1] in str(refused.value)

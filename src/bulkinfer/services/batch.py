@@ -113,7 +113,13 @@ class BatchService:
         name = name or retry_name(base.name)
         request |= {"jobName": name, "retryOf": {"jobId": base.job_id, "seed": seed}}
         token = client_token or f"retry-{base.job_id}"  # the store's unique index: one job per token
-        return self.submit(NewJob(tenant, name, base.model_id, token, request))
+        job = self.submit(NewJob(tenant, name, base.model_id, token, request))
+        if job.request.get("retryOf", {}).get("jobId") != base.job_id:  # the token named another job
+            raise JobConflict(
+                f"clientRequestToken {token} was given for job {job.job_id}, which is not a retry of "
+                f"{job_id}: give another token, or none"
+            )
+        return job
 
     def get(self, tenant: str, job_id: str) -> BatchJob:
         return self._visible(tenant, job_id, self._store.get(job_id))

@@ -543,7 +543,7 @@ class Scheduler:
             log.exception("job %s failed", job.job_id)
             await self._end(job, JobStatus.FAILED, message=self._public(job, message))
         finally:
-            await asyncio.to_thread(local.close)
+            await close_job(local)
 
     async def _let_go(self, job: BatchJob) -> None:
         """Give up holding a job so it is taken up again (here or elsewhere) from where it is:
@@ -675,6 +675,23 @@ def _database_outage(exc: BaseException) -> bool:
             return True
         seen = seen.__cause__ or seen.__context__
     return False
+
+
+_closing: set[asyncio.Task[None]] = set()
+"""Closes under way that a cancellation left running (held here so they are not collected)."""
+
+
+async def close_job(job: LocalJob) -> None:
+    """Close a job in a thread, whatever cancels us meanwhile (a fence, repeated; a shutdown).
+
+    A close cancelled while it waited for a free thread (all busy retrying a database that is down)
+    would never run: the job's file lock would stay held by this process, and every replica would find
+    the job "already running" for good. Shielded, the close runs once a thread is free.
+    """
+    closing = asyncio.ensure_future(asyncio.to_thread(job.close))
+    _closing.add(closing)
+    closing.add_done_callback(_closing.discard)
+    await asyncio.shield(closing)
 
 
 async def _open(request: RunRequest) -> LocalJob:

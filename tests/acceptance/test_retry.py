@@ -27,15 +27,23 @@ def _manifest(job_dir: Path) -> dict[str, Any]:
     return manifest
 
 
+def _failed_base(
+    tmp_path: Path, echo_catalog: Callable[..., Path], records: list[dict[str, Any]], **catalog: Any
+) -> tuple[Path, Path]:
+    """A job ``base`` over ``records`` run into ``out`` with a model that fails those holding BAD."""
+    source = write_jsonl(tmp_path / "in.jsonl", records)
+    out = tmp_path / "out"
+    failing = echo_catalog(fail_text="BAD", batch_size=1, **catalog)
+    first = bulkinfer("run", source, "-m", "echo-test", "-o", out, "--job-id", "base", "--models", failing)
+    assert first.returncode == 0, first.stderr
+    return source, out
+
+
 def test_retry_errors_runs_only_the_failures_and_merges_them_into_the_output(
     tmp_path: Path, echo_catalog: Callable[..., Path]
 ) -> None:
     bad = {1, 4, 7}
-    source = write_jsonl(tmp_path / "in.jsonl", _records(10, bad, missing_id=frozenset({2, 4})))
-    out = tmp_path / "out"
-    failing = echo_catalog(fail_text="BAD", batch_size=1)
-    first = bulkinfer("run", source, "-m", "echo-test", "-o", out, "--job-id", "base", "--models", failing)
-    assert first.returncode == 0, first.stderr
+    source, out = _failed_base(tmp_path, echo_catalog, _records(10, bad, missing_id=frozenset({2, 4})))
     base_lines = (out / "base" / "in.jsonl.out").read_bytes().splitlines()
     assert _manifest(out / "base")["errorRecordCount"] == 3
 
@@ -113,11 +121,7 @@ def test_a_killed_retry_resumes_and_repeats_nothing(
 ) -> None:
     total = 400
     bad = set(range(0, total, 2))
-    source = write_jsonl(tmp_path / "in.jsonl", _records(total, bad))
-    out = tmp_path / "out"
-    failing = echo_catalog(fail_text="BAD", batch_size=1, concurrency=4)
-    first = bulkinfer("run", source, "-m", "echo-test", "-o", out, "--job-id", "base", "--models", failing)
-    assert first.returncode == 0, first.stderr
+    source, out = _failed_base(tmp_path, echo_catalog, _records(total, bad), concurrency=4)
 
     log = tmp_path / "ran.log"
     slow = echo_catalog(name="echo-test", invocation_log=str(log), delay_s=0.1, batch_size=5, concurrency=1)
@@ -170,11 +174,7 @@ def test_a_retry_killed_during_its_carry_over_resumes_it(
     tmp_path: Path, echo_catalog: Callable[..., Path]
 ) -> None:
     bad = {0, 5}
-    source = write_jsonl(tmp_path / "in.jsonl", _records(8, bad))
-    out = tmp_path / "out"
-    failing = echo_catalog(fail_text="BAD", batch_size=1)
-    first = bulkinfer("run", source, "-m", "echo-test", "-o", out, "--job-id", "base", "--models", failing)
-    assert first.returncode == 0, first.stderr
+    source, out = _failed_base(tmp_path, echo_catalog, _records(8, bad))
     log = tmp_path / "ran.log"
     healthy = echo_catalog(name="echo-test", invocation_log=str(log), batch_size=1)
     args = [*BULKINFER, "run", str(source), "-o", str(out), "--retry-errors", "--models", str(healthy)]
@@ -196,11 +196,7 @@ def test_a_stopped_retry_is_resumed_by_the_same_command_and_repeats_nothing(
 ) -> None:
     total = 120
     bad = set(range(0, total, 2))
-    source = write_jsonl(tmp_path / "in.jsonl", _records(total, bad))
-    out = tmp_path / "out"
-    failing = echo_catalog(fail_text="BAD", batch_size=1, concurrency=4)
-    first = bulkinfer("run", source, "-m", "echo-test", "-o", out, "--job-id", "base", "--models", failing)
-    assert first.returncode == 0, first.stderr
+    _, out = _failed_base(tmp_path, echo_catalog, _records(total, bad), concurrency=4)
 
     log = tmp_path / "ran.log"
     slow = echo_catalog(name="echo-test", invocation_log=str(log), delay_s=0.1, batch_size=2, concurrency=1)
@@ -228,11 +224,7 @@ def test_a_retry_that_failed_before_its_carry_over_ended_is_not_taken_as_the_bas
     tmp_path: Path, echo_catalog: Callable[..., Path]
 ) -> None:
     bad = {0, 5}
-    source = write_jsonl(tmp_path / "in.jsonl", _records(8, bad))
-    out = tmp_path / "out"
-    failing = echo_catalog(fail_text="BAD", batch_size=1)
-    first = bulkinfer("run", source, "-m", "echo-test", "-o", out, "--job-id", "base", "--models", failing)
-    assert first.returncode == 0, first.stderr
+    source, out = _failed_base(tmp_path, echo_catalog, _records(8, bad))
     log = tmp_path / "ran.log"
     healthy = echo_catalog(name="echo-test", invocation_log=str(log), batch_size=1)
     args = [*BULKINFER, "run", str(source), "-o", str(out), "--retry-errors", "--models", str(healthy)]

@@ -36,8 +36,8 @@ from bulkinfer.cli.retry import retry_request
 from bulkinfer.cli.summary import print_catalog, print_dry_run, print_jobs, print_report
 from bulkinfer.dialects.registry import get_dialect
 from bulkinfer.domain.job import TRANSITIONS, JobStatus
-from bulkinfer.engine.finalize import merged_lines
-from bulkinfer.engine.job import MANIFEST_NAME, STATE_DIR, LocalJob, MediaSettings, RunRequest
+from bulkinfer.engine.finalize import MANIFEST_NAME, merged_lines
+from bulkinfer.engine.job import STATE_DIR, LocalJob, MediaSettings, RunRequest
 from bulkinfer.engine.runner import EngineSettings
 from bulkinfer.engine.validate import check_fit, check_inputs, check_some_valid, dry_run
 from bulkinfer.errors import BulkinferError, UserError

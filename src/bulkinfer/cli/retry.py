@@ -8,16 +8,13 @@ same command then resumes it. What could not run is refused before a job exists.
 
 from __future__ import annotations
 
-import contextlib
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-import orjson
-
 from bulkinfer.domain.job import JobStatus
-from bulkinfer.engine.job import MANIFEST_NAME, STATE_DIR, RunRequest
-from bulkinfer.engine.retry import RetryBase, manifest_usage
+from bulkinfer.engine.job import STATE_DIR, RunRequest
+from bulkinfer.engine.retry import RetryBase, manifest_usage, read_manifest
 from bulkinfer.errors import BulkinferError, UserError
 from bulkinfer.providers.catalog import Catalog
 from bulkinfer.store.state import JobRecord, StateStore
@@ -40,7 +37,7 @@ def retry_request(request: RunRequest, store: StateStore, base_id: str | None) -
     """``request`` made the retry job of ``base_id``, or of the newest finished job over its input."""
     base = _named_base(store, base_id) if base_id else _latest_base(store, request.input)
     seed = _seed(base)
-    manifest = _manifest(request.output / base.job_id)
+    manifest = read_manifest(request.output / base.job_id)
     _check_something_left(base, manifest, store)
     input_tokens, output_tokens, cost = _base_usage(base, manifest, store, request.catalog_file)
     retry_of = RetryBase(
@@ -97,13 +94,6 @@ def _holding_results(store: StateStore, job: JobRecord) -> JobRecord:
 def _seed(base: JobRecord) -> str:
     retried = base.options.get("retry")
     return str(retried["seed"]) if retried else base.job_id
-
-
-def _manifest(job_dir: Path) -> dict[str, Any] | None:
-    with contextlib.suppress(FileNotFoundError, orjson.JSONDecodeError):
-        manifest = orjson.loads((job_dir / MANIFEST_NAME).read_bytes())
-        return manifest if isinstance(manifest, dict) else None
-    return None
 
 
 def _check_something_left(base: JobRecord, manifest: dict[str, Any] | None, store: StateStore) -> None:

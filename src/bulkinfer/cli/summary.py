@@ -7,7 +7,8 @@ from rich.table import Table
 from rich.text import Text
 
 from bulkinfer.domain.job import Counts
-from bulkinfer.engine.job import MANIFEST_NAME, JobReport
+from bulkinfer.engine.finalize import MANIFEST_NAME
+from bulkinfer.engine.job import JobReport
 from bulkinfer.engine.validate import DryRunReport
 from bulkinfer.formats.manifest import iso
 from bulkinfer.providers.catalog import Catalog, ModelSpec

@@ -16,6 +16,7 @@ from bulkinfer.storage.files import write_durably
 from bulkinfer.store.state import ChunkRecord
 
 _ERROR_MARK = b'"error":{'
+MANIFEST_NAME = "manifest.json.out"
 
 
 class IncompleteOutput(BulkinferError):

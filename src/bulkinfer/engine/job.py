@@ -20,9 +20,9 @@ from bulkinfer.dialects.registry import get_dialect
 from bulkinfer.domain.job import TRANSITIONS, Counts, JobStatus, can_transition, new_job_id
 from bulkinfer.domain.tenant import Grants
 from bulkinfer.engine.committer import Committer, rebuild_chunks
-from bulkinfer.engine.finalize import write_output
+from bulkinfer.engine.finalize import MANIFEST_NAME, write_output
 from bulkinfer.engine.progress import ProgressSink
-from bulkinfer.engine.retry import RetryBase, carry_over
+from bulkinfer.engine.retry import RetryBase, carry_over, read_manifest
 from bulkinfer.engine.runner import EngineSettings, RecordPipeline
 from bulkinfer.errors import BulkinferError, InputError, JobConflictError, JobLocked, UserError
 from bulkinfer.faults import failpoint
@@ -47,7 +47,6 @@ if TYPE_CHECKING:  # the media package (httpx, Pillow) loads only when a job run
     from bulkinfer.media import MediaPolicy, MediaResolver, ObjectGet
 
 STATE_DIR = ".bulkinfer"
-MANIFEST_NAME = "manifest.json.out"
 PAUSE_CHECK_S = 0.5
 
 log = logging.getLogger(__name__)
@@ -292,9 +291,9 @@ class LocalJob:
         service (``keep_partial``) also once its stop was written: Stopped, with a manifest that says so.
         """
         if not TRANSITIONS[job.status]:
-            return True, self._read_manifest()
+            return True, read_manifest(self.output_dir)
         if self.request.keep_partial and job.status == JobStatus.STOPPED:
-            manifest = self._read_manifest()
+            manifest = read_manifest(self.output_dir)
             if manifest is not None and manifest.get("status") == job.status.value:
                 return True, manifest
         return False, None
@@ -586,14 +585,6 @@ class LocalJob:
         failpoint("output-written")
         shutil.rmtree(chunk_dir, ignore_errors=True)  # if a kill stops this, the next open finishes it
         return self.report(manifest)
-
-    def _read_manifest(self) -> dict[str, Any] | None:
-        path = self.output_dir / MANIFEST_NAME
-        try:
-            manifest = orjson.loads(path.read_bytes())
-        except (FileNotFoundError, orjson.JSONDecodeError):
-            return None
-        return manifest if isinstance(manifest, dict) else None
 
     def report(self, manifest: dict[str, Any] | None = None) -> JobReport:
         if manifest is not None:

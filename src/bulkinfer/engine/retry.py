@@ -26,7 +26,7 @@ import orjson
 from bulkinfer.domain.job import Counts
 from bulkinfer.domain.lineset import LineSet
 from bulkinfer.engine.committer import Committer, Finished
-from bulkinfer.engine.finalize import merged_lines
+from bulkinfer.engine.finalize import MANIFEST_NAME, merged_lines
 from bulkinfer.engine.runner import EngineSettings
 from bulkinfer.errors import InputError
 from bulkinfer.faults import failpoint
@@ -35,7 +35,6 @@ from bulkinfer.formats.jsonl import split_lines
 from bulkinfer.storage.files import InputFile, read_blocks
 from bulkinfer.store.state import ChunkRecord, StateStore
 
-MANIFEST_NAME = "manifest.json.out"
 OUTPUT_LINE_FACTOR = 4
 """An output line holds its input line and the answer: lines up to this many times the input limit."""
 

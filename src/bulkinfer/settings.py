@@ -25,6 +25,17 @@ class ServerSettings(BaseSettings):
     access_keys: str | None = Field(
         None, description="KEY:SECRET pairs, comma-separated: each key is a tenant; requests must be signed."
     )
+    api_keys_env: str | None = Field(
+        None,
+        pattern=r"^[A-Z_][A-Z0-9_]*$",
+        description="Environment variable holding API keys (comma-separated) for the openai and "
+        "anthropic SDKs; with --access-keys, the same tenant.",
+    )
+    files_bucket: str = Field(
+        "bulkinfer-files",
+        pattern=r"^[a-z0-9][-.a-z0-9]{1,61}[a-z0-9]$",
+        description="Bucket holding uploaded files and API batches' outputs, a folder per tenant.",
+    )
     tenants: Path | None = Field(
         None, description="TOML file of tenants: their access keys, granted s3:// prefixes, models, limits."
     )

@@ -15,7 +15,7 @@ from bulkinfer.api.auth import DOCS_PATHS, Authenticator, Gate, parse_keys
 from bulkinfer.api.bedrock.routes import router as bedrock_router
 from bulkinfer.api.runtime.routes import router as runtime_router
 from bulkinfer.api.tenants import check_models, load_tenants, open_tenants, single_tenant
-from bulkinfer.domain.tenant import Tenant, Tenants
+from bulkinfer.domain.tenant import Tenant, Tenants, with_own_areas
 from bulkinfer.engine.job import MediaSettings
 from bulkinfer.errors import ConfigError, UserError
 from bulkinfer.providers.catalog import Catalog
@@ -51,17 +51,19 @@ class CountRequests:
 
 def tenants_of(settings: ServerSettings) -> Tenants:
     """Who may call: the tenants file, the one tenant of ``--access-keys``, or anyone (development)."""
-    given = [settings.insecure_dev, settings.tenants is not None, settings.access_keys is not None]
+    single = settings.access_keys is not None or settings.api_keys_env is not None
+    given = [settings.insecure_dev, settings.tenants is not None, single]
     if sum(given) != 1:
         raise ConfigError(
-            "give exactly one of --tenants FILE, --access-keys KEY:SECRET,... or --insecure-dev"
+            "give exactly one of --tenants FILE, --access-keys KEY:SECRET,... (and/or --api-keys-env VAR) "
+            "or --insecure-dev"
         )
     if settings.insecure_dev:
         return open_tenants()
     if settings.tenants is not None:
-        return load_tenants(settings.tenants)
+        return with_own_areas(load_tenants(settings.tenants), settings.files_bucket)
     try:
-        return single_tenant(parse_keys(settings.access_keys))
+        return single_tenant(parse_keys(settings.access_keys), settings.api_keys_env)
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
 

@@ -24,7 +24,7 @@ import hashlib
 import hmac
 import re
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -34,7 +34,7 @@ from botocore.credentials import Credentials
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from bulkinfer.domain.tenant import Tenant, Tenants
+from bulkinfer.domain.tenant import ANONYMOUS, Tenant, Tenants
 from bulkinfer.errors import BulkinferError
 
 _AUTHORIZATION = re.compile(
@@ -53,6 +53,9 @@ BODY_IDLE_S = 10
 """Longest a body may stop coming before it is refused."""
 FREE_BODY_BYTES = 64 * 1024
 """Of each body, what the budget for bodies in memory does not count (see `BodyBudget`)."""
+MAX_API_KEY = 512
+API_KEY_PREFIX = "/v1/"
+"""The OpenAI and Anthropic routes, whose clients send API keys rather than signatures."""
 DOCS_PATHS = frozenset({"/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json"})
 
 
@@ -97,13 +100,11 @@ class Authenticator:
         return self._tenants.open
 
     def claim(self, headers: Headers, path: str) -> _Claim | Caller:
-        """The caller an Authorization header claims to be; a `Caller` at once where nothing is checked
-        (development mode). Raises `AuthFailed` without reading the body."""
+        """The caller an Authorization header claims to be; a `Caller` at once where nothing more is
+        checked (an API key, or development mode). Raises `AuthFailed` without reading the body."""
         match = _AUTHORIZATION.fullmatch(headers.get("authorization", "").strip())
         if match is None:
-            if self._tenants.open:
-                return Caller(Tenant("anonymous"), self._region)
-            raise AuthFailed("MissingAuthenticationTokenException", "Request is missing a SigV4 signature")
+            return self._by_api_key(headers, path)
         if len(match["key"]) > MAX_KEY_ID:  # AWS's own bound, and the store's for a tenant name
             raise AuthFailed(*_INVALID_TOKEN)
         found = self._tenants.for_key(match["key"])
@@ -139,6 +140,31 @@ class Authenticator:
             )
         _check_clock(headers.get("x-amz-date", ""))
         return Caller(claim.tenant, claim.region)
+
+
+    def _by_api_key(self, headers: Headers, path: str) -> Caller:
+        """The caller of a request without a signature: its API key's tenant (``X-Api-Key``, else
+        ``Authorization: Bearer``)."""
+        key = headers.get("x-api-key") or _bearer(headers.get("authorization", ""))
+        if key:
+            tenant = self._tenants.for_api_key(key) if len(key) <= MAX_API_KEY else None
+            if tenant is None:
+                raise AuthFailed("UnrecognizedClientException", "Incorrect API key provided", 401)
+            return Caller(tenant, self._region)
+        if self._tenants.open:
+            return Caller(Tenant(ANONYMOUS), self._region)
+        if path.startswith(API_KEY_PREFIX):
+            raise AuthFailed(
+                "MissingAuthenticationTokenException",
+                "No API key provided: send it as 'Authorization: Bearer KEY' or 'X-Api-Key: KEY'",
+                401,
+            )
+        raise AuthFailed("MissingAuthenticationTokenException", "Request is missing a SigV4 signature")
+
+
+def _bearer(authorization: str) -> str:
+    scheme, _, token = authorization.strip().partition(" ")
+    return token.strip() if scheme.lower() == "bearer" else ""
 
 
 def _check_service(service: str, path: str) -> None:
@@ -238,8 +264,10 @@ class Gate:
         respond: Callable[[AuthFailed], ASGIApp],
         public: frozenset[str] = frozenset(),
         max_buffered: int | None = None,
+        streamed: Mapping[tuple[str, str], int] | None = None,
     ) -> None:
         self._app = app
+        self._streamed = dict(streamed or {})
         self._auth = auth
         self._max_body = max_body
         self._budget = BodyBudget(max_buffered or 2 * max_body, per_key=max_body)
@@ -264,10 +292,18 @@ class Gate:
     async def _admit(self, scope: Scope, receive: Receive, held: _Held) -> Receive:
         headers = Headers(scope=scope)
         length = headers.get("content-length", "")
-        if length.isdigit() and int(length) > self._max_body:
-            raise BodyTooLarge(self._max_body)
+        stream_cap = self._streamed.get((scope["method"], scope["path"]))
+        if length.isdigit() and int(length) > max(self._max_body, stream_cap or 0):
+            raise BodyTooLarge(max(self._max_body, stream_cap or 0))
         public = scope["path"] in self._public
         claim = None if public else self._auth.claim(headers, scope["path"])
+        if isinstance(claim, Caller) and stream_cap is not None:
+            # no signature to check over the body: it goes to the route as it comes (an upload, spooled
+            # to disk there), never whole in memory, cut off past the cap
+            scope.setdefault("state", {})["caller"] = claim
+            return _capped(receive, stream_cap)
+        if length.isdigit() and int(length) > self._max_body:
+            raise BodyTooLarge(self._max_body)
         held.key = claim.key if isinstance(claim, _Claim) else claim.tenant.name if claim else "-"
         try:
             async with asyncio.timeout(BODY_TIMEOUT_S):  # a body trickled in holds its connection no longer
@@ -301,6 +337,28 @@ async def _read_body(receive: Receive, limit: int, held: _Held) -> bytes:
         if not message.get("more_body", False):
             break
     return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
+def _capped(receive: Receive, limit: int) -> Receive:
+    """A ``receive`` that passes the body on, ending the request once more than ``limit`` bytes came
+    (the route reading it sees a disconnect and answers nothing more)."""
+    size = 0
+
+    async def capped() -> Message:
+        nonlocal size
+        try:
+            async with asyncio.timeout(BODY_IDLE_S):  # a stalled upload holds its connection no longer
+                message = await receive()
+        except TimeoutError:
+            raise AuthFailed(
+                "RequestTimeoutException", f"the request body stopped coming for {BODY_IDLE_S} s", 408
+            ) from None
+        size += len(message.get("body", b""))
+        if size > limit:
+            raise BodyTooLarge(limit)
+        return message
+
+    return capped
 
 
 def _replay(body: bytes, receive: Receive) -> Receive:

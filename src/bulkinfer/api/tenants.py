@@ -4,12 +4,15 @@ The file is TOML, one table per tenant::
 
     [tenants.team-a]
     access_keys = { AKIDTEAMA = "TEAM_A_SECRET" }  # key id = the environment variable holding its secret
+    api_keys_env = "TEAM_A_API_KEYS"  # the variable holding its API keys (OpenAI/Anthropic), comma-separated
     grants = ["s3://team-a/", "s3://shared/team-a/"]
     read_only = ["s3://reference-data/"]
     models = ["*"]
     max_active_jobs = 20
 
 Secrets never appear in the file or on the command line: each key names the variable that holds it.
+A tenant has access keys (SigV4, for boto3), API keys (Bearer or X-Api-Key, for the openai and anthropic
+SDKs), or both; each is the same tenant with the same grants, models and limits.
 """
 
 from __future__ import annotations
@@ -22,7 +25,15 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from bulkinfer.domain.tenant import ALL_GRANTED, Grants, Tenant, Tenants, normalized_grant
 from bulkinfer.errors import ConfigError
@@ -40,7 +51,8 @@ Name = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,6
 class TenantEntry(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    access_keys: dict[str, str] = Field(min_length=1)
+    access_keys: dict[str, str] = {}
+    api_keys_env: Annotated[str, StringConstraints(pattern=_VARIABLE.pattern)] | None = None
     grants: list[str] = []
     read_only: list[str] = []
     models: list[str] = ["*"]
@@ -50,6 +62,12 @@ class TenantEntry(BaseModel):
     @classmethod
     def _prefixes(cls, prefixes: list[str]) -> list[str]:
         return [normalized_grant(p) for p in prefixes]
+
+    @model_validator(mode="after")
+    def _some_key(self) -> TenantEntry:
+        if not self.access_keys and self.api_keys_env is None:
+            raise ValueError("give access_keys, api_keys_env or both: a tenant no key belongs to is no one")
+        return self
 
     @field_validator("access_keys")
     @classmethod
@@ -89,6 +107,7 @@ def load_tenants(path: Path, environ: Mapping[str, str] | None = None) -> Tenant
         raise ConfigError(f"{path}: {where}: {detail}") from exc
     by_name: dict[str, Tenant] = {}
     keys: dict[str, tuple[str, str]] = {}
+    api_keys: dict[str, str] = {}
     for name, entry in parsed.tenants.items():
         by_name[name] = Tenant(
             name,
@@ -106,7 +125,33 @@ def load_tenants(path: Path, environ: Mapping[str, str] | None = None) -> Tenant
                     "holds its secret is not set (export it before starting the server)"
                 )
             keys[key] = (name, secret)
-    return Tenants(by_name, keys)
+        if entry.api_keys_env is not None:
+            _add_api_keys(api_keys, name, entry.api_keys_env, env, f"{path}: tenants.{name}.api_keys_env")
+    return Tenants(by_name, keys, api_keys=api_keys)
+
+
+MIN_API_KEY = 16
+"""Shortest API key taken: anything shorter could be guessed."""
+
+
+def _add_api_keys(
+    found: dict[str, str], tenant: str, variable: str, env: Mapping[str, str], where: str
+) -> None:
+    """The tenant's API keys, from the comma-separated list in ``variable``."""
+    keys = [k.strip() for k in env.get(variable, "").split(",") if k.strip()]
+    if not keys:
+        raise ConfigError(
+            f"{where}: the environment variable {variable} that holds its API keys is not set or empty "
+            "(export it before starting the server)"
+        )
+    for number, key in enumerate(keys, 1):
+        if len(key) < MIN_API_KEY or not key.isprintable() or " " in key:
+            raise ConfigError(
+                f"{where}: API key {number} in {variable} is not {MIN_API_KEY}+ printable characters"
+            )
+        if key in found:
+            raise ConfigError(f"{where}: API key {number} in {variable} also belongs to {found[key]}")
+        found[key] = tenant
 
 
 def check_models(tenants: Tenants, known: Iterable[str]) -> None:
@@ -121,12 +166,17 @@ def check_models(tenants: Tenants, known: Iterable[str]) -> None:
                 )
 
 
-def single_tenant(keys: Mapping[str, str]) -> Tenants:
-    """``--access-keys``: every key is the one tenant ``default``, granted everything."""
-    if not keys:
+def single_tenant(keys: Mapping[str, str], api_keys_env: str | None = None) -> Tenants:
+    """``--access-keys``: every key is the one tenant ``default``, granted everything; so is every API
+    key in the variable ``api_keys_env`` names (``--api-keys-env``)."""
+    if not keys and api_keys_env is None:
         raise ConfigError("--access-keys holds no KEY:SECRET pair")
     tenant = Tenant(SINGLE_TENANT, ALL_GRANTED)
-    return Tenants({SINGLE_TENANT: tenant}, {key: (SINGLE_TENANT, secret) for key, secret in keys.items()})
+    api_keys: dict[str, str] = {}
+    if api_keys_env is not None:
+        _add_api_keys(api_keys, SINGLE_TENANT, api_keys_env, os.environ, "--api-keys-env")
+    access = {key: (SINGLE_TENANT, secret) for key, secret in keys.items()}
+    return Tenants({SINGLE_TENANT: tenant}, access, api_keys=api_keys)
 
 
 def open_tenants() -> Tenants:

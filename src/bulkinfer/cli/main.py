@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Annotated, NoReturn
 
 import orjson
 import typer
+from pydantic import ValidationError
 from rich.console import Console
 from rich.text import Text
 
@@ -496,6 +497,14 @@ def serve(
             "secrets off the command line).",
         ),
     ] = None,
+    api_keys_env: Annotated[
+        str | None,
+        typer.Option(
+            envvar="BULKINFER_API_KEYS_ENV",
+            help="Name of the environment variable holding API keys (comma-separated) for the openai and "
+            "anthropic SDKs: one team, granted everything (with --access-keys, the same team).",
+        ),
+    ] = None,
     tenants: Annotated[
         Path | None,
         typer.Option(
@@ -541,7 +550,8 @@ def serve(
         bool, typer.Option(envvar="BULKINFER_DOCS", help="Serve /docs and /openapi.json (unauthenticated).")
     ] = False,
 ) -> None:
-    """Serve the Bedrock batch API (boto3's `bedrock` client with endpoint_url) and run its jobs."""
+    """Serve the Bedrock, OpenAI and Anthropic batch APIs (boto3, openai and anthropic SDKs with their
+    endpoint or base URL) and run their jobs."""
     try:
         import uvicorn
 
@@ -550,25 +560,30 @@ def serve(
     except ImportError as exc:
         _error(f"{exc.name} is missing: pip install 'bulkinfer[serve]'")
         raise typer.Exit(EXIT_USAGE) from None
-    settings = ServerSettings(
-        host=host,
-        port=port,
-        data_dir=data_dir,
-        database_url=database_url,
-        models=models,
-        s3_endpoint_url=s3_endpoint_url,
-        jobs_per_model=jobs_per_model,
-        insecure_dev=insecure_dev,
-        access_keys=access_keys,
-        tenants=tenants,
-        watch=watch,
-        watch_model=watch_model,
-        watch_tenant=watch_tenant,
-        lease_seconds=lease_seconds,
-        outage_seconds=outage_seconds,
-        max_request_bytes=max_request_bytes,
-        docs=docs,
-    )
+    try:
+        settings = ServerSettings(
+            host=host,
+            port=port,
+            data_dir=data_dir,
+            database_url=database_url,
+            models=models,
+            s3_endpoint_url=s3_endpoint_url,
+            jobs_per_model=jobs_per_model,
+            insecure_dev=insecure_dev,
+            access_keys=access_keys,
+            api_keys_env=api_keys_env,
+            tenants=tenants,
+            watch=watch,
+            watch_model=watch_model,
+            watch_tenant=watch_tenant,
+            lease_seconds=lease_seconds,
+            outage_seconds=outage_seconds,
+            max_request_bytes=max_request_bytes,
+            docs=docs,
+        )
+    except ValidationError as exc:  # (an option typer cannot check by its type alone)
+        first = exc.errors()[0]
+        _usage(f"--{str(first['loc'][0]).replace('_', '-')}: {first['msg']}")
     if (watch is None) != (watch_model is None):
         _error("--watch and --watch-model go together")
         raise typer.Exit(EXIT_USAGE)
@@ -602,7 +617,7 @@ def _callers(settings: ServerSettings) -> Tenants:
     given = {
         "--insecure-dev": settings.insecure_dev,
         "--tenants": settings.tenants is not None,
-        "--access-keys": settings.access_keys is not None,
+        "--access-keys": settings.access_keys is not None or settings.api_keys_env is not None,
     }
     chosen = [flag for flag, on in given.items() if on]
     if not chosen:
@@ -622,7 +637,8 @@ def _callers(settings: ServerSettings) -> Tenants:
     elif settings.tenants is None:
         where = "on the S3 endpoint" if settings.s3_endpoint_url else "under the data dir"
         err.print(
-            f"--access-keys: {len(tenants.keys)} key(s) form one tenant, granted every bucket {where}; "
+            f"--access-keys: {len(tenants.keys) + len(tenants.api_keys)} key(s) form one tenant, granted "
+            f"every bucket {where}; "
             "several teams need --tenants FILE",
             highlight=False,
         )

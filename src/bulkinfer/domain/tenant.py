@@ -14,10 +14,14 @@ from __future__ import annotations
 import fnmatch
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from bulkinfer.errors import UserError
 
+ANONYMOUS = "anonymous"
+"""Development mode's tenant for a request without a key."""
+_KEY_ID = re.compile(r"[A-Za-z0-9_+=,.@-]{1,128}")
+"""What an access key id may be."""
 EVERYTHING = "s3://"
 """A grant of every bucket."""
 
@@ -118,6 +122,8 @@ class Tenants:
     keys: Mapping[str, tuple[str, str]] = field(default_factory=dict)
     """Access key id to (tenant name, secret)."""
     open: bool = False
+    api_keys: Mapping[str, str] = field(default_factory=dict)
+    """API key (sent as ``Authorization: Bearer`` or ``X-Api-Key``) to tenant name."""
 
     def for_key(self, key_id: str) -> tuple[Tenant, str] | None:
         """The tenant an access key belongs to and the key's secret; None for a key not known."""
@@ -127,6 +133,17 @@ class Tenants:
         name, secret = found
         return self.by_name[name], secret
 
+    def for_api_key(self, api_key: str) -> Tenant | None:
+        """The tenant an API key belongs to; None for a key not known. In development mode any key is
+        accepted: one that could be an access key id is the tenant that key id is (so one person's
+        boto3 and openai clients see the same jobs), any other is ``anonymous``."""
+        name = self.api_keys.get(api_key)
+        if name is not None:
+            return self.by_name[name]
+        if not self.open:
+            return None
+        return Tenant(api_key if _KEY_ID.fullmatch(api_key) else ANONYMOUS)
+
     def get(self, name: str) -> Tenant:
         """A tenant by name; one no longer configured is granted nothing (its jobs read and write
         nothing more)."""
@@ -134,3 +151,20 @@ class Tenants:
         if tenant is not None:
             return tenant
         return Tenant(name) if self.open else Tenant(name, Grants(), models=())
+
+
+def own_area(bucket: str, tenant: str) -> str:
+    """The folder of the server's files bucket that is the tenant's own: where the files it uploads
+    through the OpenAI Files API, and its batches' outputs, are kept."""
+    return f"s3://{bucket}/{tenant}/"
+
+
+def with_own_areas(tenants: Tenants, bucket: str) -> Tenants:
+    """Each tenant granted, besides its grants, its own folder of the server's files bucket."""
+    if tenants.open:
+        return tenants
+    by_name = {
+        name: replace(t, grants=replace(t.grants, read_write=(*t.grants.read_write, own_area(bucket, name))))
+        for name, t in tenants.by_name.items()
+    }
+    return replace(tenants, by_name=by_name)

@@ -76,6 +76,10 @@ class BatchJob:
     processed: int | None = None
     success: int | None = None
     errors: int | None = None
+    api: str = "bedrock"
+    """The API that made the job: ``bedrock``, ``openai`` or ``anthropic``."""
+    details: dict[str, Any] | None = None
+    """What that API keeps beside Bedrock's fields (an OpenAI batch's validation errors, say)."""
 
 
 class TooManyActiveJobs(UserError):
@@ -92,6 +96,8 @@ class _Create:
 @dataclass(frozen=True, slots=True)
 class JobFilter:
     tenant: str
+    api: str | None = None
+    """Only the jobs one API made (None: every API's)."""
     status: JobStatus | None = None
     name_contains: str | None = None
     submitted_after: float | None = None
@@ -282,6 +288,8 @@ class BatchJobStore:
     def find(self, wanted: JobFilter, offset: int = 0, limit: int | None = None) -> list[BatchJob]:
         c = batch_jobs.c
         query = select(batch_jobs).where(c.tenant == wanted.tenant)
+        if wanted.api is not None:
+            query = query.where(c.api == wanted.api)
         if wanted.status is not None:
             query = query.where(c.status == wanted.status.value)
         if wanted.name_contains:
@@ -553,6 +561,8 @@ def _columns(changes: dict[str, Any]) -> dict[str, Any]:
     values = dict(changes)
     if "request" in values:
         values["request"] = orjson.dumps(values["request"]).decode()
+    if values.get("details") is not None:
+        values["details"] = orjson.dumps(values["details"]).decode()
     if isinstance(values.get("status"), JobStatus):
         values["status"] = values["status"].value
     return values
@@ -579,6 +589,8 @@ def _row(job: BatchJob) -> dict[str, Any]:
         "processed": job.processed,
         "success": job.success,
         "errors": job.errors,
+        "api": job.api,
+        "details": None if job.details is None else orjson.dumps(job.details).decode(),
     }
 
 
@@ -587,4 +599,6 @@ def _job(row: Any) -> BatchJob:
     values.pop("keyed_by_access_key", None)
     values["status"] = JobStatus(values["status"])
     values["request"] = orjson.loads(values["request"])
+    if values.get("details") is not None:
+        values["details"] = orjson.loads(values["details"])
     return BatchJob(**values)

@@ -77,6 +77,26 @@ batch_jobs = Table(
     Column("errors", BigInteger),
     # A job from before tenants, whose tenant is the access key id that made it (see rename_tenants).
     Column("keyed_by_access_key", Boolean, nullable=False, server_default=false()),
+    # Which API made the job (bedrock, openai, anthropic): each lists and shows its own jobs.
+    Column("api", String(16), nullable=False, server_default="bedrock"),
+    # What an API keeps beside Bedrock's fields (JSON): an OpenAI batch's validation errors, say.
+    Column("details", Text),
     # One job per token and tenant (NULL tokens are distinct): concurrent creates with one token make one.
     Index("uq_batch_jobs_tenant_token", "tenant", "client_token", unique=True),
+    Index("ix_batch_jobs_tenant_api", "tenant", "api", "submit_time"),
+)
+
+# Files uploaded through the OpenAI Files API (their bytes live in the files bucket, at ``uri``).
+files = Table(
+    "files",
+    metadata,
+    Column("file_id", String(64), primary_key=True),
+    Column("tenant", String(128), nullable=False),
+    Column("filename", Text, nullable=False),
+    Column("purpose", String(32), nullable=False),
+    Column("bytes", BigInteger, nullable=False),
+    Column("created_at", Float, nullable=False),
+    Column("expires_at", Float, index=True),
+    Column("uri", Text, nullable=False),
+    Index("ix_files_tenant_created", "tenant", "created_at"),
 )

@@ -141,7 +141,6 @@ class Authenticator:
         _check_clock(headers.get("x-amz-date", ""))
         return Caller(claim.tenant, claim.region)
 
-
     def _by_api_key(self, headers: Headers, path: str) -> Caller:
         """The caller of a request without a signature: its API key's tenant (``X-Api-Key``, else
         ``Authorization: Bearer``)."""

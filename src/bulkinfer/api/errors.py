@@ -73,11 +73,15 @@ def error_response(
     if api == OPENAI:
         kind = _OPENAI_TYPES.get(status, "server_error")
         openai_code = "invalid_api_key" if status == 401 else None
-        body = {"error": {"message": message, "type": kind, "param": param, "code": openai_code}}
-        return JSONResponse(body, status_code=status, headers={"x-request-id": request_id})
+        error = {"message": message, "type": kind, "param": param, "code": openai_code}
+        return JSONResponse({"error": error}, status_code=status, headers={"x-request-id": request_id})
     if api == ANTHROPIC:
         kind = _ANTHROPIC_TYPES.get(status, "api_error")
-        body = {"type": "error", "error": {"type": kind, "message": message}, "request_id": request_id}
+        body = {
+            "type": "error",
+            "error": {"type": kind, "message": message},
+            "request_id": request_id,
+        }
         return JSONResponse(body, status_code=status, headers={"request-id": request_id})
     return JSONResponse(
         {"message": message, "__type": code},

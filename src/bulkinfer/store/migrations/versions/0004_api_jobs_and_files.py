@@ -22,9 +22,7 @@ def upgrade() -> None:
     # (A database adopted from before migrations got today's tables from create_all: they are there.)
     columns = {c["name"] for c in sa.inspect(conn).get_columns("batch_jobs")}
     if "api" not in columns:
-        op.add_column(
-            "batch_jobs", sa.Column("api", sa.String(16), nullable=False, server_default="bedrock")
-        )
+        op.add_column("batch_jobs", sa.Column("api", sa.String(16), nullable=False, server_default="bedrock"))
     if "details" not in columns:
         op.add_column("batch_jobs", sa.Column("details", sa.Text(), nullable=True))
     op.create_index(

@@ -175,7 +175,10 @@ def test_an_input_no_record_of_which_could_run_is_refused_before_a_job_exists(
     source = tmp_path / "in.jsonl"
     source.write_bytes(content)
     out = tmp_path / "out"
-    result = invoke("run", source, "--model", "echo", "--output", out, *(["--dry-run"] if dry else []))
+    bedrock = ["--format", "bedrock"] if case in ("openai", "anthropic") else []  # else: read as such
+    result = invoke(
+        "run", source, "--model", "echo", "--output", out, *bedrock, *(["--dry-run"] if dry else [])
+    )
     assert result.exit_code == 2, result.output
     assert result.stderr.startswith(said), result.stderr
     assert not out.exists()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import enum
 import gc
 import itertools
 import os
@@ -40,10 +41,11 @@ from bulkinfer.domain.job import TRANSITIONS, JobStatus
 from bulkinfer.engine.finalize import MANIFEST_NAME, merged_lines
 from bulkinfer.engine.job import STATE_DIR, LocalJob, MediaSettings, RunRequest
 from bulkinfer.engine.runner import EngineSettings
-from bulkinfer.engine.validate import check_fit, check_inputs, check_some_valid, dry_run
+from bulkinfer.engine.validate import check_fit, check_inputs, check_some_valid, dry_run, format_of_files
 from bulkinfer.errors import BulkinferError, UserError
 from bulkinfer.formats.bedrock import output_text
 from bulkinfer.formats.jsonl import Line, OversizeLine, split_lines
+from bulkinfer.formats.records import get_format
 from bulkinfer.providers.catalog import Catalog
 from bulkinfer.providers.extras import require_client, require_model
 from bulkinfer.storage.files import list_inputs, read_blocks
@@ -92,6 +94,12 @@ ModelsOption = Annotated[
 ]
 
 
+class RecordFormatName(enum.StrEnum):
+    bedrock = "bedrock"
+    openai = "openai"
+    anthropic = "anthropic"
+
+
 @app.command(cls=Command)
 def run(
     input: Annotated[Path, typer.Argument(help="A .jsonl file or a folder of them.")],
@@ -120,6 +128,15 @@ def run(
     dialect: Annotated[
         str | None, typer.Option("--dialect", help="Read every modelInput in this dialect (default: detect).")
     ] = None,
+    record_format: Annotated[
+        RecordFormatName | None,
+        typer.Option(
+            "--format",
+            help="The input lines' format: bedrock {recordId, modelInput}, openai {custom_id, method, url, "
+            "body} (OpenAI Batch API, vllm run-batch; writes output and error files) or anthropic "
+            "{custom_id, params} (default: found from the first line).",
+        ),
+    ] = None,
     dry: Annotated[bool, typer.Option("--dry-run", help="Validate and count; run nothing.")] = False,
     allow_fetch: Annotated[
         list[str] | None,
@@ -134,6 +151,8 @@ def run(
     """Run a batch job to completion (or resume one)."""
     media = MediaSettings(fetch_allow=tuple(allow_fetch or ()), s3_endpoint_url=s3_endpoint_url)
     request = RunRequest(input, model or "", output, job_id, models, dialect, media=media)
+    if record_format is not None:
+        request = replace(request, record_format=record_format.value)
     with _reported("job failed"), _rerun_named(request):
         if resume and retry_errors:
             raise UserError("--resume and --retry-errors cannot be used together: choose one")
@@ -142,7 +161,7 @@ def run(
         if retry_errors:  # first: the model to check may be the base job's
             with _state(output) as store:
                 request = retry_request(request, store, None)
-        _check_usage(request)
+        request = _check_usage(request)
         if resume and job_id is None:
             request = replace(request, job_id=_latest_unfinished(output))
         if dry:
@@ -152,10 +171,11 @@ def run(
     raise typer.Exit(code)
 
 
-def _check_usage(request: RunRequest) -> None:
+def _check_usage(request: RunRequest) -> RunRequest:
     """What makes a run impossible, found before a job exists (exit 2): an output that is a file, a
     model whose libraries are not installed, an input that is empty, a JSON array or another provider's
-    batch lines, records none of which the model takes (read from the start of each file)."""
+    batch lines (under --format bedrock), records none of which the model takes (read from the start of
+    each file). The request, with its record format found where it names none."""
     if request.output.exists() and not request.output.is_dir():
         raise UserError(
             f"--output {request.output} is a file: give a folder (a job's outputs land in OUTPUT/<job-id>/)"
@@ -164,10 +184,12 @@ def _check_usage(request: RunRequest) -> None:
     spec = catalog.get(request.model)
     require_model(spec)
     files, max_line = list_inputs(request.input), EngineSettings().max_line_bytes
-    check_inputs(files, max_line)
+    fmt = get_format(request.record_format or format_of_files(files, max_line))
+    check_inputs(files, max_line, fmt)
     forced = get_dialect(request.dialect) if request.dialect else None
-    check_some_valid(files, spec, forced, max_line)
-    check_fit(files, spec, forced, max_line, catalog)
+    check_some_valid(files, spec, forced, max_line, fmt)
+    check_fit(files, spec, forced, max_line, catalog, fmt)
+    return replace(request, record_format=fmt.name)
 
 
 @contextlib.contextmanager
@@ -317,6 +339,8 @@ def _run_command(r: RunRequest, job_id: str | None) -> str:
         args += ["--models", str(r.catalog_file)]
     if r.dialect is not None:
         args += ["--dialect", r.dialect]
+    if r.record_format is not None:
+        args += ["--format", r.record_format]
     return shlex.join(args)
 
 
@@ -345,7 +369,8 @@ def _dry_run(request: RunRequest) -> None:
     spec = Catalog.load(request.catalog_file).get(request.model)
     files = list_inputs(request.input)
     forced = get_dialect(request.dialect) if request.dialect else None
-    report = dry_run(files, spec, forced, EngineSettings().max_line_bytes)
+    fmt = get_format(request.record_format)
+    report = dry_run(files, spec, forced, EngineSettings().max_line_bytes, fmt=fmt)
     print_dry_run(out, report, spec.estimated_cost(report.input_tokens, report.output_tokens))
 
 

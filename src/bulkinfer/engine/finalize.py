@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import heapq
 from collections import deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from itertools import count
 from pathlib import Path
 from typing import IO
@@ -12,6 +12,7 @@ from typing import IO
 import orjson
 
 from bulkinfer.errors import BulkinferError
+from bulkinfer.formats.records import ERRORS_SUFFIX, RecordFormat
 from bulkinfer.storage.files import write_durably
 from bulkinfer.store.state import ChunkRecord
 
@@ -129,3 +130,31 @@ def _sample_errors(data: bytes, errors: list[str]) -> None:
             error = orjson.loads(line).get("error")  # the mark may also sit inside an echoed modelInput
             if isinstance(error, dict) and "errorMessage" in error:
                 errors.append(str(error["errorMessage"]))
+
+
+def finish_results(target: Path, fmt: RecordFormat, unrun: Iterable[bytes] = ()) -> None:
+    """The result files of a format beyond Bedrock's, from ``target`` (every finished record's line, in
+    input order, as `write_output` wrote it): the lines of records that never ran (``unrun``, a
+    cancelled or expired job's) added, and for a split format the failures moved to their own file
+    (``<input>.errors.out``), leaving ``target`` the successes. Rewriting from ``target`` again gives the
+    same files, so a kill part-way is mended by finalizing again (the chunks are still there)."""
+    if fmt.succeeded is None:
+        if unrun:
+            write_durably(target, _chain(_lines_of(target), unrun))
+        return
+    succeeded = fmt.succeeded
+    errors = target.with_name(target.name.removesuffix(".out") + ERRORS_SUFFIX)
+    failed = (line for line in _lines_of(target) if not succeeded(line))
+    write_durably(errors, _chain(failed, unrun))
+    write_durably(target, (line for line in _lines_of(target) if succeeded(line)))
+
+
+def _lines_of(path: Path) -> Iterator[bytes]:
+    with path.open("rb") as f:
+        yield from f
+
+
+def _chain(lines: Iterable[bytes], more: Iterable[bytes]) -> Iterator[bytes]:
+    yield from lines
+    for line in more:
+        yield line + b"\n"

@@ -9,7 +9,7 @@ import os
 import re
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, TypeVar
@@ -18,16 +18,19 @@ import orjson
 
 from bulkinfer.dialects.registry import get_dialect
 from bulkinfer.domain.job import TRANSITIONS, Counts, JobStatus, can_transition, new_job_id
+from bulkinfer.domain.lineset import LineSet
 from bulkinfer.domain.tenant import Grants
 from bulkinfer.engine.committer import Committer, rebuild_chunks
-from bulkinfer.engine.finalize import MANIFEST_NAME, write_output
+from bulkinfer.engine.finalize import MANIFEST_NAME, finish_results, write_output
 from bulkinfer.engine.progress import ProgressSink
 from bulkinfer.engine.retry import RetryBase, carry_over, read_manifest
 from bulkinfer.engine.runner import EngineSettings, RecordPipeline
+from bulkinfer.engine.validate import format_of_files
 from bulkinfer.errors import BulkinferError, InputError, JobConflictError, JobLocked, UserError
 from bulkinfer.faults import failpoint
-from bulkinfer.formats.jsonl import count_lines
+from bulkinfer.formats.jsonl import count_lines, split_lines
 from bulkinfer.formats.manifest import ManifestInfo, build_manifest
+from bulkinfer.formats.records import get_format
 from bulkinfer.providers.base import Provider
 from bulkinfer.providers.catalog import Catalog, ImageSettings, ModelSpec
 from bulkinfer.providers.registry import load_provider
@@ -41,7 +44,7 @@ from bulkinfer.storage.files import (
     remove_temp_files,
     write_durably,
 )
-from bulkinfer.store.state import DEFAULT_PATIENCE_S, JobRecord, StateStore, now
+from bulkinfer.store.state import DEFAULT_PATIENCE_S, ChunkRecord, JobRecord, StateStore, now
 
 if TYPE_CHECKING:  # the media package (httpx, Pillow) loads only when a job runs
     from bulkinfer.media import MediaPolicy, MediaResolver, ObjectGet
@@ -140,6 +143,8 @@ class RunRequest:
     """A folder every input file must resolve inside (a service's local bucket: no symlink out)."""
     retry_of: RetryBase | None = None
     """A new job is a retry of this finished job: it keeps its successes and runs the rest again."""
+    record_format: str | None = None
+    """The format of the input lines (see formats.records); None: found from the files' first lines."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -179,6 +184,9 @@ class LocalJob:
         self.chunk_dir = self.work_dir / "chunks"
         self.settings = request.settings or EngineSettings.for_model(spec)
         self._forced = get_dialect(request.dialect) if request.dialect else None
+        self.format = get_format(
+            request.record_format or format_of_files(files, self.settings.max_line_bytes)
+        )
         self._lock: IO[str] | None = None
         self._pipeline: RecordPipeline | None = None
         self._committer: Committer | None = None
@@ -228,7 +236,11 @@ class LocalJob:
         remove_temp_files(self.output_dir)
         remove_temp_files(self.chunk_dir)
         existing = self.store.get_job(self.job_id)
-        options = {"dialect": self.request.dialect, "inputs": {f.name: f.fingerprint for f in self.files}}
+        options = {
+            "dialect": self.request.dialect,
+            "format": self.format.name,
+            "inputs": {f.name: f.fingerprint for f in self.files},
+        }
         if self.request.retry_of is not None:
             options["retry"] = self.request.retry_of.to_options()
         if existing is None:
@@ -255,6 +267,10 @@ class LocalJob:
         moved aside). Take back the chunks that can be placed exactly; the others' records run again."""
         if not self.chunk_dir.is_dir() or not any(self.chunk_dir.iterdir()):
             return
+        if self.format.name != "bedrock":  # (chunk lines are placed by their recordId: Bedrock's only)
+            log.warning("job %s had no state: its %s records run again", self.job_id, self.format.name)
+            shutil.rmtree(self.chunk_dir, ignore_errors=True)
+            return
         rebuilt = rebuild_chunks(self.chunk_dir, self.files, seed, self.settings.max_line_bytes)
         self.store.add_chunks(self.job_id, rebuilt.chunks)
         records = sum(c.counts.processed for c in rebuilt.chunks)
@@ -277,6 +293,8 @@ class LocalJob:
             problems.append(f"input {job.input_uri}")
         if job.options.get("dialect") != options["dialect"]:
             problems.append(f"--dialect {job.options.get('dialect')}")
+        if job.options.get("format", "bedrock") != options["format"]:
+            problems.append(f"--format {job.options.get('format', 'bedrock')}")
         if "retry" in options and job.options.get("retry", {}).get("of") != options["retry"]["of"]:
             problems.append(f"retry of {job.options.get('retry', {}).get('of')}")
         if job.options.get("inputs") != options["inputs"] and not finished:
@@ -472,6 +490,7 @@ class LocalJob:
             forced_dialect=self._forced,
             media=media,
             id_seed=self.id_seed,
+            record_format=self.format,
         )
         if self._stop_requested:
             self._pipeline.request_stop()
@@ -545,11 +564,14 @@ class LocalJob:
         failpoint("writing-outputs")
         self.output_dir.mkdir(parents=True, exist_ok=True)
         self._check_own_folder()
+        lists_every_request = self.format.unrun is not None
         for f in self.files:
             chunks = self.store.chunks(self.job_id, f.index)
-            if complete or chunks:
+            if complete or chunks or lists_every_request:
                 target = self.output_dir / f"{f.name}.out"
                 write_output(chunks, chunk_dir, target, record_counts.get(f.index), errors)
+                unrun = () if complete else self._unrun_lines(f, chunks, final)
+                finish_results(target, self.format, unrun)
         total = sum(record_counts.values()) if complete else self.estimated_total()
         options = self._with_active_time(self.job)  # once: the manifest and the job row must agree
         ended = now()
@@ -585,6 +607,21 @@ class LocalJob:
         failpoint("output-written")
         shutil.rmtree(chunk_dir, ignore_errors=True)  # if a kill stops this, the next open finishes it
         return self.report(manifest)
+
+    def _unrun_lines(self, f: InputFile, chunks: list[ChunkRecord], final: JobStatus) -> Iterator[bytes]:
+        """The lines of ``f``'s records that a stopped (cancelled) or timed-out (expired) job never ran,
+        for formats whose results list every request."""
+        unrun = self.format.unrun
+        if unrun is None:
+            return
+        why = "expired" if final == JobStatus.PARTIALLY_COMPLETED else "cancelled"
+        done = LineSet()
+        for chunk in chunks:
+            done = done.union(chunk.lines)
+        seed = f"{self.id_seed}:{f.name}"
+        for number, raw in split_lines(read_blocks(f.path), self.settings.max_line_bytes):
+            if number not in done:
+                yield unrun(self.format.parse(raw, number, source=f.name, seed=seed), why)
 
     def report(self, manifest: dict[str, Any] | None = None) -> JobReport:
         if manifest is not None:

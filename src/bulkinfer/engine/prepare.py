@@ -6,11 +6,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from bulkinfer.dialects.base import Dialect
-from bulkinfer.dialects.registry import detect
+from bulkinfer.dialects.registry import detect, get_dialect
 from bulkinfer.domain.request import ChatRequest, RecordError, Request, Result
 from bulkinfer.engine.committer import Finished
 from bulkinfer.errors import RecordInvalid
-from bulkinfer.formats.bedrock import InputRecord, render_error, render_output
+from bulkinfer.formats.bedrock import InputRecord
+from bulkinfer.formats.records import BEDROCK, RecordFormat
 
 
 @dataclass(slots=True)  # not frozen: built per record (see domain.request)
@@ -28,7 +29,8 @@ def prepare(
     if record.error is not None:
         return Prepared(record, error=record.error)
     try:
-        dialect = forced or detect(record.model_input, default_dialect)
+        named = get_dialect(record.dialect) if record.dialect else None
+        dialect = forced or named or detect(record.model_input, default_dialect)
         return Prepared(record, dialect, dialect.to_request(record.model_input))
     except RecordInvalid as exc:
         message = f"{source} line {record.line}: {exc}"
@@ -47,21 +49,22 @@ def at_line(error: RecordError, source: str, line: int) -> RecordError:
     return RecordError(error.code, f"{source} line {line}: {error.message}", error.kind)
 
 
-def finish(item: Prepared, outcome: Result | RecordError) -> Finished:
-    """Render the output line for one record; one that cannot be written becomes an error line."""
+def finish(item: Prepared, outcome: Result | RecordError, fmt: RecordFormat = BEDROCK) -> Finished:
+    """Render the output line for one record in its job's format; one that cannot be written becomes an
+    error line."""
     record = item.record
     try:
         if isinstance(outcome, RecordError):
-            return Finished(record.line, render_error(record, outcome), error_code=outcome.code)
+            return Finished(record.line, fmt.error(record, outcome), error_code=outcome.code)
         assert item.dialect is not None and item.request is not None
         body = outcome.native if outcome.native is not None else item.dialect.render(outcome, item.request)
         usage = outcome.usage
-        line = render_output(record, body, outcome.attempts)
+        line = fmt.output(record, body, outcome.attempts)
         return Finished(record.line, line, usage.input_tokens, usage.output_tokens)
     except (TypeError, ValueError) as exc:
         error = RecordError(500, f"could not write the output line: {exc}", "InternalError")
         bare = InputRecord(record.line, record.record_id, None)
-        return Finished(record.line, render_error(bare, error), error_code=error.code)
+        return Finished(record.line, fmt.error(bare, error), error_code=error.code)
 
 
 def sampling_group(request: Request) -> tuple[float, float | None, int | None] | None:

@@ -19,8 +19,9 @@ from bulkinfer.engine.committer import Committer, Finished
 from bulkinfer.engine.prepare import Prepared, at_line, finish, prepare, sampling_group, with_error
 from bulkinfer.engine.progress import ProgressSink
 from bulkinfer.engine.seen import SeenIds, id_hash, position, unpack
-from bulkinfer.formats.bedrock import InputRecord, parse_line
+from bulkinfer.formats.bedrock import InputRecord
 from bulkinfer.formats.jsonl import split_lines
+from bulkinfer.formats.records import BEDROCK, RecordFormat, duplicate_id
 from bulkinfer.providers.base import Provider
 from bulkinfer.providers.catalog import ModelSpec
 from bulkinfer.stopping import STOPPED, StopSignal
@@ -84,8 +85,10 @@ class RecordPipeline:
         forced_dialect: Dialect[Any] | None = None,
         media: MediaResolver | None = None,
         id_seed: str | None = None,
+        record_format: RecordFormat = BEDROCK,
     ) -> None:
         self._job_id = job_id
+        self._format = record_format
         self._id_seed = id_seed or job_id
         """Generated record ids derive from it: a retry job's is its root job's id."""
         self._spec = spec
@@ -161,7 +164,7 @@ class RecordPipeline:
         count = 0
         for number, raw in split_lines(read_blocks(f.path), self._settings.max_line_bytes):
             count += 1
-            pending.append(parse_line(raw, number, source=f.name, seed=seed))
+            pending.append(self._format.parse(raw, number, source=f.name, seed=seed))
             if len(pending) >= size:
                 ready += self._checked(f, pending, done)
                 pending = []
@@ -194,10 +197,7 @@ class RecordPipeline:
     def _duplicate(self, f: InputFile, record: InputRecord, first: int) -> RecordError:
         file_index, line = unpack(first)
         where = f"line {line}" if file_index == f.index else f"{self._names[file_index]} line {line}"
-        message = (
-            f"{f.name} line {record.line}: recordId: duplicate of {record.record_id!r} first seen at "
-            f"{where}; record ids must be unique in a job"
-        )
+        message = duplicate_id(self._format, f.name, record.line, record.record_id, where)
         return RecordError(400, message, "DuplicateRecordId")
 
     async def _start(
@@ -232,7 +232,7 @@ class RecordPipeline:
         default = self._spec.default_dialect
         items = [prepare(r, source=f.name, default_dialect=default, forced=self._forced) for r in block]
         items = [self._refuse(f, item) for item in items]
-        failed = [finish(item, item.error) for item in items if item.error is not None]
+        failed = [finish(item, item.error, self._format) for item in items if item.error is not None]
         if failed:
             await self._finished(f, failed)
         runnable = [item for item in items if item.error is None]
@@ -304,14 +304,15 @@ class RecordPipeline:
             # Images are fetched and decoded here, inside the slot, so only the batches being run
             # hold image bytes: the blocks read ahead hold just their records.
             batch = await self._resolve_images(f, batch)
-            refused = [finish(item, item.error) for item in batch if item.error is not None]
+            refused = [finish(item, item.error, self._format) for item in batch if item.error is not None]
             batch = [item for item in batch if item.error is None]
             requests = [item.request for item in batch if item.request is not None]
             outcomes = await self._infer(requests) if requests else []
         finally:
             self._slots.release()
         pairs = list(zip(batch, outcomes, strict=True))
-        finished = [finish(item, outcome) for item, outcome in pairs if not isinstance(outcome, Unsent)]
+        fmt = self._format
+        finished = [finish(item, outcome, fmt) for item, outcome in pairs if not isinstance(outcome, Unsent)]
         self.released += len(pairs) - len(finished)
         await self._finished(f, refused + finished)
 

@@ -22,8 +22,9 @@ from bulkinfer.domain.request import ChatRequest, RecordError, Request
 from bulkinfer.engine.prepare import Prepared, at_line, prepare
 from bulkinfer.engine.seen import SeenIds, id_hash, position, unpack
 from bulkinfer.errors import InputError
-from bulkinfer.formats.bedrock import InputRecord, foreign_batch_line, parse_line
+from bulkinfer.formats.bedrock import InputRecord, foreign_batch_line
 from bulkinfer.formats.jsonl import OversizeLine, split_lines
+from bulkinfer.formats.records import BEDROCK, RecordFormat, duplicate_id, format_of_line
 from bulkinfer.providers.base import refusal
 from bulkinfer.providers.catalog import ModelSpec
 from bulkinfer.providers.registry import capabilities_of
@@ -61,7 +62,22 @@ class DryRunReport:
         return sum(f.invalid for f in self.files)
 
 
-def check_inputs(files: list[InputFile], max_line_bytes: int) -> None:
+def format_of_files(files: list[InputFile], max_line_bytes: int) -> str:
+    """The record format of a job's files (see formats.records), by the first line of each; files in
+    different formats are refused (``InputError``): a job's lines are all in one."""
+    found: dict[str, str] = {}
+    for f in files:
+        first = next(split_lines(read_blocks(f.path), max_line_bytes), None)
+        name = format_of_line(first[1]) if first is not None else None
+        if name is not None:
+            found.setdefault(name, f.name)
+    if len(found) > 1:
+        which = ", ".join(f"{file} ({name})" for name, file in found.items())
+        raise InputError(f"the input files hold records of different formats: {which}; give one format a job")
+    return next(iter(found), BEDROCK.name)
+
+
+def check_inputs(files: list[InputFile], max_line_bytes: int, fmt: RecordFormat = BEDROCK) -> None:
     """Refuse an input no record of which could run, reading only the start of each file, before a job
     exists: one holding no record, a JSON array saved as JSON Lines, another provider's batch lines.
     Raises ``InputError`` naming each file and what to do."""
@@ -72,7 +88,7 @@ def check_inputs(files: list[InputFile], max_line_bytes: int) -> None:
         first = next(split_lines(read_blocks(f.path), max_line_bytes), None)
         if first is None:
             empty.append(f.name)
-        elif (problem := _shape_problem(f, *first)) is not None:
+        elif (problem := _shape_problem(f, *first, fmt)) is not None:
             problems.append(problem)
     if len(empty) == len(files):
         which = empty[0] if len(empty) == 1 else f"every input file ({', '.join(empty)})"
@@ -92,7 +108,7 @@ ENCODINGS = (
 """A file's first bytes that say it is not UTF-8 text at all, and what to do about it."""
 
 
-def _shape_problem(f: InputFile, number: int, line: bytes | OversizeLine) -> str | None:
+def _shape_problem(f: InputFile, number: int, line: bytes | OversizeLine, fmt: RecordFormat) -> str | None:
     """Why a file whose first record is ``line`` cannot be a job's input, if it cannot."""
     with f.path.open("rb") as handle:
         start = handle.read(2)
@@ -106,7 +122,7 @@ def _shape_problem(f: InputFile, number: int, line: bytes | OversizeLine) -> str
             f"{f.name} holds a JSON array, not JSON Lines: put each record on a line of its own, "
             f"e.g. jq -c '.[]' {f.name} > records.jsonl"
         )
-    if isinstance(line, OversizeLine):
+    if isinstance(line, OversizeLine) or fmt is not BEDROCK:
         return None
     with contextlib.suppress(orjson.JSONDecodeError):
         obj = orjson.loads(line)
@@ -121,6 +137,7 @@ def check_fit(
     forced: Dialect[Any] | None,
     max_line_bytes: int,
     catalog: Iterable[ModelSpec] = (),
+    fmt: RecordFormat = BEDROCK,
 ) -> None:
     """Refuse a model that takes none of the valid records at the start of each file (an embedding
     model given chat bodies, a text-only model given images), before a job exists. Raises
@@ -130,7 +147,7 @@ def check_fit(
     first: tuple[Prepared, RecordError] | None = None
     read = 0
     for f in files:
-        for item in _prepared(f, spec, forced, max_line_bytes):
+        for item in _prepared(f, spec, forced, max_line_bytes, fmt):
             if item.request is None or item.error is not None:
                 continue  # an invalid record is an error line whichever the model
             read += 1
@@ -151,7 +168,11 @@ def check_fit(
 
 
 def check_some_valid(
-    files: list[InputFile], spec: ModelSpec, forced: Dialect[Any] | None, max_line_bytes: int
+    files: list[InputFile],
+    spec: ModelSpec,
+    forced: Dialect[Any] | None,
+    max_line_bytes: int,
+    fmt: RecordFormat = BEDROCK,
 ) -> None:
     """Refuse, before a job exists, an input none of whose first records (of any file) is valid: a
     file of something else (CSV, text), or a ``--dialect`` that fits none of them. Raises
@@ -159,7 +180,7 @@ def check_some_valid(
     validates, and fails when none is valid.)"""
     problems: list[str] = []
     for f in files:
-        for item in _prepared(f, spec, forced, max_line_bytes):
+        for item in _prepared(f, spec, forced, max_line_bytes, fmt):
             if item.error is None:
                 return
             if len(problems) < 3:
@@ -168,16 +189,23 @@ def check_some_valid(
         hint = "; or drop --dialect, which none of them is in" if forced is not None else ""
         raise InputError(
             "\n".join(problems) + f"\nnone of the first records (up to {FIT_SAMPLE} a file) is a valid "
-            f"Bedrock batch record: give JSON Lines of {{recordId, modelInput}} records{hint}"
+            f"{_RECORDS[fmt.name]}{hint}"
         )
 
 
+_RECORDS = {
+    "bedrock": "Bedrock batch record: give JSON Lines of {recordId, modelInput} records",
+    "openai": "OpenAI batch line: give JSON Lines of {custom_id, method, url, body}",
+    "anthropic": "Anthropic batch request: give JSON Lines of {custom_id, params}",
+}
+
+
 def _prepared(
-    f: InputFile, spec: ModelSpec, forced: Dialect[Any] | None, max_line_bytes: int
+    f: InputFile, spec: ModelSpec, forced: Dialect[Any] | None, max_line_bytes: int, fmt: RecordFormat
 ) -> Iterable[Prepared]:
     lines = itertools.islice(split_lines(read_blocks(f.path), max_line_bytes), FIT_SAMPLE)
     for number, raw in lines:
-        record = parse_line(raw, number, source=f.name, seed=f.name)
+        record = fmt.parse(raw, number, source=f.name, seed=f.name)
         yield prepare(record, source=f.name, default_dialect=spec.default_dialect, forced=forced)
 
 
@@ -197,10 +225,11 @@ def dry_run(
     forced: Dialect[Any] | None,
     max_line_bytes: int,
     on_file: Callable[[FileCheck], None] | None = None,
+    fmt: RecordFormat = BEDROCK,
 ) -> DryRunReport:
     """Check every record of ``files`` for ``spec``'s model; ``on_file`` sees each file's counts as soon
     as it is read (and may raise to stop before the next file is read)."""
-    check = _Pass(spec, forced, {f.index: f.name for f in files})
+    check = _Pass(spec, forced, {f.index: f.name for f in files}, fmt)
     for f in files:
         counts = check.file(f, max_line_bytes)
         check.report.files.append(counts)
@@ -212,8 +241,11 @@ def dry_run(
 class _Pass:
     """The state of one pass over a job's files: the report so far and the record ids seen."""
 
-    def __init__(self, spec: ModelSpec, forced: Dialect[Any] | None, names: dict[int, str]) -> None:
+    def __init__(
+        self, spec: ModelSpec, forced: Dialect[Any] | None, names: dict[int, str], fmt: RecordFormat
+    ) -> None:
         self.report = DryRunReport()
+        self._format = fmt
         self._spec = spec
         self._capabilities = capabilities_of(spec)
         self._forced = forced
@@ -225,7 +257,7 @@ class _Pass:
         block: list[InputRecord] = []
         for number, raw in split_lines(read_blocks(f.path), max_line_bytes):
             records += 1
-            block.append(parse_line(raw, number, source=f.name, seed=f.name))
+            block.append(self._format.parse(raw, number, source=f.name, seed=f.name))
             if len(block) >= BLOCK_RECORDS:
                 invalid += self._block(f, block)
                 block = []
@@ -262,10 +294,7 @@ class _Pass:
     def _duplicate(self, f: InputFile, record: InputRecord, first: int) -> str:
         file_index, line = unpack(first)
         where = f"line {line}" if file_index == f.index else f"{self._names[file_index]} line {line}"
-        return (
-            f"{f.name} line {record.line}: recordId: duplicate of {record.record_id!r} first seen at "
-            f"{where}; record ids must be unique in a job"
-        )
+        return duplicate_id(self._format, f.name, record.line, record.record_id, where)
 
 
 def _estimate(report: DryRunReport, request: Request, spec: ModelSpec) -> None:

@@ -27,6 +27,9 @@ class InputRecord:
     record_id: str
     model_input: Any
     error: RecordError | None = None
+    dialect: str | None = None
+    """The dialect its body is in, where its line says (an OpenAI batch line's ``url``); else found
+    from the body."""
 
 
 def generated_record_id(seed: str, line: int) -> str:
@@ -40,8 +43,9 @@ def generated_record_id(seed: str, line: int) -> str:
     return "".join(chars)
 
 
-def parse_line(raw: Line, line: int, *, source: str, seed: str) -> InputRecord:
-    """Parse one input line; every problem becomes an ``error`` naming file, line and field."""
+def parse_object(raw: Line, line: int, *, source: str, seed: str) -> dict[str, Any] | InputRecord:
+    """One line's JSON object, or the invalid record it is (not JSON, not an object, too big or deep),
+    in any record format."""
     if isinstance(raw, OversizeLine):
         return _invalid(seed, line, f"{source} line {line}: line is {raw.size} bytes, over the size limit")
     try:
@@ -52,6 +56,14 @@ def parse_line(raw: Line, line: int, *, source: str, seed: str) -> InputRecord:
         return _invalid(seed, line, f"{source} line {line}: expected a JSON object, got {_type_name(obj)}")
     if raw.count(b"{") + raw.count(b"[") > MAX_DEPTH and _depth(obj) > MAX_DEPTH:
         return _invalid(seed, line, f"{source} line {line}: nested deeper than {MAX_DEPTH} levels")
+    return obj
+
+
+def parse_line(raw: Line, line: int, *, source: str, seed: str) -> InputRecord:
+    """Parse one input line; every problem becomes an ``error`` naming file, line and field."""
+    obj = parse_object(raw, line, source=source, seed=seed)
+    if isinstance(obj, InputRecord):
+        return obj
     record_id = obj.get("recordId")
     if record_id is None:
         record_id = generated_record_id(seed, line)

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from bulkinfer.engine.validate import DryRunReport, check_fit, check_inputs, dry_run
 from bulkinfer.errors import InputError
 from bulkinfer.formats.jsonl import split_lines
+from bulkinfer.formats.records import BEDROCK, RecordFormat
 from bulkinfer.providers.catalog import ModelSpec
 from bulkinfer.storage.files import InputFile, read_blocks
 
@@ -38,6 +39,7 @@ def validate_input(
     max_line_bytes: int,
     where: str,
     models: Iterable[ModelSpec] = (),
+    fmt: RecordFormat = BEDROCK,
 ) -> DryRunReport:
     """Read every record once, checking it as the engine will for ``spec``'s model and enforcing the
     quotas; an ``InputError`` naming the file and the limit, or the first problems when no record is
@@ -46,10 +48,10 @@ def validate_input(
     the model does not take) is refused first, with the same message; ``models`` are those the message
     may suggest instead."""
     check_sizes(files, quotas, where)
-    check_inputs(files, max_line_bytes)
-    check_fit(files, spec, None, max_line_bytes, models)
+    check_inputs(files, max_line_bytes, fmt)
+    check_fit(files, spec, None, max_line_bytes, models, fmt)
     report = dry_run(
-        files, spec, None, max_line_bytes, on_file=lambda f: _check_file(f.name, f.records, quotas)
+        files, spec, None, max_line_bytes, on_file=lambda f: _check_file(f.name, f.records, quotas), fmt=fmt
     )
     _check_total(report.records, quotas, where)
     if report.records and report.invalid == report.records:

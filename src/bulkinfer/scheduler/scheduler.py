@@ -34,6 +34,7 @@ from bulkinfer.engine.retry import RetryBase, manifest_usage, read_manifest
 from bulkinfer.engine.runner import EngineSettings
 from bulkinfer.errors import BulkinferError, InputError, JobLocked
 from bulkinfer.faults import failpoint
+from bulkinfer.formats.records import get_format
 from bulkinfer.providers.catalog import Catalog
 from bulkinfer.providers.extras import require_model
 from bulkinfer.providers.remote.limits import LimitRegistry
@@ -345,7 +346,8 @@ class Scheduler:
             require_model(spec)
             quotas, max_line = self._settings.quotas, EngineSettings().max_line_bytes
             usable = [s for s in self._catalog if self._tenants.get(job.tenant).may_use(s.name)]
-            report = await asyncio.to_thread(validate_input, files, quotas, spec, max_line, uri, usable)
+            fmt = get_format(record_format(job.request))
+            report = await asyncio.to_thread(validate_input, files, quotas, spec, max_line, uri, usable, fmt)
         except BulkinferError as exc:
             message = self._public(job, str(exc))
             return JobStatus.FAILED, {"message": message, "end_time": time.time(), "owner": None}
@@ -664,7 +666,13 @@ class Scheduler:
             limits=self._limits,
             media=replace(self._media, grants=self._tenants.get(job.tenant).grants),
             retry_of=retry_of,
+            record_format=record_format(job.request),
         )
+
+
+def record_format(request: dict[str, Any]) -> str:
+    """The format of a job's input lines: Bedrock's, unless the API that made it says otherwise."""
+    return str(request.get("recordFormat", "bedrock"))
 
 
 def _database_outage(exc: BaseException) -> bool:

@@ -10,6 +10,8 @@ a line that never ran, because its batch was cancelled or expired, has ``respons
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -110,3 +112,129 @@ def _error_type(code: int) -> str:
 
 def _bad(message: str) -> RecordError:
     return RecordError(400, message, "invalid_request")
+
+
+MAX_LINES = 50_000
+MAX_ERRORS = 1000
+"""Most validation errors a batch keeps: enough to fix a file by; the count says how many there were."""
+
+
+@dataclass(frozen=True, slots=True)
+class BatchError:
+    """One problem of a batch's input file, as OpenAI's ``errors.data`` lists it."""
+
+    code: str
+    message: str
+    line: int | None = None
+    param: str | None = None
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"code": self.code, "message": self.message, "param": self.param, "line": self.line}
+
+
+@dataclass(slots=True)
+class FileCheck:
+    """What validating an OpenAI batch input file found: its errors (the first `MAX_ERRORS`), how many
+    there were, its lines and the model they name."""
+
+    errors: list[BatchError]
+    error_count: int = 0
+    lines: int = 0
+    model: str | None = None
+
+    def add(self, error: BatchError) -> None:
+        self.error_count += 1
+        if len(self.errors) < MAX_ERRORS:
+            self.errors.append(error)
+
+
+def check_file(lines: Iterable[tuple[int, Line]], endpoint: str, usable: Callable[[str], bool]) -> FileCheck:
+    """Validate a batch input file as OpenAI does while a batch is ``validating``: every line JSON with
+    its fields, ``url`` the batch's endpoint, ``custom_id`` unique, one model (that ``usable`` says the
+    caller may run), no streaming, at most `MAX_LINES` lines. Every error has its line number."""
+    check = FileCheck([])
+    seen: set[str] = set()
+    for number, raw in lines:
+        check.lines += 1
+        if check.lines > MAX_LINES:
+            check.add(BatchError("too_many_lines", f"a batch holds at most {MAX_LINES:,} requests", number))
+            break
+        error = _line_error(number, raw, endpoint, seen, check, usable)
+        if error is not None:
+            check.add(error)
+    if check.lines == 0:
+        check.add(BatchError("empty_file", "the input file holds no request"))
+    return check
+
+
+def _line_error(
+    number: int,
+    raw: Line,
+    endpoint: str,
+    seen: set[str],
+    check: FileCheck,
+    usable: Callable[[str], bool],
+) -> BatchError | None:
+    if not isinstance(raw, bytes):
+        return BatchError("invalid_json_line", f"line is {raw.size:,} bytes, over the size limit", number)
+    try:
+        obj = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        return BatchError("invalid_json_line", f"this line is not valid JSON: {exc}", number)
+    if type(obj) is not dict:
+        return BatchError("invalid_json_line", "this line is not a JSON object", number)
+    for field in ("custom_id", "method", "url", "body"):
+        if field not in obj:
+            message = f"missing required parameter: {field}"
+            return BatchError("missing_required_parameter", message, number, field)
+    problem = _problem(obj, obj["custom_id"])
+    if obj["url"] != endpoint:
+        message = f"the url {obj['url']!r} does not match the batch's endpoint {endpoint!r}"
+        return BatchError("invalid_url", message, number, "url")
+    if problem is not None:
+        field, _, message = problem.partition(": ")
+        code = "streaming_unsupported" if field == "body.stream" else "invalid_request"
+        return BatchError(code, message, number, field)
+    custom_id = obj["custom_id"]
+    if custom_id in seen:
+        message = (
+            f"The custom_id {custom_id!r} for this request is a duplicate of another request. The custom_id "
+            "parameter must be unique for each request in a batch."
+        )
+        return BatchError("duplicate_custom_id", message, number, "custom_id")
+    seen.add(custom_id)
+    return _model_error(number, obj["body"].get("model"), check, usable)
+
+
+def _model_error(
+    number: int, model: Any, check: FileCheck, usable: Callable[[str], bool]
+) -> BatchError | None:
+    if type(model) is not str or not model:
+        message = "missing required parameter: body.model"
+        return BatchError("missing_required_parameter", message, number, "body.model")
+    if check.model is None:
+        if not usable(model):
+            message = f"The model {model!r} does not exist or you do not have access to it."
+            return BatchError("model_not_found", message, number, "body.model")
+        check.model = model
+    elif model != check.model:
+        message = (
+            f"The model {model!r} for this request does not match the rest of the batch. Each batch must "
+            "contain requests for a single model."
+        )
+        return BatchError("mismatched_model", message, number, "body.model")
+    return None
+
+
+def first_model(lines: Iterable[tuple[int, Line]]) -> str | None:
+    """The model the first line naming one names (a batch's lines must all name the same)."""
+    for _, raw in lines:
+        if isinstance(raw, bytes):
+            try:
+                obj = orjson.loads(raw)
+            except orjson.JSONDecodeError:
+                continue
+            body = obj.get("body") if type(obj) is dict else None
+            if type(body) is dict and type(body.get("model")) is str and body["model"]:
+                return str(body["model"])
+    return None

@@ -34,7 +34,9 @@ from bulkinfer.engine.retry import RetryBase, manifest_usage, read_manifest
 from bulkinfer.engine.runner import EngineSettings
 from bulkinfer.errors import BulkinferError, InputError, JobLocked
 from bulkinfer.faults import failpoint
-from bulkinfer.formats.records import get_format
+from bulkinfer.formats.jsonl import split_lines
+from bulkinfer.formats.openai_batch import FileCheck, check_file
+from bulkinfer.formats.records import OPENAI, get_format
 from bulkinfer.providers.catalog import Catalog
 from bulkinfer.providers.extras import require_model
 from bulkinfer.providers.remote.limits import LimitRegistry
@@ -42,7 +44,7 @@ from bulkinfer.scheduler.pressure import Pressure
 from bulkinfer.scheduler.quotas import invalid_records, validate_input
 from bulkinfer.scheduler.supervisor import Loops
 from bulkinfer.settings import ServerSettings
-from bulkinfer.storage.files import list_inputs
+from bulkinfer.storage.files import InputFile, list_inputs, read_blocks
 from bulkinfer.storage.s3 import S3Staging
 from bulkinfer.storage.uris import LocalBuckets
 from bulkinfer.store.batch_jobs import LEASED, BatchJob, BatchJobStore
@@ -58,10 +60,14 @@ class LiveCounts:
 
     processed: int = 0
     errors: int = 0
+    input_tokens: int = 0
+    output_tokens: int = 0
 
     def advance(self, records: int, errors: int, input_tokens: int, output_tokens: int) -> None:
         self.processed += records
         self.errors += errors
+        self.input_tokens += input_tokens
+        self.output_tokens += output_tokens
 
 
 @dataclass(slots=True)
@@ -334,19 +340,24 @@ class Scheduler:
     async def _validated(self, job: BatchJob) -> tuple[JobStatus, dict[str, Any]]:
         """The status validation moves the job to, with its changes."""
         uri = input_uri(job.request)
+        fmt = get_format(record_format(job.request))
         try:
-            await asyncio.to_thread(self._check_grants, job)
+            # an OpenAI batch's model is checked below, with the line of each request naming it
+            await asyncio.to_thread(self._check_grants, job, fmt is not OPENAI)
             if self._staging is not None:
                 staged = await self._stage(job, uri)
                 updated = await self._db(self._store.update, job, held_by=self.replica, request=staged)
                 job = updated or job
             within = self._buckets.bucket_dir(uri) if self._staging is None else None
             files = await asyncio.to_thread(list_inputs, self._input_path(job), within)
+            if fmt is OPENAI:
+                check = await asyncio.to_thread(self._check_openai_file, job, files)
+                if check.error_count:
+                    return JobStatus.FAILED, _openai_invalid(job, check)
             spec = self._catalog.get(job.model_id)  # its default dialect reads bodies, as the engine's will
             require_model(spec)
             quotas, max_line = self._settings.quotas, EngineSettings().max_line_bytes
             usable = [s for s in self._catalog if self._tenants.get(job.tenant).may_use(s.name)]
-            fmt = get_format(record_format(job.request))
             report = await asyncio.to_thread(validate_input, files, quotas, spec, max_line, uri, usable, fmt)
         except BulkinferError as exc:
             message = self._public(job, str(exc))
@@ -357,12 +368,13 @@ class Scheduler:
         changes = {"total": report.records, "message": invalid_records(report), "owner": None}
         return JobStatus.SCHEDULED, {**changes, "lease_until": None}
 
-    def _check_grants(self, job: BatchJob) -> None:
+    def _check_grants(self, job: BatchJob, model: bool = True) -> None:
         """The job's tenant may still use its model, read its input and write its output: grants checked
         at create may have been taken away since (a changed tenants file and a restart)."""
         tenant = self._tenants.get(job.tenant)
-        tenant.check_model(job.model_id)
-        self._catalog.get(job.model_id, tenant.may_use)  # (an unknown one's error names only its models)
+        if model:
+            tenant.check_model(job.model_id)
+            self._catalog.get(job.model_id, tenant.may_use)  # (an unknown one's error names only its models)
         source, target = input_uri(job.request), output_uri(job.request)
         tenant.check_read(source, "inputDataConfig.s3InputDataConfig.s3Uri")
         tenant.check_write(target, "outputDataConfig.s3OutputDataConfig.s3Uri")
@@ -379,6 +391,18 @@ class Scheduler:
                 raise NotGranted(f"{source}: {file.name} leads outside what tenant {tenant.name!r} may read")
         if not tenant.grants.may_write(buckets.uri_of(buckets.path(target, must_exist=False), target)):
             raise NotGranted(f"{target}: leads outside what tenant {tenant.name!r} may write")
+
+    def _check_openai_file(self, job: BatchJob, files: list[InputFile]) -> FileCheck:
+        """An OpenAI batch's input file checked line by line as OpenAI does (see formats.openai_batch)."""
+        tenant = self._tenants.get(job.tenant)
+        names = {spec.name for spec in self._catalog}
+
+        def usable(model: str) -> bool:
+            return model == job.model_id and model in names and tenant.may_use(model)
+
+        max_line = EngineSettings().max_line_bytes
+        lines = (line for f in files for line in split_lines(read_blocks(f.path), max_line))
+        return check_file(lines, str(job.request.get("endpoint", "")), usable)
 
     def _public(self, job: BatchJob, message: str) -> str:
         """A message for the job's owner: the server's own paths in it told as the s3:// URIs they
@@ -530,7 +554,10 @@ class Scheduler:
             return
         try:  # from here on the job is open: whatever happens, close() releases its lock
             running.job = local
-            running.counts.processed = (await asyncio.to_thread(local.committed)).processed
+            committed = await asyncio.to_thread(local.committed)
+            running.counts.processed = committed.processed
+            running.counts.input_tokens = committed.input_tokens
+            running.counts.output_tokens = committed.output_tokens
             if running.stop is not None:
                 local.request_stop(running.stop)
             await self._finish(job, local, running.counts)
@@ -582,6 +609,8 @@ class Scheduler:
             processed=c.processed,
             success=c.success,
             errors=c.errors,
+            input_tokens=c.input_tokens,
+            output_tokens=c.output_tokens,
             message=job.message,  # validation's word on invalid records; no outage is current any more
         )
 
@@ -668,6 +697,16 @@ class Scheduler:
             retry_of=retry_of,
             record_format=record_format(job.request),
         )
+
+
+def _openai_invalid(job: BatchJob, check: FileCheck) -> dict[str, Any]:
+    """A failed OpenAI batch's changes: its errors, each with its line, and a message saying them."""
+    first = check.errors[0]
+    where = f"line {first.line}: " if first.line else ""
+    message = f"{check.error_count:,} error(s) in the input file; first: {where}{first.message}"
+    errors = [e.to_wire() for e in check.errors]
+    details = {**(job.details or {}), "errors": errors, "errorCount": check.error_count}
+    return {"message": message, "details": details, "end_time": time.time(), "owner": None}
 
 
 def record_format(request: dict[str, Any]) -> str:

@@ -46,6 +46,14 @@ class NewJob:
     model_id: str
     client_token: str | None
     request: dict[str, Any]
+    api: str = "bedrock"
+    details: dict[str, Any] | None = None
+    check_model: bool = True
+    """Refuse at once a model the catalog lacks or the tenant may not use; an OpenAI batch's model is
+    checked while it validates instead, naming the lines (as OpenAI does)."""
+
+
+Jobs = list[BatchJob]  # (named here: inside BatchService, ``list`` is its method)
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,7 +85,8 @@ class BatchService:
     def _new(self, new: NewJob) -> BatchJob:
         """The job to store, once the tenant may use its model and touch its input and output."""
         tenant = new.tenant
-        self._catalog.get(new.model_id, tenant.may_use)  # unknown: a UserError naming the tenant's models
+        if new.check_model:  # unknown: a UserError naming the tenant's models
+            self._catalog.get(new.model_id, tenant.may_use)
         tenant.check_read(input_uri(new.request), "inputDataConfig.s3InputDataConfig.s3Uri")
         tenant.check_write(output_uri(new.request), "outputDataConfig.s3OutputDataConfig.s3Uri")
         now = time.time()
@@ -92,6 +101,8 @@ class BatchService:
             request=new.request,
             client_token=new.client_token,
             expires_at=deadline(now, new.request),
+            api=new.api,
+            details=new.details,
         )
 
     def retry(self, tenant: Tenant, job_id: str, name: str | None, client_token: str | None) -> BatchJob:
@@ -152,6 +163,8 @@ class BatchService:
             processed=live.processed,
             errors=live.errors,
             success=live.processed - live.errors,
+            input_tokens=live.input_tokens,
+            output_tokens=live.output_tokens,
             message=self._scheduler.paused(job.job_id) or job.message,
         )
 
@@ -161,6 +174,20 @@ class BatchService:
         more = len(jobs) > page_size
         jobs = [self._with_live_counts(j) for j in jobs[:page_size]]
         return Page(jobs, _encode_token(offset + page_size) if more else None)
+
+    def page(
+        self, wanted: JobFilter, limit: int, after: str | None = None, before: str | None = None
+    ) -> tuple[Jobs, bool]:
+        """Newest first, by keyset: the ``limit`` jobs after the job ``after`` (older ones), or just before
+        the job ``before`` (newer ones), and whether more follow in that direction. A job id that is not
+        the caller's is not found."""
+        if after is not None or before is not None:
+            anchor = self.get(wanted.tenant, after or before or "")
+            wanted = replace(wanted, past=(anchor.submit_time, anchor.job_id), ascending=before is not None)
+        jobs = self._store.find(wanted, 0, limit + 1)
+        more = len(jobs) > limit
+        jobs = [self._with_live_counts(j) for j in jobs[:limit]]
+        return (jobs[::-1] if before is not None else jobs), more
 
     def stop(self, tenant: str, job_id: str) -> None:
         """Stop a job. One that has run writes what it finished (Stopping, then Stopped with its partial

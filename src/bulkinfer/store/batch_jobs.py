@@ -17,7 +17,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar
 
 import orjson
-from sqlalchemy import Connection, Engine, func, insert, select, update
+from sqlalchemy import Connection, Engine, and_, func, insert, or_, select, update
 from sqlalchemy.exc import DBAPIError, IntegrityError
 
 from bulkinfer.domain.job import JobStatus, check_transition
@@ -76,6 +76,8 @@ class BatchJob:
     processed: int | None = None
     success: int | None = None
     errors: int | None = None
+    input_tokens: int | None = None
+    output_tokens: int | None = None
     api: str = "bedrock"
     """The API that made the job: ``bedrock``, ``openai`` or ``anthropic``."""
     details: dict[str, Any] | None = None
@@ -103,6 +105,8 @@ class JobFilter:
     submitted_after: float | None = None
     submitted_before: float | None = None
     ascending: bool = False
+    past: tuple[float, str] | None = None
+    """Only jobs after this one (its submit time and id) in the listing's order: keyset paging."""
 
 
 class BatchJobStore:
@@ -298,6 +302,12 @@ class BatchJobStore:
             query = query.where(c.submit_time > wanted.submitted_after)
         if wanted.submitted_before is not None:
             query = query.where(c.submit_time < wanted.submitted_before)
+        if wanted.past is not None:
+            at, job_id = wanted.past
+            if wanted.ascending:
+                query = query.where(or_(c.submit_time > at, and_(c.submit_time == at, c.job_id > job_id)))
+            else:
+                query = query.where(or_(c.submit_time < at, and_(c.submit_time == at, c.job_id < job_id)))
         order = (
             (c.submit_time.asc(), c.job_id.asc())
             if wanted.ascending
@@ -589,6 +599,8 @@ def _row(job: BatchJob) -> dict[str, Any]:
         "processed": job.processed,
         "success": job.success,
         "errors": job.errors,
+        "input_tokens": job.input_tokens,
+        "output_tokens": job.output_tokens,
         "api": job.api,
         "details": None if job.details is None else orjson.dumps(job.details).decode(),
     }

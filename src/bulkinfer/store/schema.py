@@ -77,6 +77,8 @@ batch_jobs = Table(
     Column("errors", BigInteger),
     # A job from before tenants, whose tenant is the access key id that made it (see rename_tenants).
     Column("keyed_by_access_key", Boolean, nullable=False, server_default=false()),
+    Column("input_tokens", BigInteger),
+    Column("output_tokens", BigInteger),
     # Which API made the job (bedrock, openai, anthropic): each lists and shows its own jobs.
     Column("api", String(16), nullable=False, server_default="bedrock"),
     # What an API keeps beside Bedrock's fields (JSON): an OpenAI batch's validation errors, say.

@@ -6,7 +6,7 @@ server. Either way a file is named by its path under ``<output-uri>/<job-id>/``,
 listing holds can be read, so a name can never reach anything else.
 
 The listing holds only the files the job wrote: its manifest and the ``.out`` file of each input file
-the manifest names. Anything else under the folder (another job's outputs, when that job was pointed at
+the manifest names (and its error file, for a job of OpenAI batch lines). Anything else under the folder (another job's outputs, when that job was pointed at
 this one's folder, or a file someone put there) is never listed nor served.
 """
 
@@ -19,6 +19,7 @@ from typing import Any, Protocol
 import orjson
 
 from bulkinfer.domain.tenant import is_plain_key
+from bulkinfer.formats.records import ERRORS_SUFFIX
 from bulkinfer.settings import ServerSettings
 from bulkinfer.storage.uris import LocalBuckets
 from bulkinfer.store.batch_jobs import BatchJob
@@ -70,9 +71,8 @@ class Written:
             inputs = orjson.loads(b"".join(self._folder.read(MANIFEST))).get("inputFiles", [])
         except (orjson.JSONDecodeError, AttributeError):
             return {}
-        names = {MANIFEST} | {
-            f"{name}.out" for name in inputs if isinstance(name, str) and is_plain_key(name)
-        }
+        plain = [name for name in inputs if isinstance(name, str) and is_plain_key(name)]
+        names = {MANIFEST} | {f"{name}.out" for name in plain} | {f"{name}{ERRORS_SUFFIX}" for name in plain}
         return {name: size for name, size in found.items() if name in names}
 
     def read(self, name: str) -> Iterator[bytes]:

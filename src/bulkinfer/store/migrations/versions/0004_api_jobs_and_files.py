@@ -1,5 +1,6 @@
-"""Jobs of every API: which API made a job (``api``) and what that API keeps beside Bedrock's fields
-(``details``); and the files uploaded through the OpenAI Files API.
+"""Jobs of every API: which API made a job (``api``), what that API keeps beside Bedrock's fields
+(``details``) and the job's tokens (``input_tokens``, ``output_tokens``, which OpenAI's ``usage`` shows);
+and the files uploaded through the OpenAI Files API.
 
 Revision ID: 0004
 Revises: 0003
@@ -25,6 +26,9 @@ def upgrade() -> None:
         op.add_column("batch_jobs", sa.Column("api", sa.String(16), nullable=False, server_default="bedrock"))
     if "details" not in columns:
         op.add_column("batch_jobs", sa.Column("details", sa.Text(), nullable=True))
+    for tokens in ("input_tokens", "output_tokens"):
+        if tokens not in columns:
+            op.add_column("batch_jobs", sa.Column(tokens, sa.BigInteger(), nullable=True))
     op.create_index(
         "ix_batch_jobs_tenant_api", "batch_jobs", ["tenant", "api", "submit_time"], if_not_exists=True
     )
@@ -49,4 +53,6 @@ def downgrade() -> None:
     op.drop_index("ix_batch_jobs_tenant_api", table_name="batch_jobs")
     with op.batch_alter_table("batch_jobs") as batch:
         batch.drop_column("details")
+        batch.drop_column("input_tokens")
+        batch.drop_column("output_tokens")
         batch.drop_column("api")

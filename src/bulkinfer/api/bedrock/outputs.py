@@ -6,8 +6,9 @@ server. Either way a file is named by its path under ``<output-uri>/<job-id>/``,
 listing holds can be read, so a name can never reach anything else.
 
 The listing holds only the files the job wrote: its manifest and the ``.out`` file of each input file
-the manifest names (and its error file, for a job of OpenAI batch lines). Anything else under the folder (another job's outputs, when that job was pointed at
-this one's folder, or a file someone put there) is never listed nor served.
+the manifest names (and its error file, for a job of OpenAI batch lines). Anything else under the
+folder (another job's outputs, when that job was pointed at this one's folder, or a file someone put
+there) is never listed nor served.
 """
 
 from __future__ import annotations

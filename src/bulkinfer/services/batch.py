@@ -132,6 +132,10 @@ class BatchService:
             )
         return job
 
+    def by_token(self, tenant: str, token: str) -> BatchJob | None:
+        """The tenant's job created with this client token, if any."""
+        return self._store.by_token(tenant, token)
+
     def get(self, tenant: str, job_id: str) -> BatchJob:
         return self._visible(tenant, job_id, self._store.get(job_id))
 
@@ -188,6 +192,11 @@ class BatchService:
         more = len(jobs) > limit
         jobs = [self._with_live_counts(j) for j in jobs[:limit]]
         return (jobs[::-1] if before is not None else jobs), more
+
+    def note(self, job: BatchJob, **details: Any) -> BatchJob:
+        """Keep more of what the job's API shows beside Bedrock's fields (merged into its details)."""
+        noted = self._store.update(job, details={**(job.details or {}), **details})
+        return noted or job
 
     def stop(self, tenant: str, job_id: str) -> None:
         """Stop a job. One that has run writes what it finished (Stopping, then Stopped with its partial

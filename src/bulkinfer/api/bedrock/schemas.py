@@ -133,7 +133,7 @@ def job_summary(job: BatchJob, region: str, account: str) -> dict[str, Any]:
         "jobName": job.name,
         "modelId": job.model_id,
         "clientRequestToken": job.client_token,
-        "roleArn": request["roleArn"],
+        "roleArn": request.get("roleArn"),  # (none for a job made through another API)
         "status": job.status.value,
         "message": job.message,
         "submitTime": _iso(job.submit_time),

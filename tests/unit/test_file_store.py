@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -52,7 +53,7 @@ def test_adding_an_id_again_returns_the_first_row(store: FileStore) -> None:
 def test_an_id_another_tenant_holds_is_refused(store: FileStore) -> None:
     store.add(row(1))
     with pytest.raises(IntegrityError):
-        store.add(StoredFile(**{**_fields(row(1)), "tenant": "team-b"}))
+        store.add(replace(row(1), tenant="team-b"))
     assert store.get("team-b", row(1).file_id) is None
 
 
@@ -71,7 +72,7 @@ def test_find_pages_in_creation_order_after_a_cursor(store: FileStore) -> None:
 
 
 def test_files_made_in_the_same_instant_page_by_id(store: FileStore) -> None:
-    same = [StoredFile(**{**_fields(row(n)), "created_at": T0}) for n in range(1, 5)]
+    same = [replace(row(n), created_at=T0) for n in range(1, 5)]
     for stored in same:
         store.add(stored)
     first = store.find("team-a", limit=2)
@@ -92,7 +93,3 @@ def test_expired_lists_rows_whose_time_is_up_and_alive_at_hides_them(store: File
     assert store.delete("team-a", row(1).file_id) == row(1, expires_at=T0 + 100)
     assert store.delete("team-a", row(1).file_id) is None
     assert [f.file_id for f in store.expired(T0 + 100)] == [row(2, "team-b").file_id]
-
-
-def _fields(stored: StoredFile) -> dict[str, object]:
-    return {name: getattr(stored, name) for name in StoredFile.__dataclass_fields__}

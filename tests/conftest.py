@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
@@ -12,6 +13,20 @@ import pytest
 
 from bulkinfer.engine.job import JobReport, LocalJob, RunRequest
 from bulkinfer.engine.progress import NoProgress
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _older_sdks_when_asked() -> None:
+    """Under ``BULKINFER_OLDER_SDKS=1`` (tests/integration/test_older_sdks.py) the SDKs imported must be
+    the older lines, so that rerun can never test the newer ones without saying so."""
+    if os.environ.get("BULKINFER_OLDER_SDKS") != "1":
+        return
+    import anthropic
+    import openai
+
+    assert openai.__version__.startswith("1."), f"openai {openai.__version__} imported, not the 1.x line"
+    assert anthropic.__version__.startswith("0."), f"anthropic {anthropic.__version__} imported, not 0.x"
+
 
 # A model that takes 0.1 s per batch of 5, so a test can watch a job run, stop it or kill it mid-way.
 SLOW_ECHO_CATALOG = """

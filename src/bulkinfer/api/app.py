@@ -13,6 +13,7 @@ from bulkinfer import __version__
 from bulkinfer.api import errors
 from bulkinfer.api.auth import DOCS_PATHS, Authenticator, Gate, parse_keys
 from bulkinfer.api.bedrock.routes import router as bedrock_router
+from bulkinfer.api.openai.files import router as files_router
 from bulkinfer.api.runtime.routes import router as runtime_router
 from bulkinfer.api.tenants import check_models, load_tenants, open_tenants, single_tenant
 from bulkinfer.domain.tenant import Tenant, Tenants, with_own_areas
@@ -22,12 +23,18 @@ from bulkinfer.providers.catalog import Catalog
 from bulkinfer.providers.extras import require_model
 from bulkinfer.scheduler.pressure import Pressure
 from bulkinfer.scheduler.scheduler import Scheduler
+from bulkinfer.scheduler.supervisor import Loops
 from bulkinfer.scheduler.watch import WATCH_TENANT, WatchFolder
 from bulkinfer.services.batch import BatchService
+from bulkinfer.services.files import FileService
 from bulkinfer.services.invoke import InvokeService, ModelPool
 from bulkinfer.settings import ServerSettings
 from bulkinfer.storage.uris import LocalBuckets
 from bulkinfer.store.batch_jobs import BatchJobStore
+from bulkinfer.store.files import FileStore
+
+FILE_EXPIRY_EVERY_S = 60.0
+"""How often files whose time is up are looked for (and deleted)."""
 
 
 class CountRequests:
@@ -82,6 +89,13 @@ def create_app(settings: ServerSettings, tenants: Tenants | None = None) -> Fast
     # jobs from before tenants belong to the access key that made them: they join its tenant now
     store.rename_tenants({key: name for key, (name, _) in tenants.keys.items()})
     pressure = Pressure()
+    files = FileService.of_server(
+        FileStore(settings.store_url),
+        settings.data_dir,
+        settings.s3_endpoint_url,
+        settings.files_bucket,
+        settings.max_file_bytes,
+    )
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -90,7 +104,10 @@ def create_app(settings: ServerSettings, tenants: Tenants | None = None) -> Fast
         app.state.batch = BatchService(store, scheduler, catalog)
         media = MediaSettings.of_service(settings.fetch_allow, settings.data_dir, settings.s3_endpoint_url)
         app.state.invoke = InvokeService(catalog, pool, media)
+        app.state.files = files
         tasks = [asyncio.create_task(scheduler.run())]
+        loops = Loops()
+        loops.start("file-expiry", lambda: files.expiry_step(FILE_EXPIRY_EVERY_S))
         if settings.watch and settings.watch_model:
             owner = watch_tenant(tenants, settings)
             watch = WatchFolder(
@@ -103,9 +120,11 @@ def create_app(settings: ServerSettings, tenants: Tenants | None = None) -> Fast
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
+            await loops.stop()
             await scheduler.close()
             await pool.close()
             store.close()
+            files.close()
 
     docs = {} if settings.docs else {"docs_url": None, "redoc_url": None, "openapi_url": None}
     app = FastAPI(title="bulkinfer", version=__version__, lifespan=lifespan, **docs)  # type: ignore[arg-type]
@@ -119,10 +138,12 @@ def create_app(settings: ServerSettings, tenants: Tenants | None = None) -> Fast
         max_buffered=max(settings.max_buffered_bytes or 0, 2 * settings.max_request_bytes),
         respond=errors.refusal,
         public=DOCS_PATHS if settings.docs else frozenset(),
+        streamed={("POST", "/v1/files"): settings.max_file_bytes + 2**20},  # (an upload's form fields)
     )
     app.add_middleware(CountRequests, pressure=pressure)
     app.include_router(bedrock_router)
     app.include_router(runtime_router)
+    app.include_router(files_router)
     return app
 
 

@@ -25,6 +25,8 @@ from bulkinfer.api.auth import AuthFailed
 from bulkinfer.domain.tenant import NotGranted
 from bulkinfer.errors import UserError
 from bulkinfer.services.batch import JobConflict, JobNotEnded, JobNotFound
+from bulkinfer.services.files import FileNotFound, FileTooLarge
+from bulkinfer.storage.blobs import StorageUnavailable
 from bulkinfer.store.batch_jobs import TooManyActiveJobs
 from bulkinfer.transient import is_transient_db
 
@@ -104,6 +106,9 @@ _REFUSALS: list[tuple[type[Exception], int, str]] = [
     (NotGranted, 403, "AccessDeniedException"),
     (TooManyActiveJobs, 400, "ServiceQuotaExceededException"),
     (JobNotFound, 404, "ResourceNotFoundException"),
+    (FileNotFound, 404, "ResourceNotFoundException"),
+    (FileTooLarge, 413, "ValidationException"),
+    (StorageUnavailable, 503, "ServiceUnavailableException"),
     (JobNotEnded, 409, "ConflictException"),
     (JobConflict, 400, "ValidationException"),
     (UserError, 400, "ValidationException"),

@@ -1,1 +1,1 @@
-"""The OpenAI API on bulkinfer serve: Files, Batches, and on-demand endpoints, under /v1."""
+"""The OpenAI API on bulkinfer serve: Files, Batches and on-demand endpoints, under /v1."""

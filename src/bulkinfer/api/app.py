@@ -13,6 +13,7 @@ from bulkinfer import __version__
 from bulkinfer.api import errors
 from bulkinfer.api.auth import DOCS_PATHS, Authenticator, Gate, parse_keys
 from bulkinfer.api.bedrock.routes import router as bedrock_router
+from bulkinfer.api.openai.batches import router as batches_router
 from bulkinfer.api.openai.files import router as files_router
 from bulkinfer.api.runtime.routes import router as runtime_router
 from bulkinfer.api.tenants import check_models, load_tenants, open_tenants, single_tenant
@@ -144,6 +145,7 @@ def create_app(settings: ServerSettings, tenants: Tenants | None = None) -> Fast
     app.include_router(bedrock_router)
     app.include_router(runtime_router)
     app.include_router(files_router)
+    app.include_router(batches_router)
     return app
 
 

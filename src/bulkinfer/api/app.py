@@ -11,6 +11,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from bulkinfer import __version__
 from bulkinfer.api import errors
+from bulkinfer.api.anthropic.batches import router as message_batches_router
 from bulkinfer.api.auth import DOCS_PATHS, Authenticator, Gate, parse_keys
 from bulkinfer.api.bedrock.routes import router as bedrock_router
 from bulkinfer.api.openai.batches import router as batches_router
@@ -146,6 +147,7 @@ def create_app(settings: ServerSettings, tenants: Tenants | None = None) -> Fast
     app.include_router(runtime_router)
     app.include_router(files_router)
     app.include_router(batches_router)
+    app.include_router(message_batches_router)
     return app
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import hashlib
 import re
 import time
 from dataclasses import dataclass, replace
@@ -29,6 +30,8 @@ class JobNotEnded(BulkinferError):
     """The job has not ended, so its outputs are not final."""
 
 
+DEDUPE_WINDOW_S = 600
+"""Creates of the same request this close together are one job (see `BatchService.dedupe_token`)."""
 STOP_TRIES = 5
 """Times a stop looks at a job that keeps moving before it gives up."""
 
@@ -67,6 +70,10 @@ class BatchService:
         self._store = store
         self._scheduler = scheduler
         self._catalog = catalog
+
+    @property
+    def catalog(self) -> Catalog:
+        return self._catalog
 
     def submit(self, new: NewJob) -> BatchJob:
         """Record a job (Submitted) and wake the scheduler; a repeated client token returns the first job
@@ -192,6 +199,27 @@ class BatchService:
         more = len(jobs) > limit
         jobs = [self._with_live_counts(j) for j in jobs[:limit]]
         return (jobs[::-1] if before is not None else jobs), more
+
+    def delete(self, tenant: str, job_id: str) -> BatchJob:
+        """Forget one of the tenant's ended jobs (its files are the caller's to remove)."""
+        job = self.ended(tenant, job_id)
+        if not self._store.delete(job):
+            raise JobConflict(f"Job {job_id} changed while it was being deleted; try again")
+        return job
+
+    def dedupe_token(self, tenant: str, key: str | None, request: bytes) -> str:
+        """A create's token for an API whose SDK sends none: the client's ``Idempotency-Key``, else a
+        hash of the request and of the ten minutes it came in (or of the ten before, if a job has that
+        one: a retry across the boundary), so a create the SDK sends again after a timeout makes no
+        second job."""
+        if key:
+            return f"key:{key}"
+        digest = hashlib.sha256(request).hexdigest()[:32]
+        window = int(time.time() // DEDUPE_WINDOW_S)
+        earlier = f"auto:{digest}:{window - 1}"
+        if self._store.by_token(tenant, earlier) is not None:
+            return earlier
+        return f"auto:{digest}:{window}"
 
     def note(self, job: BatchJob, **details: Any) -> BatchJob:
         """Keep more of what the job's API shows beside Bedrock's fields (merged into its details)."""

@@ -97,6 +97,30 @@ class FileService:
             raise UserError(f"tenant {tenant!r} cannot own files (its name is not a plain folder name)")
         return f"{own_area(self._bucket, tenant)}files/{check_file_id(file_id)}.jsonl"
 
+    async def keep(self, uri: str, lines: list[bytes]) -> None:
+        """Write lines as the object ``uri`` (a batch's requests sent inline, kept as its input)."""
+
+        def write() -> None:
+            spooled = self._blobs.spool_path(uri)
+            try:
+                with spooled.open("wb") as f:
+                    f.writelines(line + b"\n" for line in lines)
+                    _sync(f)
+                self._blobs.put(uri, spooled)
+            finally:
+                remove_quietly(spooled)
+
+        await asyncio.to_thread(write)
+
+    async def discard(self, *uris: str) -> None:
+        """Remove objects the service wrote (a deleted batch's input and results); gone ones are fine."""
+        for uri in uris:
+            await asyncio.to_thread(self._blobs.delete, uri)
+
+    def read(self, uri: str) -> Iterator[bytes]:
+        """The bytes of an object the service wrote, in blocks (``FileNotFoundError`` when gone)."""
+        return blocks_of(self._blobs.open(uri))
+
     async def upload(
         self,
         tenant: str,

@@ -223,6 +223,17 @@ class BatchJobStore:
     def get(self, job_id: str) -> BatchJob | None:
         return self._one(select(batch_jobs).where(batch_jobs.c.job_id == job_id))
 
+    def delete(self, job: BatchJob) -> bool:
+        """Remove an ended job's row; False when it changed meanwhile (or is gone)."""
+        c = batch_jobs.c
+        query = batch_jobs.delete().where(c.job_id == job.job_id, c.status == job.status.value)
+
+        def write() -> int:
+            with self._engine.begin() as conn:
+                return int(conn.execute(query).rowcount)
+
+        return self._retry(write) == 1
+
     def by_token(self, tenant: str, token: str) -> BatchJob | None:
         c = batch_jobs.c
         return self._one(select(batch_jobs).where(c.tenant == tenant, c.client_token == token))

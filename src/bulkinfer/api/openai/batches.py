@@ -9,7 +9,6 @@ translates: the create request into a job, a job into OpenAI's Batch object (ref
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import itertools
 import time
 from collections.abc import Iterator
@@ -41,8 +40,6 @@ router = APIRouter()
 PREFIX = "batch_"
 API = "openai"
 WINDOW_S = 24 * 3600
-DEDUPE_WINDOW_S = 600
-"""A create repeated within this long (same file, endpoint, window and metadata) is the same batch."""
 MODEL_SCAN_LINES = 100
 
 CallerDep = Annotated[Caller, Depends(caller)]
@@ -148,25 +145,13 @@ async def create_batch(
     details: dict[str, Any] = {"metadata": body.metadata}
     if body.output_expires_after is not None:
         details["outputExpiresAfter"] = body.output_expires_after.seconds
-    token = await _token(jobs, tenant.name, idempotency_key, body)
+    sent_body = orjson.dumps(body.model_dump(), option=orjson.OPT_SORT_KEYS)
+    token = await asyncio.to_thread(jobs.dedupe_token, tenant.name, idempotency_key, sent_body)
     new = NewJob(tenant, name, model, token, sent, api=API, details=details, check_model=False)
     job = await jobs.submit_async(new)
     if job.api != API:
         raise UserError("Idempotency-Key: given before for a job of another API; give another key")
     return await render(job, request, files)
-
-
-async def _token(jobs: BatchService, tenant: str, key: str | None, body: CreateBatch) -> str:
-    """The create's idempotency token: the client's ``Idempotency-Key``, else a hash of the request and
-    of the ten minutes it came in (or the ten before, if a job has it: a retry across the boundary)."""
-    if key:
-        return f"key:{key}"
-    digest = hashlib.sha256(orjson.dumps(body.model_dump(), option=orjson.OPT_SORT_KEYS)).hexdigest()[:32]
-    window = int(time.time() // DEDUPE_WINDOW_S)
-    earlier = f"auto:{digest}:{window - 1}"
-    if await asyncio.to_thread(jobs.by_token, tenant, earlier) is not None:
-        return earlier
-    return f"auto:{digest}:{window}"
 
 
 def _model_of(blocks: Iterator[bytes]) -> str:

@@ -11,8 +11,12 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from bulkinfer import __version__
 from bulkinfer.api import errors
+from bulkinfer.api.anthropic.messages import router as anthropic_messages_router
 from bulkinfer.api.auth import DOCS_PATHS, Authenticator, Gate, parse_keys
+from bulkinfer.api.bedrock.models import router as bedrock_models_router
 from bulkinfer.api.bedrock.routes import router as bedrock_router
+from bulkinfer.api.models import router as models_router
+from bulkinfer.api.openai.inference import router as openai_inference_router
 from bulkinfer.api.runtime.routes import router as runtime_router
 from bulkinfer.api.tenants import check_models, load_tenants, open_tenants, single_tenant
 from bulkinfer.domain.tenant import Tenant, Tenants, with_own_areas
@@ -123,6 +127,10 @@ def create_app(settings: ServerSettings, tenants: Tenants | None = None) -> Fast
     app.add_middleware(CountRequests, pressure=pressure)
     app.include_router(bedrock_router)
     app.include_router(runtime_router)
+    app.include_router(bedrock_models_router)
+    app.include_router(openai_inference_router)
+    app.include_router(anthropic_messages_router)
+    app.include_router(models_router)
     return app
 
 

@@ -1,0 +1,1 @@
+"""The Anthropic API (``/v1/messages...``), as the unmodified ``anthropic`` SDK calls it with ``base_url``."""

@@ -1,0 +1,1 @@
+"""The OpenAI API (``/v1/...``), as the unmodified ``openai`` SDK calls it with ``base_url``."""

@@ -8,6 +8,7 @@ body (``modelInput``) is left out of the messages here.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, Literal
 
 import orjson
@@ -23,6 +24,10 @@ from bulkinfer.providers.registry import capabilities_of
 from bulkinfer.services.invoke import InvokeService, ModelFailed
 
 Kind = Literal["chat", "embedding"]
+Finish = Callable[[dict[str, Any]], dict[str, Any]]
+"""What a route does to the dialect's answer before it is sent."""
+Adapt = Callable[[dict[str, Any]], Finish]
+"""Takes a route's own fields (the API's, not the dialect's) out of a body; says how to finish the answer."""
 _BEDROCK_CODES = {408: "ModelTimeoutException", 429: "ThrottlingException"}
 
 
@@ -40,7 +45,14 @@ def model_or_404(request: Request, who: Caller, name: str, api: str) -> ModelSpe
 
 
 async def answer_body(
-    request: Request, who: Caller, api: str, dialect: str, kind: Kind, *, model_in_body: bool = True
+    request: Request,
+    who: Caller,
+    api: str,
+    dialect: str,
+    kind: Kind,
+    *,
+    model_in_body: bool = True,
+    adapt: Adapt | None = None,
 ) -> Response:
     """Run the request's body through the model its ``model`` names, in ``dialect``; the response is
     that dialect's rendering. ``model_in_body=False``: the dialect has no ``model`` key (Anthropic's)."""
@@ -54,13 +66,17 @@ async def answer_body(
         message = "stream: streaming is not supported; send the request without stream (or stream=false)"
         return error_response(400, "ValidationException", message, api, param="stream")
     body.pop("stream", None)
+    finish = adapt(body) if adapt is not None else None
     spec = model_or_404(request, who, model, api)
     if isinstance(spec, Response):
         return spec
     mismatch = _kind_mismatch(spec, kind)
     if mismatch is not None:
         return error_response(400, "ValidationException", mismatch, api, param="model")
-    return await _invoke(request, who, api, model, body, dialect)
+    answer = await _invoke(request, who, api, model, body, dialect)
+    if isinstance(answer, Response):
+        return answer
+    return Response(orjson.dumps(finish(answer) if finish else answer), media_type="application/json")
 
 
 async def _json_body(request: Request, api: str) -> dict[str, Any] | Response:
@@ -88,7 +104,7 @@ def _kind_mismatch(spec: ModelSpec, kind: Kind) -> str | None:
 
 async def _invoke(
     request: Request, who: Caller, api: str, model: str, body: dict[str, Any], dialect: str
-) -> Response:
+) -> dict[str, Any] | Response:
     try:
         answer = await invoke_service(request).invoke(who.tenant, model, body, dialect)
     except (UnknownModelError, NotGranted) as exc:
@@ -98,7 +114,7 @@ async def _invoke(
         return error_response(400, "ValidationException", message, api, param=_param(exc.field))
     except ModelFailed as exc:
         return _failure(exc, model, api)
-    return Response(orjson.dumps(answer), media_type="application/json")
+    return answer
 
 
 def _failure(exc: ModelFailed, model: str, api: str) -> JSONResponse:

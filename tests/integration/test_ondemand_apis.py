@@ -167,6 +167,10 @@ def test_openai_refuses_streaming_and_bad_bodies(server: Server) -> None:
     with pytest.raises(openai.BadRequestError) as empty:
         client.embeddings.create(model="echo", input=[])
     assert empty.value.param == "input"
+    not_an_image: Any = {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}
+    with pytest.raises(openai.BadRequestError) as image:
+        client.chat.completions.create(model="echo", messages=[{"role": "user", "content": [not_an_image]}])
+    assert "messages.0.content.0.image_url: not an image" in image.value.message
     with pytest.raises(openai.BadRequestError) as prompts:
         client.completions.create(model="echo", prompt=["one", "two"])
     assert "one prompt per request" in prompts.value.message

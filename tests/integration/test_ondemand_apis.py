@@ -23,6 +23,7 @@ KEY_B = "team-b-key-0123456789"
 TENANTS = """
 [tenants.a]
 api_keys_env = "ONDEMAND_TEST_KEYS_A"
+access_keys = { AKIDONDEMANDA = "ONDEMAND_TEST_SECRET_A" }
 models = ["echo"]
 
 [tenants.b]
@@ -50,6 +51,7 @@ def tenants_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]
     with pytest.MonkeyPatch.context() as env:
         env.setenv("ONDEMAND_TEST_KEYS_A", f"{KEY_A},another-key-for-team-a")
         env.setenv("ONDEMAND_TEST_KEYS_B", KEY_B)
+        env.setenv("ONDEMAND_TEST_SECRET_A", "secret-of-a")
         running = start_server(root / "data", catalog, "--tenants", str(tenants))
     yield running
     running.stop()
@@ -63,13 +65,13 @@ def anthropic_client(server: Server, key: str = "any-key") -> anthropic.Anthropi
     return anthropic.Anthropic(base_url=server.url, api_key=key, max_retries=0)
 
 
-def bedrock_client(server: Server) -> Any:
+def bedrock_client(server: Server, key: str = "AKIDANY", secret: str = "secret") -> Any:
     return boto3.client(
         "bedrock",
         endpoint_url=server.url,
         region_name="eu-west-1",
-        aws_access_key_id="AKIDANY",
-        aws_secret_access_key="secret",
+        aws_access_key_id=key,
+        aws_secret_access_key=secret,
     )
 
 
@@ -320,6 +322,12 @@ def test_a_tenant_sees_and_uses_only_its_models(tenants_server: Server) -> None:
         b.messages.create(model="echo", max_tokens=5, messages=[{"role": "user", "content": "x"}])
     with pytest.raises(anthropic.NotFoundError):
         b.models.retrieve("echo")
+
+    bedrock = bedrock_client(tenants_server, "AKIDONDEMANDA", "secret-of-a")
+    assert [s["modelId"] for s in bedrock.list_foundation_models()["modelSummaries"]] == ["echo"]
+    with pytest.raises(ClientError) as hidden:
+        bedrock.get_foundation_model(modelIdentifier="slow-echo")
+    assert hidden.value.response["Error"]["Code"] == "ResourceNotFoundException"
 
     with pytest.raises(openai.AuthenticationError):
         openai_client(tenants_server, "not-a-key-of-anyone-at-all").models.list()

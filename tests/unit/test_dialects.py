@@ -50,8 +50,15 @@ def invalid(dialect: str, body: dict[str, Any]) -> RecordInvalid:
     return err
 
 
-def test_registry_holds_the_five_dialects() -> None:
-    assert set(DIALECTS) == {"anthropic", "converse", "openai-chat", "openai-embeddings", "titan-embed"}
+def test_registry_holds_the_six_dialects() -> None:
+    assert set(DIALECTS) == {
+        "anthropic",
+        "converse",
+        "openai-chat",
+        "openai-completions",
+        "openai-embeddings",
+        "titan-embed",
+    }
     for name, dialect in DIALECTS.items():
         assert dialect.name == name
         assert get_dialect(name) is dialect
@@ -353,6 +360,53 @@ def test_openai_chat_render(stop: Any, finish: str) -> None:
         {"index": 0, "message": {"role": "assistant", "content": "Paris."}, "finish_reason": finish}
     ]
     assert out["usage"] == {"prompt_tokens": 12, "completion_tokens": 3, "total_tokens": 15}
+
+
+# legacy completions
+
+
+def test_openai_completions_prompt_is_one_user_turn() -> None:
+    body = {"model": "m", "prompt": "Say hi", "max_tokens": 5, "temperature": 0.5, "stop": "."}
+    assert DIALECTS["openai-completions"].to_request(body) == ChatRequest(
+        messages=(user("Say hi"),), params=GenerationParams(max_tokens=5, temperature=0.5, stop=(".",))
+    )
+    one_in_a_list = DIALECTS["openai-completions"].to_request({"prompt": ["Say hi"]})
+    assert one_in_a_list == ChatRequest(messages=(user("Say hi"),))
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"prompt": ["a", "b"]}, "modelInput.prompt"),
+        ({"prompt": []}, "modelInput.prompt"),
+        ({"prompt": "a", "echo": True}, "modelInput.echo"),
+        ({"prompt": "a", "suffix": "z"}, "modelInput.suffix"),
+        ({"prompt": "a", "logprobs": 2}, "modelInput.logprobs"),
+        ({"prompt": "a", "n": 2}, "modelInput.n"),
+        ({"prompt": [1, 2, 3]}, "modelInput.prompt.0"),
+        ({"max_tokens": 3}, "modelInput.prompt"),
+    ],
+)
+def test_openai_completions_refuses_what_it_cannot_do(body: dict[str, Any], field: str) -> None:
+    with pytest.raises(RecordInvalid) as info:
+        DIALECTS["openai-completions"].to_request(body)
+    assert info.value.field == field
+
+
+@pytest.mark.parametrize(("stop", "finish"), [("end_turn", "stop"), ("max_tokens", "length")])
+def test_openai_completions_render(stop: Any, finish: str) -> None:
+    request = DIALECTS["openai-completions"].to_request({"prompt": "Capital of France?"})
+    out = DIALECTS["openai-completions"].render(chat_result(stop), request)
+    assert out["object"] == "text_completion"
+    assert out["id"].startswith("cmpl-")
+    assert isinstance(out["created"], int)
+    assert out["model"] == "m-1"
+    assert out["choices"] == [{"text": "Paris.", "index": 0, "finish_reason": finish, "logprobs": None}]
+    assert out["usage"] == {"prompt_tokens": 12, "completion_tokens": 3, "total_tokens": 15}
+
+
+def test_openai_completions_is_never_detected() -> None:
+    assert detect({"model": "m", "prompt": "hi"}, "anthropic").name != "openai-completions"
 
 
 # embeddings

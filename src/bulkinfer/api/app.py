@@ -12,10 +12,14 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from bulkinfer import __version__
 from bulkinfer.api import errors
 from bulkinfer.api.anthropic.batches import router as message_batches_router
+from bulkinfer.api.anthropic.messages import router as anthropic_messages_router
 from bulkinfer.api.auth import DOCS_PATHS, Authenticator, Gate, parse_keys
+from bulkinfer.api.bedrock.models import router as bedrock_models_router
 from bulkinfer.api.bedrock.routes import router as bedrock_router
+from bulkinfer.api.models import router as models_router
 from bulkinfer.api.openai.batches import router as batches_router
 from bulkinfer.api.openai.files import router as files_router
+from bulkinfer.api.openai.inference import router as openai_inference_router
 from bulkinfer.api.runtime.routes import router as runtime_router
 from bulkinfer.api.tenants import check_models, load_tenants, open_tenants, single_tenant
 from bulkinfer.domain.tenant import Tenant, Tenants, with_own_areas
@@ -148,6 +152,10 @@ def create_app(settings: ServerSettings, tenants: Tenants | None = None) -> Fast
     app.include_router(files_router)
     app.include_router(batches_router)
     app.include_router(message_batches_router)
+    app.include_router(bedrock_models_router)
+    app.include_router(openai_inference_router)
+    app.include_router(anthropic_messages_router)
+    app.include_router(models_router)
     return app
 
 

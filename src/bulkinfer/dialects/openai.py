@@ -1,4 +1,4 @@
-"""OpenAI chat-completions and embeddings bodies."""
+"""OpenAI chat-completions, legacy completions and embeddings bodies."""
 
 from __future__ import annotations
 
@@ -88,7 +88,6 @@ class OpenAIChatDialect(Dialect[ChatBody]):
 
     def render(self, result: Result, request: Request) -> dict[str, Any]:
         assert isinstance(result, ChatResult)
-        usage = result.usage
         return {
             "id": new_id("chatcmpl-"),
             "object": "chat.completion",
@@ -101,12 +100,17 @@ class OpenAIChatDialect(Dialect[ChatBody]):
                     "finish_reason": _FINISH_REASONS[result.stop_reason],
                 }
             ],
-            "usage": {
-                "prompt_tokens": usage.input_tokens,
-                "completion_tokens": usage.output_tokens,
-                "total_tokens": usage.input_tokens + usage.output_tokens,
-            },
+            "usage": _usage(result),
         }
+
+
+def _usage(result: ChatResult) -> dict[str, int]:
+    usage = result.usage
+    return {
+        "prompt_tokens": usage.input_tokens,
+        "completion_tokens": usage.output_tokens,
+        "total_tokens": usage.input_tokens + usage.output_tokens,
+    }
 
 
 def _no_images(index: int, message: ChatMessage) -> None:
@@ -143,6 +147,62 @@ def _image(url: str, field: str) -> ImagePart:
     header, _, payload = url.partition(",")
     media_type = header[5:].split(";")[0]
     return ImagePart(media_type=media_type, data=decode_base64(payload, f"{field}.url"), field=field)
+
+
+class CompletionsBody(Body):
+    model: str | None = None
+    prompt: str | list[str]
+    max_tokens: int | None = Field(default=None, ge=1)
+    temperature: float | None = Field(default=None, ge=0, le=2)
+    top_p: float | None = Field(default=None, ge=0, le=1)
+    stop: str | list[str] | None = None
+    n: int | None = Field(default=None, ge=1, le=1)
+    best_of: int | None = Field(default=None, ge=1, le=1)
+    echo: bool | None = None
+    suffix: str | None = None
+    logprobs: int | None = None
+
+
+class OpenAICompletionsDialect(Dialect[CompletionsBody]):
+    """The legacy text completion (``/v1/completions``): the prompt is one user turn.
+
+    Without ``max_tokens`` the model's catalog default applies, not the legacy API's 16.
+    """
+
+    name: ClassVar[str] = "openai-completions"
+    kind = "chat"
+    body_model = CompletionsBody
+
+    def build_request(self, body: CompletionsBody) -> Request:
+        for key in ("echo", "suffix", "logprobs"):
+            if getattr(body, key):
+                raise RecordInvalid(f"{key} is not supported", field=f"modelInput.{key}")
+        prompts = [body.prompt] if isinstance(body.prompt, str) else body.prompt
+        if len(prompts) != 1:
+            raise RecordInvalid(f"give one prompt per request, not {len(prompts)}", field="modelInput.prompt")
+        stop = (body.stop,) if isinstance(body.stop, str) else tuple(body.stop or ())
+        params = GenerationParams(
+            max_tokens=body.max_tokens, temperature=body.temperature, top_p=body.top_p, stop=stop
+        )
+        return ChatRequest(messages=(Message("user", (TextPart(prompts[0]),)),), params=params)
+
+    def render(self, result: Result, request: Request) -> dict[str, Any]:
+        assert isinstance(result, ChatResult)
+        return {
+            "id": new_id("cmpl-"),
+            "object": "text_completion",
+            "created": now(),
+            "model": result.model,
+            "choices": [
+                {
+                    "text": result.text,
+                    "index": 0,
+                    "finish_reason": _FINISH_REASONS[result.stop_reason],
+                    "logprobs": None,
+                }
+            ],
+            "usage": _usage(result),
+        }
 
 
 class EmbeddingsBody(Body):

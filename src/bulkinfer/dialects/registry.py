@@ -7,7 +7,7 @@ from typing import Any
 from bulkinfer.dialects.anthropic import AnthropicDialect
 from bulkinfer.dialects.base import Dialect
 from bulkinfer.dialects.converse import ConverseDialect
-from bulkinfer.dialects.openai import OpenAIChatDialect, OpenAIEmbeddingsDialect
+from bulkinfer.dialects.openai import OpenAIChatDialect, OpenAICompletionsDialect, OpenAIEmbeddingsDialect
 from bulkinfer.dialects.titan import TitanEmbeddingDialect
 from bulkinfer.errors import ConfigError
 
@@ -17,6 +17,7 @@ DIALECTS: dict[str, Dialect[Any]] = {
         AnthropicDialect(),
         ConverseDialect(),
         OpenAIChatDialect(),
+        OpenAICompletionsDialect(),  # named only: `detect` never picks it
         OpenAIEmbeddingsDialect(),
         TitanEmbeddingDialect(),
     )

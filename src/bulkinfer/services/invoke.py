@@ -60,6 +60,14 @@ class InvokeService:
         self._decode_slots = asyncio.Semaphore(DEFAULT_DECODES)
         """Images decoded at once across every call: each call has a resolver, they share these."""
 
+    def models(self, tenant: Tenant) -> list[ModelSpec]:
+        """The catalog models ``tenant`` may use, by name."""
+        return [spec for spec in self._catalog if tenant.may_use(spec.name)]
+
+    def model(self, tenant: Tenant, name: str) -> ModelSpec:
+        """One model ``tenant`` may use; `UnknownModelError` or `NotGranted` otherwise."""
+        return self._catalog.get(name, tenant.may_use)
+
     async def invoke(
         self, tenant: Tenant, model: str, body: dict[str, Any], dialect: str | None = None
     ) -> dict[str, Any]:

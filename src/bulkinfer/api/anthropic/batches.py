@@ -96,7 +96,8 @@ async def create_batch(
         "timeoutDurationInHours": WINDOW_HOURS,
         "recordFormat": API,
     }
-    job = await jobs.submit_async(NewJob(tenant, name, model, token, sent, api=API))
+    details = {"requestCount": len(lines)}
+    job = await jobs.submit_async(NewJob(tenant, name, model, token, sent, api=API, details=details))
     if job.request["inputDataConfig"] != sent["inputDataConfig"]:  # a concurrent twin was made first
         await files.discard(source)
     return _render(job, request)
@@ -246,7 +247,8 @@ def _folder(job: BatchJob) -> str:
 def _render(job: BatchJob, request: Request) -> dict[str, Any]:
     """A job as Anthropic's MessageBatch. Counts are live (Anthropic's stay 0 until the end)."""
     ended = job.status in SERVICE_ENDED
-    total = job.total if job.total is not None else len(job.request.get("requests", [])) or 0
+    details = job.details or {}
+    total = job.total if job.total is not None else int(details.get("requestCount", 0))
     succeeded, errored = job.success or 0, job.errors or 0
     unrun = max(total - succeeded - errored, 0)
     counts = {"processing": 0 if ended else unrun, "succeeded": succeeded, "errored": errored}
@@ -257,7 +259,6 @@ def _render(job: BatchJob, request: Request) -> dict[str, Any]:
     if job.status == JobStatus.FAILED:
         counts["errored"] += unrun
     status = "ended" if ended else "canceling" if job.status == JobStatus.STOPPING else "in_progress"
-    details = job.details or {}
     base = str(request.base_url).rstrip("/")
     return {
         "id": batch_id(job.job_id),

@@ -9,7 +9,7 @@ a line that never ran, because its batch was cancelled or expired, has ``respons
 
 from __future__ import annotations
 
-import hashlib
+import secrets
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -94,16 +94,12 @@ def succeeded(line: bytes) -> bool:
 
 
 def _line(record: InputRecord, response: dict[str, Any] | None, error: dict[str, str] | None) -> bytes:
-    line = {"id": f"batch_req_{_digest(record, 'line')}", "custom_id": record.record_id}
+    line = {"id": f"batch_req_{secrets.token_hex(12)}", "custom_id": record.record_id}
     return orjson.dumps({**line, "response": response, "error": error})
 
 
 def _request_id(record: InputRecord) -> str:
-    return f"req_{_digest(record, 'request')}"
-
-
-def _digest(record: InputRecord, what: str) -> str:
-    return hashlib.blake2b(f"{what}:{record.line}:{record.record_id}".encode(), digest_size=12).hexdigest()
+    return f"req_{secrets.token_hex(12)}"
 
 
 def _error_type(code: int) -> str:

@@ -52,7 +52,7 @@ def _problem(obj: dict[str, Any], custom_id: Any) -> str | None:
     if obj.get("method") != "POST":
         return f"method: must be POST, not {obj.get('method')!r}"
     url = obj.get("url")
-    if url not in ENDPOINTS:
+    if type(url) is not str or url not in ENDPOINTS:  # (a list or object is no key: it would raise)
         return f"url: {url!r} is not a batch endpoint; supported: {', '.join(ENDPOINTS)}"
     body = obj.get("body")
     if type(body) is not dict:

@@ -378,6 +378,13 @@ def test_formats_by_name() -> None:
     assert ANTHROPIC.unrun is not None and OPENAI.unrun is not None
 
 
+def test_each_format_names_a_records_body_as_its_lines_do() -> None:
+    said = "f line 2: modelInput.messages: too short"
+    assert BEDROCK.in_own_words(said) == said
+    assert OPENAI.in_own_words(said) == "f line 2: body.messages: too short"
+    assert ANTHROPIC.in_own_words(said) == "f line 2: params.messages: too short"
+
+
 @pytest.mark.parametrize(
     ("fmt", "field"), [(BEDROCK, "recordId"), (OPENAI, "custom_id"), (ANTHROPIC, "custom_id")]
 )

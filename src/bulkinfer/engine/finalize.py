@@ -127,9 +127,27 @@ def _sample_errors(data: bytes, errors: list[str]) -> None:
         return
     for line in data.splitlines():
         if _ERROR_MARK in line and len(errors) < 10:
-            error = orjson.loads(line).get("error")  # the mark may also sit inside an echoed modelInput
-            if isinstance(error, dict) and "errorMessage" in error:
-                errors.append(str(error["errorMessage"]))
+            message = _error_message(orjson.loads(line))  # the mark may also sit inside an echoed input
+            if message is not None:
+                errors.append(message)
+
+
+_MESSAGE_PATHS = (
+    ("error", "errorMessage"),  # Bedrock
+    ("response", "body", "error", "message"),  # OpenAI's error file
+    ("result", "error", "error", "message"),  # Anthropic's errored result
+)
+"""Where each record format's error line holds its message."""
+
+
+def _error_message(line: object) -> str | None:
+    for path in _MESSAGE_PATHS:
+        value = line
+        for key in path:
+            value = value.get(key) if isinstance(value, dict) else None
+        if value is not None:
+            return str(value)
+    return None
 
 
 def finish_results(target: Path, fmt: RecordFormat, unrun: Iterable[bytes] = ()) -> None:

@@ -161,8 +161,9 @@ def check_fit(
         request = item.request
         takers = [s.name for s in catalog if refusal(capabilities_of(s), request) is None]
         models = f"choose one that does: {', '.join(takers)}" if takers else "no model of the catalog does"
+        said = fmt.in_own_words(why.message)
         raise InputError(
-            f"{why.message}. Model {spec.name} takes none of the first records ({read:,} read, up to "
+            f"{said}. Model {spec.name} takes none of the first records ({read:,} read, up to "
             f"{FIT_SAMPLE} a file); {models}"
         )
 
@@ -184,7 +185,7 @@ def check_some_valid(
             if item.error is None:
                 return
             if len(problems) < 3:
-                problems.append(item.error.message)
+                problems.append(fmt.in_own_words(item.error.message))
     if problems:
         hint = "; or drop --dialect, which none of them is in" if forced is not None else ""
         raise InputError(
@@ -275,7 +276,7 @@ class _Pass:
             if problem is not None:
                 invalid += 1
                 if len(self.report.samples) < MAX_SAMPLES:
-                    self.report.samples.append(problem)
+                    self.report.samples.append(self._format.in_own_words(problem))
         return invalid
 
     def _problem(self, f: InputFile, record: InputRecord, first: int) -> str | None:

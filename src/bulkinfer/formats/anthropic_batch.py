@@ -27,6 +27,8 @@ ERROR_TYPES = {
     529: "overloaded_error",
 }
 UNRUN = {"cancelled": "canceled", "expired": "expired"}
+INPUT_FIELD = "params"
+"""The field holding a request's body (the dialects' messages call it ``modelInput``)."""
 
 
 def parse_line(raw: Line, line: int, *, source: str, seed: str) -> InputRecord:
@@ -70,7 +72,7 @@ def render_output(record: InputRecord, output: dict[str, Any], attempts: int = 0
 
 
 def render_error(record: InputRecord, error: RecordError) -> bytes:
-    message = error.message.replace("modelInput", "params")
+    message = error.message.replace("modelInput", INPUT_FIELD)
     kind = ERROR_TYPES.get(error.code, "invalid_request_error" if error.code < 500 else "api_error")
     body = {"type": "error", "error": {"type": kind, "message": message}, "request_id": None}
     return _line(record, {"type": "errored", "error": body})

@@ -30,6 +30,8 @@ MAX_CUSTOM_ID = 512
 ERROR_TYPES = {400: "invalid_request_error", 408: "timeout", 429: "rate_limit_exceeded"}
 UNRUN = {"cancelled": "batch_cancelled", "expired": "batch_expired"}
 """Why a line never ran, as OpenAI's error code for it."""
+INPUT_FIELD = "body"
+"""The field holding a line's request body (the dialects' messages call it ``modelInput``)."""
 
 
 def parse_line(raw: Line, line: int, *, source: str, seed: str) -> InputRecord:
@@ -54,7 +56,7 @@ def _problem(obj: dict[str, Any], custom_id: Any) -> str | None:
     if obj.get("method") != "POST":
         return f"method: must be POST, not {obj.get('method')!r}"
     url = obj.get("url")
-    if url not in ENDPOINTS:
+    if type(url) is not str or url not in ENDPOINTS:  # (a list or object is no key: it would raise)
         return f"url: {url!r} is not a batch endpoint; supported: {', '.join(ENDPOINTS)}"
     body = obj.get("body")
     if type(body) is not dict:
@@ -74,7 +76,7 @@ def render_output(record: InputRecord, output: dict[str, Any], attempts: int = 0
 
 
 def render_error(record: InputRecord, error: RecordError) -> bytes:
-    message = error.message.replace("modelInput", "body")
+    message = error.message.replace("modelInput", INPUT_FIELD)
     body = {"error": {"message": message, "type": _error_type(error.code), "param": None, "code": error.kind}}
     response = {"status_code": error.code, "request_id": _request_id(record), "body": body}
     return _line(record, response, None)

@@ -40,6 +40,13 @@ class RecordFormat:
     succeeded: Callable[[bytes], bool] | None = None
     """For formats that write successes and failures to two files (``<input>.out`` and
     `ERRORS_SUFFIX`): which result lines are successes."""
+    input_field: str = "modelInput"
+    """The key of a line's request body, as this format's messages name it."""
+
+    def in_own_words(self, message: str) -> str:
+        """A message about a record, its body's field named as this format's lines name it (the
+        dialects say ``modelInput``)."""
+        return message.replace("modelInput", self.input_field)
 
 
 BEDROCK = RecordFormat("bedrock", "recordId", bedrock.parse_line, bedrock.render_output, bedrock.render_error)
@@ -51,6 +58,7 @@ OPENAI = RecordFormat(
     openai_batch.render_error,
     openai_batch.render_unrun,
     openai_batch.succeeded,
+    openai_batch.INPUT_FIELD,
 )
 ANTHROPIC = RecordFormat(
     "anthropic",
@@ -59,6 +67,7 @@ ANTHROPIC = RecordFormat(
     anthropic_batch.render_output,
     anthropic_batch.render_error,
     anthropic_batch.render_unrun,
+    input_field=anthropic_batch.INPUT_FIELD,
 )
 FORMATS = {f.name: f for f in (BEDROCK, OPENAI, ANTHROPIC)}
 

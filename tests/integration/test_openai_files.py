@@ -159,7 +159,12 @@ def test_an_upload_over_the_limit_is_refused_and_nothing_is_kept(server: Server)
     assert refused.value.status_code == 413
     assert "limit" in refused.value.message
     assert stored_files(server, "team-a") == before  # no bytes, no temp file
-    assert "big.jsonl" not in [f.filename for f in client.files.list()]
+    # far over it: cut off as it streams in, at the Gate (the limit and the form fields' allowance)
+    with pytest.raises(openai.APIStatusError) as refused:
+        client.files.create(file=("bigger.jsonl", b"x" * (3 * MAX_FILE_BYTES)), purpose="batch")
+    assert refused.value.status_code == 413
+    assert stored_files(server, "team-a") == before
+    assert not {"big.jsonl", "bigger.jsonl"} & {f.filename for f in client.files.list()}
 
 
 @pytest.mark.sdk_compat

@@ -159,7 +159,12 @@ def test_an_upload_over_the_limit_is_refused_and_nothing_is_kept(server: Server)
     assert refused.value.status_code == 413
     assert "limit" in refused.value.message
     assert stored_files(server, "team-a") == before  # no bytes, no temp file
-    assert "big.jsonl" not in [f.filename for f in client.files.list()]
+    # far over it: cut off as it streams in, at the Gate (the limit and the form fields' allowance)
+    with pytest.raises(openai.APIStatusError) as refused:
+        client.files.create(file=("bigger.jsonl", b"x" * (3 * MAX_FILE_BYTES)), purpose="batch")
+    assert refused.value.status_code == 413
+    assert stored_files(server, "team-a") == before
+    assert not {"big.jsonl", "bigger.jsonl"} & {f.filename for f in client.files.list()}
 
 
 @pytest.mark.sdk_compat
@@ -174,26 +179,31 @@ def test_bad_purposes_and_ids_are_refused(server: Server) -> None:
 
 
 @pytest.mark.sdk_compat
-def test_files_on_an_s3_server(tmp_path: Path) -> None:
+def test_files_on_an_s3_server_and_a_503_while_it_is_away(tmp_path: Path) -> None:
     with moto_server() as port:
         endpoint = f"http://127.0.0.1:{port}"
         s3 = s3_client(endpoint)
         s3.create_bucket(Bucket="bulkinfer-files")
         running = serve(tmp_path, "--s3-endpoint-url", endpoint, env=S3_CREDENTIALS)
-        try:
-            client = sdk(running)
-            data = jsonl(5_000)
-            created = client.files.create(file=("on-s3.jsonl", data), purpose="batch")
-            key = f"team-a/files/{created.id}.jsonl"
-            assert s3.get_object(Bucket="bulkinfer-files", Key=key)["Body"].read() == data
-            assert client.files.content(created.id).content == data
-            client.files.delete(created.id)
-            assert s3.list_objects_v2(Bucket="bulkinfer-files").get("KeyCount") == 0
-            assert not (tmp_path / "data" / "uploads").exists() or not any(
-                (tmp_path / "data" / "uploads").iterdir()
-            )
-        finally:
-            running.stop()
+        client = sdk(running)
+        data = jsonl(5_000)
+        created = client.files.create(file=("on-s3.jsonl", data), purpose="batch")
+        key = f"team-a/files/{created.id}.jsonl"
+        assert s3.get_object(Bucket="bulkinfer-files", Key=key)["Body"].read() == data
+        assert client.files.content(created.id).content == data
+        kept = client.files.create(file=("kept.jsonl", data), purpose="batch")
+        client.files.delete(created.id)
+        listed = s3.list_objects_v2(Bucket="bulkinfer-files")["Contents"]
+        assert [o["Key"] for o in listed] == [f"team-a/files/{kept.id}.jsonl"]
+    try:  # the S3 server is gone: retried for a few seconds, then a 503 the SDK would retry later
+        with pytest.raises(openai.InternalServerError) as refused:
+            client.files.content(kept.id)
+        assert refused.value.status_code == 503
+        assert client.files.retrieve(kept.id).id == kept.id  # the rows are in the database
+        uploads = tmp_path / "data" / "uploads"
+        assert not uploads.exists() or not any(uploads.iterdir())  # spooled uploads are not left
+    finally:
+        running.stop()
 
 
 class Clock:

@@ -30,7 +30,7 @@ from bulkinfer.transient import retrying_call
 
 T = TypeVar("T")
 READ_BYTES = 1 << 20
-PATIENCE_S = 8.0
+PATIENCE_S = 5.0
 """How long one call waits out S3 before the caller (a request, a loop) is told it is unavailable."""
 
 

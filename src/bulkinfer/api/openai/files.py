@@ -16,6 +16,7 @@ from fastapi.responses import StreamingResponse
 from pydantic import BaseModel
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect
 
 from bulkinfer.api.auth import Caller
 from bulkinfer.errors import UserError
@@ -96,6 +97,8 @@ async def create_file(request: Request, who: CallerDep, files: FilesDep) -> File
             )
     except HTTPException as exc:  # starlette's refusal of a malformed multipart body
         raise UserError(f"the upload is not valid multipart/form-data: {exc.detail}") from None
+    except ClientDisconnect:  # (no one is left to read the answer; nothing was kept)
+        raise UserError("the upload was cut off before its end") from None
     return FileObject.of(stored)
 
 

@@ -28,9 +28,9 @@ from bulkinfer.engine.runner import EngineSettings, RecordPipeline
 from bulkinfer.engine.validate import format_of_files
 from bulkinfer.errors import BulkinferError, InputError, JobConflictError, JobLocked, UserError
 from bulkinfer.faults import failpoint
-from bulkinfer.formats.jsonl import count_lines, split_lines
+from bulkinfer.formats.jsonl import count_lines
 from bulkinfer.formats.manifest import ManifestInfo, build_manifest
-from bulkinfer.formats.records import get_format
+from bulkinfer.formats.records import get_format, results_of_unrun
 from bulkinfer.providers.base import Provider
 from bulkinfer.providers.catalog import Catalog, ImageSettings, ModelSpec
 from bulkinfer.providers.registry import load_provider
@@ -618,10 +618,15 @@ class LocalJob:
         done = LineSet()
         for chunk in chunks:
             done = done.union(chunk.lines)
-        seed = f"{self.id_seed}:{f.name}"
-        for number, raw in split_lines(read_blocks(f.path), self.settings.max_line_bytes):
-            if number not in done:
-                yield unrun(self.format.parse(raw, number, source=f.name, seed=seed), why)
+        yield from results_of_unrun(
+            read_blocks(f.path),
+            self.format,
+            lambda record: unrun(record, why),
+            source=f.name,
+            seed=f"{self.id_seed}:{f.name}",
+            max_line_bytes=self.settings.max_line_bytes,
+            done=done,
+        )
 
     def report(self, manifest: dict[str, Any] | None = None) -> JobReport:
         if manifest is not None:

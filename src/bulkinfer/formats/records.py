@@ -10,7 +10,7 @@ A job's lines are all in one format: named, or found from the first line of its 
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Container, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,7 +19,7 @@ import orjson
 from bulkinfer.domain.request import RecordError
 from bulkinfer.formats import anthropic_batch, bedrock, openai_batch
 from bulkinfer.formats.bedrock import InputRecord
-from bulkinfer.formats.jsonl import Line
+from bulkinfer.formats.jsonl import Line, split_lines
 
 ERRORS_SUFFIX = ".errors.out"
 """A split format's error file, beside its output file ``<input>.out``."""
@@ -97,6 +97,23 @@ def format_of_line(raw: Line) -> str | None:
     if "params" in obj:
         return "anthropic"
     return "openai"
+
+
+def results_of_unrun(
+    blocks: Iterable[bytes],
+    fmt: RecordFormat,
+    render: Callable[[InputRecord], bytes],
+    *,
+    source: str,
+    seed: str,
+    max_line_bytes: int,
+    done: Container[int] = (),
+) -> Iterator[bytes]:
+    """The result line ``render`` gives each record of an input (its bytes in ``blocks``) whose line is
+    not ``done``: the records a cancelled, expired or failed job never ran."""
+    for number, raw in split_lines(blocks, max_line_bytes):
+        if number not in done:
+            yield render(fmt.parse(raw, number, source=source, seed=seed))
 
 
 def duplicate_id(fmt: RecordFormat, source: str, line: int, record_id: str, first_seen: str) -> str:

@@ -28,9 +28,11 @@ from bulkinfer.dialects.registry import get_dialect
 from bulkinfer.domain.job import SERVICE_ENDED, JobStatus
 from bulkinfer.domain.request import RecordError
 from bulkinfer.domain.tenant import own_area
+from bulkinfer.engine.runner import EngineSettings
 from bulkinfer.errors import RecordInvalid, UserError
-from bulkinfer.formats.anthropic_batch import params_body, render_error, request_problem
+from bulkinfer.formats.anthropic_batch import params_body, render_error, render_unrun, request_problem
 from bulkinfer.formats.bedrock import InputRecord
+from bulkinfer.formats.records import ANTHROPIC, results_of_unrun
 from bulkinfer.services.batch import BatchService, JobNotEnded, JobNotFound, NewJob
 from bulkinfer.services.files import FileService
 from bulkinfer.settings import ServerSettings
@@ -198,8 +200,8 @@ async def batch_results(
     job = await _batch(jobs, who, identifier)
     if job.status not in SERVICE_ENDED:
         raise JobNotEnded(f"Batch {identifier} has not ended: its results are not ready")
-    if job.status == JobStatus.FAILED and not job.start_time:  # it never ran: each request errored
-        lines = _all_errored(files, job)
+    if job.status in (JobStatus.FAILED, JobStatus.EXPIRED) and not job.start_time:  # it never ran
+        lines = _never_ran(files, job)
     else:
         settings: ServerSettings = request.app.state.settings
         tenant = request.app.state.tenants.get(job.tenant)
@@ -211,14 +213,25 @@ async def batch_results(
     return StreamingResponse(lines, media_type="application/binary")
 
 
-def _all_errored(files: FileService, job: BatchJob) -> Iterator[bytes]:
-    """Result lines of a batch that failed before it ran: every request errored, saying why."""
+def _never_ran(files: FileService, job: BatchJob) -> Iterator[bytes]:
+    """Result lines of a batch that ended before it ran: every request ``expired`` (its window passed
+    while it waited) or ``errored``, saying why (it failed)."""
     error = RecordError(500, job.message or "the batch failed before it ran", "api_error")
-    for raw in files.read(_source(job)):
-        for line in raw.splitlines():
-            if line.strip():
-                custom_id = str(orjson.loads(line).get("custom_id", ""))
-                yield render_error(InputRecord(0, custom_id, None), error) + b"\n"
+
+    def result(record: InputRecord) -> bytes:
+        line = (
+            render_unrun(record, "expired")
+            if job.status == JobStatus.EXPIRED
+            else render_error(record, error)
+        )
+        return line + b"\n"
+
+    name = _name(job)
+    seed = f"{job.job_id}:{name}"
+    max_line = EngineSettings().max_line_bytes
+    yield from results_of_unrun(
+        files.read(_source(job)), ANTHROPIC, result, source=name, seed=seed, max_line_bytes=max_line
+    )
 
 
 async def _batch(jobs: BatchService, who: Caller, identifier: str) -> BatchJob:

@@ -27,9 +27,10 @@ from bulkinfer.domain.job import SERVICE_ENDED, JobStatus
 from bulkinfer.domain.tenant import own_area
 from bulkinfer.engine.runner import EngineSettings
 from bulkinfer.errors import UserError
+from bulkinfer.formats import records
 from bulkinfer.formats.jsonl import split_lines
-from bulkinfer.formats.openai_batch import ENDPOINTS, first_model
-from bulkinfer.formats.records import ERRORS_SUFFIX
+from bulkinfer.formats.openai_batch import ENDPOINTS, first_model, render_unrun
+from bulkinfer.formats.records import ERRORS_SUFFIX, results_of_unrun
 from bulkinfer.services.batch import BatchService, JobNotFound, NewJob
 from bulkinfer.services.files import FileService, check_file_id
 from bulkinfer.settings import ServerSettings
@@ -287,6 +288,27 @@ def _int(value: Any) -> int | None:
     return int(value) if isinstance(value, int | float) else None
 
 
+async def _all_expired(files: FileService, job: BatchJob, source: str, target: str) -> int:
+    """Write the error file of a batch that expired before it ran (a ``batch_expired`` line for each
+    request); its size."""
+    name = source.rsplit("/", 1)[-1]
+
+    def lines() -> list[bytes]:
+        expired = results_of_unrun(
+            files.read(source),
+            records.OPENAI,
+            lambda record: render_unrun(record, "expired"),
+            source=name,
+            seed=f"{job.job_id}:{name}",
+            max_line_bytes=EngineSettings().max_line_bytes,
+        )
+        return list(expired)
+
+    written = await asyncio.to_thread(lines)
+    await files.keep(f"{target}{ERRORS_SUFFIX}", written)
+    return sum(len(line) + 1 for line in written)
+
+
 async def _result_files(job: BatchJob, request: Request, files: FileService) -> tuple[str | None, str | None]:
     """The ids of an ended batch's output and error files, each None when it would be empty. Each is
     registered as a file of the tenant the first time the batch is shown ended (and noted on the job)."""
@@ -295,12 +317,17 @@ async def _result_files(job: BatchJob, request: Request, files: FileService) -> 
         return details["output_file_id"], details["error_file_id"]
     if job.status not in SERVICE_ENDED or (job.status == JobStatus.FAILED and not job.start_time):
         return None, None
-    settings: ServerSettings = request.app.state.settings
-    tenant = request.app.state.tenants.get(job.tenant)
-    outputs = job_outputs(settings, job, tenant.grants.may_read)
-    sizes = await asyncio.to_thread(outputs.sizes)
-    input_name = job.request["inputDataConfig"]["s3InputDataConfig"]["s3Uri"].rsplit("/", 1)[-1]
+    source = job.request["inputDataConfig"]["s3InputDataConfig"]["s3Uri"]
+    input_name = source.rsplit("/", 1)[-1]
     folder = f"{job.request['outputDataConfig']['s3OutputDataConfig']['s3Uri'].rstrip('/')}/{job.job_id}"
+    if job.status == JobStatus.EXPIRED and not job.start_time:  # its window passed while it waited
+        size = await _all_expired(files, job, source, f"{folder}/{input_name}")
+        sizes = {f"{input_name}{ERRORS_SUFFIX}": size}
+    else:
+        settings: ServerSettings = request.app.state.settings
+        tenant = request.app.state.tenants.get(job.tenant)
+        outputs = job_outputs(settings, job, tenant.grants.may_read)
+        sizes = await asyncio.to_thread(outputs.sizes)
     expires = details.get("outputExpiresAfter")
     ids: list[str | None] = []
     for kind, name in (("output", f"{input_name}.out"), ("error", f"{input_name}{ERRORS_SUFFIX}")):

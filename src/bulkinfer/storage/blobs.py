@@ -130,7 +130,11 @@ class S3Blobs:
         key = uri.removeprefix("s3://")
         timeout = UPLOAD_TIMEOUT_S + spooled.stat().st_size / UPLOAD_MIN_BYTES_PER_S
         try:
-            self._call(lambda: self._fs.put_file(str(spooled), key, timeout=timeout))
+            try:
+                self._call(lambda: self._fs.put_file(str(spooled), key, timeout=timeout))
+            except FileNotFoundError:  # the files bucket is not there yet (a new S3 server): made once
+                self._call(lambda: self._fs.mkdir(key.split("/", 1)[0]))
+                self._call(lambda: self._fs.put_file(str(spooled), key, timeout=timeout))
         finally:
             remove_quietly(spooled)
 

@@ -286,3 +286,25 @@ def test_a_job_killed_mid_way_resumes_and_lists_every_custom_id_once(
     counts = manifest(out / "k")
     assert (counts["successRecordCount"], counts["errorRecordCount"]) == (total - len(bad), len(bad))
     assert counts["status"] == "Completed"
+
+
+def test_results_shows_an_openai_or_anthropic_jobs_records(tmp_path: Path) -> None:
+    openai_file = write_jsonl(tmp_path / "o" / "batch.jsonl", OPENAI_LINES)
+    anthropic_file = write_jsonl(tmp_path / "a" / "batch.jsonl", [anthropic_request("a-1", "hi there"), {}])
+    out = tmp_path / "out"
+    for source, job in ((openai_file, "o"), (anthropic_file, "a")):
+        ran = invoke("run", source, "--model", "echo", "--output", out, "--job-id", job)
+        assert ran.exit_code == 0, ran.output
+
+    shown = invoke("results", out / "o", "--limit", "0")
+    assert shown.exit_code == 0, shown.output
+    rows = [" ".join(row.split()) for row in shown.stdout.splitlines()]
+    assert rows[:2] == ["chat-1 hello there", "emb-1 1 embedding(s)"]
+    assert "get batch.jsonl line 5: method: must be POST, not 'GET'" in rows  # the error file's lines too
+    assert len(rows) == len(OPENAI_LINES)
+
+    shown = invoke("results", out / "a")
+    assert shown.exit_code == 0, shown.output
+    rows = [" ".join(row.split()) for row in shown.stdout.splitlines()]
+    assert rows[0] == "a-1 hi there"
+    assert rows[1].endswith("batch.jsonl line 2: custom_id: field required")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -13,7 +14,14 @@ from bulkinfer.domain.job import JobStatus
 from bulkinfer.engine.job import STATE_DIR, LocalJob, RunRequest
 from bulkinfer.engine.runner import EngineSettings
 from bulkinfer.errors import InputError, JobConflictError, UnknownModelError, UserError
-from tests.conftest import anthropic_record, read_jsonl, run_job, run_until_stopped, write_jsonl
+from tests.conftest import (
+    CountingProgress,
+    anthropic_record,
+    read_jsonl,
+    run_job,
+    run_until_stopped,
+    write_jsonl,
+)
 
 
 def test_output_layout_and_manifest_match_bedrock(tmp_path: Path) -> None:
@@ -358,3 +366,53 @@ def test_a_service_stop_writes_the_finished_records_and_a_manifest(
     assert manifest["status"] == "Stopped" and manifest["processedRecordCount"] == len(out)
     assert manifest["totalRecordCount"] == 200
     assert (state / "state.db").is_file() and not (tmp_path / "out" / ".bulkinfer").exists()
+
+
+@pytest.mark.parametrize(("final", "why"), [(JobStatus.STOPPED, 0), (JobStatus.PARTIALLY_COMPLETED, 1)])
+@pytest.mark.parametrize("fmt", ["openai", "anthropic"])
+def test_a_service_stop_lists_the_requests_it_never_ran(
+    tmp_path: Path, echo_catalog: Callable[..., Path], fmt: str, final: JobStatus, why: int
+) -> None:
+    """A cancelled (Stopped) or expired (PartiallyCompleted) batch answers every request once: a small
+    file, read to its end before the stop, names the ones never run (batch_cancelled / batch_expired,
+    canceled / expired)."""
+    catalog = echo_catalog(delay_s=0.05, batch_size=5, concurrency=1)
+    ids = [f"r{i}" for i in range(60)]
+    chat = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 5}
+    if fmt == "openai":
+        lines = [{"custom_id": c, "method": "POST", "url": "/v1/chat/completions", "body": chat} for c in ids]
+    else:
+        lines = [{"custom_id": c, "params": {**chat, "model": "m"}} for c in ids]
+    source = write_jsonl(tmp_path / "in.jsonl", lines)
+    out = tmp_path / "out"
+    request = RunRequest(source, "echo-test", out, "svc", catalog, keep_partial=True, record_format=fmt)
+
+    async def stop_when_some_ran() -> JobStatus:
+        job = LocalJob.open(request)
+        try:
+            progress = CountingProgress()
+            task = asyncio.create_task(job.execute(progress))
+            while progress.records < 10 and not task.done():
+                await asyncio.sleep(0.01)
+            job.request_stop(final)
+            return (await task).job.status
+        finally:
+            job.close()
+
+    assert asyncio.run(stop_when_some_ran()) == final
+    folder = tmp_path / "out" / "svc"
+    manifest = orjson.loads((folder / "manifest.json.out").read_bytes())
+    ran = manifest["processedRecordCount"]
+    assert 10 <= ran < 60, "the job finished before it could be stopped"
+    if fmt == "openai":
+        done, unrun = read_jsonl(folder / "in.jsonl.out"), read_jsonl(folder / "in.jsonl.errors.out")
+        assert all(line["response"]["status_code"] == 200 for line in done)
+        code = ("batch_cancelled", "batch_expired")[why]
+        assert all(line["response"] is None and line["error"]["code"] == code for line in unrun)
+    else:
+        results = read_jsonl(folder / "in.jsonl.out")
+        done = [line for line in results if line["result"]["type"] == "succeeded"]
+        unrun = [line for line in results if line["result"]["type"] == ("canceled", "expired")[why]]
+        assert len(done) + len(unrun) == len(results)
+    assert len(done) == ran
+    assert sorted(line["custom_id"] for line in done + unrun) == sorted(ids)  # each exactly once

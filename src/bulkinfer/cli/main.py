@@ -14,7 +14,7 @@ import sys
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, NoReturn
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import orjson
 import typer
@@ -38,14 +38,14 @@ from bulkinfer.cli.retry import retry_request
 from bulkinfer.cli.summary import print_catalog, print_dry_run, print_jobs, print_report
 from bulkinfer.dialects.registry import get_dialect
 from bulkinfer.domain.job import TRANSITIONS, JobStatus
-from bulkinfer.engine.finalize import MANIFEST_NAME, merged_lines
+from bulkinfer.engine.finalize import MANIFEST_NAME, error_message, merged_lines
 from bulkinfer.engine.job import STATE_DIR, LocalJob, MediaSettings, RunRequest
 from bulkinfer.engine.runner import EngineSettings
 from bulkinfer.engine.validate import check_fit, check_inputs, check_some_valid, dry_run, format_of_files
 from bulkinfer.errors import BulkinferError, UserError
 from bulkinfer.formats.bedrock import output_text
 from bulkinfer.formats.jsonl import Line, OversizeLine, split_lines
-from bulkinfer.formats.records import get_format
+from bulkinfer.formats.records import ERRORS_SUFFIX, get_format
 from bulkinfer.providers.catalog import Catalog
 from bulkinfer.providers.extras import require_client, require_model
 from bulkinfer.storage.files import list_inputs, read_blocks
@@ -725,6 +725,7 @@ def results(
         if _committed_so_far(job_dir, limit):
             return
         files = sorted(job_dir.rglob(f"*{remote.RECORDS_SUFFIX}")) if job_dir.is_dir() else []
+        files += sorted(job_dir.rglob(f"*{ERRORS_SUFFIX}")) if job_dir.is_dir() else []  # OpenAI's
         if not files:
             raise UserError(f"no {remote.RECORDS_SUFFIX} file in {job_dir}")
         _print_records([read_blocks(path) for path in files], limit)
@@ -827,11 +828,25 @@ def _record_texts(line: Line) -> tuple[Text, Text]:
     if isinstance(line, OversizeLine):
         return Text("?", style="bold red"), Text(f"a line of {line.size:,} bytes, too long to show")
     record = orjson.loads(line)
-    record_id = Text(str(record.get("recordId")), style="bold")
-    if "modelOutput" in record:
-        return record_id, Text(output_text(record["modelOutput"]))
+    record_id = Text(str(record.get("recordId", record.get("custom_id"))), style="bold")
+    if (answer := _answer(record)) is not None:
+        return record_id, Text(output_text(answer))
     record_id.stylize("red")
-    return record_id, Text(str(record.get("error", {}).get("errorMessage")))
+    said = error_message(record) or str(record.get("result", {}).get("type"))  # Anthropic's canceled/expired
+    return record_id, Text(said)
+
+
+def _answer(record: dict[str, Any]) -> Any:
+    """A result line's model answer, in any record format (Bedrock's, OpenAI's, Anthropic's); None for
+    an error line."""
+    if "modelOutput" in record:
+        return record["modelOutput"]
+    response, result = record.get("response"), record.get("result")
+    if isinstance(response, dict) and response.get("status_code") == 200:
+        return response.get("body")
+    if isinstance(result, dict) and result.get("type") == "succeeded":
+        return result.get("message")
+    return None
 
 
 app.command("prepare", cls=Command)(prepare_command)

@@ -127,7 +127,7 @@ def _sample_errors(data: bytes, errors: list[str]) -> None:
         return
     for line in data.splitlines():
         if _ERROR_MARK in line and len(errors) < 10:
-            message = _error_message(orjson.loads(line))  # the mark may also sit inside an echoed input
+            message = error_message(orjson.loads(line))  # the mark may also sit inside an echoed input
             if message is not None:
                 errors.append(message)
 
@@ -136,11 +136,13 @@ _MESSAGE_PATHS = (
     ("error", "errorMessage"),  # Bedrock
     ("response", "body", "error", "message"),  # OpenAI's error file
     ("result", "error", "error", "message"),  # Anthropic's errored result
+    ("error", "message"),  # OpenAI's line of a request never run
 )
 """Where each record format's error line holds its message."""
 
 
-def _error_message(line: object) -> str | None:
+def error_message(line: object) -> str | None:
+    """The message of an error line in any record format; None for a success (or no message)."""
     for path in _MESSAGE_PATHS:
         value = line
         for key in path:

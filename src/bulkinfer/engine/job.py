@@ -569,7 +569,8 @@ class LocalJob:
             chunks = self.store.chunks(self.job_id, f.index)
             if complete or chunks or lists_every_request:
                 target = self.output_dir / f"{f.name}.out"
-                write_output(chunks, chunk_dir, target, record_counts.get(f.index), errors)
+                expected = record_counts.get(f.index) if complete else None  # (a stop releases some)
+                write_output(chunks, chunk_dir, target, expected, errors)
                 unrun = () if complete else self._unrun_lines(f, chunks, final)
                 finish_results(target, self.format, unrun)
         total = sum(record_counts.values()) if complete else self.estimated_total()

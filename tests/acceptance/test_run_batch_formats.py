@@ -308,3 +308,15 @@ def test_results_shows_an_openai_or_anthropic_jobs_records(tmp_path: Path) -> No
     rows = [" ".join(row.split()) for row in shown.stdout.splitlines()]
     assert rows[0] == "a-1 hi there"
     assert rows[1].endswith("batch.jsonl line 2: custom_id: field required")
+
+
+def test_retrying_an_openai_jobs_failures_is_refused_as_not_supported_yet(tmp_path: Path) -> None:
+    """Retrying reads a base's Bedrock lines: on an OpenAI job it would run its successes again."""
+    source = write_jsonl(tmp_path / "batch.jsonl", [*GOOD, openai_line("bad", "x", method="GET")])
+    out = tmp_path / "out"
+    assert invoke("run", source, "--model", "echo", "--output", out).exit_code == 0
+    jobs_before = sorted(p.name for p in out.iterdir())
+    result = invoke("run", source, "--model", "echo", "--output", out, "--retry-errors")
+    assert result.exit_code == 2, result.output
+    assert "retrying the failed records of openai batch lines is not supported yet" in result.stderr
+    assert sorted(p.name for p in out.iterdir()) == jobs_before

@@ -243,6 +243,11 @@ def test_a_repeated_create_is_one_batch(server: Server) -> None:
     assert keyed.id != first.id
     other = create(client, file_id, extra_headers={"Idempotency-Key": "k2"})
     assert other.id not in (first.id, keyed.id)
+    another_file = upload(client, [line("b", "hi")])
+    with pytest.raises(openai.BadRequestError, match="Idempotency-Key"):  # not k1's batch, on another file
+        create(client, another_file, extra_headers={"Idempotency-Key": "k1"})
+    with pytest.raises(openai.BadRequestError, match="Idempotency-Key"):
+        create(client, file_id, metadata={"changed": "yes"}, extra_headers={"Idempotency-Key": "k1"})
     for batch_id in (first.id, keyed.id, other.id):
         wait(client, batch_id, {"completed"})
 

@@ -153,7 +153,17 @@ async def create_batch(
     job = await jobs.submit_async(new)
     if job.api != API:
         raise UserError("Idempotency-Key: given before for a job of another API; give another key")
+    if not _same_create(job, sent, details):
+        raise UserError("Idempotency-Key: given before for a different request; give another key")
     return await render(job, request, files)
+
+
+def _same_create(job: BatchJob, sent: dict[str, Any], details: dict[str, Any]) -> bool:
+    """Whether the batch a repeated token found was made by this very request (a key reused for another
+    file, endpoint or metadata must not answer with the earlier batch as if it were the one asked for)."""
+    earlier = job.details or {}
+    same_request = all(job.request.get(k) == sent[k] for k in ("inputFileId", "endpoint", "completionWindow"))
+    return same_request and all(earlier.get(k) == details.get(k) for k in ("metadata", "outputExpiresAfter"))
 
 
 async def _token(jobs: BatchService, tenant: str, key: str | None, body: CreateBatch) -> str:

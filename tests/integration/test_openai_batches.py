@@ -233,6 +233,16 @@ def test_a_malformed_file_fails_the_batch_with_each_error_and_its_line(server: S
 
 
 @pytest.mark.sdk_compat
+def test_a_batch_failed_for_no_line_says_why_in_its_errors(server: Server) -> None:
+    client = sdk(server)
+    too_many = [line(f"q-{i}", "hi") for i in range(1001)]  # start_server's BULKINFER_MAX_RECORDS_PER_FILE
+    batch = wait(client, create(client, upload(client, too_many)).id, {"failed", "completed"})
+    assert batch.status == "failed" and batch.errors is not None and batch.errors.data is not None
+    (error,) = batch.errors.data
+    assert error.code == "batch_failed" and error.message is not None and "1,000" in error.message
+
+
+@pytest.mark.sdk_compat
 def test_a_repeated_create_is_one_batch(server: Server) -> None:
     client = sdk(server)
     file_id = upload(client, [line("a", "hi")])

@@ -271,7 +271,7 @@ async def render(job: BatchJob, request: Request, files: FileService) -> dict[st
     total, completed = job.total or 0, job.success or 0
     failed = total - completed if status in ("cancelled", "expired") else job.errors or 0
     tokens_in, tokens_out = job.input_tokens or 0, job.output_tokens or 0
-    errors = details.get("errors")
+    errors = details.get("errors") or _failure(job, status)
     return {
         "id": batch_id(job.job_id),
         "object": "batch",
@@ -306,6 +306,14 @@ async def render(job: BatchJob, request: Request, files: FileService) -> dict[st
         # bulkinfer's own: why a batch is where it is (validation's word, an outage being waited out)
         "status_message": job.message,
     }
+
+
+def _failure(job: BatchJob, status: str) -> list[dict[str, Any]] | None:
+    """A batch failed for no error of a line (its input over a quota, gone, unreadable) still says why
+    in ``errors``, where clients look, not only in our own ``status_message``."""
+    if status != "failed" or not job.message:
+        return None
+    return [{"code": "batch_failed", "message": job.message, "param": None, "line": None}]
 
 
 def _int(value: Any) -> int | None:

@@ -9,6 +9,7 @@ import os
 import signal
 import time
 from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Final
 
@@ -177,6 +178,12 @@ def test_cancel_keeps_finished_results_and_lists_the_rest(server: Server) -> Non
     assert sorted(ids(out) + ids(err)) == sorted(f"c-{i}" for i in range(300))
     assert all(x["response"] is None and x["error"]["code"] == "batch_cancelled" for x in err)
     assert client.batches.cancel(batch.id) == cancelled  # cancelled already: unchanged
+
+    racing = create(client, upload(client, lines))  # cancels at once and together: each answers it
+    with ThreadPoolExecutor(6) as pool:
+        answers = list(pool.map(lambda _: client.batches.cancel(racing.id), range(6)))
+    assert {b.status for b in answers} <= {"cancelling", "cancelled"}
+    assert all(b.cancelling_at is not None for b in answers)
 
     done = create(client, upload(client, [line("d", "quick")]))
     wait(client, done.id, {"completed"})

@@ -31,7 +31,7 @@ from bulkinfer.errors import UserError
 from bulkinfer.formats.jsonl import split_lines
 from bulkinfer.formats.openai_batch import ENDPOINTS, first_model
 from bulkinfer.formats.records import ERRORS_SUFFIX
-from bulkinfer.services.batch import BatchService, JobNotFound, NewJob
+from bulkinfer.services.batch import BatchService, JobConflict, JobNotFound, NewJob
 from bulkinfer.services.files import FileService, check_file_id
 from bulkinfer.settings import ServerSettings
 from bulkinfer.store.batch_jobs import BatchJob, JobFilter
@@ -44,6 +44,7 @@ WINDOW_S = 24 * 3600
 DEDUPE_WINDOW_S = 600
 """A create repeated within this long (same file, endpoint, window and metadata) is the same batch."""
 MODEL_SCAN_LINES = 100
+CANCELLED = (JobStatus.STOPPING, JobStatus.STOPPED)
 
 CallerDep = Annotated[Caller, Depends(caller)]
 ServiceDep = Annotated[BatchService, Depends(service)]
@@ -224,15 +225,21 @@ async def cancel_batch(
     identifier: str, who: CallerDep, jobs: ServiceDep, files: FilesDep, request: Request
 ) -> dict[str, Any] | JSONResponse:
     job = await _batch(jobs, who, identifier)
-    if job.status in (JobStatus.STOPPING, JobStatus.STOPPED):
-        return await render(job, request, files)  # cancelled already: answered as it is
+    if job.status not in CANCELLED and job.status not in SERVICE_ENDED:
+        try:
+            await asyncio.to_thread(jobs.stop, who.tenant.name, job.job_id)
+        except JobConflict:  # it moved on meanwhile: another cancel stopped it, or it ended
+            job = await asyncio.to_thread(jobs.get, who.tenant.name, job.job_id)
+            if job.status not in CANCELLED and job.status not in SERVICE_ENDED:
+                raise
+        job = await asyncio.to_thread(jobs.get, who.tenant.name, job.job_id)
+        if job.status in CANCELLED and "cancelling_at" not in (job.details or {}):
+            job = await asyncio.to_thread(jobs.note, job, cancelling_at=time.time())
+    if job.status in CANCELLED:
+        return await render(job, request, files)  # cancelled (maybe already): answered as it is
     if job.status in SERVICE_ENDED:
         message = f"Cannot cancel a batch with status {status_of(job)}."
         return error_response(409, "ConflictException", message, OPENAI)
-    await asyncio.to_thread(jobs.stop, who.tenant.name, job.job_id)
-    job = await asyncio.to_thread(jobs.get, who.tenant.name, job.job_id)
-    if job.status in (JobStatus.STOPPING, JobStatus.STOPPED):
-        job = await asyncio.to_thread(jobs.note, job, cancelling_at=time.time())
     return await render(job, request, files)
 
 

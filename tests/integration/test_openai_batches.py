@@ -336,5 +336,8 @@ def test_a_server_killed_mid_batch_finishes_it_after_a_restart(kind: str, tmp_pa
             out, err = download(client, done.output_file_id), download(client, done.error_file_id)
             assert ids(out) == sorted(f"k-{i}" for i in range(150)) and err == []
             assert done.request_counts is not None and done.request_counts.completed == 150
+            usage: dict[str, Any] = done.to_dict()["usage"]  # type: ignore[assignment]
+            prompt_tokens = sum(x["response"]["body"]["usage"]["prompt_tokens"] for x in out)
+            assert usage["input_tokens"] == prompt_tokens  # records run again after the kill count once
         finally:
             running.stop()

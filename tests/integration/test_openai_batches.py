@@ -152,6 +152,8 @@ def test_listing_pages_newest_first_and_ends(server: Server) -> None:
     assert [b.id for b in page.data] == [made[2], made[1]] and page.has_more
     last = client.batches.list(limit=2, after=made[1])
     assert [b.id for b in last.data] == [made[0]] and not last.has_more
+    with pytest.raises(openai.NotFoundError, match="after: no batch found with id 'batch_"):
+        client.batches.list(after=create(sdk(server), upload(sdk(server), [line("a", "hi")])).id)  # team-a's
     for batch_id in made:
         wait(client, batch_id, {"completed"})
 

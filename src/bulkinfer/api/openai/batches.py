@@ -202,7 +202,10 @@ async def list_batches(
 ) -> dict[str, Any]:
     wanted = JobFilter(tenant=who.tenant.name, api=API)
     after_job = job_id_of(after) if after else None
-    found, more = await asyncio.to_thread(jobs.page, wanted, limit, after_job)
+    try:
+        found, more = await asyncio.to_thread(jobs.page, wanted, limit, after_job)
+    except JobNotFound:  # (said as the batch id asked for, not as our job id)
+        raise JobNotFound(f"after: no batch found with id '{after}'") from None
     data = [await render(job, request, files) for job in found]
     return {
         "object": "list",

@@ -343,3 +343,32 @@ def test_a_server_killed_mid_batch_finishes_it_after_a_restart(kind: str, tmp_pa
             assert usage["input_tokens"] == prompt_tokens  # records run again after the kill count once
         finally:
             running.stop()
+
+
+@pytest.mark.sdk_compat
+def test_a_server_killed_while_a_batch_cancels_ends_it_cancelled_after_a_restart(tmp_path: Path) -> None:
+    running = serve(tmp_path)
+    try:
+        client = sdk(running)
+        lines = [line(f"k-{i}", f"text {i}", model="slow-echo") for i in range(300)]
+        batch = create(client, upload(client, lines))
+        wait(client, batch.id, {"in_progress"})
+        deadline = time.monotonic() + 30
+        while completed(client, batch.id) < 20:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        time.sleep(1.5)  # past a commit (a record finished within the last second before a kill runs again)
+        assert client.batches.cancel(batch.id).status in ("cancelling", "cancelled")
+    finally:
+        running.stop(signal.SIGKILL)
+    running = serve(tmp_path)
+    try:
+        client = sdk(running)
+        done = wait(client, batch.id, {"cancelled", "completed", "failed"}, timeout=60)
+        assert done.status == "cancelled", done
+        out, err = download(client, done.output_file_id), download(client, done.error_file_id)
+        assert sorted(ids(out) + ids(err)) == sorted(f"k-{i}" for i in range(300)) and out
+        assert all(x["error"]["code"] == "batch_cancelled" for x in err)
+        assert done.request_counts is not None and done.request_counts.completed == len(out)
+    finally:
+        running.stop()

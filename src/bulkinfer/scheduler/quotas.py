@@ -40,13 +40,15 @@ def validate_input(
     where: str,
     models: Iterable[ModelSpec] = (),
     fmt: RecordFormat = BEDROCK,
+    all_invalid_fails: bool = True,
 ) -> DryRunReport:
     """Read every record once, checking it as the engine will for ``spec``'s model and enforcing the
     quotas; an ``InputError`` naming the file and the limit, or the first problems when no record is
     valid (a job with some valid records goes on: the others become error lines). An input that
     ``bulkinfer run`` refuses (empty, a JSON array, another provider's batch lines, records of a kind
     the model does not take) is refused first, with the same message; ``models`` are those the message
-    may suggest instead."""
+    may suggest instead. Without ``all_invalid_fails`` (an OpenAI batch, whose bad bodies are each the
+    endpoint's 400 in the error file, its file already checked line by line) no record valid still runs."""
     check_sizes(files, quotas, where)
     check_inputs(files, max_line_bytes, fmt)
     check_fit(files, spec, None, max_line_bytes, models, fmt)
@@ -54,7 +56,7 @@ def validate_input(
         files, spec, None, max_line_bytes, on_file=lambda f: _check_file(f.name, f.records, quotas), fmt=fmt
     )
     _check_total(report.records, quotas, where)
-    if report.records and report.invalid == report.records:
+    if all_invalid_fails and report.records and report.invalid == report.records:
         raise InputError(f"all {report.records:,} records are invalid; first: {_first_problems(report)}")
     return report
 

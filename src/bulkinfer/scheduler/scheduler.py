@@ -358,7 +358,8 @@ class Scheduler:
             require_model(spec)
             quotas, max_line = self._settings.quotas, EngineSettings().max_line_bytes
             usable = [s for s in self._catalog if self._tenants.get(job.tenant).may_use(s.name)]
-            report = await asyncio.to_thread(validate_input, files, quotas, spec, max_line, uri, usable, fmt)
+            checks = (files, quotas, spec, max_line, uri, usable, fmt, fmt is not OPENAI)
+            report = await asyncio.to_thread(validate_input, *checks)
         except BulkinferError as exc:
             message = self._public(job, str(exc))
             return JobStatus.FAILED, {"message": message, "end_time": time.time(), "owner": None}

@@ -31,7 +31,7 @@ from bulkinfer.formats import records
 from bulkinfer.formats.jsonl import split_lines
 from bulkinfer.formats.openai_batch import ENDPOINTS, first_model, render_unrun
 from bulkinfer.formats.records import ERRORS_SUFFIX, results_of_unrun
-from bulkinfer.services.batch import BatchService, JobNotFound, NewJob
+from bulkinfer.services.batch import BatchService, JobConflict, JobNotFound, NewJob
 from bulkinfer.services.files import FileService, check_file_id
 from bulkinfer.settings import ServerSettings
 from bulkinfer.store.batch_jobs import BatchJob, JobFilter
@@ -42,6 +42,7 @@ PREFIX = "batch_"
 API = "openai"
 WINDOW_S = 24 * 3600
 MODEL_SCAN_LINES = 100
+CANCELLED = (JobStatus.STOPPING, JobStatus.STOPPED)
 
 CallerDep = Annotated[Caller, Depends(caller)]
 ServiceDep = Annotated[BatchService, Depends(service)]
@@ -152,7 +153,17 @@ async def create_batch(
     job = await jobs.submit_async(new)
     if job.api != API:
         raise UserError("Idempotency-Key: given before for a job of another API; give another key")
+    if not _same_create(job, sent, details):
+        raise UserError("Idempotency-Key: given before for a different request; give another key")
     return await render(job, request, files)
+
+
+def _same_create(job: BatchJob, sent: dict[str, Any], details: dict[str, Any]) -> bool:
+    """Whether the batch a repeated token found was made by this very request (a key reused for another
+    file, endpoint or metadata must not answer with the earlier batch as if it were the one asked for)."""
+    earlier = job.details or {}
+    same_request = all(job.request.get(k) == sent[k] for k in ("inputFileId", "endpoint", "completionWindow"))
+    return same_request and all(earlier.get(k) == details.get(k) for k in ("metadata", "outputExpiresAfter"))
 
 
 def _model_of(blocks: Iterator[bytes]) -> str:
@@ -177,7 +188,10 @@ async def list_batches(
 ) -> dict[str, Any]:
     wanted = JobFilter(tenant=who.tenant.name, api=API)
     after_job = job_id_of(after) if after else None
-    found, more = await asyncio.to_thread(jobs.page, wanted, limit, after_job)
+    try:
+        found, more = await asyncio.to_thread(jobs.page, wanted, limit, after_job)
+    except JobNotFound:  # (said as the batch id asked for, not as our job id)
+        raise JobNotFound(f"after: no batch found with id '{after}'") from None
     data = [await render(job, request, files) for job in found]
     return {
         "object": "list",
@@ -200,15 +214,21 @@ async def cancel_batch(
     identifier: str, who: CallerDep, jobs: ServiceDep, files: FilesDep, request: Request
 ) -> dict[str, Any] | JSONResponse:
     job = await _batch(jobs, who, identifier)
-    if job.status in (JobStatus.STOPPING, JobStatus.STOPPED):
-        return await render(job, request, files)  # cancelled already: answered as it is
+    if job.status not in CANCELLED and job.status not in SERVICE_ENDED:
+        try:
+            await asyncio.to_thread(jobs.stop, who.tenant.name, job.job_id)
+        except JobConflict:  # it moved on meanwhile: another cancel stopped it, or it ended
+            job = await asyncio.to_thread(jobs.get, who.tenant.name, job.job_id)
+            if job.status not in CANCELLED and job.status not in SERVICE_ENDED:
+                raise
+        job = await asyncio.to_thread(jobs.get, who.tenant.name, job.job_id)
+        if job.status in CANCELLED and "cancelling_at" not in (job.details or {}):
+            job = await asyncio.to_thread(jobs.note, job, cancelling_at=time.time())
+    if job.status in CANCELLED:
+        return await render(job, request, files)  # cancelled (maybe already): answered as it is
     if job.status in SERVICE_ENDED:
         message = f"Cannot cancel a batch with status {status_of(job)}."
         return error_response(409, "ConflictException", message, OPENAI)
-    await asyncio.to_thread(jobs.stop, who.tenant.name, job.job_id)
-    job = await asyncio.to_thread(jobs.get, who.tenant.name, job.job_id)
-    if job.status in (JobStatus.STOPPING, JobStatus.STOPPED):
-        job = await asyncio.to_thread(jobs.note, job, cancelling_at=time.time())
     return await render(job, request, files)
 
 
@@ -247,7 +267,7 @@ async def render(job: BatchJob, request: Request, files: FileService) -> dict[st
     total, completed = job.total or 0, job.success or 0
     failed = total - completed if status in ("cancelled", "expired") else job.errors or 0
     tokens_in, tokens_out = job.input_tokens or 0, job.output_tokens or 0
-    errors = details.get("errors")
+    errors = details.get("errors") or _failure(job, status)
     return {
         "id": batch_id(job.job_id),
         "object": "batch",
@@ -282,6 +302,14 @@ async def render(job: BatchJob, request: Request, files: FileService) -> dict[st
         # bulkinfer's own: why a batch is where it is (validation's word, an outage being waited out)
         "status_message": job.message,
     }
+
+
+def _failure(job: BatchJob, status: str) -> list[dict[str, Any]] | None:
+    """A batch failed for no error of a line (its input over a quota, gone, unreadable) still says why
+    in ``errors``, where clients look, not only in our own ``status_message``."""
+    if status != "failed" or not job.message:
+        return None
+    return [{"code": "batch_failed", "message": job.message, "param": None, "line": None}]
 
 
 def _int(value: Any) -> int | None:

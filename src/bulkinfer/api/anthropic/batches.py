@@ -122,7 +122,10 @@ def _checked(requests: list[dict[str, Any]], request: Request, may_use: Any) -> 
             )
         seen.add(custom_id)
         if model is None:
-            catalog.get(params["model"], may_use)  # unknown, or not the tenant's: says which it may use
+            try:  # unknown, or not the tenant's: a 400 naming the request (the message lists what it may use)
+                catalog.get(params["model"], may_use)
+            except UserError as exc:
+                raise UserError(f"{where}.params.model: {exc}") from None
             model = str(params["model"])
         elif params["model"] != model:
             raise UserError(

@@ -69,7 +69,8 @@ def client(server: Server, key: str = KEY_A, bearer: bool = False) -> anthropic.
     return anthropic.Anthropic(base_url=server.url, api_key=key, max_retries=0)
 
 
-def requests(count: int, prefix: str, model: str = "echo") -> list[dict[str, Any]]:
+def requests(count: int, prefix: str, model: str = "echo") -> list[Any]:
+    """Requests as the SDK's typed dicts take them (Any: mypy reads a dict literal as dict[str, Any])."""
     return [
         {
             "custom_id": f"{prefix}-{i}",
@@ -116,7 +117,7 @@ def results(sdk: anthropic.Anthropic, batch_id: str) -> dict[str, Any]:
 
 def test_a_batch_runs_and_its_results_hold_every_request_once(server: Server) -> None:
     sdk = client(server)
-    made = sdk.messages.batches.create(requests=requests(12, "run"))  # type: ignore[arg-type]
+    made = sdk.messages.batches.create(requests=requests(12, "run"))
     assert made.id.startswith("msgbatch_") and made.processing_status == "in_progress"
     assert total(made) == 12
     ended = wait(sdk, made.id, count=12)
@@ -133,15 +134,15 @@ def test_a_batch_runs_and_its_results_hold_every_request_once(server: Server) ->
 
 def test_a_create_sent_again_returns_the_same_batch(server: Server) -> None:
     sdk = client(server, bearer=True)  # Authorization: Bearer
-    first = sdk.messages.batches.create(requests=requests(3, "again"))  # type: ignore[arg-type]
-    second = sdk.messages.batches.create(requests=requests(3, "again"))  # type: ignore[arg-type]
+    first = sdk.messages.batches.create(requests=requests(3, "again"))
+    second = sdk.messages.batches.create(requests=requests(3, "again"))
     assert first.id == second.id
     assert sdk.messages.batches.retrieve(first.id).id == first.id
 
 
 def test_list_pages_newest_first_with_after_and_before_id(server: Server) -> None:
     sdk = client(server, KEY_B)
-    made = [sdk.messages.batches.create(requests=requests(1, f"list{i}", "slow-echo")).id for i in range(5)]  # type: ignore[arg-type]
+    made = [sdk.messages.batches.create(requests=requests(1, f"list{i}", "slow-echo")).id for i in range(5)]
     listed = [b.id for b in sdk.messages.batches.list(limit=2)]
     mine = [i for i in listed if i in made]
     assert mine == made[::-1] and len(set(listed)) == len(listed)
@@ -153,11 +154,11 @@ def test_list_pages_newest_first_with_after_and_before_id(server: Server) -> Non
     assert [b.id for b in page.data] == [made[4]] and not page.has_more
 
 
-def _bad(request: dict[str, Any], **change: Any) -> dict[str, Any]:
+def _bad(request: dict[str, Any], **change: Any) -> Any:
     return {**request, "params": {**request["params"], **change}}
 
 
-BAD_CREATES: dict[str, tuple[list[dict[str, Any]], str]] = {
+BAD_CREATES: dict[str, tuple[list[Any], str]] = {
     "bad custom_id": ([{**requests(1, "x")[0], "custom_id": "a/b"}], "requests.0.custom_id"),
     "duplicate": ([*requests(2, "dup"), requests(1, "dup")[0]], "requests.2.custom_id"),
     "no model": ([{"custom_id": "m", "params": {"max_tokens": 5}}], "requests.0.params.model"),
@@ -167,6 +168,8 @@ BAD_CREATES: dict[str, tuple[list[dict[str, Any]], str]] = {
     "stream": ([*requests(2, "s"), _bad(requests(1, "st")[0], stream=True)], "requests.2.params.stream"),
     "two models": ([*requests(1, "a"), *requests(1, "b", "slow-echo")], "requests.1.params.model"),
     "no requests": ([], "requests"),
+    "over the server's quota": (requests(1001, "many"), "requests: 1,001 requests, over the 1,000"),
+    "a request over a line": ([_bad(requests(1, "big")[0], system="x" * 25_000_000)], "requests.0: 25,000,"),
 }
 
 
@@ -176,16 +179,50 @@ def test_a_bad_create_is_a_400_and_makes_no_batch(server: Server, case: str) -> 
     sdk = client(server, KEY_B if case == "not the tenant's" else KEY_A)
     before = [b.id for b in sdk.messages.batches.list(limit=1000)]
     with pytest.raises(anthropic.BadRequestError) as refused:
-        sdk.messages.batches.create(requests=sent)  # type: ignore[arg-type]
+        sdk.messages.batches.create(requests=sent)
     body = refused.value.body
     assert isinstance(body, dict) and body["type"] == "error", body
     assert body["error"]["type"] == "invalid_request_error" and named in body["error"]["message"]
     assert [b.id for b in sdk.messages.batches.list(limit=1000)] == before
 
 
+def test_stream_false_is_a_batch_request_like_any_other(server: Server) -> None:
+    sdk = client(server)
+    made = sdk.messages.batches.create(requests=[_bad(requests(1, "nostream")[0], stream=False)])
+    wait(sdk, made.id, count=1)
+    assert results(sdk, made.id)["nostream-0"].type == "succeeded"
+
+
+def test_a_bad_param_is_named_once(server: Server) -> None:
+    with pytest.raises(anthropic.BadRequestError) as refused:
+        client(server).messages.batches.create(requests=[_bad(requests(1, "neg")[0], max_tokens=-1)])
+    assert "requests.0.params.max_tokens: " in refused.value.message
+
+
+@pytest.mark.parametrize(
+    "identifier", ["msgbatch_ＡＢ", "msgbatch_../x", "../../v1/models", "msgbatch_" + "a" * 65]
+)
+def test_an_id_that_cannot_be_a_batch_is_not_found(server: Server, identifier: str) -> None:
+    with pytest.raises(anthropic.NotFoundError) as missing:
+        client(server).messages.batches.retrieve(identifier)
+    body = missing.value.body
+    assert isinstance(body, dict) and body["error"]["type"] == "not_found_error"
+
+
+def test_results_whose_files_were_removed_are_not_found(server: Server) -> None:
+    sdk = client(server)
+    made = sdk.messages.batches.create(requests=requests(2, "removed"))
+    wait(sdk, made.id)
+    for out in server.data_dir.glob(f"s3/*/a/batches/{made.id.removeprefix('msgbatch_')}/*.out"):
+        out.unlink()
+    with pytest.raises(anthropic.NotFoundError, match="removed"):
+        list(sdk.messages.batches.results(made.id))
+    assert sdk.messages.batches.delete(made.id).id == made.id
+
+
 def test_cancel_mid_run_keeps_the_finished_and_cancels_the_rest(server: Server) -> None:
     sdk = client(server)
-    made = sdk.messages.batches.create(requests=requests(400, "cancel", "slow-echo"))  # type: ignore[arg-type]
+    made = sdk.messages.batches.create(requests=requests(400, "cancel", "slow-echo"))
     wait(sdk, made.id, lambda b: b.request_counts.succeeded > 0, count=400)
     canceling = sdk.messages.batches.cancel(made.id)
     assert canceling.processing_status in ("canceling", "ended") and canceling.cancel_initiated_at
@@ -202,7 +239,7 @@ def test_cancel_mid_run_keeps_the_finished_and_cancels_the_rest(server: Server) 
 
 def test_delete_waits_for_the_end_then_forgets_the_batch(server: Server) -> None:
     sdk = client(server)
-    made = sdk.messages.batches.create(requests=requests(300, "delete", "slow-echo"))  # type: ignore[arg-type]
+    made = sdk.messages.batches.create(requests=requests(300, "delete", "slow-echo"))
     with pytest.raises(anthropic.BadRequestError, match="cancel it first"):
         sdk.messages.batches.delete(made.id)
     sdk.messages.batches.cancel(made.id)
@@ -218,7 +255,7 @@ def test_delete_waits_for_the_end_then_forgets_the_batch(server: Server) -> None
 
 
 def test_keys_either_way_and_no_tenant_sees_another_s_batch(server: Server) -> None:
-    mine = client(server).messages.batches.create(requests=requests(2, "auth"))  # type: ignore[arg-type]
+    mine = client(server).messages.batches.create(requests=requests(2, "auth"))
     bearer = client(server, bearer=True)
     assert wait(bearer, mine.id).request_counts.succeeded == 2
     with pytest.raises(anthropic.AuthenticationError):
@@ -236,7 +273,7 @@ def test_a_request_the_model_fails_is_an_errored_result(server: Server) -> None:
     sdk = client(server)
     sent = requests(3, "picky", "picky")
     sent[1]["params"]["messages"][0]["content"] = "please EXPLODE"
-    made = sdk.messages.batches.create(requests=sent)  # type: ignore[arg-type]
+    made = sdk.messages.batches.create(requests=sent)
     ended = wait(sdk, made.id, count=3, timeout=120)
     assert ended.request_counts.succeeded == 2 and ended.request_counts.errored == 1
     got = results(sdk, made.id)
@@ -248,7 +285,7 @@ def test_a_request_the_model_fails_is_an_errored_result(server: Server) -> None:
 
 def test_a_batch_survives_kill_9_and_a_restart(server: Server) -> None:
     sdk = client(server)
-    made = sdk.messages.batches.create(requests=requests(300, "kill", "slow-echo"))  # type: ignore[arg-type]
+    made = sdk.messages.batches.create(requests=requests(300, "kill", "slow-echo"))
     wait(sdk, made.id, lambda b: b.request_counts.succeeded > 0, count=300)
     server.stop(signal.SIGKILL)
     restarted = _start(server.data_dir.parent, server.database_url)

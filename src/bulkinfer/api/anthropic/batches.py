@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
@@ -28,9 +28,11 @@ from bulkinfer.dialects.registry import get_dialect
 from bulkinfer.domain.job import SERVICE_ENDED, JobStatus
 from bulkinfer.domain.request import RecordError
 from bulkinfer.domain.tenant import own_area
+from bulkinfer.engine.runner import EngineSettings
 from bulkinfer.errors import RecordInvalid, UserError
 from bulkinfer.formats.anthropic_batch import params_body, render_error, request_problem
 from bulkinfer.formats.bedrock import InputRecord
+from bulkinfer.formats.jsonl import split_lines
 from bulkinfer.services.batch import BatchService, JobNotEnded, JobNotFound, NewJob
 from bulkinfer.services.files import FileService
 from bulkinfer.settings import ServerSettings
@@ -67,7 +69,7 @@ def batch_id(job_id: str) -> str:
 
 def job_id_of(identifier: str) -> str:
     job_id = identifier.removeprefix(PREFIX)
-    if not identifier.startswith(PREFIX) or not job_id.isalnum() or len(job_id) > 64:
+    if not identifier.startswith(PREFIX) or not (job_id.isascii() and job_id.isalnum()) or len(job_id) > 64:
         raise JobNotFound(f"No message batch found with id '{identifier}'")
     return job_id
 
@@ -77,10 +79,12 @@ async def create_batch(
     body: CreateBatch, who: CallerDep, jobs: ServiceDep, files: FilesDep, request: Request
 ) -> dict[str, Any]:
     tenant = who.tenant
-    model = await asyncio.to_thread(_checked, body.requests, request, tenant.may_use)
     settings: ServerSettings = request.app.state.settings
+    _check_count(len(body.requests), settings)
+    model = await asyncio.to_thread(_checked, body.requests, request, tenant.may_use)
     area = own_area(settings.files_bucket, tenant.name)
     lines = [orjson.dumps(r) for r in body.requests]
+    _check_sizes(lines)
     token = await asyncio.to_thread(jobs.dedupe_token, tenant.name, None, b"\n".join(lines))
     found = await asyncio.to_thread(jobs.by_token, tenant.name, token)
     if found is not None and found.api == API:
@@ -101,6 +105,22 @@ async def create_batch(
     if job.request["inputDataConfig"] != sent["inputDataConfig"]:  # a concurrent twin was made first
         await files.discard(source)
     return _render(job, request)
+
+
+def _check_count(count: int, settings: ServerSettings) -> None:
+    """A batch is one input file of one job: more requests than this server's quotas let a file or a
+    job hold would fail it while validating, so they are refused before a batch is made."""
+    most = min(settings.max_records_per_file, settings.max_records_per_job)
+    if count > most:
+        raise UserError(f"requests: {count:,} requests, over the {most:,} this server runs in one batch")
+
+
+def _check_sizes(lines: list[bytes]) -> None:
+    """A request longer than the engine reads as one line would fail the batch while validating."""
+    most = EngineSettings().max_line_bytes
+    for index, line in enumerate(lines):
+        if len(line) > most:
+            raise UserError(f"requests.{index}: {len(line):,} bytes, over the {most:,} a request may have")
 
 
 def _checked(requests: list[dict[str, Any]], request: Request, may_use: Any) -> str:
@@ -135,7 +155,9 @@ def _checked(requests: list[dict[str, Any]], request: Request, may_use: Any) -> 
         try:
             anthropic.to_request(params_body(params))
         except RecordInvalid as exc:
-            raise UserError(f"{where}.params: {str(exc).replace('modelInput', 'params')}") from None
+            problem = str(exc).replace("modelInput", "params")
+            named = problem if problem.startswith("params") else f"params: {problem}"
+            raise UserError(f"{where}.{named}") from None
     assert model is not None
     return model
 
@@ -216,12 +238,16 @@ async def batch_results(
 
 def _all_errored(files: FileService, job: BatchJob) -> Iterator[bytes]:
     """Result lines of a batch that failed before it ran: every request errored, saying why."""
-    error = RecordError(500, job.message or "the batch failed before it ran", "api_error")
-    for raw in files.read(_source(job)):
-        for line in raw.splitlines():
-            if line.strip():
-                custom_id = str(orjson.loads(line).get("custom_id", ""))
-                yield render_error(InputRecord(0, custom_id, None), error) + b"\n"
+    return errored_lines(files.read(_source(job)), job.message or "the batch failed before it ran")
+
+
+def errored_lines(blocks: Iterable[bytes], message: str) -> Iterator[bytes]:
+    """An ``errored`` result line for each request of a batch's input, read in ``blocks`` (a request may
+    span several): the create refused a request longer than a line, so each is whole."""
+    error = RecordError(500, message, "api_error")
+    for _, line in split_lines(blocks, EngineSettings().max_line_bytes):
+        custom_id = str(orjson.loads(line).get("custom_id", "")) if isinstance(line, bytes) else ""
+        yield render_error(InputRecord(0, custom_id, None), error) + b"\n"
 
 
 async def _batch(jobs: BatchService, who: Caller, identifier: str) -> BatchJob:

@@ -23,7 +23,7 @@ KEY_B = "anthropic-batches-key-b-0123456789"
 TENANTS = """
 [tenants.a]
 api_keys_env = "ANTHROPIC_BATCHES_KEYS_A"
-models = ["echo", "slow-echo", "picky"]
+models = ["echo", "slow-echo", "picky", "all-minilm-l6-v2"]
 
 [tenants.b]
 api_keys_env = "ANTHROPIC_BATCHES_KEYS_B"
@@ -168,6 +168,7 @@ BAD_CREATES: dict[str, tuple[list[Any], str]] = {
     "stream": ([*requests(2, "s"), _bad(requests(1, "st")[0], stream=True)], "requests.2.params.stream"),
     "two models": ([*requests(1, "a"), *requests(1, "b", "slow-echo")], "requests.1.params.model"),
     "no requests": ([], "requests"),
+    "an embeddings model": ([_bad(requests(1, "e")[0], model="all-minilm-l6-v2")], "requests.0.params: "),
     "over the server's quota": (requests(1001, "many"), "requests: 1,001 requests, over the 1,000"),
     "a request over a line": ([_bad(requests(1, "big")[0], system="x" * 25_000_000)], "requests.0: 25,000,"),
 }

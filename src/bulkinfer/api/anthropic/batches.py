@@ -33,6 +33,8 @@ from bulkinfer.errors import RecordInvalid, UserError
 from bulkinfer.formats.anthropic_batch import params_body, render_error, request_problem
 from bulkinfer.formats.bedrock import InputRecord
 from bulkinfer.formats.jsonl import split_lines
+from bulkinfer.providers.base import Capabilities, refusal
+from bulkinfer.providers.registry import capabilities_of
 from bulkinfer.services.batch import BatchService, JobNotEnded, JobNotFound, NewJob
 from bulkinfer.services.files import FileService
 from bulkinfer.settings import ServerSettings
@@ -127,6 +129,7 @@ def _checked(requests: list[dict[str, Any]], request: Request, may_use: Any) -> 
     """The model of a batch whose every request is valid; else a `UserError` naming the first bad one."""
     seen: set[str] = set()
     model: str | None = None
+    takes = Capabilities()
     anthropic = get_dialect("anthropic")
     jobs: BatchService = request.app.state.batch
     catalog = jobs.catalog
@@ -143,7 +146,7 @@ def _checked(requests: list[dict[str, Any]], request: Request, may_use: Any) -> 
         seen.add(custom_id)
         if model is None:
             try:  # unknown, or not the tenant's: a 400 naming the request (the message lists what it may use)
-                catalog.get(params["model"], may_use)
+                takes = capabilities_of(catalog.get(params["model"], may_use))
             except UserError as exc:
                 raise UserError(f"{where}.params.model: {exc}") from None
             model = str(params["model"])
@@ -153,11 +156,13 @@ def _checked(requests: list[dict[str, Any]], request: Request, may_use: Any) -> 
                 "runs a batch on one model: send one batch a model"
             )
         try:
-            anthropic.to_request(params_body(params))
+            refused = refusal(takes, anthropic.to_request(params_body(params)))
         except RecordInvalid as exc:
             problem = str(exc).replace("modelInput", "params")
             named = problem if problem.startswith("params") else f"params: {problem}"
             raise UserError(f"{where}.{named}") from None
+        if refused is not None:  # an embeddings model, an image to a text-only one: it would fail the batch
+            raise UserError(f"{where}.params: {model!r} cannot run it: {refused.message}")
     assert model is not None
     return model
 
@@ -238,7 +243,12 @@ async def batch_results(
 
 def _all_errored(files: FileService, job: BatchJob) -> Iterator[bytes]:
     """Result lines of a batch that failed before it ran: every request errored, saying why."""
-    return errored_lines(files.read(_source(job)), job.message or "the batch failed before it ran")
+    try:
+        blocks = files.read(_source(job))
+    except FileNotFoundError:
+        removed = f"Batch {batch_id(job.job_id)} has no results (its requests were removed)"
+        raise JobNotFound(removed) from None
+    return errored_lines(blocks, job.message or "the batch failed before it ran")
 
 
 def errored_lines(blocks: Iterable[bytes], message: str) -> Iterator[bytes]:

@@ -238,6 +238,22 @@ def test_cancel_mid_run_keeps_the_finished_and_cancels_the_rest(server: Server) 
     assert sdk.messages.batches.cancel(made.id) == ended
 
 
+def test_a_batch_canceled_before_it_runs_has_every_request_canceled(server: Server) -> None:
+    sdk = client(server)
+    busy = [sdk.messages.batches.create(requests=requests(300, f"busy{i}", "slow-echo")) for i in range(2)]
+    waiting = sdk.messages.batches.create(requests=requests(3, "waiting", "slow-echo"))
+    sdk.messages.batches.cancel(waiting.id)
+    for batch in busy:
+        sdk.messages.batches.cancel(batch.id)
+    ended = wait(sdk, waiting.id, count=3)
+    assert ended.request_counts.canceled == 3
+    assert {i: r.type for i, r in results(sdk, waiting.id).items()} == {
+        f"waiting-{i}": "canceled" for i in range(3)
+    }
+    for batch in busy:
+        wait(sdk, batch.id)
+
+
 def test_delete_waits_for_the_end_then_forgets_the_batch(server: Server) -> None:
     sdk = client(server)
     made = sdk.messages.batches.create(requests=requests(300, "delete", "slow-echo"))

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
@@ -30,7 +30,12 @@ from bulkinfer.domain.request import RecordError
 from bulkinfer.domain.tenant import own_area
 from bulkinfer.engine.runner import EngineSettings
 from bulkinfer.errors import RecordInvalid, UserError
-from bulkinfer.formats.anthropic_batch import params_body, render_error, request_problem
+from bulkinfer.formats.anthropic_batch import (
+    params_body,
+    render_error,
+    render_unrun,
+    request_problem,
+)
 from bulkinfer.formats.bedrock import InputRecord
 from bulkinfer.formats.jsonl import split_lines
 from bulkinfer.providers.base import Capabilities, refusal
@@ -228,8 +233,8 @@ async def batch_results(
     job = await _batch(jobs, who, identifier)
     if job.status not in SERVICE_ENDED:
         raise JobNotEnded(f"Batch {identifier} has not ended: its results are not ready")
-    if job.status == JobStatus.FAILED and not job.start_time:  # it never ran: each request errored
-        lines = _all_errored(files, job)
+    if not job.start_time:  # it never ran: each request errored, or was canceled or expired
+        lines = _never_ran(files, job)
     else:
         settings: ServerSettings = request.app.state.settings
         tenant = request.app.state.tenants.get(job.tenant)
@@ -241,23 +246,27 @@ async def batch_results(
     return StreamingResponse(lines, media_type="application/binary")
 
 
-def _all_errored(files: FileService, job: BatchJob) -> Iterator[bytes]:
-    """Result lines of a batch that failed before it ran: every request errored, saying why."""
+def _never_ran(files: FileService, job: BatchJob) -> Iterator[bytes]:
+    """Result lines of a batch that ended before it ran: every request errored (the batch failed, saying
+    why), or was canceled, or expired."""
     try:
         blocks = files.read(_source(job))
     except FileNotFoundError:
         removed = f"Batch {batch_id(job.job_id)} has no results (its requests were removed)"
         raise JobNotFound(removed) from None
-    return errored_lines(blocks, job.message or "the batch failed before it ran")
+    if job.status == JobStatus.FAILED:
+        error = RecordError(500, job.message or "the batch failed before it ran", "api_error")
+        return result_lines(blocks, lambda record: render_error(record, error))
+    why = "cancelled" if job.status == JobStatus.STOPPED else "expired"
+    return result_lines(blocks, lambda record: render_unrun(record, why))
 
 
-def errored_lines(blocks: Iterable[bytes], message: str) -> Iterator[bytes]:
-    """An ``errored`` result line for each request of a batch's input, read in ``blocks`` (a request may
-    span several): the create refused a request longer than a line, so each is whole."""
-    error = RecordError(500, message, "api_error")
+def result_lines(blocks: Iterable[bytes], render: Callable[[InputRecord], bytes]) -> Iterator[bytes]:
+    """A result line, as ``render`` makes it, for each request of a batch's input read in ``blocks`` (a
+    request may span several): the create refused a request longer than a line, so each is whole."""
     for _, line in split_lines(blocks, EngineSettings().max_line_bytes):
         custom_id = str(orjson.loads(line).get("custom_id", "")) if isinstance(line, bytes) else ""
-        yield render_error(InputRecord(0, custom_id, None), error) + b"\n"
+        yield render(InputRecord(0, custom_id, None)) + b"\n"
 
 
 async def _batch(jobs: BatchService, who: Caller, identifier: str) -> BatchJob:

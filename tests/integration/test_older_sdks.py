@@ -18,7 +18,8 @@ from pathlib import Path
 ROOT = Path(__file__).parents[2]
 OLDER_SDKS = Path(os.environ.get("BULKINFER_OLDER_SDKS_DIR") or Path(sys.prefix) / "sdk-old")
 """Where ``scripts/setup test`` puts the older SDKs: beside the venv's own packages."""
-MARKER = "@pytest.mark.sdk_" + "compat"  # (spelt in two so this module is never found by its own scan)
+MARKER = "pytest.mark.sdk_" + "compat"  # (spelt in two so this module is never found by its own scan)
+"""On a test (``@pytest.mark...``) or on a whole module (``pytestmark = pytest.mark...``)."""
 
 
 def marked_modules() -> list[Path]:

@@ -16,9 +16,11 @@ import uuid
 from collections.abc import Awaitable, Callable
 
 from fastapi import FastAPI, Request
+from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from starlette.datastructures import Headers
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from bulkinfer.api.auth import AuthFailed
@@ -132,6 +134,16 @@ def install(app: FastAPI) -> None:
         message = f"{where}: {detail}" if where else detail
         api = api_of(request.url.path, request.headers)
         return error_response(400, "ValidationException", message, api, param=where or None)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def unrouted(request: Request, exc: StarletteHTTPException) -> Response:
+        # A path no route matches (an id with a slash in it) or a method it lacks: the OpenAI and
+        # Anthropic SDKs read their own error shape, not FastAPI's {"detail"}.
+        api = api_of(request.url.path, request.headers)
+        if api == BEDROCK:
+            return await http_exception_handler(request, exc)
+        code = "ResourceNotFoundException" if exc.status_code == 404 else "ValidationException"
+        return error_response(exc.status_code, code, str(exc.detail), api)
 
     @app.exception_handler(AuthFailed)
     async def refused(request: Request, exc: AuthFailed) -> JSONResponse:  # (an upload cut off midway)

@@ -63,8 +63,9 @@ def request_problem(obj: dict[str, Any]) -> str | None:
 
 
 def params_body(params: dict[str, Any]) -> dict[str, Any]:
-    """The body the anthropic dialect reads: the params without the model, which the job names."""
-    return {key: value for key, value in params.items() if key != "model"}
+    """The body the anthropic dialect reads: the params without the model, which the job names, nor
+    ``stream: false`` (what the SDK's non-streaming params may say; a true one is refused)."""
+    return {key: value for key, value in params.items() if key not in ("model", "stream")}
 
 
 def render_output(record: InputRecord, output: dict[str, Any], attempts: int = 0) -> bytes:

@@ -33,6 +33,8 @@ from bulkinfer.errors import RecordInvalid, UserError
 from bulkinfer.formats.anthropic_batch import params_body, render_error, render_unrun, request_problem
 from bulkinfer.formats.bedrock import InputRecord
 from bulkinfer.formats.records import ANTHROPIC, results_of_unrun
+from bulkinfer.providers.base import Capabilities, refusal
+from bulkinfer.providers.registry import capabilities_of
 from bulkinfer.services.batch import BatchService, JobNotEnded, JobNotFound, NewJob
 from bulkinfer.services.files import FileService
 from bulkinfer.settings import ServerSettings
@@ -69,7 +71,7 @@ def batch_id(job_id: str) -> str:
 
 def job_id_of(identifier: str) -> str:
     job_id = identifier.removeprefix(PREFIX)
-    if not identifier.startswith(PREFIX) or not job_id.isalnum() or len(job_id) > 64:
+    if not identifier.startswith(PREFIX) or not (job_id.isascii() and job_id.isalnum()) or len(job_id) > 64:
         raise JobNotFound(f"No message batch found with id '{identifier}'")
     return job_id
 
@@ -79,10 +81,12 @@ async def create_batch(
     body: CreateBatch, who: CallerDep, jobs: ServiceDep, files: FilesDep, request: Request
 ) -> dict[str, Any]:
     tenant = who.tenant
-    model = await asyncio.to_thread(_checked, body.requests, request, tenant.may_use)
     settings: ServerSettings = request.app.state.settings
+    _check_count(len(body.requests), settings)
+    model = await asyncio.to_thread(_checked, body.requests, request, tenant.may_use)
     area = own_area(settings.files_bucket, tenant.name)
     lines = [orjson.dumps(r) for r in body.requests]
+    _check_sizes(lines)
     token = await asyncio.to_thread(jobs.dedupe_token, tenant.name, None, b"\n".join(lines))
     found = await asyncio.to_thread(jobs.by_token, tenant.name, token)
     if found is not None and found.api == API:
@@ -105,10 +109,27 @@ async def create_batch(
     return _render(job, request)
 
 
+def _check_count(count: int, settings: ServerSettings) -> None:
+    """A batch is one input file of one job: more requests than this server's quotas let a file or a
+    job hold would fail it while validating, so they are refused before a batch is made."""
+    most = min(settings.max_records_per_file, settings.max_records_per_job)
+    if count > most:
+        raise UserError(f"requests: {count:,} requests, over the {most:,} this server runs in one batch")
+
+
+def _check_sizes(lines: list[bytes]) -> None:
+    """A request longer than the engine reads as one line would fail the batch while validating."""
+    most = EngineSettings().max_line_bytes
+    for index, line in enumerate(lines):
+        if len(line) > most:
+            raise UserError(f"requests.{index}: {len(line):,} bytes, over the {most:,} a request may have")
+
+
 def _checked(requests: list[dict[str, Any]], request: Request, may_use: Any) -> str:
     """The model of a batch whose every request is valid; else a `UserError` naming the first bad one."""
     seen: set[str] = set()
     model: str | None = None
+    takes = Capabilities()
     anthropic = get_dialect("anthropic")
     jobs: BatchService = request.app.state.batch
     catalog = jobs.catalog
@@ -124,7 +145,10 @@ def _checked(requests: list[dict[str, Any]], request: Request, may_use: Any) -> 
             )
         seen.add(custom_id)
         if model is None:
-            catalog.get(params["model"], may_use)  # unknown, or not the tenant's: says which it may use
+            try:  # unknown, or not the tenant's: a 400 naming the request (the message lists what it may use)
+                takes = capabilities_of(catalog.get(params["model"], may_use))
+            except UserError as exc:
+                raise UserError(f"{where}.params.model: {exc}") from None
             model = str(params["model"])
         elif params["model"] != model:
             raise UserError(
@@ -132,9 +156,13 @@ def _checked(requests: list[dict[str, Any]], request: Request, may_use: Any) -> 
                 "runs a batch on one model: send one batch a model"
             )
         try:
-            anthropic.to_request(params_body(params))
+            refused = refusal(takes, anthropic.to_request(params_body(params)))
         except RecordInvalid as exc:
-            raise UserError(f"{where}.params: {str(exc).replace('modelInput', 'params')}") from None
+            problem = str(exc).replace("modelInput", "params")
+            named = problem if problem.startswith("params") else f"params: {problem}"
+            raise UserError(f"{where}.{named}") from None
+        if refused is not None:  # an embeddings model, an image to a text-only one: it would fail the batch
+            raise UserError(f"{where}.params: {model!r} cannot run it: {refused.message}")
     assert model is not None
     return model
 
@@ -200,7 +228,7 @@ async def batch_results(
     job = await _batch(jobs, who, identifier)
     if job.status not in SERVICE_ENDED:
         raise JobNotEnded(f"Batch {identifier} has not ended: its results are not ready")
-    if job.status in (JobStatus.FAILED, JobStatus.EXPIRED) and not job.start_time:  # it never ran
+    if not job.start_time:  # it never ran: each request errored, or was canceled or expired
         lines = _never_ran(files, job)
     else:
         settings: ServerSettings = request.app.state.settings
@@ -214,24 +242,23 @@ async def batch_results(
 
 
 def _never_ran(files: FileService, job: BatchJob) -> Iterator[bytes]:
-    """Result lines of a batch that ended before it ran: every request ``expired`` (its window passed
-    while it waited) or ``errored``, saying why (it failed)."""
+    """Result lines of a batch that ended before it ran: every request errored (the batch failed, saying
+    why), or was canceled, or expired."""
+    try:
+        blocks = files.read(_source(job))
+    except FileNotFoundError:
+        removed = f"Batch {batch_id(job.job_id)} has no results (its requests were removed)"
+        raise JobNotFound(removed) from None
     error = RecordError(500, job.message or "the batch failed before it ran", "api_error")
+    why = "cancelled" if job.status == JobStatus.STOPPED else "expired"
 
     def result(record: InputRecord) -> bytes:
-        line = (
-            render_unrun(record, "expired")
-            if job.status == JobStatus.EXPIRED
-            else render_error(record, error)
-        )
+        line = render_error(record, error) if job.status == JobStatus.FAILED else render_unrun(record, why)
         return line + b"\n"
 
     name = _name(job)
-    seed = f"{job.job_id}:{name}"
-    max_line = EngineSettings().max_line_bytes
-    yield from results_of_unrun(
-        files.read(_source(job)), ANTHROPIC, result, source=name, seed=seed, max_line_bytes=max_line
-    )
+    seed, max_line = f"{job.job_id}:{name}", EngineSettings().max_line_bytes
+    return results_of_unrun(blocks, ANTHROPIC, result, source=name, seed=seed, max_line_bytes=max_line)
 
 
 async def _batch(jobs: BatchService, who: Caller, identifier: str) -> BatchJob:

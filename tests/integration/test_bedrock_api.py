@@ -229,8 +229,9 @@ REFUSED: dict[str, tuple[str, list[dict[str, Any] | bytes]]] = {
 def test_an_input_run_refuses_fails_validation_with_runs_message(
     server: Server, tmp_path: Path, name: str
 ) -> None:
-    """What ``bulkinfer run`` refuses before a job exists, a service job refuses at Validating, saying
-    the same: an empty input, a JSON array, another API's batch lines, records the model cannot take."""
+    """What ``bulkinfer run --format bedrock`` refuses before a job exists, a Bedrock job (whose records
+    are Bedrock's) refuses at Validating, saying the same: an empty input, a JSON array, another API's
+    batch lines, records the model cannot take."""
     model, lines = REFUSED[name]
     source = write_jsonl(server.bucket("refused-bucket") / name, lines)
     bedrock = client(server)
@@ -240,6 +241,7 @@ def test_an_input_run_refuses_fails_validation_with_runs_message(
     catalog = tmp_path / "models.toml"
     catalog.write_text(CATALOG)  # the server's
     run = ["run", str(source), "--model", model, "--output", str(tmp_path / "out"), "--models", str(catalog)]
+    run += ["--format", "bedrock"]
     said = CliRunner().invoke(app, run)
     assert said.exit_code == 2, said.output
     assert job["status"] == "Failed"

@@ -24,6 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from bulkinfer.api.auth import Caller
 from bulkinfer.api.bedrock.outputs import job_outputs
 from bulkinfer.api.bedrock.routes import caller, service
+from bulkinfer.api.openai.files import FilesDep
 from bulkinfer.dialects.registry import get_dialect
 from bulkinfer.domain.job import SERVICE_ENDED, JobStatus
 from bulkinfer.domain.request import RecordError
@@ -49,14 +50,6 @@ WINDOW_HOURS = 24
 
 CallerDep = Annotated[Caller, Depends(caller)]
 ServiceDep = Annotated[BatchService, Depends(service)]
-
-
-async def _files(request: Request) -> FileService:
-    files: FileService = request.app.state.files
-    return files
-
-
-FilesDep = Annotated[FileService, Depends(_files)]
 
 
 class CreateBatch(BaseModel):

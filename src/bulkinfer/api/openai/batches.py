@@ -23,6 +23,7 @@ from bulkinfer.api.auth import Caller
 from bulkinfer.api.bedrock.outputs import job_outputs
 from bulkinfer.api.bedrock.routes import caller, service
 from bulkinfer.api.errors import OPENAI, error_response
+from bulkinfer.api.openai.files import FilesDep
 from bulkinfer.domain.job import SERVICE_ENDED, JobStatus
 from bulkinfer.domain.tenant import own_area
 from bulkinfer.engine.runner import EngineSettings
@@ -46,14 +47,6 @@ CANCELLED = (JobStatus.STOPPING, JobStatus.STOPPED)
 
 CallerDep = Annotated[Caller, Depends(caller)]
 ServiceDep = Annotated[BatchService, Depends(service)]
-
-
-async def _files(request: Request) -> FileService:
-    files: FileService = request.app.state.files
-    return files
-
-
-FilesDep = Annotated[FileService, Depends(_files)]
 
 
 class ExpiresAfter(BaseModel):

@@ -19,6 +19,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect
 
 from bulkinfer.api.auth import Caller
+from bulkinfer.api.bedrock.routes import caller
 from bulkinfer.errors import UserError
 from bulkinfer.services.files import MAX_LIST, FileService, check_file_id
 from bulkinfer.store.files import StoredFile
@@ -66,12 +67,6 @@ class FileDeleted(BaseModel):
     id: str
     object: Literal["file"] = "file"
     deleted: bool = True
-
-
-async def caller(request: Request) -> Caller:
-    """Whose API key the request carries: the `Gate` middleware checked it before the route."""
-    who: Caller = request.state.caller
-    return who
 
 
 async def service(request: Request) -> FileService:

@@ -129,7 +129,7 @@ class Tenants:
         """The tenant an access key belongs to and the key's secret; None for a key not known."""
         found = self.keys.get(key_id)
         if found is None:
-            return (Tenant(key_id), "") if self.open else None
+            return (Tenant(_dev_name(key_id)), "") if self.open else None
         name, secret = found
         return self.by_name[name], secret
 
@@ -142,7 +142,7 @@ class Tenants:
             return self.by_name[name]
         if not self.open:
             return None
-        return Tenant(api_key if _KEY_ID.fullmatch(api_key) else ANONYMOUS)
+        return Tenant(_dev_name(api_key))
 
     def get(self, name: str) -> Tenant:
         """A tenant by name; one no longer configured is granted nothing (its jobs read and write
@@ -151,6 +151,12 @@ class Tenants:
         if tenant is not None:
             return tenant
         return Tenant(name) if self.open else Tenant(name, Grants(), models=())
+
+
+def _dev_name(key: str) -> str:
+    """Development mode's tenant for a key: the key itself where it could be an access key id and names a
+    folder (its files' folder: ``.`` would be the bucket's top, ``..`` above it), else ``anonymous``."""
+    return key if _KEY_ID.fullmatch(key) and key not in (".", "..") else ANONYMOUS
 
 
 def own_area(bucket: str, tenant: str) -> str:

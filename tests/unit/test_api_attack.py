@@ -1,0 +1,27 @@
+"""Hostile cases of the APIs' pure parts: development mode's tenant names, a trickled upload, the
+OpenAI input file check's error messages."""
+
+from __future__ import annotations
+
+import pytest
+
+from bulkinfer.api.tenants import open_tenants
+from bulkinfer.domain.tenant import ANONYMOUS, is_plain_key
+
+
+@pytest.mark.parametrize("key", [".", "..", "a/b"])
+def test_development_mode_never_makes_a_tenant_whose_name_is_no_folder(key: str) -> None:
+    """A tenant's name is its folder of the files bucket: ``.`` would put its files at the bucket's
+    top (outside any tenant's folder), ``..`` above it."""
+    tenants = open_tenants()
+    by_api_key = tenants.for_api_key(key)
+    assert by_api_key is not None and by_api_key.name == ANONYMOUS
+    by_access_key = tenants.for_key(key)
+    assert by_access_key is not None
+    assert "/" not in by_access_key[0].name and is_plain_key(by_access_key[0].name)
+
+
+def test_development_mode_keeps_a_key_that_is_a_folder_name_as_its_tenant() -> None:
+    tenants = open_tenants()
+    assert (tenants.for_api_key("AKIDEXAMPLE") or None).name == "AKIDEXAMPLE"  # type: ignore[union-attr]
+    assert tenants.for_key("a.b")[0].name == "a.b"  # type: ignore[index]

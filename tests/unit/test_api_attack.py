@@ -3,10 +3,12 @@ OpenAI input file check's error messages."""
 
 from __future__ import annotations
 
+import orjson
 import pytest
 
 from bulkinfer.api.tenants import open_tenants
 from bulkinfer.domain.tenant import ANONYMOUS, is_plain_key
+from bulkinfer.formats.openai_batch import check_file
 
 
 @pytest.mark.parametrize("key", [".", "..", "a/b"])
@@ -25,3 +27,22 @@ def test_development_mode_keeps_a_key_that_is_a_folder_name_as_its_tenant() -> N
     tenants = open_tenants()
     assert (tenants.for_api_key("AKIDEXAMPLE") or None).name == "AKIDEXAMPLE"  # type: ignore[union-attr]
     assert tenants.for_key("a.b")[0].name == "a.b"  # type: ignore[index]
+
+
+def test_an_openai_input_files_errors_are_bounded_whatever_its_lines_hold() -> None:
+    """Each error kept (up to MAX_ERRORS of them, stored on the job and shown on every retrieve) echoes
+    at most a bounded piece of the line, whatever size its url, method or model is."""
+    huge = "x" * 1_000_000
+    base = {"custom_id": "a", "method": "POST", "url": "/v1/chat/completions", "body": {"model": "m"}}
+    lines = [
+        {**base, "url": huge},
+        {**base, "custom_id": "b", "method": huge},
+        {**base, "custom_id": "c", "body": {"model": huge}},
+        {**base, "custom_id": "d"},
+        {**base, "custom_id": "e", "body": {"model": huge}},
+        {**base, "custom_id": huge},
+    ]
+    numbered = [(n, orjson.dumps(line)) for n, line in enumerate(lines, 1)]
+    check = check_file(numbered, "/v1/chat/completions", lambda model: model == "m")
+    assert check.error_count == 5
+    assert all(len(e.message) < 1000 for e in check.errors), [len(e.message) for e in check.errors]

@@ -3,9 +3,13 @@ OpenAI input file check's error messages."""
 
 from __future__ import annotations
 
+import asyncio
+
 import orjson
 import pytest
+from starlette.types import Message
 
+from bulkinfer.api import auth
 from bulkinfer.api.tenants import open_tenants
 from bulkinfer.domain.tenant import ANONYMOUS, is_plain_key
 from bulkinfer.formats.openai_batch import check_file
@@ -46,3 +50,41 @@ def test_an_openai_input_files_errors_are_bounded_whatever_its_lines_hold() -> N
     check = check_file(numbered, "/v1/chat/completions", lambda model: model == "m")
     assert check.error_count == 5
     assert all(len(e.message) < 1000 for e in check.errors), [len(e.message) for e in check.errors]
+
+
+async def test_an_upload_trickled_in_is_cut_off_however_often_a_byte_comes(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A streamed upload (POST /v1/files) one byte every little while never stops for BODY_IDLE_S: it
+    must still not hold its connection for ever (a buffered body has BODY_TIMEOUT_S)."""
+    monkeypatch.setattr(auth, "BODY_TIMEOUT_S", 0.3)
+
+    async def trickle() -> Message:
+        await asyncio.sleep(0.01)
+        return {"type": "http.request", "body": b"x", "more_body": True}
+
+    receive = auth._capped(trickle, 10**9)
+    with pytest.raises(auth.AuthFailed) as refused:
+        async with asyncio.timeout(5):
+            while True:
+                await receive()
+    assert refused.value.status == 408
+
+
+async def test_after_an_upload_ends_its_receive_waits_on_the_client_as_long_as_it_takes(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(auth, "BODY_IDLE_S", 0.1)
+    sent: list[Message] = [
+        {"type": "http.request", "body": b"abc", "more_body": False},
+        {"type": "http.disconnect"},
+    ]
+
+    async def client() -> Message:
+        if len(sent) == 1:
+            await asyncio.sleep(0.3)  # the client goes away later than an idle body may stall
+        return sent.pop(0)
+
+    receive = auth._capped(client, 10)
+    assert (await receive())["body"] == b"abc"
+    assert (await receive())["type"] == "http.disconnect"

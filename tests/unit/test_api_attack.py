@@ -11,6 +11,7 @@ from starlette.types import Message
 
 from bulkinfer.api import auth
 from bulkinfer.api.tenants import open_tenants
+from bulkinfer.cli.main import _record_texts
 from bulkinfer.domain.tenant import ANONYMOUS, is_plain_key
 from bulkinfer.formats.openai_batch import check_file
 
@@ -88,3 +89,18 @@ async def test_after_an_upload_ends_its_receive_waits_on_the_client_as_long_as_i
     receive = auth._capped(client, 10)
     assert (await receive())["body"] == b"abc"
     assert (await receive())["type"] == "http.disconnect"
+
+
+def test_bulkinfer_results_never_sends_a_records_control_characters_to_the_terminal() -> None:
+    """A custom_id (any string in an OpenAI batch line) or a model's text holding ESC sequences would
+    clear, retitle or rewrite the operator's terminal when `bulkinfer results` prints it."""
+    line = {
+        "id": "batch_req_1",
+        "custom_id": "evil\x1b]0;owned\x07\x1b[2J\x00\x9b",
+        "response": {"status_code": 200, "body": {"choices": [{"message": {"content": "a\x1b[31mb\nc"}}]}},
+        "error": None,
+    }
+    record_id, text = _record_texts(orjson.dumps(line))
+    shown = record_id.plain + text.plain
+    assert not any((ord(c) < 32 and c != "\n") or 0x7F <= ord(c) < 0xA0 for c in shown), repr(shown)
+    assert "evil" in record_id.plain and "\n" in text.plain

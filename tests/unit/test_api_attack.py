@@ -7,9 +7,11 @@ import asyncio
 
 import orjson
 import pytest
+from fastapi import FastAPI
+from fastapi.testclient import TestClient
 from starlette.types import Message
 
-from bulkinfer.api import auth
+from bulkinfer.api import auth, errors
 from bulkinfer.api.tenants import open_tenants
 from bulkinfer.cli.main import _record_texts
 from bulkinfer.domain.tenant import ANONYMOUS, is_plain_key
@@ -104,3 +106,38 @@ def test_bulkinfer_results_never_sends_a_records_control_characters_to_the_termi
     shown = record_id.plain + text.plain
     assert not any((ord(c) < 32 and c != "\n") or 0x7F <= ord(c) < 0xA0 for c in shown), repr(shown)
     assert "evil" in record_id.plain and "\n" in text.plain
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "headers", "shape"),
+    [
+        ("GET", "/v1/responses", {}, "openai"),
+        ("DELETE", "/v1/known", {}, "openai"),
+        ("GET", "/v1/messages/count_tokens", {"anthropic-version": "2023-06-01"}, "anthropic"),
+        ("GET", "/no-such-bedrock-route", {}, "bedrock"),
+        ("DELETE", "/known", {}, "bedrock"),
+    ],
+)
+def test_a_route_or_method_not_served_is_answered_in_the_callers_api_shape(
+    method: str, path: str, headers: dict[str, str], shape: str
+) -> None:
+    """Not {"detail": "Not Found"}, which no SDK reads: the openai SDK's message would be a dict's repr,
+    botocore's error code "404"."""
+    app = FastAPI()
+    errors.install(app)
+
+    @app.get("/v1/known")
+    @app.get("/known")
+    async def known() -> dict[str, str]:
+        return {}
+
+    answer = TestClient(app).request(method, path, headers=headers)
+    assert answer.status_code in (404, 405)
+    body = answer.json()
+    kinds = ("not_found_error", "invalid_request_error")
+    if shape == "openai":
+        assert body["error"]["type"] in kinds and body["error"]["message"]
+    elif shape == "anthropic":
+        assert body["type"] == "error" and body["error"]["type"] in kinds
+    else:
+        assert answer.headers["x-amzn-ErrorType"] and body["__type"] == answer.headers["x-amzn-ErrorType"]

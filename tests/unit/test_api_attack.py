@@ -12,9 +12,10 @@ from fastapi.testclient import TestClient
 from starlette.types import Message
 
 from bulkinfer.api import auth, errors
-from bulkinfer.api.tenants import open_tenants
+from bulkinfer.api.tenants import open_tenants, single_tenant
 from bulkinfer.cli.main import _record_texts
-from bulkinfer.domain.tenant import ANONYMOUS, is_plain_key
+from bulkinfer.domain.tenant import ANONYMOUS, Grants, Tenant, Tenants, is_plain_key, with_own_areas
+from bulkinfer.errors import ConfigError
 from bulkinfer.formats.openai_batch import check_file
 
 
@@ -141,3 +142,21 @@ def test_a_route_or_method_not_served_is_answered_in_the_callers_api_shape(
         assert body["type"] == "error" and body["error"]["type"] in kinds
     else:
         assert answer.headers["x-amzn-ErrorType"] and body["__type"] == answer.headers["x-amzn-ErrorType"]
+
+
+def test_an_api_key_longer_than_any_request_may_send_is_refused_at_start(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The Gate refuses a key over MAX_API_KEY unlooked-up: configured, it would be a key no one can use."""
+    monkeypatch.setenv("ATTACK_LONG_KEYS", "k" * (auth.MAX_API_KEY + 1))
+    with pytest.raises(ConfigError, match="ATTACK_LONG_KEYS"):
+        single_tenant({}, "ATTACK_LONG_KEYS")
+
+
+@pytest.mark.parametrize("other", ["a.b", "a-b", "a_b", "ab", "a.", "a.."])
+def test_a_tenants_own_area_never_covers_another_whose_name_starts_alike(other: str) -> None:
+    tenants = with_own_areas(Tenants({n: Tenant(n, Grants()) for n in ("a", other)}), "files")
+    mine, theirs = tenants.by_name["a"], tenants.by_name[other]
+    assert mine.grants.may_write("s3://files/a/files/x.jsonl")
+    assert not mine.grants.may_read(f"s3://files/{other}/files/x.jsonl")
+    assert not theirs.grants.may_read("s3://files/a/files/x.jsonl")

@@ -56,6 +56,7 @@ MIN_UPLOAD_RATE = 256 * 1024
 FREE_BODY_BYTES = 64 * 1024
 """Of each body, what the budget for bodies in memory does not count (see `BodyBudget`)."""
 MAX_API_KEY = 512
+"""Longest API key looked up (the tenants file takes none longer)."""
 API_KEY_PREFIX = "/v1/"
 """The OpenAI and Anthropic routes, whose clients send API keys rather than signatures."""
 DOCS_PATHS = frozenset({"/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json"})

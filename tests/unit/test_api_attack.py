@@ -160,3 +160,15 @@ def test_a_tenants_own_area_never_covers_another_whose_name_starts_alike(other: 
     assert mine.grants.may_write("s3://files/a/files/x.jsonl")
     assert not mine.grants.may_read(f"s3://files/{other}/files/x.jsonl")
     assert not theirs.grants.may_read("s3://files/a/files/x.jsonl")
+
+
+def test_development_mode_never_names_a_tenant_after_a_provider_secret_key() -> None:
+    """The openai and anthropic SDKs send OPENAI_API_KEY / ANTHROPIC_API_KEY from the environment unless
+    told otherwise: a real key (sk-..., sk-ant-...) sent to a development server must not become a
+    tenant name, which is stored in the jobs table, shown in listings and made a folder on disk."""
+    secret = "sk-ant-api03-" + "Ab3_" * 20
+    tenants = open_tenants()
+    tenant = tenants.for_api_key(secret)
+    assert tenant is not None and secret not in tenant.name and "Ab3_Ab3_" not in tenant.name
+    assert tenant == tenants.for_api_key(secret)  # the same key is the same tenant each time
+    assert tenant != tenants.for_api_key("sk-" + "x" * 48)

@@ -12,6 +12,7 @@ S3 server's) could read as another (``..``, ``.`` or empty segments) is never gr
 from __future__ import annotations
 
 import fnmatch
+import hashlib
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
@@ -22,6 +23,9 @@ ANONYMOUS = "anonymous"
 """Development mode's tenant for a request without a key."""
 _KEY_ID = re.compile(r"[A-Za-z0-9_+=,.@-]{1,128}")
 """What an access key id may be."""
+SECRET_KEY_PREFIX = "sk-"
+"""How OpenAI's and Anthropic's API keys begin: development mode names such a key's tenant by its hash,
+never by the secret itself (a tenant's name is stored, listed and made a folder)."""
 EVERYTHING = "s3://"
 """A grant of every bucket."""
 
@@ -136,12 +140,15 @@ class Tenants:
     def for_api_key(self, api_key: str) -> Tenant | None:
         """The tenant an API key belongs to; None for a key not known. In development mode any key is
         accepted: one that could be an access key id is the tenant that key id is (so one person's
-        boto3 and openai clients see the same jobs), any other is ``anonymous``."""
+        boto3 and openai clients see the same jobs), a provider's secret key (``sk-...``) a tenant named
+        by its hash, any other ``anonymous``."""
         name = self.api_keys.get(api_key)
         if name is not None:
             return self.by_name[name]
         if not self.open:
             return None
+        if api_key.startswith(SECRET_KEY_PREFIX):  # a real OpenAI or Anthropic key, sent by habit
+            return Tenant(SECRET_KEY_PREFIX + hashlib.sha256(api_key.encode()).hexdigest()[:20])
         return Tenant(_dev_name(api_key))
 
     def get(self, name: str) -> Tenant:

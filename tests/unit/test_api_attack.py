@@ -172,3 +172,10 @@ def test_development_mode_never_names_a_tenant_after_a_provider_secret_key() -> 
     assert tenant is not None and secret not in tenant.name and "Ab3_Ab3_" not in tenant.name
     assert tenant == tenants.for_api_key(secret)  # the same key is the same tenant each time
     assert tenant != tenants.for_api_key("sk-" + "x" * 48)
+
+
+def test_an_api_key_no_http_header_can_carry_is_refused_at_start(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A header's bytes are read as Latin-1: a key of non-ASCII characters would never match."""
+    monkeypatch.setenv("ATTACK_UNICODE_KEYS", "ключ-команды-а-0123456789")
+    with pytest.raises(ConfigError, match="ATTACK_UNICODE_KEYS"):
+        single_tenant({}, "ATTACK_UNICODE_KEYS")

@@ -146,9 +146,13 @@ def _add_api_keys(
             "(export it before starting the server)"
         )
     for number, key in enumerate(keys, 1):
-        if not MIN_API_KEY <= len(key) <= MAX_API_KEY or not key.isprintable() or " " in key:
+        if (
+            not MIN_API_KEY <= len(key) <= MAX_API_KEY
+            or not (key.isascii() and key.isprintable())
+            or " " in key
+        ):
             raise ConfigError(
-                f"{where}: API key {number} in {variable} is not {MIN_API_KEY}-{MAX_API_KEY} printable "
+                f"{where}: API key {number} in {variable} is not {MIN_API_KEY}-{MAX_API_KEY} printable ASCII "
                 "characters"
             )
         if key in found:

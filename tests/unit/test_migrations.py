@@ -190,3 +190,46 @@ def test_a_current_database_does_not_load_alembic(tmp_path: Path) -> None:
         "assert 'alembic' not in sys.modules, 'alembic was imported'\n"
     )
     subprocess.run([sys.executable, "-c", script], check=True)
+
+
+def test_a_database_at_0003_with_jobs_upgrades_by_replicas_at_once(engines: EngineFactory) -> None:
+    """0004 on a database made at 0003 holding a Bedrock job: two replicas upgrade it at once; the job
+    is kept, made by Bedrock's API, with no details or tokens."""
+    engine = engines()
+    with engine.connect() as conn, conn.begin():
+        command.upgrade(migrate.alembic_config(conn), "0003")
+    row = {
+        "job_id": "j1",
+        "tenant": "a",
+        "name": "n",
+        "model_id": "echo",
+        "status": "InProgress",
+        "submit_time": 1.0,
+        "last_modified": 1.0,
+        "request": "{}",
+    }
+    with engine.begin() as conn:
+        names, values = ", ".join(row), ", ".join(f":{k}" for k in row)
+        conn.execute(text(f"INSERT INTO batch_jobs ({names}) VALUES ({values})"), row)
+    starters = [engines() for _ in range(2)]
+    barrier = threading.Barrier(len(starters))
+    errors: list[BaseException] = []
+
+    def start(replica: Engine) -> None:
+        barrier.wait()
+        try:
+            migrate.upgrade(replica)
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=start, args=(replica,)) for replica in starters]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert errors == []
+    assert migrate.current_revision(engine) == migrate.HEAD
+    with engine.connect() as conn:
+        found = conn.execute(select(batch_jobs.c.job_id, batch_jobs.c.api, batch_jobs.c.details)).all()
+    assert [tuple(r) for r in found] == [("j1", "bedrock", None)]
+    assert drift(engine) == []

@@ -50,10 +50,13 @@ RUNTIME_PREFIX = "/model/"
 BODY_TIMEOUT_S = 120
 """Longest a body may take to arrive: 32 MiB at a quarter of a megabyte a second."""
 BODY_IDLE_S = 10
+MIN_UPLOAD_RATE = 256 * 1024
+"""Slowest an upload streamed to its route (POST /v1/files) may come on average, past `BODY_TIMEOUT_S`."""
 """Longest a body may stop coming before it is refused."""
 FREE_BODY_BYTES = 64 * 1024
 """Of each body, what the budget for bodies in memory does not count (see `BodyBudget`)."""
 MAX_API_KEY = 512
+"""Longest API key looked up (the tenants file takes none longer)."""
 API_KEY_PREFIX = "/v1/"
 """The OpenAI and Anthropic routes, whose clients send API keys rather than signatures."""
 DOCS_PATHS = frozenset({"/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json"})
@@ -340,21 +343,39 @@ async def _read_body(receive: Receive, limit: int, held: _Held) -> bytes:
 
 def _capped(receive: Receive, limit: int) -> Receive:
     """A ``receive`` that passes the body on, ending the request once more than ``limit`` bytes came
-    (the route reading it sees a disconnect and answers nothing more)."""
+    (the route reading it sees a disconnect and answers nothing more), or once it stalls for
+    `BODY_IDLE_S`, or once it comes slower on average than `MIN_UPLOAD_RATE` past `BODY_TIMEOUT_S` (a
+    byte now and then would hold the connection for ever). Once the body is whole, what the client does
+    next is passed on as it comes."""
     size = 0
+    started: float | None = None
+    whole = False
 
     async def capped() -> Message:
-        nonlocal size
+        nonlocal size, started, whole
+        if whole:
+            return await receive()
+        now = asyncio.get_running_loop().time()
+        started = now if started is None else started
+        left = started + BODY_TIMEOUT_S + size / MIN_UPLOAD_RATE - now
         try:
-            async with asyncio.timeout(BODY_IDLE_S):  # a stalled upload holds its connection no longer
+            if left <= 0:
+                raise TimeoutError
+            async with asyncio.timeout(
+                min(BODY_IDLE_S, left)
+            ):  # a stalled upload holds its connection no longer
                 message = await receive()
         except TimeoutError:
             raise AuthFailed(
-                "RequestTimeoutException", f"the request body stopped coming for {BODY_IDLE_S} s", 408
+                "RequestTimeoutException",
+                f"the request body stopped coming for {BODY_IDLE_S} s, or came slower than "
+                f"{MIN_UPLOAD_RATE // 1024} KiB/s",
+                408,
             ) from None
         size += len(message.get("body", b""))
         if size > limit:
             raise BodyTooLarge(limit)
+        whole = message["type"] != "http.request" or not message.get("more_body", False)
         return message
 
     return capped

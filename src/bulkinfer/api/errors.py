@@ -16,11 +16,10 @@ import uuid
 from collections.abc import Awaitable, Callable
 
 from fastapi import FastAPI, Request
-from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import JSONResponse
 from starlette.datastructures import Headers
-from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from bulkinfer.api.auth import AuthFailed
@@ -40,6 +39,7 @@ _OPENAI_TYPES = {
     401: "authentication_error",
     403: "permission_error",
     404: "not_found_error",
+    405: "invalid_request_error",
     408: "timeout_error",
     409: "conflict_error",
     413: "invalid_request_error",
@@ -51,6 +51,7 @@ _ANTHROPIC_TYPES = {
     401: "authentication_error",
     403: "permission_error",
     404: "not_found_error",
+    405: "invalid_request_error",
     408: "timeout_error",
     409: "invalid_request_error",
     413: "request_too_large",
@@ -135,15 +136,17 @@ def install(app: FastAPI) -> None:
         api = api_of(request.url.path, request.headers)
         return error_response(400, "ValidationException", message, api, param=where or None)
 
-    @app.exception_handler(StarletteHTTPException)
-    async def unrouted(request: Request, exc: StarletteHTTPException) -> Response:
-        # A path no route matches (an id with a slash in it) or a method it lacks: the OpenAI and
-        # Anthropic SDKs read their own error shape, not FastAPI's {"detail"}.
-        api = api_of(request.url.path, request.headers)
-        if api == BEDROCK:
-            return await http_exception_handler(request, exc)
-        code = "ResourceNotFoundException" if exc.status_code == 404 else "ValidationException"
-        return error_response(exc.status_code, code, str(exc.detail), api)
+    @app.exception_handler(HTTPException)
+    async def unrouted(request: Request, exc: HTTPException) -> JSONResponse:
+        # no route for the path or its method (404, 405): in the caller's API's shape, as any refusal
+        if exc.status_code in (404, 405):
+            message = f"{request.method} {request.url.path}: no such route on this server"
+            code = "UnknownOperationException"
+        else:
+            message, code = str(exc.detail), "ValidationException"
+        response = error_response(exc.status_code, code, message, api_of(request.url.path, request.headers))
+        response.headers.update(exc.headers or {})
+        return response
 
     @app.exception_handler(AuthFailed)
     async def refused(request: Request, exc: AuthFailed) -> JSONResponse:  # (an upload cut off midway)

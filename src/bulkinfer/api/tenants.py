@@ -35,6 +35,7 @@ from pydantic import (
     model_validator,
 )
 
+from bulkinfer.api.auth import MAX_API_KEY
 from bulkinfer.domain.tenant import ALL_GRANTED, Grants, Tenant, Tenants, normalized_grant
 from bulkinfer.errors import ConfigError
 
@@ -145,9 +146,14 @@ def _add_api_keys(
             "(export it before starting the server)"
         )
     for number, key in enumerate(keys, 1):
-        if len(key) < MIN_API_KEY or not key.isprintable() or " " in key:
+        if (
+            not MIN_API_KEY <= len(key) <= MAX_API_KEY
+            or not (key.isascii() and key.isprintable())
+            or " " in key
+        ):
             raise ConfigError(
-                f"{where}: API key {number} in {variable} is not {MIN_API_KEY}+ printable characters"
+                f"{where}: API key {number} in {variable} is not {MIN_API_KEY}-{MAX_API_KEY} printable ASCII "
+                "characters"
             )
         if key in found:
             raise ConfigError(f"{where}: API key {number} in {variable} also belongs to {found[key]}")

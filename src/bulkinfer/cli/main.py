@@ -8,6 +8,7 @@ import enum
 import gc
 import itertools
 import os
+import re
 import shlex
 import signal
 import sys
@@ -828,12 +829,21 @@ def _record_texts(line: Line) -> tuple[Text, Text]:
     if isinstance(line, OversizeLine):
         return Text("?", style="bold red"), Text(f"a line of {line.size:,} bytes, too long to show")
     record = orjson.loads(line)
-    record_id = Text(str(record.get("recordId", record.get("custom_id"))), style="bold")
+    record_id = Text(_inert(str(record.get("recordId", record.get("custom_id")))), style="bold")
     if (answer := _answer(record)) is not None:
-        return record_id, Text(output_text(answer))
+        return record_id, Text(_inert(output_text(answer)))
     record_id.stylize("red")
     said = error_message(record) or str(record.get("result", {}).get("type"))  # Anthropic's canceled/expired
-    return record_id, Text(said)
+    return record_id, Text(_inert(said))
+
+
+_CONTROLS = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+def _inert(text: str) -> str:
+    """A record's text as a terminal may be sent it: control characters (ESC sequences that would clear,
+    retitle or rewrite the terminal; NUL) shown as escapes, line breaks kept."""
+    return _CONTROLS.sub(lambda m: m.group().encode("unicode_escape").decode(), text)
 
 
 def _answer(record: dict[str, Any]) -> Any:

@@ -12,6 +12,7 @@ S3 server's) could read as another (``..``, ``.`` or empty segments) is never gr
 from __future__ import annotations
 
 import fnmatch
+import hashlib
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
@@ -22,6 +23,9 @@ ANONYMOUS = "anonymous"
 """Development mode's tenant for a request without a key."""
 _KEY_ID = re.compile(r"[A-Za-z0-9_+=,.@-]{1,128}")
 """What an access key id may be."""
+SECRET_KEY_PREFIX = "sk-"
+"""How OpenAI's and Anthropic's API keys begin: development mode names such a key's tenant by its hash,
+never by the secret itself (a tenant's name is stored, listed and made a folder)."""
 EVERYTHING = "s3://"
 """A grant of every bucket."""
 
@@ -129,20 +133,23 @@ class Tenants:
         """The tenant an access key belongs to and the key's secret; None for a key not known."""
         found = self.keys.get(key_id)
         if found is None:
-            return (Tenant(key_id), "") if self.open else None
+            return (Tenant(_dev_name(key_id)), "") if self.open else None
         name, secret = found
         return self.by_name[name], secret
 
     def for_api_key(self, api_key: str) -> Tenant | None:
         """The tenant an API key belongs to; None for a key not known. In development mode any key is
         accepted: one that could be an access key id is the tenant that key id is (so one person's
-        boto3 and openai clients see the same jobs), any other is ``anonymous``."""
+        boto3 and openai clients see the same jobs), a provider's secret key (``sk-...``) a tenant named
+        by its hash, any other ``anonymous``."""
         name = self.api_keys.get(api_key)
         if name is not None:
             return self.by_name[name]
         if not self.open:
             return None
-        return Tenant(api_key if _KEY_ID.fullmatch(api_key) else ANONYMOUS)
+        if api_key.startswith(SECRET_KEY_PREFIX):  # a real OpenAI or Anthropic key, sent by habit
+            return Tenant(SECRET_KEY_PREFIX + hashlib.sha256(api_key.encode()).hexdigest()[:20])
+        return Tenant(_dev_name(api_key))
 
     def get(self, name: str) -> Tenant:
         """A tenant by name; one no longer configured is granted nothing (its jobs read and write
@@ -151,6 +158,12 @@ class Tenants:
         if tenant is not None:
             return tenant
         return Tenant(name) if self.open else Tenant(name, Grants(), models=())
+
+
+def _dev_name(key: str) -> str:
+    """Development mode's tenant for a key: the key itself where it could be an access key id and names a
+    folder (its files' folder: ``.`` would be the bucket's top, ``..`` above it), else ``anonymous``."""
+    return key if _KEY_ID.fullmatch(key) and key not in (".", "..") else ANONYMOUS
 
 
 def own_area(bucket: str, tenant: str) -> str:

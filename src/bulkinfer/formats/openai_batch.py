@@ -54,16 +54,26 @@ def _problem(obj: dict[str, Any], custom_id: Any) -> str | None:
     if not _valid_id(custom_id):
         return f"custom_id: must be a non-empty string of at most {MAX_CUSTOM_ID} characters"
     if obj.get("method") != "POST":
-        return f"method: must be POST, not {obj.get('method')!r}"
+        return f"method: must be POST, not {_shown(obj.get('method'))}"
     url = obj.get("url")
     if type(url) is not str or url not in ENDPOINTS:  # (a list or object is no key: it would raise)
-        return f"url: {url!r} is not a batch endpoint; supported: {', '.join(ENDPOINTS)}"
+        return f"url: {_shown(url)} is not a batch endpoint; supported: {', '.join(ENDPOINTS)}"
     body = obj.get("body")
     if type(body) is not dict:
         return "body: expected a JSON object" if body is not None else "body: field required"
     if body.get("stream"):
         return "body.stream: streaming is not supported in a batch"
     return None
+
+
+SHOWN_CHARS = 200
+"""Most of a line's value an error message echoes (a url or model may be megabytes)."""
+
+
+def _shown(value: Any) -> str:
+    """A value as a message quotes it, cut to `SHOWN_CHARS`."""
+    text = repr(value)
+    return text if len(text) <= SHOWN_CHARS else text[:SHOWN_CHARS] + "…"
 
 
 def _valid_id(value: Any) -> bool:
@@ -187,7 +197,7 @@ def _line_error(
             return BatchError("missing_required_parameter", message, number, field)
     problem = _problem(obj, obj["custom_id"])
     if obj["url"] != endpoint:
-        message = f"the url {obj['url']!r} does not match the batch's endpoint {endpoint!r}"
+        message = f"the url {_shown(obj['url'])} does not match the batch's endpoint {endpoint!r}"
         return BatchError("invalid_url", message, number, "url")
     if problem is not None:
         field, _, message = problem.partition(": ")
@@ -212,13 +222,13 @@ def _model_error(
         return BatchError("missing_required_parameter", message, number, "body.model")
     if check.model is None:
         if not usable(model):
-            message = f"The model {model!r} does not exist or you do not have access to it."
+            message = f"The model {_shown(model)} does not exist or you do not have access to it."
             return BatchError("model_not_found", message, number, "body.model")
         check.model = model
     elif model != check.model:
         message = (
-            f"The model {model!r} for this request does not match the rest of the batch. Each batch must "
-            "contain requests for a single model."
+            f"The model {_shown(model)} for this request does not match the rest of the batch. Each batch "
+            "must contain requests for a single model."
         )
         return BatchError("mismatched_model", message, number, "body.model")
     return None

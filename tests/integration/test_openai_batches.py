@@ -193,6 +193,35 @@ def test_cancel_keeps_finished_results_and_lists_the_rest(server: Server) -> Non
         client.batches.cancel(done.id)
 
 
+def test_a_batch_cancelled_before_it_ran_lists_every_request_as_cancelled(server: Server) -> None:
+    """Both of slow-echo's job slots are taken: a third batch validates and waits; cancelled then, its
+    error file has a batch_cancelled line for each request and its counts say so."""
+    client = sdk(server)
+    blockers = [
+        create(client, upload(client, [line(f"b{n}-{i}", "x", model="slow-echo") for i in range(300)]))
+        for n in range(2)
+    ]
+    for blocker in blockers:
+        wait(client, blocker.id, {"in_progress"})
+    waiting = create(client, upload(client, [line(f"w-{i}", "x", model="slow-echo") for i in range(5)]))
+    deadline = time.monotonic() + 30
+    while (got := client.batches.retrieve(waiting.id)).status == "validating":
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    assert got.status == "in_progress" and got.in_progress_at is None  # validated, waiting for a slot
+    client.batches.cancel(waiting.id)
+    cancelled = wait(client, waiting.id, {"cancelled"})
+    for blocker in blockers:
+        client.batches.cancel(blocker.id)
+    assert cancelled.output_file_id is None and cancelled.in_progress_at is None
+    counts = cancelled.request_counts
+    assert counts is not None and (counts.total, counts.completed, counts.failed) == (5, 0, 5)
+    err = download(client, cancelled.error_file_id)
+    assert sorted(ids(err)) == [f"w-{i}" for i in range(5)]
+    assert all(x["response"] is None and x["error"]["code"] == "batch_cancelled" for x in err)
+    assert client.batches.retrieve(waiting.id) == cancelled  # shown again: the same files and counts
+
+
 @pytest.mark.sdk_compat
 def test_an_all_failed_batch_completes_with_only_an_error_file(server: Server) -> None:
     client = sdk(server)

@@ -253,11 +253,12 @@ def status_of(job: BatchJob) -> str:
 
 async def render(job: BatchJob, request: Request, files: FileService) -> dict[str, Any]:
     """A job as OpenAI's Batch object."""
+    job, output_id, error_id = await _result_files(job, request, files)
     details = job.details or {}
     status = status_of(job)
-    output_id, error_id = await _result_files(job, request, files)
     ended_at = int(job.end_time) if job.end_time else None
-    total, completed = job.total or 0, job.success or 0
+    total = job.total if job.total is not None else int(details.get("unrunCount", 0))
+    completed = job.success or 0
     failed = total - completed if status in ("cancelled", "expired") else job.errors or 0
     tokens_in, tokens_out = job.input_tokens or 0, job.output_tokens or 0
     errors = details.get("errors") or _failure(job, status)
@@ -309,40 +310,50 @@ def _int(value: Any) -> int | None:
     return int(value) if isinstance(value, int | float) else None
 
 
-async def _all_expired(files: FileService, job: BatchJob, source: str, target: str) -> int:
-    """Write the error file of a batch that expired before it ran (a ``batch_expired`` line for each
-    request); its size."""
+async def _never_ran(files: FileService, job: BatchJob, source: str, target: str) -> tuple[int, int]:
+    """Write the error file of a batch that ended before it ran: a ``batch_cancelled`` or
+    ``batch_expired`` line for each request. Its size and its lines (none if the input is gone)."""
     name = source.rsplit("/", 1)[-1]
+    why = "cancelled" if job.status == JobStatus.STOPPED else "expired"
 
     def lines() -> list[bytes]:
-        expired = results_of_unrun(
-            files.read(source),
+        try:
+            blocks = files.read(source)
+        except FileNotFoundError:
+            return []
+        unrun = results_of_unrun(
+            blocks,
             records.OPENAI,
-            lambda record: render_unrun(record, "expired"),
+            lambda record: render_unrun(record, why),
             source=name,
             seed=f"{job.job_id}:{name}",
             max_line_bytes=EngineSettings().max_line_bytes,
         )
-        return list(expired)
+        return list(unrun)
 
     written = await asyncio.to_thread(lines)
-    await files.keep(f"{target}{ERRORS_SUFFIX}", written)
-    return sum(len(line) + 1 for line in written)
+    if written:
+        await files.keep(f"{target}{ERRORS_SUFFIX}", written)
+    return sum(len(line) + 1 for line in written), len(written)
 
 
-async def _result_files(job: BatchJob, request: Request, files: FileService) -> tuple[str | None, str | None]:
+async def _result_files(
+    job: BatchJob, request: Request, files: FileService
+) -> tuple[BatchJob, str | None, str | None]:
     """The ids of an ended batch's output and error files, each None when it would be empty. Each is
-    registered as a file of the tenant the first time the batch is shown ended (and noted on the job)."""
+    registered as a file of the tenant the first time the batch is shown ended, and noted on the job
+    (returned as noted)."""
     details = job.details or {}
     if "output_file_id" in details:
-        return details["output_file_id"], details["error_file_id"]
+        return job, details["output_file_id"], details["error_file_id"]
     if job.status not in SERVICE_ENDED or (job.status == JobStatus.FAILED and not job.start_time):
-        return None, None
+        return job, None, None
+    noted: dict[str, Any] = {}
     source = job.request["inputDataConfig"]["s3InputDataConfig"]["s3Uri"]
     input_name = source.rsplit("/", 1)[-1]
     folder = f"{job.request['outputDataConfig']['s3OutputDataConfig']['s3Uri'].rstrip('/')}/{job.job_id}"
-    if job.status == JobStatus.EXPIRED and not job.start_time:  # its window passed while it waited
-        size = await _all_expired(files, job, source, f"{folder}/{input_name}")
+    if not job.start_time:  # cancelled, or its window passed, before it ran
+        size, noted["unrunCount"] = await _never_ran(files, job, source, f"{folder}/{input_name}")
         sizes = {f"{input_name}{ERRORS_SUFFIX}": size}
     else:
         settings: ServerSettings = request.app.state.settings
@@ -364,7 +375,6 @@ async def _result_files(job: BatchJob, request: Request, files: FileService) -> 
         )
         ids.append(file_id)
     output_id, error_id = ids
-    await asyncio.to_thread(
-        request.app.state.batch.note, job, output_file_id=output_id, error_file_id=error_id
-    )
-    return output_id, error_id
+    jobs: BatchService = request.app.state.batch
+    job = await asyncio.to_thread(jobs.note, job, output_file_id=output_id, error_file_id=error_id, **noted)
+    return job, output_id, error_id

@@ -25,6 +25,7 @@ from rich.text import Text
 
 from bulkinfer import __version__
 from bulkinfer.cli import remote
+from bulkinfer.cli.estimate import estimate_command
 from bulkinfer.cli.options import (
     DEFAULT_DATA_DIR,
     Command,
@@ -39,6 +40,7 @@ from bulkinfer.cli.retry import retry_request
 from bulkinfer.cli.summary import print_catalog, print_dry_run, print_jobs, print_report
 from bulkinfer.dialects.registry import get_dialect
 from bulkinfer.domain.job import TRANSITIONS, JobStatus
+from bulkinfer.engine import history
 from bulkinfer.engine.finalize import MANIFEST_NAME, error_message, merged_lines
 from bulkinfer.engine.job import STATE_DIR, LocalJob, MediaSettings, RunRequest
 from bulkinfer.engine.runner import EngineSettings
@@ -246,6 +248,8 @@ async def _execute(job: LocalJob) -> int:
     finally:
         _remove_interrupts(interrupts)
     print_report(out, report)
+    if report.manifest is not None:  # the model's throughput, for `bulkinfer estimate`
+        history.remember(report.manifest)
     if report.job.status == JobStatus.STOPPED:
         _say_resume(job, "stopped")
         return EXIT_INTERRUPTED
@@ -860,6 +864,7 @@ def _answer(record: dict[str, Any]) -> Any:
 
 
 app.command("prepare", cls=Command)(prepare_command)
+app.command("estimate", cls=Command)(estimate_command)
 
 
 def main() -> None:

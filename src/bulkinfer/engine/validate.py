@@ -28,6 +28,7 @@ from bulkinfer.formats.records import BEDROCK, RecordFormat, duplicate_id, forma
 from bulkinfer.providers.base import refusal
 from bulkinfer.providers.catalog import ModelSpec
 from bulkinfer.providers.registry import capabilities_of
+from bulkinfer.providers.tokens import TokenCounter
 from bulkinfer.storage.files import InputFile, read_blocks
 
 MAX_SAMPLES = 20
@@ -45,6 +46,19 @@ class FileCheck:
 
 
 @dataclass(slots=True)
+class Problems:
+    """Records of one kind of problem: how many, and the first ``MAX_SAMPLES`` messages."""
+
+    count: int = 0
+    samples: list[str] = field(default_factory=list)
+
+    def add(self, message: str) -> None:
+        self.count += 1
+        if len(self.samples) < MAX_SAMPLES:
+            self.samples.append(message)
+
+
+@dataclass(slots=True)
 class DryRunReport:
     files: list[FileCheck] = field(default_factory=list)
     samples: list[str] = field(default_factory=list)
@@ -52,6 +66,10 @@ class DryRunReport:
     input_tokens: int = 0
     output_tokens: int = 0
     dialects: dict[str, int] = field(default_factory=dict)
+    refused: Problems = field(default_factory=lambda: Problems())
+    """Valid records of a kind the model does not take (a chat body sent to an embedding model)."""
+    over_context: Problems = field(default_factory=lambda: Problems())
+    """Records whose prompt plus max_tokens exceeds the model's context (only with a token counter)."""
 
     @property
     def records(self) -> int:
@@ -227,10 +245,13 @@ def dry_run(
     max_line_bytes: int,
     on_file: Callable[[FileCheck], None] | None = None,
     fmt: RecordFormat = BEDROCK,
+    count: TokenCounter | None = None,
 ) -> DryRunReport:
     """Check every record of ``files`` for ``spec``'s model; ``on_file`` sees each file's counts as soon
-    as it is read (and may raise to stop before the next file is read)."""
-    check = _Pass(spec, forced, {f.index: f.name for f in files}, fmt)
+    as it is read (and may raise to stop before the next file is read). With ``count`` (the model's own
+    token count), input tokens are counted with it, and a chat record over the model's context is a
+    problem, as the model would make it one; otherwise tokens are estimated at 4 characters each."""
+    check = _Pass(spec, forced, {f.index: f.name for f in files}, fmt, count)
     for f in files:
         counts = check.file(f, max_line_bytes)
         check.report.files.append(counts)
@@ -243,9 +264,15 @@ class _Pass:
     """The state of one pass over a job's files: the report so far and the record ids seen."""
 
     def __init__(
-        self, spec: ModelSpec, forced: Dialect[Any] | None, names: dict[int, str], fmt: RecordFormat
+        self,
+        spec: ModelSpec,
+        forced: Dialect[Any] | None,
+        names: dict[int, str],
+        fmt: RecordFormat,
+        count: TokenCounter | None = None,
     ) -> None:
         self.report = DryRunReport()
+        self._count = count
         self._format = fmt
         self._spec = spec
         self._capabilities = capabilities_of(spec)
@@ -287,9 +314,33 @@ class _Pass:
         if item.error is not None or item.request is None or item.dialect is None:
             return item.error.message if item.error else f"{f.name} line {record.line}: invalid record"
         if (why := refusal(self._capabilities, item.request)) is not None:
-            return at_line(why, f.name, record.line).message
+            message = at_line(why, f.name, record.line).message
+            self.report.refused.add(self._format.in_own_words(message))
+            return message
         self.report.dialects[item.dialect.name] = self.report.dialects.get(item.dialect.name, 0) + 1
-        _estimate(self.report, item.request, self._spec)
+        if self._count is None:
+            _estimate(self.report, item.request, self._spec)
+            return None
+        return self._counted(f, record, item.request)
+
+    def _counted(self, f: InputFile, record: InputRecord, request: Request) -> str | None:
+        """Count a valid record's tokens as its model does; a chat record over its context is a problem
+        (as the model makes it an error line), and its tokens are not counted (nor by the job)."""
+        assert self._count is not None
+        tokens = self._count(request)
+        if not isinstance(request, ChatRequest):
+            self.report.input_tokens += tokens
+            return None
+        most = request.params.max_tokens or self._spec.default_max_tokens
+        if self._spec.context_known and tokens + most > self._spec.context_length:
+            message = (
+                f"{f.name} line {record.line}: prompt of {tokens:,} tokens plus max_tokens {most:,} "
+                f"exceeds the context of {self._spec.context_length:,} tokens"
+            )
+            self.report.over_context.add(self._format.in_own_words(message))
+            return message
+        self.report.input_tokens += tokens
+        self.report.output_tokens += most
         return None
 
     def _duplicate(self, f: InputFile, record: InputRecord, first: int) -> str:

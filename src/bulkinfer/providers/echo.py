@@ -60,8 +60,7 @@ class EchoProvider(Provider):
     def _answer(self, request: Request) -> Outcome:
         if isinstance(request, EmbeddingRequest):
             vectors = tuple(_vector(t, request.dimensions or EMBEDDING_DIMENSIONS) for t in request.texts)
-            tokens = sum(_words(t) for t in request.texts)
-            return EmbeddingResult(vectors, Usage(tokens, 0), self._name)
+            return EmbeddingResult(vectors, Usage(input_words(request), 0), self._name)
         text = request.last_user_text
         if self._describe_images:
             text = " ".join([*_image_notes(request), text])
@@ -103,9 +102,15 @@ def _words(text: str) -> int:
     return len(text.split())
 
 
+def input_words(request: Request) -> int:
+    """The input tokens echo counts for a request: its words (of every turn and the system prompt)."""
+    if isinstance(request, EmbeddingRequest):
+        return sum(_words(t) for t in request.texts)
+    return sum(_words(m.text) for m in request.messages) + _words(request.system or "")
+
+
 def _usage(request: ChatRequest, output_tokens: int) -> Usage:
-    prompt = sum(_words(m.text) for m in request.messages) + _words(request.system or "")
-    return Usage(prompt, output_tokens)
+    return Usage(input_words(request), output_tokens)
 
 
 def _vector(text: str, dimensions: int) -> tuple[float, ...]:

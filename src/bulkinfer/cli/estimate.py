@@ -86,7 +86,7 @@ def print_estimate(console: Console, e: Estimate) -> None:
     table.add_column(style="bold")
     table.add_column()
     tokenizer = (
-        "counted with the model's own tokenizer"
+        f"counted as {e.model} counts them (its own tokenizer)"
         if e.own_tokenizer
         else (f"approximate (no tokenizer for {e.model}): about 4 characters a token")
     )

@@ -28,6 +28,15 @@ def _older_sdks_when_asked() -> None:
     assert anthropic.__version__.startswith("0."), f"anthropic {anthropic.__version__} imported, not 0.x"
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _throughput_history(tmp_path_factory: pytest.TempPathFactory) -> Iterable[None]:
+    """Jobs the tests run keep their models' throughput (``engine.history``) in a file of the session,
+    never in the user's cache."""
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("BULKINFER_THROUGHPUT_FILE", str(tmp_path_factory.mktemp("history") / "throughput.json"))
+        yield
+
+
 # A model that takes 0.1 s per batch of 5, so a test can watch a job run, stop it or kill it mid-way.
 SLOW_ECHO_CATALOG = """
 [models.slow-echo]

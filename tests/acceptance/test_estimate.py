@@ -182,3 +182,15 @@ def test_usage_errors_exit_2_before_reading_records(tmp_path: Path) -> None:
         "submit", source, "-m", "echo", "-o", "s3://bucket/out/", "--server", "http://x", "--dry-run"
     )
     assert local.exit_code == 0 and "Estimate for echo" in local.stdout
+
+
+def test_a_local_model_whose_tokenizer_is_not_installed_is_estimated_approximately(tmp_path: Path) -> None:
+    catalog = tmp_path / "models.toml"
+    catalog.write_text(
+        '[models.absent]\nprovider = "transformers"\n'
+        'options = { gguf_package = "no_such_model_package", gguf_file = "x.gguf" }\n'
+    )
+    source = write_jsonl(tmp_path / "calls.jsonl", calls()[:2])
+    estimate = estimated(source, "--model", "absent", "--models", catalog)
+    assert estimate["tokenizer"] == "approximate" and estimate["runnable"] == 2
+    assert estimate["inputTokens"] > 0 and estimate["durationBasis"] == "unknown (no run of absent yet)"

@@ -71,7 +71,10 @@ class LocalBlobs:
         return self._buckets.path(uri, must_exist=False)
 
     def spool_path(self, uri: str) -> Path:
-        path = temp_path(self._path(uri))  # beside the file: renamed into place, whole, by put
+        # beside the file, renamed into place whole by put; a name of its own, so two writers of one
+        # object (two requests showing one ended batch) never rename each other's away
+        path = temp_path(self._path(uri))
+        path = path.with_name(f".{uuid.uuid4().hex[:12]}{path.name}")
         path.parent.mkdir(parents=True, exist_ok=True)
         return path
 

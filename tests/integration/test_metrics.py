@@ -18,6 +18,7 @@ import orjson
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from bulkinfer.testing import SimulatorConfig, SimulatorThread
 from tests.conftest import SLOW_ECHO_CATALOG, write_jsonl
 from tests.integration.test_bedrock_api import (
     Server,
@@ -195,3 +196,48 @@ def test_metrics_are_refused_without_a_token_outside_development(tmp_path: Path)
         assert fetch(server, "anything")[0] == 403
     finally:
         server.stop()
+
+
+def test_provider_calls_429s_and_retries_are_counted(tmp_path: Path) -> None:
+    config = SimulatorConfig(
+        latency_median_s=0.01, requests_per_minute=600, burst_s=0.5, error_500=0.2, seed=3
+    )
+    with SimulatorThread(config) as sim:
+        catalog = remote_catalog(tmp_path / "models.toml", sim)
+        server = start_server(tmp_path / "data", catalog, "--insecure-dev")
+        try:
+            write_jsonl(server.bucket("metrics-in") / "remote.jsonl", records(40))
+            arn = create(
+                client(server), "remote", "s3://metrics-in/remote.jsonl", "s3://metrics-out/", "remote"
+            )
+            assert wait_status(client(server), arn, {"Completed", "Failed"})["status"] == "Completed"
+            samples = scrape(server)
+        finally:
+            server.stop()
+        stats = sim.stats()
+    by_status = stats.by_status
+    calls = summed(samples, "bulkinfer_provider_call_seconds_count", model="remote")
+    assert calls == stats.calls  # every call the provider saw, each observed once
+    assert value(samples, "bulkinfer_provider_call_seconds_count", model="remote", outcome="ok") == 40
+    throttled = value(samples, "bulkinfer_provider_throttled_total", model="remote")
+    assert throttled == by_status.get(429, 0) > 0
+    failed = value(samples, "bulkinfer_provider_call_seconds_count", model="remote", outcome="failed")
+    assert failed == by_status.get(500, 0) > 0
+    assert value(samples, "bulkinfer_provider_retries_total", model="remote") == calls - 40
+    assert (
+        value(samples, "bulkinfer_provider_call_seconds_bucket", model="remote", outcome="ok", le="+Inf")
+        == 40
+    )
+
+
+def remote_catalog(path: Path, sim: SimulatorThread) -> Path:
+    lines = [
+        "[models.remote]",
+        'provider = "openai"',
+        f'base_url = "{sim.openai_base_url}"',
+        'remote_model = "sim-model"',
+        'dialects = ["anthropic"]',
+        "max_attempts = 20",
+    ]
+    path.write_text("\n".join(lines) + "\n")
+    return path

@@ -64,6 +64,12 @@ class ServerSettings(BaseSettings):
         None,
         description="Hosts or CIDRs (comma-separated) image URLs may point to though private or loopback.",
     )
+    metrics_token_env: str | None = Field(
+        None,
+        pattern=r"^[A-Z_][A-Z0-9_]*$",
+        description="Environment variable holding the bearer token /metrics needs (it shows every "
+        "tenant's jobs); without one /metrics is refused, except under --insecure-dev.",
+    )
     watch: str | None = Field(
         None,
         description="s3://bucket/prefix whose to-process/ .jsonl files become jobs (outputs: processed/).",

@@ -24,6 +24,7 @@ from aiohttp.typedefs import Handler
 from PIL import Image
 
 from bulkinfer.domain.request import ChatRequest, ImagePart, Message, Native, RecordError, Request, TextPart
+from bulkinfer.domain.tally import MediaTally
 from bulkinfer.errors import ConfigError
 from bulkinfer.media import (
     AddressGuard,
@@ -446,6 +447,16 @@ async def test_a_refused_url_is_the_records_error_naming_field_and_url(server: S
         f"{FIELD}: {url}: redirected to http://10.1.2.3/cat.png: address 10.1.2.3 is private; "
         "fetching it is not allowed",
     )
+
+
+async def test_resolvers_given_one_tally_add_up_fetches_and_cache_hits(server: Server) -> None:
+    tally = MediaTally()  # a service's: every job's resolver adds to it (and /metrics reads it)
+    for job in range(2):
+        media = MediaResolver(fetcher=fetcher(), tally=tally)
+        url = server.url("/shared.png")
+        await asyncio.gather(*(media.resolve(by_url(url, f"j{job}r{i}")) for i in range(5)))
+        await media.aclose()
+    assert (tally.fetches, tally.cache_hits) == (2, 8)  # one fetch per job's cache, the rest hits
 
 
 async def test_one_url_shared_by_100_records_is_fetched_once(server: Server) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from dataclasses import replace
 
 from fastapi import FastAPI
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -16,6 +17,9 @@ from bulkinfer.api.anthropic.messages import router as anthropic_messages_router
 from bulkinfer.api.auth import DOCS_PATHS, Authenticator, Gate, parse_keys
 from bulkinfer.api.bedrock.models import router as bedrock_models_router
 from bulkinfer.api.bedrock.routes import router as bedrock_router
+from bulkinfer.api.metrics import PATH as METRICS_PATH
+from bulkinfer.api.metrics import Metrics, metrics_token
+from bulkinfer.api.metrics import router as metrics_router
 from bulkinfer.api.models import router as models_router
 from bulkinfer.api.openai.batches import router as batches_router
 from bulkinfer.api.openai.files import router as files_router
@@ -95,6 +99,7 @@ def create_app(settings: ServerSettings, tenants: Tenants | None = None) -> Fast
     # jobs from before tenants belong to the access key that made them: they join its tenant now
     store.rename_tenants({key: name for key, (name, _) in tenants.keys.items()})
     pressure = Pressure()
+    token = metrics_token(settings)
     files = FileService.of_server(
         FileStore(settings.store_url),
         settings.data_dir,
@@ -109,8 +114,10 @@ def create_app(settings: ServerSettings, tenants: Tenants | None = None) -> Fast
         pool = ModelPool(catalog)
         app.state.batch = BatchService(store, scheduler, catalog)
         media = MediaSettings.of_service(settings.fetch_allow, settings.data_dir, settings.s3_endpoint_url)
+        media = replace(media, tally=scheduler.media_tally)  # on-demand calls' images count too
         app.state.invoke = InvokeService(catalog, pool, media)
         app.state.files = files
+        app.state.metrics = Metrics.of_server(settings, token, store, scheduler, catalog)
         tasks = [asyncio.create_task(scheduler.run())]
         loops = Loops()
         loops.start("file-expiry", lambda: files.expiry_step(FILE_EXPIRY_EVERY_S))
@@ -129,6 +136,7 @@ def create_app(settings: ServerSettings, tenants: Tenants | None = None) -> Fast
             await loops.stop()
             await scheduler.close()
             await pool.close()
+            app.state.metrics.close()
             store.close()
             files.close()
 
@@ -143,7 +151,7 @@ def create_app(settings: ServerSettings, tenants: Tenants | None = None) -> Fast
         max_body=settings.max_request_bytes,
         max_buffered=max(settings.max_buffered_bytes or 0, 2 * settings.max_request_bytes),
         respond=errors.refusal,
-        public=DOCS_PATHS if settings.docs else frozenset(),
+        public=(DOCS_PATHS if settings.docs else frozenset()) | {METRICS_PATH},  # (its own token)
         streamed={("POST", "/v1/files"): settings.max_file_bytes + 2**20},  # (an upload's form fields)
     )
     app.add_middleware(CountRequests, pressure=pressure)
@@ -156,6 +164,7 @@ def create_app(settings: ServerSettings, tenants: Tenants | None = None) -> Fast
     app.include_router(openai_inference_router)
     app.include_router(anthropic_messages_router)
     app.include_router(models_router)
+    app.include_router(metrics_router)
     return app
 
 

@@ -603,6 +603,14 @@ def serve(
     docs: Annotated[
         bool, typer.Option(envvar="BULKINFER_DOCS", help="Serve /docs and /openapi.json (unauthenticated).")
     ] = False,
+    metrics_token_env: Annotated[
+        str | None,
+        typer.Option(
+            envvar="BULKINFER_METRICS_TOKEN_ENV",
+            help="Name of the environment variable holding the bearer token that /metrics needs (it "
+            "counts every tenant's jobs); without one, /metrics is open only under --insecure-dev.",
+        ),
+    ] = None,
 ) -> None:
     """Serve the Bedrock, OpenAI and Anthropic batch APIs (boto3, openai and anthropic SDKs with their
     endpoint or base URL) and run their jobs."""
@@ -634,6 +642,7 @@ def serve(
             outage_seconds=outage_seconds,
             max_request_bytes=max_request_bytes,
             docs=docs,
+            metrics_token_env=metrics_token_env,
         )
     except ValidationError as exc:  # (an option typer cannot check by its type alone)
         first = exc.errors()[0]

@@ -19,6 +19,7 @@ import orjson
 from bulkinfer.dialects.registry import get_dialect
 from bulkinfer.domain.job import TRANSITIONS, Counts, JobStatus, can_transition, new_job_id
 from bulkinfer.domain.lineset import LineSet
+from bulkinfer.domain.tally import MediaTally
 from bulkinfer.domain.tenant import Grants
 from bulkinfer.engine.committer import Committer, rebuild_chunks
 from bulkinfer.engine.finalize import MANIFEST_NAME, finish_results, write_output
@@ -82,6 +83,8 @@ class MediaSettings:
     """Folders ``file://`` images may be read from."""
     grants: Grants | None = None
     """The ``s3://`` prefixes a service job's tenant may read images from; None reads any."""
+    tally: MediaTally | None = None
+    """Where a service counts images fetched and cache hits over all its jobs (for metrics)."""
 
     @classmethod
     def of_service(
@@ -96,7 +99,9 @@ class MediaSettings:
 
         fetcher = GuardedFetcher(FetchPolicy(max_bytes=policy.max_bytes, allow=self.fetch_allow))
         reader = FileReader(roots=self.roots, objects=self._objects(), max_bytes=policy.max_bytes)
-        return MediaResolver(policy, fetcher=fetcher, reader=reader, decode_slots=decode_slots)
+        return MediaResolver(
+            policy, fetcher=fetcher, reader=reader, decode_slots=decode_slots, tally=self.tally
+        )
 
     def _objects(self) -> ObjectGet | None:
         from bulkinfer.media import granted_only

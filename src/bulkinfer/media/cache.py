@@ -32,8 +32,16 @@ class _Entry(Generic[V]):
 
 
 class MediaCache(Generic[V]):
-    def __init__(self, *, max_bytes: int, failure_ttl_s: float, size: Callable[[V], int]) -> None:
+    def __init__(
+        self,
+        *,
+        max_bytes: int,
+        failure_ttl_s: float,
+        size: Callable[[V], int],
+        on_hit: Callable[[], None] = lambda: None,
+    ) -> None:
         self.max_bytes = max_bytes
+        self._on_hit = on_hit
         self.failure_ttl_s = failure_ttl_s
         self.hits = 0
         """Answers that needed no load of their own: kept entries and joins of a load in flight."""
@@ -52,6 +60,7 @@ class MediaCache(Generic[V]):
         entry = self._fresh(key)
         if entry is not None:
             self.hits += 1
+            self._on_hit()
             if isinstance(entry.outcome, MediaError):
                 # A fresh traceback each time: re-raising one instance would grow its traceback forever.
                 raise entry.outcome.with_traceback(None)
@@ -64,6 +73,7 @@ class MediaCache(Generic[V]):
             task.add_done_callback(lambda done: self._settle(key, done))
         else:
             self.hits += 1
+            self._on_hit()
         return await asyncio.shield(task)
 
     async def aclose(self) -> None:

@@ -15,6 +15,7 @@ import os
 from pathlib import Path
 
 from bulkinfer.domain.request import ChatRequest, ImagePart, Message, RecordError, Request
+from bulkinfer.domain.tally import MediaTally
 from bulkinfer.media.cache import MediaCache
 from bulkinfer.media.errors import MediaError
 from bulkinfer.media.fetch import SCHEMES, Fetcher, GuardedFetcher
@@ -64,12 +65,17 @@ class MediaResolver:
         failure_ttl_s: float = 60.0,
         max_decodes: int = DEFAULT_DECODES,
         decode_slots: asyncio.Semaphore | None = None,
+        tally: MediaTally | None = None,
     ) -> None:
         self.policy = policy or MediaPolicy()
+        self._tally = tally or MediaTally()
         self._fetcher = fetcher or GuardedFetcher()
         self._reader = reader or FileReader(max_bytes=self.policy.max_bytes)
         self._cache: MediaCache[CheckedImage] = MediaCache(
-            max_bytes=cache_bytes, failure_ttl_s=failure_ttl_s, size=lambda image: len(image.data)
+            max_bytes=cache_bytes,
+            failure_ttl_s=failure_ttl_s,
+            size=lambda image: len(image.data),
+            on_hit=self._tally.hit,
         )
         # shared between resolvers where many are made at once (one per on-demand call), so the process
         # decodes no more images at a time than one resolver would
@@ -131,6 +137,7 @@ class MediaResolver:
         """Read one reference and check its bytes; failures name the reference."""
         try:
             self._fetches += 1
+            self._tally.fetches += 1
             if scheme.lower() in SCHEMES:
                 data = await self._fetcher.fetch(ref)
             else:

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from bulkinfer.domain.job import SERVICE_ENDED, JobStatus
+from bulkinfer.domain.tally import MediaTally
 from bulkinfer.domain.tenant import EVERYTHING, NotGranted, Tenant, Tenants
 from bulkinfer.engine.job import LocalJob, MediaSettings, RunRequest
 from bulkinfer.engine.retry import RetryBase, manifest_usage, read_manifest
@@ -140,9 +141,11 @@ class Scheduler:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._running: dict[str, Running] = {}
         self._validating: set[str] = set()
-        self._limits = LimitRegistry()  # every job on a remote model shares that model's rate limits
-        self._media = MediaSettings.of_service(
-            settings.fetch_allow, settings.data_dir, settings.s3_endpoint_url
+        self.limits = LimitRegistry()  # every job on a remote model shares that model's rate limits
+        self.media_tally = MediaTally()  # (both read by the metrics)
+        self._media = replace(
+            MediaSettings.of_service(settings.fetch_allow, settings.data_dir, settings.s3_endpoint_url),
+            tally=self.media_tally,
         )
         self._tenants = tenants or Tenants(open=True)
         self._loops = Loops()
@@ -693,7 +696,7 @@ class Scheduler:
             state_url=self._settings.database_url,
             keep_partial=True,
             store_patience_s=self._settings.lease_seconds / 2,  # then the job is let go, not run blind
-            limits=self._limits,
+            limits=self.limits,
             media=replace(self._media, grants=self._tenants.get(job.tenant).grants),
             retry_of=retry_of,
             record_format=record_format(job.request),

@@ -17,10 +17,10 @@ from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar
 
 import orjson
-from sqlalchemy import Connection, Engine, and_, func, insert, or_, select, update
+from sqlalchemy import Connection, Engine, and_, case, func, insert, or_, select, update
 from sqlalchemy.exc import DBAPIError, IntegrityError
 
-from bulkinfer.domain.job import JobStatus, check_transition
+from bulkinfer.domain.job import SERVICE_ENDED, JobStatus, check_transition
 from bulkinfer.errors import UserError
 from bulkinfer.store.batcher import Batcher
 from bulkinfer.store.migrate import upgrade
@@ -82,6 +82,23 @@ class BatchJob:
     """The API that made the job: ``bedrock``, ``openai`` or ``anthropic``."""
     details: dict[str, Any] | None = None
     """What that API keeps beside Bedrock's fields (an OpenAI batch's validation errors, say)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Tally:
+    """Every job counted at once, for metrics: per status, model and API, the jobs and the sums of their
+    stored counts (final for an ended job); and the jobs that have not ended but have run, whose committed
+    counts are in the engine's state instead."""
+
+    groups: list[tuple[str, str, str, int, int, int, int, int]]
+    """(status, model, api, jobs, success, errors, input tokens, output tokens)."""
+    started: list[tuple[str, str]]
+    """(job id, model) of each job that has run and not ended."""
+
+
+MAX_GROUPS = 100_000
+"""Most rows one tally reads: statuses x models x APIs, plus the started unended jobs (about
+jobs_per_model x models)."""
 
 
 class TooManyActiveJobs(UserError):
@@ -506,6 +523,30 @@ class BatchJobStore:
         c = batch_jobs.c
         query = select(batch_jobs).where(c.status.in_([s.value for s in statuses]), c.owner.is_(None))
         return self._many(query.order_by(c.submit_time, c.job_id))
+
+    def tally(self) -> Tally:
+        """Counts of every job in one aggregate query: one statement, so a job that ends meanwhile is
+        seen either running or ended, never both nor neither. A started unended job is a group of its
+        own (its stored counts are stale; its committed ones are in the engine's state)."""
+        c = batch_jobs.c
+        ended = [s.value for s in SERVICE_ENDED]
+        started = case((and_(c.status.not_in(ended), c.start_time.is_not(None)), c.job_id), else_=None)
+        sums = [
+            func.coalesce(func.sum(col), 0) for col in (c.success, c.errors, c.input_tokens, c.output_tokens)
+        ]
+        query = (
+            select(c.status, c.model_id, c.api, started, func.count(), *sums)
+            .group_by(c.status, c.model_id, c.api, started)
+            .limit(MAX_GROUPS)
+        )
+
+        def read() -> Tally:
+            with self._engine.connect() as conn:
+                rows = conn.execute(query).all()
+            groups = [(str(r[0]), str(r[1]), str(r[2]), *(int(v) for v in r[4:])) for r in rows]
+            return Tally(groups, [(str(r[3]), str(r[1])) for r in rows if r[3] is not None])  # type: ignore[arg-type]
+
+        return self._retry(read)
 
     def running(self, model: str) -> int:
         """How many of a model's jobs hold a slot now."""

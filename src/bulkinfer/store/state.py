@@ -258,6 +258,28 @@ class StateStore:
             int(processed), int(success), int(errors), int(tokens_in), int(tokens_out), dict(error_codes)
         )
 
+    def committed_sums(self, job_ids: Sequence[str]) -> dict[str, tuple[int, int, int, int]]:
+        """Committed (success, errors, input tokens, output tokens) of each of these jobs that has any,
+        in one aggregate query per thousand jobs."""
+        c = chunks.c
+        found: dict[str, tuple[int, int, int, int]] = {}
+        ids = sorted(set(job_ids))
+        for at in range(0, len(ids), 1000):
+            cols = (c.success, c.errors, c.input_tokens, c.output_tokens)
+            query = (
+                select(c.job_id, *(func.coalesce(func.sum(col), 0) for col in cols))
+                .where(c.job_id.in_(ids[at : at + 1000]))
+                .group_by(c.job_id)
+            )
+
+            def read(query: Any = query) -> Sequence[Any]:
+                with self._engine.connect() as conn:
+                    return conn.execute(query).all()
+
+            for row in self._call(read):
+                found[str(row[0])] = (int(row[1]), int(row[2]), int(row[3]), int(row[4]))
+        return found
+
     def list_jobs(self) -> list[JobRecord]:
         def read() -> list[JobRecord]:
             with self._engine.connect() as conn:

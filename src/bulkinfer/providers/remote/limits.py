@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from bulkinfer.providers.catalog import RemoteSpec
 from bulkinfer.providers.remote.breaker import Breaker
 from bulkinfer.providers.remote.call import RateHints
+from bulkinfer.providers.remote.stats import CallStats
 
 HEADROOM = 0.98
 """Fraction of a configured per-minute limit we aim for. A provider counting over a rolling minute
@@ -134,6 +135,8 @@ class ModelLimits:
 
     def __init__(self, spec: RemoteSpec, clock: Clock = time.monotonic) -> None:
         self.breaker = Breaker()
+        self.stats = CallStats()
+        """What the calls did (for metrics)."""
         self.concurrency = AdaptiveConcurrency(spec.max_concurrency or 1024, clock)
         self._requests = _bucket(spec.requests_per_minute, clock)
         self._input = _bucket(spec.input_tokens_per_minute, clock)
@@ -222,3 +225,8 @@ class LimitRegistry:
             if limits is None:
                 limits = self._limits[name] = ModelLimits(spec)
             return limits
+
+    def stats(self) -> dict[str, CallStats]:
+        """Each model's call counts so far in this process."""
+        with self._lock:
+            return {name: limits.stats for name, limits in self._limits.items()}

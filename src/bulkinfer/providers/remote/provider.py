@@ -82,6 +82,7 @@ class RemoteProvider(Provider):
                 self._breaker.failed(str(exc), probe, unreachable=True)
                 continue
             except RateLimited as exc:
+                self._limits.stats.throttled += 1
                 self._breaker.answered(probe)
                 self._limits.throttled(exc.retry_after)
                 if tries >= limit * THROTTLED_TRIES_PER_ATTEMPT:
@@ -119,7 +120,10 @@ class RemoteProvider(Provider):
 
     async def _pause(self, seconds: float) -> bool:
         """Sleep before a retry; False when the job stopped meanwhile (the record is then not retried)."""
-        return await self._stop.unless_stopped(asyncio.sleep(seconds)) is not STOPPED
+        resumed = await self._stop.unless_stopped(asyncio.sleep(seconds)) is not STOPPED
+        if resumed:
+            self._limits.stats.retries += 1
+        return resumed
 
     async def _attempt(self, request: Request) -> Result | Unsent:
         reservation = Reservation(self.count_tokens(request), self._expected_output(request))
@@ -128,10 +132,17 @@ class RemoteProvider(Provider):
         )
         if admitted is STOPPED:
             return UNSENT
+        started, outcome = time.monotonic(), None  # a cancelled call (a shutdown) is not counted
         try:
             answer = await self._call(request, self._remote.timeout_seconds)
+            outcome = "ok"
+        except Exception as exc:
+            outcome = _outcome(exc)
+            raise
         finally:
             self._limits.release()
+            if outcome is not None:
+                self._limits.stats.observe(outcome, time.monotonic() - started)
         usage = answer.result.usage
         self._limits.settle(reservation, usage.input_tokens, usage.output_tokens)
         self._limits.observe(answer.hints)
@@ -179,3 +190,12 @@ def remote_capabilities(spec: ModelSpec, native: frozenset[str] = frozenset()) -
 def _gave_up(exc: CallFailed, attempts: int) -> RecordError:
     message = f"gave up after {attempts} attempt{'s' if attempts > 1 else ''}: {exc}"
     return RecordError(exc.code, message, exc.kind, attempts)
+
+
+def _outcome(exc: Exception) -> str:
+    """A failed call's outcome label (see ``stats.OUTCOMES``)."""
+    if isinstance(exc, RateLimited):
+        return "rate_limited"
+    if isinstance(exc, ProviderDown):
+        return "unreachable"
+    return "refused" if isinstance(exc, Permanent) else "failed"

@@ -174,3 +174,17 @@ def test_one_token_repeated_at_the_limit_is_one_job(store: BatchJobStore) -> Non
         made = list(pool.map(create, range(10)))
     assert all(isinstance(m, BatchJob) for m in made), made
     assert len({m.job_id for m in made if isinstance(m, BatchJob)}) == 1
+
+
+def test_details_noted_at_once_by_several_writers_all_stay(store: BatchJobStore) -> None:
+    """Two requests showing one batch note different keys from what each read: neither undoes the
+    other; ``keep`` leaves a key noted first as it was."""
+    created = store.create(job())
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(lambda n: store.merge_details(created.job_id, {f"key{n}": n}), range(16)))
+    noted = store.get(created.job_id)
+    assert noted is not None and noted.details == {f"key{n}": n for n in range(16)}
+    store.merge_details(created.job_id, {"key0": "again", "new": 1}, keep=True)
+    again = store.get(created.job_id)
+    assert again is not None and again.details is not None
+    assert again.details["key0"] == 0 and again.details["new"] == 1

@@ -221,10 +221,10 @@ class BatchService:
             return earlier
         return f"auto:{digest}:{window}"
 
-    def note(self, job: BatchJob, **details: Any) -> BatchJob:
-        """Keep more of what the job's API shows beside Bedrock's fields (merged into its details)."""
-        noted = self._store.update(job, details={**(job.details or {}), **details})
-        return noted or job
+    def note(self, job: BatchJob, keep: bool = False, **details: Any) -> BatchJob:
+        """Keep more of what the job's API shows beside Bedrock's fields, merged into its details as
+        they are now (``keep``: a key noted already keeps its first value)."""
+        return self._store.merge_details(job.job_id, details, keep) or job
 
     def stop(self, tenant: str, job_id: str) -> None:
         """Stop a job. One that has run writes what it finished (Stopping, then Stopped with its partial

@@ -44,6 +44,8 @@ RUNNING = (JobStatus.IN_PROGRESS, JobStatus.STOPPING)
 ACTIVE = (JobStatus.SUBMITTED, JobStatus.VALIDATING, JobStatus.SCHEDULED, *RUNNING)
 """The statuses a tenant's ``max_active_jobs`` counts."""
 
+CAS_TRIES = 50
+"""Times a compare-and-set of a job's details is tried against concurrent writers."""
 DOWN_S = 2.0
 """After the database was found down, grouped calls fail at once for this long (then try again)."""
 MAX_GROUP = 500
@@ -316,6 +318,40 @@ class BatchJobStore:
         if self._retry(write) != 1:
             return None
         return replace(job, last_modified=now, **changes)
+
+    def merge_details(self, job_id: str, more: dict[str, Any], keep: bool = False) -> BatchJob | None:
+        """Merge ``more`` into a job's details (``keep``: where a key is there already, it stays), as a
+        compare-and-set on what was there, so two requests noting different keys at once both stay."""
+        c = batch_jobs.c
+        for _ in range(CAS_TRIES):
+            current = self.get(job_id)
+            if current is None:
+                return None
+            stored = self._raw_details(job_id)  # the text as it is, to compare with when writing
+            had = current.details or {}
+            merged = {**more, **had} if keep else {**had, **more}
+            if merged == had:
+                return current
+            seen = c.details.is_(None) if stored is None else c.details == stored
+            now = time.time()
+            query = update(batch_jobs).where(c.job_id == job_id, seen)
+            values = {"details": _details_text(merged), "last_modified": now}
+
+            def write(query: Any = query, values: dict[str, Any] = values) -> int:
+                with self._engine.begin() as conn:
+                    return int(conn.execute(query.values(**values)).rowcount)
+
+            if self._retry(write) == 1:
+                return replace(current, details=merged, last_modified=now)
+        raise RuntimeError(f"job {job_id}: its details kept changing while they were noted")
+
+    def _raw_details(self, job_id: str) -> str | None:
+        def read() -> str | None:
+            with self._engine.connect() as conn:
+                query = select(batch_jobs.c.details).where(batch_jobs.c.job_id == job_id)
+                return conn.execute(query).scalar_one_or_none()
+
+        return self._retry(read)
 
     def find(self, wanted: JobFilter, offset: int = 0, limit: int | None = None) -> list[BatchJob]:
         c = batch_jobs.c
@@ -624,7 +660,7 @@ def _columns(changes: dict[str, Any]) -> dict[str, Any]:
     if "request" in values:
         values["request"] = orjson.dumps(values["request"]).decode()
     if values.get("details") is not None:
-        values["details"] = orjson.dumps(values["details"]).decode()
+        values["details"] = _details_text(values["details"])
     if isinstance(values.get("status"), JobStatus):
         values["status"] = values["status"].value
     return values
@@ -654,8 +690,13 @@ def _row(job: BatchJob) -> dict[str, Any]:
         "input_tokens": job.input_tokens,
         "output_tokens": job.output_tokens,
         "api": job.api,
-        "details": None if job.details is None else orjson.dumps(job.details).decode(),
+        "details": None if job.details is None else _details_text(job.details),
     }
+
+
+def _details_text(details: dict[str, Any]) -> str:
+    """Details as stored: the same dict always gives the same text (merge_details compares texts)."""
+    return orjson.dumps(details, option=orjson.OPT_SORT_KEYS).decode()
 
 
 def _job(row: Any) -> BatchJob:

@@ -197,7 +197,9 @@ async def cancel_batch(identifier: str, who: CallerDep, jobs: ServiceDep, reques
     if job.status not in SERVICE_ENDED and job.status != JobStatus.STOPPING:
         await asyncio.to_thread(jobs.stop, who.tenant.name, job.job_id)
         job = await asyncio.to_thread(jobs.get, who.tenant.name, job.job_id)
-        job = await asyncio.to_thread(jobs.note, job, cancel_initiated_at=datetime.now(UTC).timestamp())
+        job = await asyncio.to_thread(
+            jobs.note, job, keep=True, cancel_initiated_at=datetime.now(UTC).timestamp()
+        )
     return _render(job, request)
 
 

@@ -215,8 +215,9 @@ async def cancel_batch(
             if job.status not in CANCELLED and job.status not in SERVICE_ENDED:
                 raise
         job = await asyncio.to_thread(jobs.get, who.tenant.name, job.job_id)
-        if job.status in CANCELLED and "cancelling_at" not in (job.details or {}):
-            job = await asyncio.to_thread(jobs.note, job, cancelling_at=time.time())
+    if job.status in CANCELLED and "cancelling_at" not in (job.details or {}):
+        # (as each of several cancels at once does: the first one's time is kept)
+        job = await asyncio.to_thread(jobs.note, job, keep=True, cancelling_at=time.time())
     if job.status in CANCELLED:
         return await render(job, request, files)  # cancelled (maybe already): answered as it is
     if job.status in SERVICE_ENDED:

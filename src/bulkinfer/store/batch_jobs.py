@@ -327,11 +327,11 @@ class BatchJobStore:
             current = self.get(job_id)
             if current is None:
                 return None
-            stored = self._raw_details(job_id)  # the text as it is, to compare with when writing
-            had = current.details or {}
+            stored = self._raw_details(job_id)  # what is merged into, and compared with when writing
+            had = orjson.loads(stored) if stored else {}
             merged = {**more, **had} if keep else {**had, **more}
             if merged == had:
-                return current
+                return replace(current, details=had)
             seen = c.details.is_(None) if stored is None else c.details == stored
             now = time.time()
             query = update(batch_jobs).where(c.job_id == job_id, seen)

@@ -7,6 +7,7 @@ import contextlib
 import enum
 import gc
 import itertools
+import logging
 import os
 import re
 import shlex
@@ -23,7 +24,7 @@ from pydantic import ValidationError
 from rich.console import Console
 from rich.text import Text
 
-from bulkinfer import __version__
+from bulkinfer import __version__, logs
 from bulkinfer.cli import remote
 from bulkinfer.cli.options import (
     DEFAULT_DATA_DIR,
@@ -71,6 +72,7 @@ app = typer.Typer(
 _WIDTH = None if sys.stdout.isatty() else 160
 out = Console(width=_WIDTH)
 err = Console(stderr=True, width=_WIDTH)
+log = logging.getLogger(__name__)
 
 
 def _print_version(wanted: bool) -> None:
@@ -499,6 +501,18 @@ def _remote(call: Callable[[], object]) -> int:
     return 0
 
 
+class LogLevelName(enum.StrEnum):
+    debug = "debug"
+    info = "info"
+    warning = "warning"
+    error = "error"
+
+
+class LogFormatName(enum.StrEnum):
+    text = "text"
+    json = "json"
+
+
 @app.command(cls=Command)
 def serve(
     host: Annotated[str, typer.Option(envvar="BULKINFER_HOST", help="Address to listen on.")] = "127.0.0.1",
@@ -575,6 +589,13 @@ def serve(
     docs: Annotated[
         bool, typer.Option(envvar="BULKINFER_DOCS", help="Serve /docs and /openapi.json (unauthenticated).")
     ] = False,
+    log_level: Annotated[
+        LogLevelName, typer.Option(envvar="BULKINFER_LOG_LEVEL", help="Least severe log lines written.")
+    ] = LogLevelName.info,
+    log_format: Annotated[
+        LogFormatName,
+        typer.Option(envvar="BULKINFER_LOG_FORMAT", help="Log lines (stderr): text, or a JSON object each."),
+    ] = LogFormatName.text,
 ) -> None:
     """Serve the Bedrock, OpenAI and Anthropic batch APIs (boto3, openai and anthropic SDKs with their
     endpoint or base URL) and run their jobs."""
@@ -606,6 +627,8 @@ def serve(
             outage_seconds=outage_seconds,
             max_request_bytes=max_request_bytes,
             docs=docs,
+            log_level=log_level.value,
+            log_format=log_format.value,
         )
     except ValidationError as exc:  # (an option typer cannot check by its type alone)
         first = exc.errors()[0]
@@ -615,13 +638,17 @@ def serve(
         raise typer.Exit(EXIT_USAGE)
     if watch is not None:
         _check_watch(watch, data_dir)
+    logs.configure(settings.log_level, settings.log_format)
     who = _callers(settings)
     _private_data_dir(data_dir)
     try:
         application = create_app(settings, who)
     except UserError as exc:  # the catalog, or a tenant's models that match none of it
         _usage(str(exc))
-    config = uvicorn.Config(application, host=host, port=port, log_level="warning")
+    # uvicorn's own lines go through the log configured above; its access log is ours (api.access_log)
+    config = uvicorn.Config(
+        application, host=host, port=port, log_level="warning", log_config=None, access_log=False
+    )
     server = uvicorn.Server(config)
 
     async def announce_and_serve() -> None:
@@ -659,18 +686,18 @@ def _callers(settings: ServerSettings) -> Tenants:
     except UserError as exc:
         _usage(str(exc))
     if tenants.open:
-        err.print("insecure dev mode: any credentials are accepted; do not expose this server")
+        said = "insecure dev mode: any credentials are accepted; do not expose this server"
+        logs.event(log, "serve.insecure_dev", said, level=logging.WARNING)
     elif settings.tenants is None:
         where = "on the S3 endpoint" if settings.s3_endpoint_url else "under the data dir"
-        err.print(
+        said = (
             f"--access-keys: {len(tenants.keys) + len(tenants.api_keys)} key(s) form one tenant, granted "
-            f"every bucket {where}; "
-            "several teams need --tenants FILE",
-            highlight=False,
+            f"every bucket {where}; several teams need --tenants FILE"
         )
+        logs.event(log, "serve.tenants", said)
     else:
         names = ", ".join(f"{t.name} ({len(t.grants.read_write)} grants)" for t in tenants.by_name.values())
-        err.print(f"tenants: {names}", markup=False, highlight=False)
+        logs.event(log, "serve.tenants", f"tenants: {names}")
     return tenants
 
 

@@ -37,11 +37,11 @@ from bulkinfer.cli.options import (
 from bulkinfer.cli.prepare import prepare_command
 from bulkinfer.cli.progress import JobProgress
 from bulkinfer.cli.retry import retry_request
-from bulkinfer.cli.summary import print_catalog, print_dry_run, print_jobs, print_report
+from bulkinfer.cli.summary import GONE, print_catalog, print_dry_run, print_jobs, print_report
 from bulkinfer.dialects.registry import get_dialect
-from bulkinfer.domain.job import TRANSITIONS, JobStatus
+from bulkinfer.domain.job import SERVICE_ENDED, TRANSITIONS, JobStatus
 from bulkinfer.engine.finalize import MANIFEST_NAME, error_message, merged_lines
-from bulkinfer.engine.job import STATE_DIR, LocalJob, MediaSettings, RunRequest
+from bulkinfer.engine.job import STATE_DIR, LocalJob, MediaSettings, RunRequest, lock_is_held
 from bulkinfer.engine.runner import EngineSettings
 from bulkinfer.engine.validate import check_fit, check_inputs, check_some_valid, dry_run, format_of_files
 from bulkinfer.errors import BulkinferError, UserError
@@ -51,7 +51,7 @@ from bulkinfer.formats.records import ERRORS_SUFFIX, get_format
 from bulkinfer.providers.catalog import Catalog
 from bulkinfer.providers.extras import require_client, require_model
 from bulkinfer.storage.files import list_inputs, read_blocks
-from bulkinfer.store.state import ChunkRecord, CorruptStateFile, StateStore
+from bulkinfer.store.state import ChunkRecord, CorruptStateFile, JobRecord, StateStore
 
 if TYPE_CHECKING:
     from bulkinfer.domain.tenant import Tenants
@@ -388,11 +388,41 @@ def status(
     """Show jobs and their progress: of an output folder, or one job of a server."""
     if server is not None:
         raise typer.Exit(_remote(lambda: _show_server_job(server, target)))
-    with _reported(), _state(Path(target)) as store:
+    output = Path(target)
+    if job_id is None and not (output / STATE_DIR).is_dir() and (output.parent / STATE_DIR).is_dir():
+        output, job_id = output.parent, output.name  # OUTPUT/<job-id>: that job of its output folder
+    with _reported(), _state(output) as store:
         jobs = [j for j in store.list_jobs() if job_id is None or j.job_id == job_id]
         if job_id is not None and not jobs:
-            raise UserError(f"no job {job_id!r} in {target}")
-        print_jobs(out, [(j, store.counts(j.job_id)) for j in jobs])
+            raise UserError(f"no job {job_id!r} in {output}")
+        gone = [j for j in jobs if _process_gone(output, j)]
+        print_jobs(out, [(j, store.counts(j.job_id)) for j in jobs], frozenset(j.job_id for j in gone))
+    for job in gone:
+        said = f"job {job.job_id}: {GONE}; resume with:\n  {_resume_command(job, output)}"
+        out.print(said, markup=False, highlight=False, soft_wrap=True)
+
+
+def _process_gone(output: Path, job: JobRecord) -> bool:
+    """Whether a job's state says it runs (it has not ended, nor stopped or failed) but no process holds
+    its lock: the process running it was killed, or its machine went down."""
+    return job.status not in SERVICE_ENDED and not lock_is_held(output / STATE_DIR / job.job_id)
+
+
+def _resume_command(job: JobRecord, output: Path) -> str:
+    """The ``bulkinfer run`` command that resumes a local job, from what its state file recorded."""
+    request = RunRequest(
+        Path(job.input_uri),
+        job.model,
+        output,
+        job.job_id,
+        None,
+        job.options.get("dialect"),
+        record_format=job.options.get("format"),
+    )
+    command = _run_command(request, job.job_id)
+    if job.model not in {spec.name for spec in Catalog.load()}:
+        command += " --models FILE  (the catalog file that names its model)"
+    return command
 
 
 def _show_server_job(server: str, target: str) -> None:

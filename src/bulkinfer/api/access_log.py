@@ -31,7 +31,7 @@ class AccessLog:
         self._app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or not log.isEnabledFor(logging.INFO):
+        if scope["type"] != "http" or not log.isEnabledFor(logging.WARNING):  # (a 5xx is a warning)
             await self._app(scope, receive, send)
             return
         started = time.perf_counter()

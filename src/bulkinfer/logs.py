@@ -31,8 +31,10 @@ QUIET_LOGGERS: Final = (
 )
 """Libraries whose lines below warning say nothing an operator of bulkinfer needs."""
 
-_RESERVED: Final = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime"}
-"""The attributes every log record has: what is left of a record's are the fields given with it."""
+_RECORD = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None)))
+_RESERVED: Final = _RECORD | {"message", "asctime", "color_message"}
+"""The attributes every log record has (and uvicorn's coloured copy of its message): what is left of a
+record's are the fields given with it."""
 
 
 def event(

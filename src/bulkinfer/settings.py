@@ -7,6 +7,7 @@ from pathlib import Path
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from bulkinfer.logs import LogFormat, LogLevel
 from bulkinfer.scheduler.quotas import Quotas
 
 
@@ -76,6 +77,8 @@ class ServerSettings(BaseSettings):
     )
     watch_model: str | None = Field(None, description="The model that jobs from the watch folder run on.")
     watch_every_s: float = Field(1.0, gt=0, description="How often the watch folder is looked at.")
+    log_level: LogLevel = Field("info", description="Least severe log lines written (stderr).")
+    log_format: LogFormat = Field("text", description="Log lines as text, or one JSON object a line.")
 
     @property
     def quotas(self) -> Quotas:

@@ -182,7 +182,7 @@ def test_a_tenants_api_keys_have_its_grants_and_models(server: Server) -> None:
     assert errors and errors[0].code == "model_not_found" and errors[0].line == 1
     an = anthropic.Anthropic(base_url=server.url, api_key=API_KEY_B)
     params: Any = {"model": "echo", "max_tokens": 8, "messages": [{"role": "user", "content": "hi"}]}
-    with pytest.raises(anthropic.PermissionDeniedError, match="echo"):
+    with pytest.raises(anthropic.BadRequestError, match="echo"):
         an.messages.batches.create(requests=[{"custom_id": "m1", "params": params}])
     with pytest.raises(openai.AuthenticationError):
         openai.OpenAI(base_url=f"{server.url}/v1", api_key="nobody-has-this-key-1234").batches.list()

@@ -12,11 +12,14 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from bulkinfer import __version__
 from bulkinfer.api import errors
+from bulkinfer.api.access_log import AccessLog
 from bulkinfer.api.anthropic.batches import router as message_batches_router
 from bulkinfer.api.anthropic.messages import router as anthropic_messages_router
 from bulkinfer.api.auth import DOCS_PATHS, Authenticator, Gate, parse_keys
 from bulkinfer.api.bedrock.models import router as bedrock_models_router
 from bulkinfer.api.bedrock.routes import router as bedrock_router
+from bulkinfer.api.health import HEALTH_PATHS, Readiness
+from bulkinfer.api.health import router as health_router
 from bulkinfer.api.metrics import PATH as METRICS_PATH
 from bulkinfer.api.metrics import Metrics, metrics_token
 from bulkinfer.api.metrics import router as metrics_router
@@ -137,6 +140,7 @@ def create_app(settings: ServerSettings, tenants: Tenants | None = None) -> Fast
             await scheduler.close()
             await pool.close()
             app.state.metrics.close()
+            app.state.readiness.close()
             store.close()
             files.close()
 
@@ -144,6 +148,7 @@ def create_app(settings: ServerSettings, tenants: Tenants | None = None) -> Fast
     app = FastAPI(title="bulkinfer", version=__version__, lifespan=lifespan, **docs)  # type: ignore[arg-type]
     app.state.settings = settings
     app.state.tenants = tenants
+    app.state.readiness = Readiness(store.revision)
     errors.install(app)
     app.add_middleware(
         Gate,
@@ -151,10 +156,12 @@ def create_app(settings: ServerSettings, tenants: Tenants | None = None) -> Fast
         max_body=settings.max_request_bytes,
         max_buffered=max(settings.max_buffered_bytes or 0, 2 * settings.max_request_bytes),
         respond=errors.refusal,
-        public=(DOCS_PATHS if settings.docs else frozenset()) | {METRICS_PATH},  # (its own token)
+        public=(DOCS_PATHS if settings.docs else frozenset()) | HEALTH_PATHS | {METRICS_PATH},
         streamed={("POST", "/v1/files"): settings.max_file_bytes + 2**20},  # (an upload's form fields)
     )
     app.add_middleware(CountRequests, pressure=pressure)
+    app.add_middleware(AccessLog)  # (the last added runs first: it sees every request, refused or not)
+    app.include_router(health_router)
     app.include_router(bedrock_router)
     app.include_router(runtime_router)
     app.include_router(files_router)

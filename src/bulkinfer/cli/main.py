@@ -7,6 +7,7 @@ import contextlib
 import enum
 import gc
 import itertools
+import logging
 import os
 import re
 import shlex
@@ -23,7 +24,7 @@ from pydantic import ValidationError
 from rich.console import Console
 from rich.text import Text
 
-from bulkinfer import __version__
+from bulkinfer import __version__, logs
 from bulkinfer.cli import remote
 from bulkinfer.cli.estimate import estimate_command
 from bulkinfer.cli.options import (
@@ -37,12 +38,12 @@ from bulkinfer.cli.options import (
 from bulkinfer.cli.prepare import prepare_command
 from bulkinfer.cli.progress import JobProgress
 from bulkinfer.cli.retry import retry_request
-from bulkinfer.cli.summary import print_catalog, print_dry_run, print_jobs, print_report
+from bulkinfer.cli.summary import GONE, print_catalog, print_dry_run, print_jobs, print_report
 from bulkinfer.dialects.registry import get_dialect
-from bulkinfer.domain.job import TRANSITIONS, JobStatus
+from bulkinfer.domain.job import SERVICE_ENDED, TRANSITIONS, JobStatus
 from bulkinfer.engine import history
 from bulkinfer.engine.finalize import MANIFEST_NAME, error_message, merged_lines
-from bulkinfer.engine.job import STATE_DIR, LocalJob, MediaSettings, RunRequest
+from bulkinfer.engine.job import STATE_DIR, LocalJob, MediaSettings, RunRequest, lock_is_held
 from bulkinfer.engine.runner import EngineSettings
 from bulkinfer.engine.validate import check_fit, check_inputs, check_some_valid, dry_run, format_of_files
 from bulkinfer.errors import BulkinferError, UserError
@@ -52,7 +53,7 @@ from bulkinfer.formats.records import ERRORS_SUFFIX, get_format
 from bulkinfer.providers.catalog import Catalog
 from bulkinfer.providers.extras import require_client, require_model
 from bulkinfer.storage.files import list_inputs, read_blocks
-from bulkinfer.store.state import ChunkRecord, CorruptStateFile, StateStore
+from bulkinfer.store.state import ChunkRecord, CorruptStateFile, JobRecord, StateStore
 
 if TYPE_CHECKING:
     from bulkinfer.domain.tenant import Tenants
@@ -73,6 +74,7 @@ app = typer.Typer(
 _WIDTH = None if sys.stdout.isatty() else 160
 out = Console(width=_WIDTH)
 err = Console(stderr=True, width=_WIDTH)
+log = logging.getLogger(__name__)
 
 
 def _print_version(wanted: bool) -> None:
@@ -390,11 +392,41 @@ def status(
     """Show jobs and their progress: of an output folder, or one job of a server."""
     if server is not None:
         raise typer.Exit(_remote(lambda: _show_server_job(server, target)))
-    with _reported(), _state(Path(target)) as store:
+    output = Path(target)
+    if job_id is None and not (output / STATE_DIR).is_dir() and (output.parent / STATE_DIR).is_dir():
+        output, job_id = output.parent, output.name  # OUTPUT/<job-id>: that job of its output folder
+    with _reported(), _state(output) as store:
         jobs = [j for j in store.list_jobs() if job_id is None or j.job_id == job_id]
         if job_id is not None and not jobs:
-            raise UserError(f"no job {job_id!r} in {target}")
-        print_jobs(out, [(j, store.counts(j.job_id)) for j in jobs])
+            raise UserError(f"no job {job_id!r} in {output}")
+        gone = [j for j in jobs if _process_gone(output, j)]
+        print_jobs(out, [(j, store.counts(j.job_id)) for j in jobs], frozenset(j.job_id for j in gone))
+    for job in gone:
+        said = f"job {job.job_id}: {GONE}; resume with:\n  {_resume_command(job, output)}"
+        out.print(said, markup=False, highlight=False, soft_wrap=True)
+
+
+def _process_gone(output: Path, job: JobRecord) -> bool:
+    """Whether a job's state says it runs (it has not ended, nor stopped or failed) but no process holds
+    its lock: the process running it was killed, or its machine went down."""
+    return job.status not in SERVICE_ENDED and not lock_is_held(output / STATE_DIR / job.job_id)
+
+
+def _resume_command(job: JobRecord, output: Path) -> str:
+    """The ``bulkinfer run`` command that resumes a local job, from what its state file recorded."""
+    request = RunRequest(
+        Path(job.input_uri),
+        job.model,
+        output,
+        job.job_id,
+        None,
+        job.options.get("dialect"),
+        record_format=job.options.get("format"),
+    )
+    command = _run_command(request, job.job_id)
+    if job.model not in {spec.name for spec in Catalog.load()}:
+        command += " --models FILE  (the catalog file that names its model)"
+    return command
 
 
 def _show_server_job(server: str, target: str) -> None:
@@ -527,6 +559,18 @@ def _remote(call: Callable[[], object]) -> int:
     return 0
 
 
+class LogLevelName(enum.StrEnum):
+    debug = "debug"
+    info = "info"
+    warning = "warning"
+    error = "error"
+
+
+class LogFormatName(enum.StrEnum):
+    text = "text"
+    json = "json"
+
+
 @app.command(cls=Command)
 def serve(
     host: Annotated[str, typer.Option(envvar="BULKINFER_HOST", help="Address to listen on.")] = "127.0.0.1",
@@ -611,6 +655,13 @@ def serve(
             "counts every tenant's jobs); without one, /metrics is open only under --insecure-dev.",
         ),
     ] = None,
+    log_level: Annotated[
+        LogLevelName, typer.Option(envvar="BULKINFER_LOG_LEVEL", help="Least severe log lines written.")
+    ] = LogLevelName.info,
+    log_format: Annotated[
+        LogFormatName,
+        typer.Option(envvar="BULKINFER_LOG_FORMAT", help="Log lines (stderr): text, or a JSON object each."),
+    ] = LogFormatName.text,
 ) -> None:
     """Serve the Bedrock, OpenAI and Anthropic batch APIs (boto3, openai and anthropic SDKs with their
     endpoint or base URL) and run their jobs."""
@@ -643,6 +694,8 @@ def serve(
             max_request_bytes=max_request_bytes,
             docs=docs,
             metrics_token_env=metrics_token_env,
+            log_level=log_level.value,
+            log_format=log_format.value,
         )
     except ValidationError as exc:  # (an option typer cannot check by its type alone)
         first = exc.errors()[0]
@@ -652,13 +705,17 @@ def serve(
         raise typer.Exit(EXIT_USAGE)
     if watch is not None:
         _check_watch(watch, data_dir)
+    logs.configure(settings.log_level, settings.log_format)
     who = _callers(settings)
     _private_data_dir(data_dir)
     try:
         application = create_app(settings, who)
     except UserError as exc:  # the catalog, or a tenant's models that match none of it
         _usage(str(exc))
-    config = uvicorn.Config(application, host=host, port=port, log_level="warning")
+    # uvicorn's own lines go through the log configured above; its access log is ours (api.access_log)
+    config = uvicorn.Config(
+        application, host=host, port=port, log_level="warning", log_config=None, access_log=False
+    )
     server = uvicorn.Server(config)
 
     async def announce_and_serve() -> None:
@@ -696,18 +753,18 @@ def _callers(settings: ServerSettings) -> Tenants:
     except UserError as exc:
         _usage(str(exc))
     if tenants.open:
-        err.print("insecure dev mode: any credentials are accepted; do not expose this server")
+        said = "insecure dev mode: any credentials are accepted; do not expose this server"
+        logs.event(log, "serve.insecure_dev", said, level=logging.WARNING)
     elif settings.tenants is None:
         where = "on the S3 endpoint" if settings.s3_endpoint_url else "under the data dir"
-        err.print(
+        said = (
             f"--access-keys: {len(tenants.keys) + len(tenants.api_keys)} key(s) form one tenant, granted "
-            f"every bucket {where}; "
-            "several teams need --tenants FILE",
-            highlight=False,
+            f"every bucket {where}; several teams need --tenants FILE"
         )
+        logs.event(log, "serve.tenants", said)
     else:
         names = ", ".join(f"{t.name} ({len(t.grants.read_write)} grants)" for t in tenants.by_name.values())
-        err.print(f"tenants: {names}", markup=False, highlight=False)
+        logs.event(log, "serve.tenants", f"tenants: {names}")
     return tenants
 
 

@@ -84,7 +84,14 @@ def print_dry_run(console: Console, report: DryRunReport, cost: float | None) ->
         console.print(f"  {message}", highlight=False, markup=False)
 
 
-def print_jobs(console: Console, rows: list[tuple[JobRecord, Counts]]) -> None:
+GONE = "the process running it is gone (killed?)"
+"""What `status` says of a job whose state says it runs but whose lock no process holds."""
+
+
+def print_jobs(
+    console: Console, rows: list[tuple[JobRecord, Counts]], gone: frozenset[str] = frozenset()
+) -> None:
+    """The jobs' table; those in ``gone`` are said to have lost their process, whatever their state says."""
     table = Table(title="Jobs")
     for column in ("job", "model", "status", "records", "errors", "tokens in/out", "started", "ended"):
         table.add_column(column)
@@ -93,7 +100,7 @@ def print_jobs(console: Console, rows: list[tuple[JobRecord, Counts]]) -> None:
         cells = (
             job.job_id,
             job.model,
-            job.status.value + (f" ({job.message})" if job.message else ""),
+            _status(job, job.job_id in gone),
             f"{c.processed:,}" + (f" of {total:,}" if total is not None else ""),
             f"{c.errors:,}",
             f"{c.input_tokens:,} / {c.output_tokens:,}",
@@ -102,6 +109,12 @@ def print_jobs(console: Console, rows: list[tuple[JobRecord, Counts]]) -> None:
         )
         table.add_row(*map(Text, cells))  # a job's message may quote anything: never markup
     console.print(table)
+
+
+def _status(job: JobRecord, gone: bool) -> str:
+    if gone:
+        return f"{job.status.value}: {GONE}"
+    return job.status.value + (f" ({job.message})" if job.message else "")
 
 
 def _pace(spec: ModelSpec) -> str:

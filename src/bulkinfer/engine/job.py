@@ -175,6 +175,29 @@ def _valid_job_id(job_id: str) -> str:
     return job_id
 
 
+def lock_path(work_dir: Path) -> Path:
+    """The file a running job holds locked (``flock``): the lock goes with its process, however it ends."""
+    return work_dir / "lock"
+
+
+def lock_is_held(work_dir: Path) -> bool:
+    """Whether a process is running the job of this work folder, which holds the job's lock until it ends
+    (a killed process's lock is let go by the kernel). Probed by taking the lock without waiting and
+    letting it go at once: a run starting in that instant is told the job is running, and may start again.
+    """
+    try:
+        handle = lock_path(work_dir).open("r")
+    except FileNotFoundError:
+        return False
+    with handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        fcntl.flock(handle, fcntl.LOCK_UN)
+        return False
+
+
 class LocalJob:
     """A job run in this process. Open it, ``await execute()``, then ``close()``."""
 
@@ -323,7 +346,7 @@ class LocalJob:
         return False, None
 
     def _take_lock(self) -> None:
-        handle = (self.work_dir / "lock").open("a+")  # not "w": that would wipe a running job's pid
+        handle = self.lock_path.open("a+")  # not "w": that would wipe a running job's pid
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -338,6 +361,10 @@ class LocalJob:
         handle.write(str(os.getpid()))
         handle.flush()
         self._lock = handle
+
+    @property
+    def lock_path(self) -> Path:
+        return lock_path(self.work_dir)
 
     def close(self) -> None:
         """Release the job. A commit still running in its thread (the run was cancelled) is waited for

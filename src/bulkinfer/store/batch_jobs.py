@@ -22,8 +22,9 @@ from sqlalchemy.exc import DBAPIError, IntegrityError
 
 from bulkinfer.domain.job import SERVICE_ENDED, JobStatus, check_transition
 from bulkinfer.errors import UserError
+from bulkinfer.store import job_events
 from bulkinfer.store.batcher import Batcher
-from bulkinfer.store.migrate import upgrade
+from bulkinfer.store.migrate import current_revision, upgrade
 from bulkinfer.store.notify import Listener, announce
 from bulkinfer.store.schema import batch_jobs
 from bulkinfer.store.state import make_engine
@@ -158,6 +159,11 @@ class BatchJobStore:
     def close(self) -> None:
         self._engine.dispose()
 
+    def revision(self) -> str | None:
+        """The database's schema revision, asked once, with no retry (a readiness check wants to know
+        now); raises what the database driver raises when it does not answer."""
+        return current_revision(self._engine)
+
     def create(self, job: BatchJob, max_active: int | None = None) -> BatchJob:
         """Insert a job; a job of the same tenant and client token already there is returned instead
         (the database's unique index decides between concurrent creates). With ``max_active``, a tenant
@@ -189,10 +195,12 @@ class BatchJobStore:
     def _insert_together(self, creates: Sequence[_Create]) -> list[BatchJob | BaseException]:
         with self._engine.begin() as conn:
             outcomes = _within_limits(conn, creates)
-            new = [_row(c.job) for c, o in zip(creates, outcomes, strict=True) if o is c.job]
+            new = [c.job for c, o in zip(creates, outcomes, strict=True) if o is c.job]
             if new:
-                conn.execute(insert(batch_jobs), new)
-                announce(conn, new[0]["job_id"])
+                conn.execute(insert(batch_jobs), [_row(job) for job in new])
+                announce(conn, new[0].job_id)
+        for job in new:
+            job_events.submitted(job)
         return outcomes
 
     def _read_group(self, job_ids: Sequence[str]) -> list[BatchJob | None]:
@@ -297,6 +305,7 @@ class BatchJobStore:
 
         if not self._retry(write):
             return None
+        job_events.changed(job, new, changes)
         return replace(job, status=new, last_modified=now, **changes)
 
     def update(self, job: BatchJob, *, held_by: str | None = None, **changes: Any) -> BatchJob | None:
@@ -422,7 +431,9 @@ class BatchJobStore:
             if conn.execute(claimed.values(status=JobStatus.IN_PROGRESS.value, **changes)).rowcount != 1:
                 return None
             announce(conn, row["job_id"])
-        return replace(_job(row), status=JobStatus.IN_PROGRESS, **changes)
+        job = _job(row)
+        job_events.changed(job, JobStatus.IN_PROGRESS, changes)
+        return replace(job, status=JobStatus.IN_PROGRESS, **changes)
 
     def adopt(self, job: BatchJob, owner: str, lease_s: float) -> BatchJob | None:
         """Take up a leased job (Validating or Stopping) that no replica holds any more."""
@@ -440,6 +451,7 @@ class BatchJobStore:
 
         if self._retry(write) != 1:
             return None
+        job_events.taken_up(job, "its replica stopped")
         return replace(job, owner=owner, lease_until=lease_until)
 
     def renew(self, owner: str, job_ids: list[str], lease_s: float) -> list[BatchJob]:
@@ -499,23 +511,39 @@ class BatchJobStore:
         check_transition(JobStatus.IN_PROGRESS, JobStatus.SCHEDULED)
         held = [JobStatus.VALIDATING.value, JobStatus.STOPPING.value]
 
-        def write() -> int:
+        def write() -> list[BatchJob]:
             with self._engine.begin() as conn:
-                requeued = conn.execute(
-                    update(batch_jobs)
-                    .where(c.status == JobStatus.IN_PROGRESS.value, lapsed)
-                    .values(status=JobStatus.SCHEDULED.value, owner=None, lease_until=None, last_modified=now)
-                ).rowcount
-                orphaned = conn.execute(
-                    update(batch_jobs)
-                    .where(c.status.in_(held), lapsed)
-                    .values(owner=None, lease_until=None, last_modified=now)
-                ).rowcount
+                requeued = (
+                    conn.execute(
+                        update(batch_jobs)
+                        .where(c.status == JobStatus.IN_PROGRESS.value, lapsed)
+                        .values(
+                            status=JobStatus.SCHEDULED.value, owner=None, lease_until=None, last_modified=now
+                        )
+                        .returning(batch_jobs)
+                    )
+                    .mappings()
+                    .all()
+                )
+                orphaned = (
+                    conn.execute(
+                        update(batch_jobs)
+                        .where(c.status.in_(held), lapsed)
+                        .values(owner=None, lease_until=None, last_modified=now)
+                        .returning(batch_jobs)
+                    )
+                    .mappings()
+                    .all()
+                )
                 if requeued or orphaned:
                     announce(conn, "*")
-            return int(requeued) + int(orphaned)
+            return [_job(r) for r in (*requeued, *orphaned)]
 
-        return self._retry(write)
+        released = self._retry(write)
+        reason = "the server restarted" if everyone else "its replica stopped renewing its lease"
+        for job in released:
+            job_events.let_go(job, reason)
+        return len(released)
 
     def with_status(self, *statuses: JobStatus, limit: int | None = None) -> list[BatchJob]:
         """Jobs in these statuses, oldest first (the order they are served in)."""

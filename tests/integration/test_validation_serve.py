@@ -62,6 +62,9 @@ class Service:
         write_jsonl(self.data / "s3" / "in-bucket" / name, lines)
 
 
+CLOSE_S = 60
+
+
 @contextlib.asynccontextmanager
 async def service(tmp_path: Path, **settings_: Any) -> AsyncIterator[Service]:
     catalog_file = tmp_path / "models.toml"
@@ -76,8 +79,17 @@ async def service(tmp_path: Path, **settings_: Any) -> AsyncIterator[Service]:
         yield Service(settings.data_dir, store, BatchService(store, scheduler, catalog))
     finally:
         loop.cancel()
-        await scheduler.close()
-        store.close()
+        try:
+            async with asyncio.timeout(CLOSE_S):
+                await scheduler.close()
+        except TimeoutError:  # (seen once in a loaded full run: fail, saying what is still waiting)
+            waiting = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+            stacks = "\n".join(f"{t.get_name()}: {t.get_stack(limit=8)}" for t in waiting)
+            raise AssertionError(
+                f"the scheduler did not close in {CLOSE_S} s; still waiting:\n{stacks}"
+            ) from None
+        finally:
+            store.close()
 
 
 def good(i: int) -> dict[str, Any]:

@@ -152,20 +152,20 @@ def error_message(line: object) -> str | None:
     return None
 
 
-def finish_results(target: Path, fmt: RecordFormat, unrun: Iterable[bytes] = ()) -> None:
+def finish_results(target: Path, fmt: RecordFormat, unrun: Iterable[bytes] | None = None) -> None:
     """The result files of a format beyond Bedrock's, from ``target`` (every finished record's line, in
     input order, as `write_output` wrote it): the lines of records that never ran (``unrun``, a
     cancelled or expired job's) added, and for a split format the failures moved to their own file
     (``<input>.errors.out``), leaving ``target`` the successes. Rewriting from ``target`` again gives the
     same files, so a kill part-way is mended by finalizing again (the chunks are still there)."""
     if fmt.succeeded is None:
-        if unrun:
+        if unrun is not None:  # (None: nothing to add, and a Bedrock output is left as written)
             write_durably(target, _chain(_lines_of(target), unrun))
         return
     succeeded = fmt.succeeded
     errors = target.with_name(target.name.removesuffix(".out") + ERRORS_SUFFIX)
     failed = (line for line in _lines_of(target) if not succeeded(line))
-    write_durably(errors, _chain(failed, unrun))
+    write_durably(errors, _chain(failed, unrun or ()))
     write_durably(target, (line for line in _lines_of(target) if succeeded(line)))
 
 

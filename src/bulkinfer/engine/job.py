@@ -604,7 +604,7 @@ class LocalJob:
                 target = self.output_dir / f"{f.name}.out"
                 expected = record_counts.get(f.index) if complete else None  # (a stop releases some)
                 write_output(chunks, chunk_dir, target, expected, errors)
-                unrun = () if complete else self._unrun_lines(f, chunks, final)
+                unrun = None if complete or not lists_every_request else self._unrun_lines(f, chunks, final)
                 finish_results(target, self.format, unrun)
         total = sum(record_counts.values()) if complete else self.estimated_total()
         options = self._with_active_time(self.job)  # once: the manifest and the job row must agree

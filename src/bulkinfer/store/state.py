@@ -10,6 +10,7 @@ transition table, with the status as stored. A full disk and a damaged state fil
 from __future__ import annotations
 
 import shlex
+import sqlite3
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -39,6 +40,7 @@ _DISK_FULL = "SQLITE_FULL"
 _DAMAGED = ("SQLITE_NOTADB", "SQLITE_CORRUPT")
 _READ_ONLY = "SQLITE_READONLY"
 _BATCH = 500
+_WAL_SWITCH_S = 30.0
 
 
 class CorruptStateFile(UserError):
@@ -336,11 +338,34 @@ def make_engine(url: str) -> Engine:
             # processes may open a new database at once). WAL lets a reader watch progress while the
             # job writes; FULL makes each commit durable.
             cursor.execute("PRAGMA busy_timeout=30000")
-            cursor.execute("PRAGMA journal_mode=WAL")
+            _switch_to_wal(cursor)
             cursor.execute("PRAGMA synchronous=FULL")
             cursor.close()
 
     return engine
+
+
+def _switch_to_wal(cursor: Any) -> None:
+    """Put the database in WAL mode, waiting out other connections that hold it.
+
+    SQLite answers a journal-mode change with "database is locked" at once, without its busy
+    handler, while another connection is using the file (several replicas or threads opening a new
+    database together), so the wait is here. A database already in WAL mode (the mode is kept in the
+    file) needs no lock at all.
+    """
+    if cursor.execute("PRAGMA journal_mode").fetchone()[0] == "wal":
+        return
+    deadline = time.monotonic() + _WAL_SWITCH_S
+    pause = 0.01
+    while True:
+        try:
+            cursor.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+        time.sleep(pause)
+        pause = min(pause * 2, 0.5)
 
 
 def _job_row(job: JobRecord) -> dict[str, Any]:

@@ -181,10 +181,7 @@ class Change:
 
 def payload(config: Webhooks, style: Style, change: Change, webhook_id: str) -> bytes | None:
     """The body telling ``change`` in ``style``, or None when that style tells nothing of it."""
-    if style == "openai":
-        body = _openai(change, webhook_id)
-    else:
-        body = _eventbridge(config, change, webhook_id)
+    body = _openai(change, webhook_id) if style == "openai" else _eventbridge(config, change, webhook_id)
     return None if body is None else orjson.dumps(body)[:MAX_PAYLOAD]
 
 

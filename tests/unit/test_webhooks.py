@@ -24,7 +24,7 @@ CONFIG = hooks.Webhooks(KEY, region="eu-west-1", account="111122223333")
 def verify(secret: str, body: bytes, headers: dict[str, str]) -> dict[str, Any]:
     """A receiver's check: the ``standardwebhooks`` package when installed, else the spec by hand."""
     try:
-        from standardwebhooks import Webhook
+        from standardwebhooks import Webhook  # type: ignore[import-not-found,unused-ignore]
     except ImportError:
         key = base64.b64decode(secret.removeprefix("whsec_"))
         signed = f"{headers['webhook-id']}.{headers['webhook-timestamp']}.".encode() + body

@@ -41,9 +41,8 @@ JOB_TAG = "bulkinfer:webhook"
 """The Bedrock job tag whose value is the job's own webhook URL."""
 METADATA_KEY = "bulkinfer_webhook"
 """The OpenAI (and Anthropic) batch metadata key whose value is the batch's own webhook URL."""
-MAX_PAYLOAD = 64 * 1024
-"""Largest payload body stored and sent (a job's message is cut to fit)."""
 MAX_MESSAGE = 2000
+"""Longest job message in a payload: with a job's name (63) and model id (2048) bounded, so is a body."""
 
 _OPENAI_TYPES = {
     JobStatus.COMPLETED: "batch.completed",
@@ -182,7 +181,7 @@ class Change:
 def payload(config: Webhooks, style: Style, change: Change, webhook_id: str) -> bytes | None:
     """The body telling ``change`` in ``style``, or None when that style tells nothing of it."""
     body = _openai(change, webhook_id) if style == "openai" else _eventbridge(config, change, webhook_id)
-    return None if body is None else orjson.dumps(body)[:MAX_PAYLOAD]
+    return None if body is None else orjson.dumps(body)
 
 
 def _openai(change: Change, webhook_id: str) -> dict[str, Any] | None:

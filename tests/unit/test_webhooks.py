@@ -6,6 +6,8 @@ import base64
 import hashlib
 import hmac
 import time
+from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -14,7 +16,9 @@ import pytest
 from bulkinfer.domain.job import JobStatus
 from bulkinfer.errors import ConfigError, UserError
 from bulkinfer.services import webhooks as hooks
+from bulkinfer.store.batch_jobs import BatchJobStore
 from bulkinfer.store.webhooks import MAX_RETRY_S, retry_delay_s
+from tests.unit.test_job_store import job
 
 KEY = b"0123456789abcdef0123456789abcdef"
 SECRET = "whsec_" + base64.b64encode(KEY).decode()
@@ -139,3 +143,27 @@ def test_retries_back_off_to_a_day() -> None:
     first, second = retry_delay_s(1, 5.0), retry_delay_s(2, 5.0)
     assert 5.0 <= first <= 6.0 and 30.0 <= second <= 36.0
     assert retry_delay_s(30, 5.0) <= MAX_RETRY_S * 1.2
+
+
+def test_the_outbox_gets_a_row_per_committed_change_and_none_for_a_lost_one(tmp_path: Path) -> None:
+    server = hooks.Webhooks(KEY, (hooks.Target("http://10.0.0.1/h", "eventbridge", guarded=False),))
+    store = BatchJobStore(f"sqlite:///{tmp_path / 'jobs.db'}", webhooks=server)
+    tags = {"tags": [{"key": hooks.JOB_TAG, "value": "https://example.com/mine"}]}
+    created = store.create(replace(job(), request=tags))
+    assert store.transition(created, JobStatus.STOPPED, message="stopped by its owner") is not None
+    assert store.transition(created, JobStatus.VALIDATING) is None  # (it had left Submitted)
+
+    due = store.claim_webhooks(10, hold_s=60.0)
+    assert sorted((d.url, d.guarded) for d in due) == [
+        ("http://10.0.0.1/h", False),
+        ("http://10.0.0.1/h", False),
+        ("https://example.com/mine", True),
+        ("https://example.com/mine", True),
+    ]
+    statuses = [orjson.loads(d.payload)["detail"]["status"] for d in due if not d.guarded]
+    assert sorted(statuses) == ["Stopped", "Submitted"]
+    assert store.claim_webhooks(10, hold_s=60.0) == []  # held by this sender
+
+    assert store.webhook_sent(due[0], None, 5.0) is None
+    retry_at = store.webhook_sent(due[1], "status 500", 5.0)
+    assert retry_at is not None and retry_at > time.time() + 4.0

@@ -167,3 +167,14 @@ def test_the_outbox_gets_a_row_per_committed_change_and_none_for_a_lost_one(tmp_
     assert store.webhook_sent(due[0], None, 5.0) is None
     retry_at = store.webhook_sent(due[1], "status 500", 5.0)
     assert retry_at is not None and retry_at > time.time() + 4.0
+
+
+def test_a_job_requeued_when_its_replica_went_away_is_told(tmp_path: Path) -> None:
+    server = hooks.Webhooks(KEY, (hooks.Target("http://10.0.0.1/h", "eventbridge", guarded=False),))
+    store = BatchJobStore(f"sqlite:///{tmp_path / 'jobs.db'}", webhooks=server)
+    validating = store.transition(store.create(job()), JobStatus.VALIDATING, owner="a", lease_until=0.0)
+    assert validating is not None and store.transition(validating, JobStatus.SCHEDULED) is not None
+    assert store.claim("echo", "a", slots=1, lease_s=60.0) is not None
+    assert store.release_expired(everyone=True) == 1
+    told = [orjson.loads(d.payload)["detail"]["status"] for d in store.claim_webhooks(10, 60.0)]
+    assert told == ["Submitted", "Validating", "Scheduled", "InProgress", "Scheduled"]

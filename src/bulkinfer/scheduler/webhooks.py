@@ -14,6 +14,7 @@ import time
 from typing import Any
 from urllib.parse import urlsplit
 
+import httpcore
 import httpx
 
 from bulkinfer.logs import event
@@ -82,8 +83,6 @@ class WebhookSender:
 def _guarded_transport(guard: AddressGuard) -> httpx.AsyncHTTPTransport:
     """httpx's transport whose every connection goes to an address the guard has just checked (the same
     swap of the connection pool as `bulkinfer.media.fetch`, whose tests catch httpx changing it)."""
-    import httpcore
-
     transport = httpx.AsyncHTTPTransport(trust_env=False)
     transport._pool = httpcore.AsyncConnectionPool(network_backend=GuardedBackend(guard))
     return transport

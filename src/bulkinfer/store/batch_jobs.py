@@ -605,6 +605,8 @@ class BatchJobStore:
                 if released:
                     notes = [job_events.of_note(j, "job.let_go", reason, now) for j in released]
                     job_events.save(conn, notes)
+                    for row in requeued:  # (InProgress -> Scheduled: a change of status, told)
+                        outbox.enqueue(conn, self._webhooks, _job(row), now)
                     announce(conn, "*")
             return released
 

@@ -176,6 +176,8 @@ class Change:
     processed: int | None = None
     success: int | None = None
     errors: int | None = None
+    region: str | None = None
+    """The region in the job's ARN as its maker saw it (None: the server's)."""
 
 
 def payload(config: Webhooks, style: Style, change: Change, webhook_id: str) -> bytes | None:
@@ -199,7 +201,8 @@ def _openai(change: Change, webhook_id: str) -> dict[str, Any] | None:
 
 
 def _eventbridge(config: Webhooks, change: Change, webhook_id: str) -> dict[str, Any]:
-    arn = f"arn:aws:bedrock:{config.region}:{config.account}:model-invocation-job/{change.job_id}"
+    region = change.region or config.region
+    arn = f"arn:aws:bedrock:{region}:{config.account}:model-invocation-job/{change.job_id}"
     counts = {
         "totalRecordCount": change.total,
         "processedRecordCount": change.processed,
@@ -221,7 +224,7 @@ def _eventbridge(config: Webhooks, change: Change, webhook_id: str) -> dict[str,
         "source": "aws.bedrock",
         "account": config.account,
         "time": datetime.fromtimestamp(change.at, UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
-        "region": config.region,
+        "region": region,
         "resources": [arn],
         "detail": {key: value for key, value in detail.items() if value is not None},
     }

@@ -57,6 +57,7 @@ def enqueue(conn: Connection, config: hooks.Webhooks | None, job: BatchJob, at: 
     change = hooks.Change(
         job.job_id, job.name, job.model_id, job.api, job.status, at,
         job.message, job.total, job.processed, job.success, job.errors,
+        region=(job.details or {}).get("region"),
     )  # fmt: skip
     rows = []
     for target in targets:

@@ -15,9 +15,10 @@ import pytest
 
 from bulkinfer.domain.job import JobStatus
 from bulkinfer.errors import ConfigError, UserError
+from bulkinfer.scheduler.webhooks import WebhookSender
 from bulkinfer.services import webhooks as hooks
 from bulkinfer.store.batch_jobs import BatchJobStore
-from bulkinfer.store.webhooks import MAX_RETRY_S, retry_delay_s
+from bulkinfer.store.webhooks import MAX_RETRY_S, Delivery, retry_delay_s
 from tests.unit.test_job_store import job
 
 KEY = b"0123456789abcdef0123456789abcdef"
@@ -178,3 +179,15 @@ def test_a_job_requeued_when_its_replica_went_away_is_told(tmp_path: Path) -> No
     assert store.release_expired(everyone=True) == 1
     told = [orjson.loads(d.payload)["detail"]["status"] for d in store.claim_webhooks(10, 60.0)]
     assert told == ["Submitted", "Validating", "Scheduled", "InProgress", "Scheduled"]
+
+
+async def test_a_tenants_url_is_guarded_again_at_delivery(tmp_path: Path) -> None:
+    """DNS may have changed since the job was made: the sender's connect step checks the address."""
+    store = BatchJobStore(f"sqlite:///{tmp_path / 'jobs.db'}")
+    sender = WebhookSender(store, CONFIG)
+    row = Delivery(1, "msg_1", "job", "http://127.0.0.1:9/h", True, b"{}", time.time(), 0)
+    try:
+        error = await sender.post(row)
+    finally:
+        await sender.close()
+    assert error is not None and "loopback" in error

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from bulkinfer.logs import LogFormat, LogLevel
 from bulkinfer.scheduler.quotas import Quotas
+from bulkinfer.services.webhooks import Webhooks
 
 
 class ServerSettings(BaseSettings):
@@ -77,6 +79,19 @@ class ServerSettings(BaseSettings):
     )
     watch_model: str | None = Field(None, description="The model that jobs from the watch folder run on.")
     watch_every_s: float = Field(1.0, gt=0, description="How often the watch folder is looked at.")
+    webhooks: list[str] = Field(
+        default_factory=list, description="URLs told of every job's status changes (server-wide)."
+    )
+    webhook_secret_env: str | None = Field(
+        None,
+        pattern=r"^[A-Z_][A-Z0-9_]*$",
+        description="Environment variable holding the webhook signing secret (whsec_<base64>); without "
+        "one no webhook is sent.",
+    )
+    webhook_format: Literal["openai", "eventbridge"] = Field(
+        "eventbridge", description="Payload style sent to the server-wide webhooks."
+    )
+    webhook_retry_base_s: float = Field(5.0, gt=0, description="Wait before a failed webhook's first retry.")
     log_level: LogLevel = Field("info", description="Least severe log lines written (stderr).")
     log_format: LogFormat = Field("text", description="Log lines as text, or one JSON object a line.")
 
@@ -88,6 +103,19 @@ class ServerSettings(BaseSettings):
             max_records_per_file=self.max_records_per_file,
             max_file_bytes=self.max_file_bytes,
             max_job_bytes=self.max_job_bytes,
+        )
+
+    def webhook_config(self) -> Webhooks | None:
+        """The webhooks to send (None: none); a `ConfigError` for a URL without a secret, say."""
+        allow = tuple(h.strip() for h in (self.fetch_allow or "").split(",") if h.strip())
+        return Webhooks.of(
+            self.webhooks,
+            self.webhook_secret_env,
+            self.webhook_format,
+            region=self.region,
+            account=self.account_id,
+            fetch_allow=allow,
+            retry_base_s=self.webhook_retry_base_s,
         )
 
     @property

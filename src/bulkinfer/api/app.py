@@ -38,6 +38,7 @@ from bulkinfer.scheduler.pressure import Pressure
 from bulkinfer.scheduler.scheduler import Scheduler
 from bulkinfer.scheduler.supervisor import Loops
 from bulkinfer.scheduler.watch import WATCH_TENANT, WatchFolder
+from bulkinfer.scheduler.webhooks import WebhookSender
 from bulkinfer.services.batch import BatchService
 from bulkinfer.services.files import FileService
 from bulkinfer.services.invoke import InvokeService, ModelPool
@@ -98,7 +99,8 @@ def create_app(settings: ServerSettings, tenants: Tenants | None = None) -> Fast
             require_model(catalog.get(settings.watch_model))
         except UserError as exc:
             raise ConfigError(f"--watch-model: {exc}") from None
-    store = BatchJobStore(settings.store_url)
+    webhooks = settings.webhook_config()
+    store = BatchJobStore(settings.store_url, webhooks=webhooks)
     # jobs from before tenants belong to the access key that made them: they join its tenant now
     store.rename_tenants({key: name for key, (name, _) in tenants.keys.items()})
     pressure = Pressure()
@@ -115,7 +117,7 @@ def create_app(settings: ServerSettings, tenants: Tenants | None = None) -> Fast
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         scheduler = Scheduler(store, settings, catalog, pressure=pressure, tenants=tenants)
         pool = ModelPool(catalog)
-        app.state.batch = BatchService(store, scheduler, catalog)
+        app.state.batch = BatchService(store, scheduler, catalog, webhooks)
         media = MediaSettings.of_service(settings.fetch_allow, settings.data_dir, settings.s3_endpoint_url)
         media = replace(media, tally=scheduler.media_tally)  # on-demand calls' images count too
         app.state.invoke = InvokeService(catalog, pool, media)
@@ -124,6 +126,9 @@ def create_app(settings: ServerSettings, tenants: Tenants | None = None) -> Fast
         tasks = [asyncio.create_task(scheduler.run())]
         loops = Loops()
         loops.start("file-expiry", lambda: files.expiry_step(FILE_EXPIRY_EVERY_S))
+        sender = WebhookSender(store, webhooks) if webhooks is not None else None
+        if sender is not None:
+            loops.start("webhooks", sender.step)
         if settings.watch and settings.watch_model:
             owner = watch_tenant(tenants, settings)
             watch = WatchFolder(
@@ -137,6 +142,8 @@ def create_app(settings: ServerSettings, tenants: Tenants | None = None) -> Fast
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
             await loops.stop()
+            if sender is not None:
+                await sender.close()
             await scheduler.close()
             await pool.close()
             app.state.metrics.close()

@@ -46,7 +46,7 @@ from bulkinfer.engine.finalize import MANIFEST_NAME, error_message, merged_lines
 from bulkinfer.engine.job import STATE_DIR, LocalJob, MediaSettings, RunRequest, lock_is_held
 from bulkinfer.engine.runner import EngineSettings
 from bulkinfer.engine.validate import check_fit, check_inputs, check_some_valid, dry_run, format_of_files
-from bulkinfer.errors import BulkinferError, UserError
+from bulkinfer.errors import BulkinferError, ConfigError, UserError
 from bulkinfer.formats.bedrock import output_text
 from bulkinfer.formats.jsonl import Line, OversizeLine, split_lines
 from bulkinfer.formats.records import ERRORS_SUFFIX, get_format
@@ -573,6 +573,11 @@ class LogFormatName(enum.StrEnum):
     json = "json"
 
 
+class WebhookFormat(enum.StrEnum):
+    eventbridge = "eventbridge"
+    openai = "openai"
+
+
 @app.command(cls=Command)
 def serve(
     host: Annotated[str, typer.Option(envvar="BULKINFER_HOST", help="Address to listen on.")] = "127.0.0.1",
@@ -657,6 +662,35 @@ def serve(
             "counts every tenant's jobs); without one, /metrics is open only under --insecure-dev.",
         ),
     ] = None,
+    webhook: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--webhook",
+            help="URL told of every job's status changes (repeatable); needs --webhook-secret-env.",
+        ),
+    ] = None,
+    webhook_secret_env: Annotated[
+        str | None,
+        typer.Option(
+            envvar="BULKINFER_WEBHOOK_SECRET_ENV",
+            help="Name of the environment variable holding the webhook signing secret (whsec_<base64>, "
+            "Standard Webhooks); without one no webhook is sent, a job's own included.",
+        ),
+    ] = None,
+    webhook_format: Annotated[
+        WebhookFormat,
+        typer.Option(
+            envvar="BULKINFER_WEBHOOK_FORMAT",
+            help="Payload of the --webhook URLs: eventbridge (every status change) or openai (batch.* "
+            "when a job ends).",
+        ),
+    ] = WebhookFormat.eventbridge,
+    webhook_retry_base_s: Annotated[
+        float,
+        typer.Option(
+            envvar="BULKINFER_WEBHOOK_RETRY_BASE_S", min=0.01, help="Wait before a webhook's first retry."
+        ),
+    ] = 5.0,
     log_level: Annotated[
         LogLevelName, typer.Option(envvar="BULKINFER_LOG_LEVEL", help="Least severe log lines written.")
     ] = LogLevelName.info,
@@ -698,7 +732,14 @@ def serve(
             metrics_token_env=metrics_token_env,
             log_level=log_level.value,
             log_format=log_format.value,
+            webhooks=webhook or [],
+            webhook_secret_env=webhook_secret_env,
+            webhook_format=webhook_format.value,
+            webhook_retry_base_s=webhook_retry_base_s,
         )
+        settings.webhook_config()  # (a URL without a secret, or not http(s): said before anything starts)
+    except ConfigError as exc:
+        _usage(str(exc))
     except ValidationError as exc:  # (an option typer cannot check by its type alone)
         first = exc.errors()[0]
         _usage(f"--{str(first['loc'][0]).replace('_', '-')}: {first['msg']}")

@@ -15,6 +15,7 @@ from bulkinfer.errors import BulkinferError, UserError
 from bulkinfer.faults import failpoint
 from bulkinfer.providers.catalog import Catalog
 from bulkinfer.scheduler.scheduler import Scheduler, deadline, input_uri, output_uri
+from bulkinfer.services import webhooks as hooks
 from bulkinfer.store.batch_jobs import BatchJob, BatchJobStore, JobFilter
 from bulkinfer.store.job_events import JobEvent
 
@@ -67,8 +68,15 @@ class Page:
 
 
 class BatchService:
-    def __init__(self, store: BatchJobStore, scheduler: Scheduler, catalog: Catalog) -> None:
+    def __init__(
+        self,
+        store: BatchJobStore,
+        scheduler: Scheduler,
+        catalog: Catalog,
+        webhooks: hooks.Webhooks | None = None,
+    ) -> None:
         self._store = store
+        self._webhooks = webhooks
         self._scheduler = scheduler
         self._catalog = catalog
 
@@ -82,7 +90,9 @@ class BatchService:
         return self._submitted(self._store.create(self._new(new), new.tenant.max_active_jobs))
 
     async def submit_async(self, new: NewJob) -> BatchJob:
-        """`submit` for a request handler: waits for its group's commit off the event loop."""
+        """`submit` for a request handler: waits for its group's commit off the event loop. A webhook URL
+        the job names is checked first (the SSRF guard resolves its host)."""
+        await hooks.check_job_url(self._webhooks, new.request, new.details)
         return self._submitted(await self._store.create_async(self._new(new), new.tenant.max_active_jobs))
 
     def _submitted(self, stored: BatchJob) -> BatchJob:

@@ -22,7 +22,9 @@ from sqlalchemy.exc import DBAPIError, IntegrityError
 
 from bulkinfer.domain.job import SERVICE_ENDED, JobStatus, check_transition
 from bulkinfer.errors import UserError
+from bulkinfer.services.webhooks import Webhooks
 from bulkinfer.store import job_events
+from bulkinfer.store import webhooks as outbox
 from bulkinfer.store.batcher import Batcher
 from bulkinfer.store.migrate import current_revision, upgrade
 from bulkinfer.store.notify import Listener, announce
@@ -130,8 +132,12 @@ class JobFilter:
 
 
 class BatchJobStore:
-    def __init__(self, url: str, patience_s: float = DEFAULT_PATIENCE_S) -> None:
+    def __init__(
+        self, url: str, patience_s: float = DEFAULT_PATIENCE_S, webhooks: Webhooks | None = None
+    ) -> None:
         self._url = url
+        self._webhooks = webhooks
+        """Who is told of each status change: its webhooks are queued in the change's transaction."""
         self._patience_s = patience_s
         self._engine: Engine = make_engine(url)
         self._retry(lambda: upgrade(self._engine))
@@ -199,6 +205,8 @@ class BatchJobStore:
             if new:
                 conn.execute(insert(batch_jobs), [_row(job) for job in new])
                 job_events.save(conn, [job_events.of_submit(job) for job in new])
+                for job in new:
+                    outbox.enqueue(conn, self._webhooks, job, job.submit_time)
                 announce(conn, new[0].job_id)
         for job in new:
             job_events.submitted(job)
@@ -247,6 +255,27 @@ class BatchJobStore:
         if isinstance(outcome, BaseException):
             raise outcome
         return outcome
+
+    def claim_webhooks(self, limit: int, hold_s: float) -> list[outbox.Delivery]:
+        """Due webhook deliveries, held for this sender for ``hold_s`` (see `bulkinfer.store.webhooks`)."""
+
+        def write() -> list[outbox.Delivery]:
+            with self._engine.begin() as conn:
+                return outbox.claim(conn, limit, hold_s)
+
+        return self._retry(write)
+
+    def webhook_sent(self, delivery: outbox.Delivery, error: str | None, base_s: float) -> float | None:
+        """Record an attempt (``error`` None: delivered); when a failed one is tried again, or None."""
+
+        def write() -> float | None:
+            with self._engine.begin() as conn:
+                if error is None:
+                    outbox.delivered(conn, delivery)
+                    return None
+                return outbox.failed(conn, delivery, error, base_s)
+
+        return self._retry(write)
 
     def get(self, job_id: str) -> BatchJob | None:
         return self._one(select(batch_jobs).where(batch_jobs.c.job_id == job_id))
@@ -321,19 +350,21 @@ class BatchJobStore:
             query = query.where(c.owner == held_by)
 
         changed = job_events.of_change(job, new, changes, now)
+        after = replace(job, status=new, last_modified=now, **changes)
 
         def write() -> bool:
             with self._engine.begin() as conn:
                 if conn.execute(query.values(**values)).rowcount != 1:
                     return False
                 job_events.save(conn, [changed])
+                outbox.enqueue(conn, self._webhooks, after, now)
                 announce(conn, job.job_id)
                 return True
 
         if not self._retry(write):
             return None
         job_events.changed(job, new, changes)
-        return replace(job, status=new, last_modified=now, **changes)
+        return after
 
     def update(self, job: BatchJob, *, held_by: str | None = None, **changes: Any) -> BatchJob | None:
         """Set some columns of a job (never its status: see `transition`); with ``held_by``, only while
@@ -459,6 +490,7 @@ class BatchJobStore:
                 return None
             job = _job(row)
             job_events.save(conn, [job_events.of_change(job, JobStatus.IN_PROGRESS, changes, now)])
+            outbox.enqueue(conn, self._webhooks, replace(job, status=JobStatus.IN_PROGRESS, **changes), now)
             announce(conn, row["job_id"])
         job_events.changed(job, JobStatus.IN_PROGRESS, changes)
         return replace(job, status=JobStatus.IN_PROGRESS, **changes)
@@ -573,6 +605,8 @@ class BatchJobStore:
                 if released:
                     notes = [job_events.of_note(j, "job.let_go", reason, now) for j in released]
                     job_events.save(conn, notes)
+                    for row in requeued:  # (InProgress -> Scheduled: a change of status, told)
+                        outbox.enqueue(conn, self._webhooks, _job(row), now)
                     announce(conn, "*")
             return released
 

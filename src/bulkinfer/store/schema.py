@@ -103,6 +103,27 @@ job_events = Table(
     Index("ix_job_events_job_seq", "job_id", "seq"),
 )
 
+# The webhook outbox: one row per request to send, written in the transaction of the job change it
+# tells, so a change that committed is always told and one that did not never is.
+webhook_deliveries = Table(
+    "webhook_deliveries",
+    metadata,
+    Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True),
+    Column("webhook_id", String(64), nullable=False),
+    Column("job_id", String(64), nullable=False),
+    Column("url", Text, nullable=False),
+    Column("guarded", Boolean, nullable=False),
+    Column("payload", Text, nullable=False),
+    Column("created_at", Float, nullable=False),
+    Column("attempts", Integer, nullable=False),
+    Column("next_attempt_at", Float),
+    Column("delivered_at", Float),
+    Column("given_up", Boolean, nullable=False),
+    Column("last_error", Text),
+    Index("ix_webhook_deliveries_due", "next_attempt_at"),
+    Index("ix_webhook_deliveries_job", "job_id"),
+)
+
 # Files uploaded through the OpenAI Files API (their bytes live in the files bucket, at ``uri``).
 files = Table(
     "files",

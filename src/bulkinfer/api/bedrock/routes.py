@@ -65,7 +65,9 @@ async def create_job(
     # async, with the store's grouped commit awaited: no thread-pool hop per request (see store.batcher)
     sent = body.model_dump(exclude_none=True)
     sent.pop("clientRequestToken", None)
-    new = NewJob(who.tenant, body.jobName, body.modelId, body.clientRequestToken, sent)
+    # the region the caller signed with: the one in its job's ARN, which the job's webhooks name too
+    details = {"region": who.region}
+    new = NewJob(who.tenant, body.jobName, body.modelId, body.clientRequestToken, sent, details=details)
     job = await jobs.submit_async(new)
     return {"jobArn": job_arn(job.job_id, who.region, _account(request))}
 

@@ -40,7 +40,7 @@ from bulkinfer.cli.progress import JobProgress
 from bulkinfer.cli.retry import retry_request
 from bulkinfer.cli.summary import GONE, print_catalog, print_dry_run, print_jobs, print_report
 from bulkinfer.dialects.registry import get_dialect
-from bulkinfer.domain.job import SERVICE_ENDED, TRANSITIONS, JobStatus
+from bulkinfer.domain.job import SERVICE_ENDED, TRANSITIONS, Counts, JobStatus
 from bulkinfer.engine import history
 from bulkinfer.engine.finalize import MANIFEST_NAME, error_message, merged_lines
 from bulkinfer.engine.job import STATE_DIR, LocalJob, MediaSettings, RunRequest, lock_is_held
@@ -50,7 +50,8 @@ from bulkinfer.errors import BulkinferError, UserError
 from bulkinfer.formats.bedrock import output_text
 from bulkinfer.formats.jsonl import Line, OversizeLine, split_lines
 from bulkinfer.formats.records import ERRORS_SUFFIX, get_format
-from bulkinfer.providers.catalog import Catalog
+from bulkinfer.providers.catalog import Catalog, ModelSpec
+from bulkinfer.providers.cost import job_cost
 from bulkinfer.providers.extras import require_client, require_model
 from bulkinfer.storage.files import list_inputs, read_blocks
 from bulkinfer.store.state import ChunkRecord, CorruptStateFile, JobRecord, StateStore
@@ -388,8 +389,10 @@ def status(
     server: Annotated[
         str | None, typer.Option("--server", envvar="BULKINFER_SERVER", help="Ask a running bulkinfer serve.")
     ] = None,
+    models: ModelsOption = None,
 ) -> None:
-    """Show jobs and their progress: of an output folder, or one job of a server."""
+    """Show jobs and their progress: of an output folder, or one job of a server. A local job's tokens
+    and cost are its committed records' (what a kill would keep), at the catalog's price."""
     if server is not None:
         raise typer.Exit(_remote(lambda: _show_server_job(server, target)))
     output = Path(target)
@@ -400,10 +403,22 @@ def status(
         if job_id is not None and not jobs:
             raise UserError(f"no job {job_id!r} in {output}")
         gone = [j for j in jobs if _process_gone(output, j)]
-        print_jobs(out, [(j, store.counts(j.job_id)) for j in jobs], frozenset(j.job_id for j in gone))
+        catalog = Catalog.load(models)
+        rows = [(j, c, _committed_cost(catalog, j, c)) for j in jobs for c in [store.counts(j.job_id)]]
+        print_jobs(out, rows, frozenset(j.job_id for j in gone))
     for job in gone:
         said = f"job {job.job_id}: {GONE}; resume with:\n  {_resume_command(job, output)}"
         out.print(said, markup=False, highlight=False, soft_wrap=True)
+
+
+def _committed_cost(catalog: Catalog, job: JobRecord, committed: Counts) -> float | None:
+    """The cost of a local job's own committed records (a retry job's: not its base's); None where
+    its model's price is unknown, or its model is not in this catalog."""
+    try:
+        spec: ModelSpec | None = catalog.get(job.model)
+    except UserError:
+        spec = None
+    return job_cost(spec, committed.input_tokens, committed.output_tokens).usd
 
 
 def _process_gone(output: Path, job: JobRecord) -> bool:

@@ -22,6 +22,7 @@ from typing import Any
 from bulkinfer.providers.catalog import ModelSpec
 
 PRICE_UNIT = "USD per 1M tokens"
+UNKNOWN = "unknown"
 FROM_CATALOG = "catalog"
 LOCAL_FREE = "local model: no per-token charge"
 NO_PRICE = "unknown: the model's catalog entry sets no price"
@@ -79,3 +80,8 @@ def job_cost(spec: ModelSpec | None, input_tokens: int, output_tokens: int) -> J
     """The cost of a job's committed tokens at its model's batch price, with the prices used."""
     usd = None if spec is None else spec.estimated_cost(input_tokens, output_tokens)
     return JobCost(usd, prices_of(spec))
+
+
+def usd_text(usd: float | None) -> str:
+    """A cost as the CLI shows it: ``$0.012346``, or ``unknown`` (never ``$0.00`` for unknown)."""
+    return UNKNOWN if usd is None else f"${usd:,.6f}"

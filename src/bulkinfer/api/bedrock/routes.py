@@ -84,9 +84,7 @@ def list_jobs(
     page = jobs.list(wanted, query.maxResults, query.nextToken)
     account = _account(request)
     body: dict[str, Any] = {
-        "invocationJobSummaries": [
-            job_summary(j, who.region, account, jobs.cost(j)) for j in page.jobs
-        ]
+        "invocationJobSummaries": [job_summary(j, who.region, account, jobs.cost(j)) for j in page.jobs]
     }
     if page.next_token:
         body["nextToken"] = page.next_token

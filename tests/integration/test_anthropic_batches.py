@@ -136,7 +136,8 @@ def test_a_batch_runs_and_its_results_hold_every_request_once(server: Server) ->
     assert raw.endswith("\n") and "\n\n" not in raw and raw.count("\n") == 12
     assert ended.model_extra is not None  # bulkinfer's own fields, kept by the SDK
     assert ended.model_extra["estimated_cost_usd"] == 0.0  # echo: a local model, no per-token charge
-    assert ended.to_dict()["prices"]["source"] == "local model: no per-token charge"
+    prices: dict[str, Any] = ended.to_dict()["prices"]  # type: ignore[assignment]
+    assert prices["source"] == "local model: no per-token charge"
 
 
 def test_a_create_sent_again_returns_the_same_batch(server: Server) -> None:
@@ -308,7 +309,8 @@ def test_a_request_the_model_fails_is_an_errored_result(server: Server) -> None:
     used = [got[f"picky-{i}"].message.usage for i in (0, 2)]  # the cost of the committed results
     tokens = sum(u.input_tokens for u in used), sum(u.output_tokens for u in used)
     assert ended.to_dict()["estimated_cost_usd"] == round((tokens[0] * 2 + tokens[1] * 10) / 1e6 * 0.5, 6)
-    assert ended.to_dict()["prices"]["inputPerMillion"] == 2
+    prices: dict[str, Any] = ended.to_dict()["prices"]  # type: ignore[assignment]
+    assert prices["inputPerMillion"] == 2
 
 
 def test_a_batch_survives_kill_9_and_a_restart(server: Server) -> None:

@@ -128,8 +128,9 @@ def test_ctrl_c_stops_gracefully_and_says_how_to_resume(
     args += ["--models", str(catalog)]
     proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env())
     wait_for(lambda: committed_records(out, "ctrlc") >= 10, timeout=60)
-    live = bulkinfer("status", out, "--job-id", "ctrlc")  # another terminal watching the job
+    live = bulkinfer("status", out, "--job-id", "ctrlc", "--models", catalog)  # another terminal watching
     assert live.returncode == 0 and "InProgress" in live.stdout and "of 300" in live.stdout
+    assert "$0.000000" in live.stdout  # its committed records' cost: a local model, no per-token charge
     proc.send_signal(signal.SIGINT)
     stdout, stderr = proc.communicate(timeout=60)
     assert proc.returncode == 130, stderr
@@ -142,6 +143,7 @@ def test_ctrl_c_stops_gracefully_and_says_how_to_resume(
     assert len(read_jsonl(out / "ctrlc" / "in.jsonl.out")) == 300
     done = bulkinfer("status", out)
     assert "Completed" in done.stdout and "300 of 300" in done.stdout
+    assert "unknown" in done.stdout and "$" not in done.stdout  # its model is not in the built-in catalog
 
 
 def committed_chunks(state: Path) -> int:
@@ -213,6 +215,7 @@ def test_run_prints_a_summary_and_results_shows_records(tmp_path: Path) -> None:
     shown = bulkinfer("results", tmp_path / "out" / "sum", "-n", "2")
     assert shown.returncode == 0, shown.stderr
     assert shown.stdout.splitlines() == ["S0000000000 text 0", "[/x]markup [bold]not markup[/bold]"]
+    assert "tokens in/out: " in shown.stderr and "; cost: $0.000000" in shown.stderr
 
 
 def test_a_bad_job_id_is_a_usage_error(tmp_path: Path) -> None:

@@ -23,6 +23,7 @@ from bulkinfer.providers.cost import (
     NO_PRICE,
     NOT_IN_CATALOG,
     PRICE_UNIT,
+    cost_in,
     job_cost,
     usd_text,
 )
@@ -80,9 +81,11 @@ def test_a_remote_model_with_no_price_costs_unknown_not_zero(catalog: Catalog) -
     assert shown["batchDiscountApplied"] is False
 
 
-def test_a_model_not_in_the_catalog_costs_unknown() -> None:
+def test_a_model_not_in_the_catalog_costs_unknown(catalog: Catalog) -> None:
     cost = job_cost(None, 5_000, 7_000)
     assert cost.usd is None and cost.prices.source == NOT_IN_CATALOG
+    assert cost_in(catalog, "gone", 5_000, 7_000) == cost
+    assert cost_in(catalog, "local-free", 5_000, 7_000).usd == 0.0
 
 
 def test_the_estimated_cost_the_dashboard_uses_agrees(catalog: Catalog) -> None:

@@ -51,8 +51,8 @@ from bulkinfer.errors import BulkinferError, UserError
 from bulkinfer.formats.bedrock import output_text
 from bulkinfer.formats.jsonl import Line, OversizeLine, split_lines
 from bulkinfer.formats.records import ERRORS_SUFFIX, get_format
-from bulkinfer.providers.catalog import Catalog, ModelSpec
-from bulkinfer.providers.cost import job_cost, usd_text
+from bulkinfer.providers.catalog import Catalog
+from bulkinfer.providers.cost import cost_in, usd_text
 from bulkinfer.providers.extras import require_client, require_model
 from bulkinfer.storage.files import list_inputs, read_blocks
 from bulkinfer.store.state import ChunkRecord, CorruptStateFile, JobRecord, StateStore
@@ -415,11 +415,7 @@ def status(
 def _committed_cost(catalog: Catalog, job: JobRecord, committed: Counts) -> float | None:
     """The cost of a local job's own committed records (a retry job's: not its base's); None where
     its model's price is unknown, or its model is not in this catalog."""
-    try:
-        spec: ModelSpec | None = catalog.get(job.model)
-    except UserError:
-        spec = None
-    return job_cost(spec, committed.input_tokens, committed.output_tokens).usd
+    return cost_in(catalog, job.model, committed.input_tokens, committed.output_tokens).usd
 
 
 def _process_gone(output: Path, job: JobRecord) -> bool:

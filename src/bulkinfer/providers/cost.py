@@ -19,7 +19,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from bulkinfer.providers.catalog import ModelSpec
+from bulkinfer.errors import UserError
+from bulkinfer.providers.catalog import Catalog, ModelSpec
 
 PRICE_UNIT = "USD per 1M tokens"
 UNKNOWN = "unknown"
@@ -80,6 +81,15 @@ def job_cost(spec: ModelSpec | None, input_tokens: int, output_tokens: int) -> J
     """The cost of a job's committed tokens at its model's batch price, with the prices used."""
     usd = None if spec is None else spec.estimated_cost(input_tokens, output_tokens)
     return JobCost(usd, prices_of(spec))
+
+
+def cost_in(catalog: Catalog, model: str, input_tokens: int, output_tokens: int) -> JobCost:
+    """`job_cost` of a model named by a job: unknown where the catalog no longer has it."""
+    try:
+        spec: ModelSpec | None = catalog.get(model)
+    except UserError:
+        spec = None
+    return job_cost(spec, input_tokens, output_tokens)
 
 
 def usd_text(usd: float | None) -> str:

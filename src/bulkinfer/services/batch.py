@@ -14,7 +14,7 @@ from bulkinfer.domain.tenant import Tenant
 from bulkinfer.errors import BulkinferError, UserError
 from bulkinfer.faults import failpoint
 from bulkinfer.providers.catalog import Catalog
-from bulkinfer.providers.cost import JobCost, job_cost
+from bulkinfer.providers.cost import JobCost, cost_in
 from bulkinfer.scheduler.scheduler import Scheduler, deadline, input_uri, output_uri
 from bulkinfer.store.batch_jobs import BatchJob, BatchJobStore, JobFilter
 
@@ -80,11 +80,7 @@ class BatchService:
         """A job's cost from the tokens it reports: an ended job's final ones; a running job's finished
         records' (reset to its committed records' whenever it is taken up again, so a job resumed after
         a kill counts each record once). A retry job's ended tokens hold its base's too."""
-        try:
-            spec = self._catalog.get(job.model_id)
-        except UserError:  # a model no longer in the catalog: its price is not known
-            spec = None
-        return job_cost(spec, job.input_tokens or 0, job.output_tokens or 0)
+        return cost_in(self._catalog, job.model_id, job.input_tokens or 0, job.output_tokens or 0)
 
     def submit(self, new: NewJob) -> BatchJob:
         """Record a job (Submitted) and wake the scheduler; a repeated client token returns the first job

@@ -42,7 +42,10 @@ def _session() -> Any:
     import boto3
 
     region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
-    return boto3.session.Session(region_name=region)
+    session = boto3.session.Session(region_name=region)
+    for call in ("GetModelInvocationJob", "ListModelInvocationJobs"):  # every client made from it
+        session.events.register(f"after-call.bedrock.{call}", _keep_own_members)
+    return session
 
 
 OWN_MEMBERS = ("inputTokenCount", "outputTokenCount", "estimatedCostUSD", "prices")
@@ -50,10 +53,7 @@ OWN_MEMBERS = ("inputTokenCount", "outputTokenCount", "estimatedCostUSD", "price
 
 
 def client(server: str) -> Any:
-    bedrock = _session().client("bedrock", endpoint_url=server_url(server))
-    for call in ("GetModelInvocationJob", "ListModelInvocationJobs"):
-        bedrock.meta.events.register(f"after-call.bedrock.{call}", _keep_own_members)
-    return bedrock
+    return _session().client("bedrock", endpoint_url=server_url(server))
 
 
 def _keep_own_members(http_response: Any, parsed: dict[str, Any], **_: Any) -> None:
@@ -87,7 +87,7 @@ def output_files(server: str, job: str) -> tuple[dict[str, Any], list[Iterator[b
     each file is requested only when its blocks are first read. ``None`` for a job that has not ended:
     the server writes its files only then."""
     session = _session()
-    bedrock = client(server)
+    bedrock = session.client("bedrock", endpoint_url=server_url(server))
     found: dict[str, Any] = bedrock.get_model_invocation_job(jobIdentifier=job)
     if found["status"] not in TERMINAL:
         return found, None

@@ -42,6 +42,22 @@ def committed_records(output: Path, job_id: str) -> int:
     return int(row[0])
 
 
+PRICE = """
+[models."echo-test".price]
+input_per_million = 2
+output_per_million = 10
+batch_discount = 0.5
+"""
+
+
+def committed_tokens(output: Path) -> tuple[int, int]:
+    """The input and output tokens of every job's committed records, as the state file sums them."""
+    with sqlite3.connect(output / ".bulkinfer" / "state.db") as conn:
+        query = "SELECT COALESCE(SUM(input_tokens), 0), COALESCE(SUM(output_tokens), 0) FROM chunks"
+        row = conn.execute(query).fetchone()
+    return int(row[0]), int(row[1])
+
+
 def wait_for(predicate: Callable[[], bool], timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while not predicate():
@@ -55,6 +71,7 @@ def test_sigkill_mid_job_then_rerun_gives_every_record_exactly_once(
     total = 600
     log = tmp_path / "invocations.log"
     catalog = echo_catalog(delay_s=0.1, invocation_log=str(log), batch_size=10, concurrency=2)
+    catalog.write_text(catalog.read_text() + PRICE)  # so "counted once" shows in the cost too
     records = [anthropic_record(f"K{i:010d}", f"record-{i}") for i in range(total)]
     source = write_jsonl(tmp_path / "in" / "records.jsonl", records)
     out = tmp_path / "out"
@@ -81,6 +98,12 @@ def test_sigkill_mid_job_then_rerun_gives_every_record_exactly_once(
     assert all("modelOutput" in line for line in lines)
     manifest = orjson.loads((out / "killme" / "manifest.json.out").read_bytes())
     assert manifest["totalRecordCount"] == manifest["successRecordCount"] == total
+    # tokens and cost are the committed records', once each: not those of records run twice
+    used = [line["modelOutput"]["usage"] for line in lines]
+    tokens = (sum(u["input_tokens"] for u in used), sum(u["output_tokens"] for u in used))
+    assert (manifest["inputTokenCount"], manifest["outputTokenCount"]) == tokens == committed_tokens(out)
+    assert manifest["estimatedCostUSD"] == round((tokens[0] * 2 + tokens[1] * 10) / 1e6 * 0.5, 6)
+    assert manifest["prices"]["source"] == "catalog" and manifest["prices"]["inputPerMillion"] == 2
 
     ran_after = log.read_text().splitlines()[len(ran_before) :]
     everything = {f"record-{i}" for i in range(total)}
@@ -105,8 +128,9 @@ def test_ctrl_c_stops_gracefully_and_says_how_to_resume(
     args += ["--models", str(catalog)]
     proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env())
     wait_for(lambda: committed_records(out, "ctrlc") >= 10, timeout=60)
-    live = bulkinfer("status", out, "--job-id", "ctrlc")  # another terminal watching the job
+    live = bulkinfer("status", out, "--job-id", "ctrlc", "--models", catalog)  # another terminal watching
     assert live.returncode == 0 and "InProgress" in live.stdout and "of 300" in live.stdout
+    assert "$0.000000" in live.stdout  # its committed records' cost: a local model, no per-token charge
     proc.send_signal(signal.SIGINT)
     stdout, stderr = proc.communicate(timeout=60)
     assert proc.returncode == 130, stderr
@@ -119,6 +143,7 @@ def test_ctrl_c_stops_gracefully_and_says_how_to_resume(
     assert len(read_jsonl(out / "ctrlc" / "in.jsonl.out")) == 300
     done = bulkinfer("status", out)
     assert "Completed" in done.stdout and "300 of 300" in done.stdout
+    assert "unknown" in done.stdout and "$" not in done.stdout  # its model is not in the built-in catalog
 
 
 def committed_chunks(state: Path) -> int:
@@ -190,6 +215,7 @@ def test_run_prints_a_summary_and_results_shows_records(tmp_path: Path) -> None:
     shown = bulkinfer("results", tmp_path / "out" / "sum", "-n", "2")
     assert shown.returncode == 0, shown.stderr
     assert shown.stdout.splitlines() == ["S0000000000 text 0", "[/x]markup [bold]not markup[/bold]"]
+    assert "tokens in/out: " in shown.stderr and "; cost: $0.000000" in shown.stderr
 
 
 def test_a_bad_job_id_is_a_usage_error(tmp_path: Path) -> None:

@@ -72,6 +72,8 @@ def test_retry_errors_runs_only_the_failures_and_merges_them_into_the_output(
     assert combined["inputTokenCount"] == base["inputTokenCount"] + own_input
     assert combined["outputTokenCount"] == base["outputTokenCount"] + own_input
     assert combined["retry"] == {"of": "base", "carriedRecordCount": 7, "retriedRecordCount": 3}
+    assert combined["estimatedCostUSD"] == base["estimatedCostUSD"] == 0.0  # both jobs', summed once
+    assert combined["prices"]["source"] == "local model: no per-token charge"  # this job's prices
 
     shown = bulkinfer("results", out / "base-retry-1", "-n", "0")
     assert shown.returncode == 0 and len(shown.stdout.splitlines()) == 10

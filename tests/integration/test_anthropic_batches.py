@@ -37,6 +37,10 @@ provider = "echo"
 batch_size = 1
 [models.picky.options]
 fail_text = "EXPLODE"
+[models.picky.price]
+input_per_million = 2
+output_per_million = 10
+batch_discount = 0.5
 """
 )
 
@@ -130,6 +134,10 @@ def test_a_batch_runs_and_its_results_hold_every_request_once(server: Server) ->
         assert result.message.content[0].text == f"hello {custom_id.replace('-', ' ')}"
     raw = sdk.get(ended.results_url, cast_to=str)
     assert raw.endswith("\n") and "\n\n" not in raw and raw.count("\n") == 12
+    assert ended.model_extra is not None  # bulkinfer's own fields, kept by the SDK
+    assert ended.model_extra["estimated_cost_usd"] == 0.0  # echo: a local model, no per-token charge
+    prices: dict[str, Any] = ended.to_dict()["prices"]  # type: ignore[assignment]
+    assert prices["source"] == "local model: no per-token charge"
 
 
 def test_a_create_sent_again_returns_the_same_batch(server: Server) -> None:
@@ -298,6 +306,11 @@ def test_a_request_the_model_fails_is_an_errored_result(server: Server) -> None:
     errored = got["picky-1"]
     assert errored.type == "errored" and errored.error.type == "error"
     assert errored.error.error.type == "api_error" and "EXPLODE" in errored.error.error.message
+    used = [got[f"picky-{i}"].message.usage for i in (0, 2)]  # the cost of the committed results
+    tokens = sum(u.input_tokens for u in used), sum(u.output_tokens for u in used)
+    assert ended.to_dict()["estimated_cost_usd"] == round((tokens[0] * 2 + tokens[1] * 10) / 1e6 * 0.5, 6)
+    prices: dict[str, Any] = ended.to_dict()["prices"]  # type: ignore[assignment]
+    assert prices["inputPerMillion"] == 2
 
 
 def test_a_batch_survives_kill_9_and_a_restart(server: Server) -> None:

@@ -22,7 +22,9 @@ import sqlalchemy
 from botocore.exceptions import ClientError
 from typer.testing import CliRunner
 
+from bulkinfer.cli import remote
 from bulkinfer.cli.main import app
+from bulkinfer.providers.cost import LOCAL_FREE
 from tests.acceptance.test_cli_messages import ANTHROPIC_LINE, OPENAI_LINE, chat_record, image_record
 from tests.conftest import SLOW_ECHO_CATALOG as CATALOG
 from tests.conftest import anthropic_record, read_jsonl, write_jsonl
@@ -154,6 +156,42 @@ def test_a_job_runs_to_completion_with_bedrock_outputs(server: Server) -> None:
     manifest = orjson.loads((out / "manifest.json.out").read_bytes())
     assert manifest["totalRecordCount"] == 42 and manifest["successRecordCount"] == 42
     assert bedrock.get_model_invocation_job(jobIdentifier=job_id)["jobArn"] == arn  # id or ARN
+    assert manifest["prices"]["source"] == LOCAL_FREE and manifest["estimatedCostUSD"] == 0.0
+
+
+def test_get_and_list_carry_the_cost_and_prices_that_boto3_leaves_out(
+    server: Server, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    write_jsonl(server.bucket("cost-bucket") / "in.jsonl", records(5))
+    bedrock = client(server)
+    raw: list[dict[str, Any]] = []
+    bedrock.meta.events.register(
+        "after-call.bedrock.GetModelInvocationJob",
+        lambda http_response, **_: raw.append(orjson.loads(http_response.content)),
+    )
+    arn = create(bedrock, "costed", "s3://cost-bucket/in.jsonl", "s3://cost-bucket/out/")
+    job = wait_status(bedrock, arn, {"Completed", "Failed"})
+    assert job["status"] == "Completed" and "estimatedCostUSD" not in job  # boto3 parses it, leaves it out
+    sent = raw[-1]
+    manifest = orjson.loads(
+        (
+            server.bucket("cost-bucket") / "out" / job["jobArn"].rsplit("/", 1)[1] / "manifest.json.out"
+        ).read_bytes()
+    )
+    assert sent["estimatedCostUSD"] == manifest["estimatedCostUSD"] == 0.0  # echo: local, no charge
+    assert sent["prices"] == manifest["prices"] and sent["prices"]["source"] == LOCAL_FREE
+    assert (sent["inputTokenCount"], sent["outputTokenCount"]) == (
+        manifest["inputTokenCount"],
+        manifest["outputTokenCount"],
+    )
+
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIDTENANTA")  # the CLI's client keeps our members
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "secret")
+    cli = remote.client(server.url)
+    assert cli.get_model_invocation_job(jobIdentifier=arn)["prices"] == sent["prices"]
+    listed = cli.list_model_invocation_jobs(nameContains="costed")["invocationJobSummaries"]
+    assert [j["estimatedCostUSD"] for j in listed] == [0.0]
+    assert remote.cost_of(listed[0]) == "$0.000000"
 
 
 def test_list_filters_sorts_and_pages_with_the_boto3_paginator(server: Server) -> None:

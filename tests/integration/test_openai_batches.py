@@ -33,11 +33,17 @@ api_keys_env = "BI_TEST_BATCH_B_KEYS"
 """
 KEYS_ENV = {"BI_TEST_BATCH_A_KEYS": TEAM_A_KEY, "BI_TEST_BATCH_B_KEYS": TEAM_B_KEY}
 CHAT: Final = "/v1/chat/completions"
+SLOW_ECHO_PRICE = """
+[models.slow-echo.price]
+input_per_million = 2
+output_per_million = 10
+batch_discount = 0.5
+"""
 
 
 def serve(root: Path, *extra: str) -> Server:
     """A server knowing the two tenants, with the echo and slow-echo models."""
-    (root / "models.toml").write_text(SLOW_ECHO_CATALOG)
+    (root / "models.toml").write_text(SLOW_ECHO_CATALOG + SLOW_ECHO_PRICE)
     (root / "tenants.toml").write_text(TENANTS)
     saved = {name: os.environ.get(name) for name in KEYS_ENV}
     os.environ.update(KEYS_ENV)
@@ -129,6 +135,9 @@ def test_a_batch_runs_to_completion_with_output_and_error_files(server: Server) 
     usage: dict[str, Any] = wire["usage"]  # type: ignore[assignment]
     assert usage["input_tokens"] > 0 and usage["output_tokens"] > 0
     assert usage["total_tokens"] == usage["input_tokens"] + usage["output_tokens"]
+    assert batch.model_extra is not None  # bulkinfer's own fields, kept by the SDK
+    assert batch.model_extra["estimated_cost_usd"] == wire["estimated_cost_usd"] == 0.0  # echo: local
+    assert batch.model_extra["prices"]["source"] == "local model: no per-token charge"
     assert batch.completed_at is not None and batch.completed_at >= batch.created_at
     out, err = download(client, batch.output_file_id), download(client, batch.error_file_id)
     assert ids(out) == sorted(f"ok-{i}" for i in range(8))
@@ -370,6 +379,8 @@ def test_a_server_killed_mid_batch_finishes_it_after_a_restart(kind: str, tmp_pa
             usage: dict[str, Any] = done.to_dict()["usage"]  # type: ignore[assignment]
             prompt_tokens = sum(x["response"]["body"]["usage"]["prompt_tokens"] for x in out)
             assert usage["input_tokens"] == prompt_tokens  # records run again after the kill count once
+            cost = (usage["input_tokens"] * 2 + usage["output_tokens"] * 10) / 1e6 * 0.5
+            assert done.to_dict()["estimated_cost_usd"] == round(cost, 6)  # and so does their cost
         finally:
             running.stop()
 

@@ -78,6 +78,11 @@ def test_results_of_a_server_job_read_as_those_of_a_local_folder(server: Server)
     assert local.exit_code == 0, local.stderr
     assert remote.stdout == local.stdout and len(remote.stdout.splitlines()) == 6
     assert remote.stdout.splitlines()[2].startswith("BROKEN00001 mixed.jsonl line 3: modelInput.messages")
+    assert "tokens in/out: " in remote.stderr and "; cost: $0.000000" in remote.stderr  # echo: local
+    assert remote.stderr.split("tokens in/out: ")[1] == local.stderr.split("tokens in/out: ")[1]
+    status = cli("status", arn, "--server", server.url)  # the server's own members, which boto3 drops
+    assert status.exit_code == 0, status.stderr
+    assert "$0.000000" in status.stdout and "tokens in/out" in status.stdout
 
     by_id = cli("results", arn.rsplit("/", 1)[1], "-n", "2", server=server.url)  # BULKINFER_SERVER
     assert by_id.stdout.splitlines() == ["R0000000000 text 0", "R0000000001 text 1"]

@@ -40,8 +40,9 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 
 from bulkinfer.domain.job import SERVICE_ENDED, JobStatus
-from bulkinfer.errors import ConfigError, UserError
+from bulkinfer.errors import ConfigError
 from bulkinfer.providers.catalog import Catalog
+from bulkinfer.providers.cost import cost_in
 from bulkinfer.scheduler.scheduler import Scheduler
 from bulkinfer.settings import ServerSettings
 from bulkinfer.store.batch_jobs import RUNNING, BatchJobStore
@@ -178,12 +179,9 @@ class StoreCollector(Collector):
             labels=["model"],
         )
         for model in sorted({model for model, _ in figures.tokens}):
-            try:
-                spec = self._catalog.get(model)
-            except UserError:  # a model no longer in the catalog: its price is not known
-                continue
-            usd = spec.estimated_cost(figures.tokens[(model, "input")], figures.tokens[(model, "output")])
-            if usd is not None:
+            tokens = figures.tokens[(model, "input")], figures.tokens[(model, "output")]
+            usd = cost_in(self._catalog, model, *tokens).usd
+            if usd is not None:  # unknown (no price, or no longer in the catalog): no figure, never 0
                 cost.add_metric([model], usd)
         return cost
 

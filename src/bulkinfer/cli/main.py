@@ -40,10 +40,11 @@ from bulkinfer.cli.progress import JobProgress
 from bulkinfer.cli.retry import retry_request
 from bulkinfer.cli.summary import GONE, print_catalog, print_dry_run, print_jobs, print_report
 from bulkinfer.dialects.registry import get_dialect
-from bulkinfer.domain.job import SERVICE_ENDED, TRANSITIONS, JobStatus
+from bulkinfer.domain.job import SERVICE_ENDED, TRANSITIONS, Counts, JobStatus
 from bulkinfer.engine import history
 from bulkinfer.engine.finalize import MANIFEST_NAME, error_message, merged_lines
 from bulkinfer.engine.job import STATE_DIR, LocalJob, MediaSettings, RunRequest, lock_is_held
+from bulkinfer.engine.retry import read_manifest
 from bulkinfer.engine.runner import EngineSettings
 from bulkinfer.engine.validate import check_fit, check_inputs, check_some_valid, dry_run, format_of_files
 from bulkinfer.errors import BulkinferError, ConfigError, UserError
@@ -51,6 +52,7 @@ from bulkinfer.formats.bedrock import output_text
 from bulkinfer.formats.jsonl import Line, OversizeLine, split_lines
 from bulkinfer.formats.records import ERRORS_SUFFIX, get_format
 from bulkinfer.providers.catalog import Catalog
+from bulkinfer.providers.cost import cost_in, usd_text
 from bulkinfer.providers.extras import require_client, require_model
 from bulkinfer.storage.files import list_inputs, read_blocks
 from bulkinfer.store.state import ChunkRecord, CorruptStateFile, JobRecord, StateStore
@@ -388,8 +390,10 @@ def status(
     server: Annotated[
         str | None, typer.Option("--server", envvar="BULKINFER_SERVER", help="Ask a running bulkinfer serve.")
     ] = None,
+    models: ModelsOption = None,
 ) -> None:
-    """Show jobs and their progress: of an output folder, or one job of a server."""
+    """Show jobs and their progress: of an output folder, or one job of a server. A local job's tokens
+    and cost are its committed records' (what a kill would keep), at the catalog's price."""
     if server is not None:
         raise typer.Exit(_remote(lambda: _show_server_job(server, target)))
     output = Path(target)
@@ -400,10 +404,18 @@ def status(
         if job_id is not None and not jobs:
             raise UserError(f"no job {job_id!r} in {output}")
         gone = [j for j in jobs if _process_gone(output, j)]
-        print_jobs(out, [(j, store.counts(j.job_id)) for j in jobs], frozenset(j.job_id for j in gone))
+        catalog = Catalog.load(models)
+        rows = [(j, c, _committed_cost(catalog, j, c)) for j in jobs for c in [store.counts(j.job_id)]]
+        print_jobs(out, rows, frozenset(j.job_id for j in gone))
     for job in gone:
         said = f"job {job.job_id}: {GONE}; resume with:\n  {_resume_command(job, output)}"
         out.print(said, markup=False, highlight=False, soft_wrap=True)
+
+
+def _committed_cost(catalog: Catalog, job: JobRecord, committed: Counts) -> float | None:
+    """The cost of a local job's own committed records (a retry job's: not its base's); None where
+    its model's price is unknown, or its model is not in this catalog."""
+    return cost_in(catalog, job.model, committed.input_tokens, committed.output_tokens).usd
 
 
 def _process_gone(output: Path, job: JobRecord) -> bool:
@@ -854,19 +866,31 @@ def results(
     server: Annotated[
         str | None, typer.Option("--server", envvar="BULKINFER_SERVER", help="Ask a running bulkinfer serve.")
     ] = None,
+    models: ModelsOption = None,
 ) -> None:
-    """Show a job's records: id and model text, or the error (of a running local job, those committed)."""
+    """Show a job's records: id and model text, or the error (of a running local job, those committed);
+    then its tokens and cost."""
     if server is not None:
         raise typer.Exit(_remote(lambda: _server_results(server, target, limit)))
     with _reported():
         job_dir = _one_job(Path(target))
-        if _committed_so_far(job_dir, limit):
+        if _committed_so_far(job_dir, limit, models):
             return
         files = sorted(job_dir.rglob(f"*{remote.RECORDS_SUFFIX}")) if job_dir.is_dir() else []
         files += sorted(job_dir.rglob(f"*{ERRORS_SUFFIX}")) if job_dir.is_dir() else []  # OpenAI's
         if not files:
             raise UserError(f"no {remote.RECORDS_SUFFIX} file in {job_dir}")
         _print_records([read_blocks(path) for path in files], limit)
+        _say_usage(read_manifest(job_dir))
+
+
+def _say_usage(job: dict[str, Any] | None) -> None:
+    """A job's tokens and cost, from its manifest or its server's Get (whose members have the same
+    names); nothing where neither says them."""
+    if job is None or "inputTokenCount" not in job:
+        return
+    said = f"tokens in/out: {remote.tokens_of(job)}; cost: {remote.cost_of(job)}"
+    err.print(said, markup=False, highlight=False, soft_wrap=True)
 
 
 def _one_job(target: Path) -> Path:
@@ -895,7 +919,7 @@ def _job_folders(output: Path) -> list[Path]:
     return sorted(found)
 
 
-def _committed_so_far(job_dir: Path, limit: int) -> bool:
+def _committed_so_far(job_dir: Path, limit: int, models: Path | None) -> bool:
     """For a job of this output folder's state file that has not ended (running, stopped, failed): say
     how far it got and show its committed records, in input order, file by file. False for any other."""
     output = job_dir.parent
@@ -906,13 +930,14 @@ def _committed_so_far(job_dir: Path, limit: int) -> bool:
         if job is None or not TRANSITIONS[job.status]:
             return False  # an ended job's output files hold every record
         chunks = store.chunks(job.job_id)
-    processed = sum(c.counts.processed for c in chunks)  # counted from the very chunks shown
-    errors = sum(c.counts.errors for c in chunks)
+    counts = sum((c.counts for c in chunks), Counts())  # counted from the very chunks shown
     total = job.total_records or job.options.get("estimated_records")
     of = f"{total:,}" if total is not None else "?"
+    cost = usd_text(_committed_cost(Catalog.load(models), job, counts))
     err.print(
-        f"job {job.job_id} is {job.status.value}: {processed:,} of {of} records committed so far, "
-        f"{errors:,} errors; its output files are written when it ends",
+        f"job {job.job_id} is {job.status.value}: {counts.processed:,} of {of} records committed so far, "
+        f"{counts.errors:,} errors, tokens in/out {counts.input_tokens:,} / {counts.output_tokens:,}, "
+        f"cost {cost}; its output files are written when it ends",
         markup=False,
         highlight=False,
         soft_wrap=True,
@@ -952,6 +977,7 @@ def _server_results(server: str, target: str, limit: int) -> None:
         _error(f"job {target} has no records ({why})")
         raise typer.Exit(EXIT_USAGE)
     _print_records(files, limit)
+    _say_usage(job)
 
 
 def _print_records(files: Sequence[Iterator[bytes]], limit: int) -> None:

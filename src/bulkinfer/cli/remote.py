@@ -21,6 +21,7 @@ from rich.text import Text
 
 from bulkinfer.cli.progress import JobProgress
 from bulkinfer.errors import UserError
+from bulkinfer.providers.cost import usd_text
 from bulkinfer.providers.extras import require_client
 
 ServerOption = Annotated[
@@ -41,11 +42,33 @@ def _session() -> Any:
     import boto3
 
     region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
-    return boto3.session.Session(region_name=region)
+    session = boto3.session.Session(region_name=region)
+    for call in ("GetModelInvocationJob", "ListModelInvocationJobs"):  # every client made from it
+        session.events.register(f"after-call.bedrock.{call}", _keep_own_members)
+    return session
+
+
+OWN_MEMBERS = ("inputTokenCount", "outputTokenCount", "estimatedCostUSD", "prices")
+"""bulkinfer's own members of a job as Get and List return it, which boto3 leaves out of what it parses."""
 
 
 def client(server: str) -> Any:
     return _session().client("bedrock", endpoint_url=server_url(server))
+
+
+def _keep_own_members(http_response: Any, parsed: dict[str, Any], **_: Any) -> None:
+    """Put bulkinfer's own members of the raw response back into what boto3 parsed (the same jobs, in
+    the same order); a server that sends none leaves it as it is."""
+    try:
+        raw = orjson.loads(http_response.content)
+    except orjson.JSONDecodeError:
+        return
+    if not isinstance(raw, dict) or http_response.status_code >= 300:
+        return
+    pairs = zip(parsed.get("invocationJobSummaries", []), raw.get("invocationJobSummaries", []), strict=False)
+    for job, sent in [(parsed, raw), *pairs]:
+        if isinstance(sent, dict):
+            job.update({key: sent[key] for key in OWN_MEMBERS if key in sent})
 
 
 def server_url(server: str) -> str:
@@ -286,7 +309,8 @@ def jobs_table(bedrock: Any, status: str | None, limit: int) -> Table:
         query["statusEquals"] = status
     summaries = bedrock.list_model_invocation_jobs(**query)["invocationJobSummaries"]
     table = Table(title="Jobs")
-    for column in ("job", "name", "model", "status", "records", "errors", "submitted"):
+    columns = ("job", "name", "model", "status", "records", "errors", "tokens in/out", "cost", "submitted")
+    for column in columns:
         table.add_column(column)
     for job in summaries:
         table.add_row(*map(Text, _row(job)))  # the server's text: never markup
@@ -301,6 +325,8 @@ def job_table(job: dict[str, Any]) -> Table:
     rows += [
         ("records", records_of(job)),
         ("errors", str(job.get("errorRecordCount", 0))),
+        ("tokens in/out", tokens_of(job)),
+        ("cost", cost_of(job)),
         ("output", str(job["outputDataConfig"]["s3OutputDataConfig"]["s3Uri"])),
     ]
     for key, value in rows:
@@ -316,8 +342,20 @@ def _row(job: dict[str, Any]) -> list[str]:
         job["status"],
         records_of(job),
         str(job.get("errorRecordCount", 0)),
+        tokens_of(job),
+        cost_of(job),
         str(job["submitTime"]),
     ]
+
+
+def tokens_of(job: dict[str, Any]) -> str:
+    return f"{job.get('inputTokenCount', 0):,} / {job.get('outputTokenCount', 0):,}"
+
+
+def cost_of(job: dict[str, Any]) -> str:
+    """The server's cost of the job's committed tokens, or ``unknown`` (no price, or not said)."""
+    usd = job.get("estimatedCostUSD")
+    return usd_text(float(usd) if isinstance(usd, int | float) else None)
 
 
 def records_of(job: dict[str, Any]) -> str:

@@ -12,6 +12,7 @@ from bulkinfer.engine.job import JobReport
 from bulkinfer.engine.validate import DryRunReport
 from bulkinfer.formats.manifest import iso
 from bulkinfer.providers.catalog import Catalog, ModelSpec
+from bulkinfer.providers.cost import usd_text
 from bulkinfer.store.state import JobRecord
 
 UNKNOWN = "unknown"
@@ -64,7 +65,7 @@ def _codes(codes: dict[str, int]) -> str:
 
 def _usd(cost: float | None) -> str:
     """A cost, or ``unknown`` for a model with no price: never a made-up $0."""
-    return f"{UNKNOWN} (the model catalog has no price for this model)" if cost is None else f"${cost:,.6f}"
+    return f"{UNKNOWN} (the model catalog has no price for this model)" if cost is None else usd_text(cost)
 
 
 def print_dry_run(console: Console, report: DryRunReport, cost: float | None) -> None:
@@ -89,13 +90,17 @@ GONE = "the process running it is gone (killed?)"
 
 
 def print_jobs(
-    console: Console, rows: list[tuple[JobRecord, Counts]], gone: frozenset[str] = frozenset()
+    console: Console,
+    rows: list[tuple[JobRecord, Counts, float | None]],
+    gone: frozenset[str] = frozenset(),
 ) -> None:
-    """The jobs' table; those in ``gone`` are said to have lost their process, whatever their state says."""
+    """The jobs' table, with each job's committed counts and their cost (``None``: unknown); those in
+    ``gone`` are said to have lost their process, whatever their state says."""
     table = Table(title="Jobs")
-    for column in ("job", "model", "status", "records", "errors", "tokens in/out", "started", "ended"):
+    columns = ("job", "model", "status", "records", "errors", "tokens in/out", "cost", "started", "ended")
+    for column in columns:
         table.add_column(column)
-    for job, c in rows:
+    for job, c, cost in rows:
         total = job.total_records if job.total_records is not None else job.options.get("estimated_records")
         cells = (
             job.job_id,
@@ -104,6 +109,7 @@ def print_jobs(
             f"{c.processed:,}" + (f" of {total:,}" if total is not None else ""),
             f"{c.errors:,}",
             f"{c.input_tokens:,} / {c.output_tokens:,}",
+            usd_text(cost),
             iso(job.started_at) if job.started_at else "",
             iso(job.ended_at) if job.ended_at else "",
         )

@@ -34,6 +34,7 @@ from bulkinfer.formats.manifest import ManifestInfo, build_manifest
 from bulkinfer.formats.records import get_format, results_of_unrun
 from bulkinfer.providers.base import Provider
 from bulkinfer.providers.catalog import Catalog, ImageSettings, ModelSpec
+from bulkinfer.providers.cost import job_cost
 from bulkinfer.providers.registry import load_provider
 from bulkinfer.providers.remote.limits import LimitRegistry
 from bulkinfer.storage.files import (
@@ -610,8 +611,8 @@ class LocalJob:
         options = self._with_active_time(self.job)  # once: the manifest and the job row must agree
         ended = now()
         counts = self.committed()
-        cost = self.spec.estimated_cost(counts.input_tokens, counts.output_tokens)
-        retry = self.retry
+        own = job_cost(self.spec, counts.input_tokens, counts.output_tokens)
+        cost, retry = own.usd, self.retry
         if retry is not None:  # the combined records, the tokens and cost of both jobs
             counts, cost = retry.combined(counts, cost)
         info = ManifestInfo(
@@ -625,6 +626,7 @@ class LocalJob:
             inputs=[f.name for f in self.files],
             active_seconds=options["active_seconds"],
             estimated_cost_usd=cost,
+            prices=own.prices.as_json(),
         )
         manifest = build_manifest(info)
         if retry is not None:
@@ -690,7 +692,7 @@ class LocalJob:
         if manifest is not None and "retry" in manifest:  # two jobs' tokens, maybe at two prices
             cost = manifest.get("estimatedCostUSD")
             return None if cost is None else float(cost)
-        return self.spec.estimated_cost(counts.input_tokens, counts.output_tokens)
+        return job_cost(self.spec, counts.input_tokens, counts.output_tokens).usd
 
 
 def _describe(exc: BaseException) -> str:

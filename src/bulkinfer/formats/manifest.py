@@ -24,6 +24,9 @@ class ManifestInfo:
     written as ``null``, never as a cost of 0."""
     active_seconds: float
     """Time spent running, summed over runs: a resumed job's rates leave out the time between runs."""
+    prices: dict[str, Any] | None = None
+    """The prices the cost was worked out with (``providers.cost.Prices.as_json``): this job's, also
+    for a retry job whose cost adds its base's."""
 
 
 def build_manifest(info: ManifestInfo) -> dict[str, Any]:
@@ -48,6 +51,7 @@ def build_manifest(info: ManifestInfo) -> dict[str, Any]:
         "outputTokensPerSecond": round(c.output_tokens / duration, 3),
         "errorCodeCounts": dict(sorted(c.error_codes.items())),
         "estimatedCostUSD": None if info.estimated_cost_usd is None else round(info.estimated_cost_usd, 6),
+        "prices": info.prices,
     }
 
 

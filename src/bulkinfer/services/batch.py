@@ -14,6 +14,7 @@ from bulkinfer.domain.tenant import Tenant
 from bulkinfer.errors import BulkinferError, UserError
 from bulkinfer.faults import failpoint
 from bulkinfer.providers.catalog import Catalog
+from bulkinfer.providers.cost import JobCost, cost_in
 from bulkinfer.scheduler.scheduler import Scheduler, deadline, input_uri, output_uri
 from bulkinfer.services import webhooks as hooks
 from bulkinfer.store.batch_jobs import BatchJob, BatchJobStore, JobFilter
@@ -83,6 +84,12 @@ class BatchService:
     @property
     def catalog(self) -> Catalog:
         return self._catalog
+
+    def cost(self, job: BatchJob) -> JobCost:
+        """A job's cost from the tokens it reports: an ended job's final ones; a running job's finished
+        records' (reset to its committed records' whenever it is taken up again, so a job resumed after
+        a kill counts each record once). A retry job's ended tokens hold its base's too."""
+        return cost_in(self._catalog, job.model_id, job.input_tokens or 0, job.output_tokens or 0)
 
     def submit(self, new: NewJob) -> BatchJob:
         """Record a job (Submitted) and wake the scheduler; a repeated client token returns the first job

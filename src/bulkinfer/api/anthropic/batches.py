@@ -24,6 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from bulkinfer.api.auth import Caller
 from bulkinfer.api.bedrock.outputs import job_outputs
 from bulkinfer.api.bedrock.routes import caller, service
+from bulkinfer.api.openai.batches import cost_fields
 from bulkinfer.api.openai.files import FilesDep
 from bulkinfer.dialects.registry import get_dialect
 from bulkinfer.domain.job import SERVICE_ENDED, JobStatus
@@ -306,6 +307,7 @@ def _render(job: BatchJob, request: Request) -> dict[str, Any]:
         "cancel_initiated_at": _rfc3339(details.get("cancel_initiated_at")),
         "archived_at": None,
         "results_url": f"{base}/v1/messages/batches/{batch_id(job.job_id)}/results" if ended else None,
+        **cost_fields(request, job),  # bulkinfer's own, as on an OpenAI batch
     }
 
 

@@ -87,7 +87,7 @@ def list_jobs(
     page = jobs.list(wanted, query.maxResults, query.nextToken)
     account = _account(request)
     body: dict[str, Any] = {
-        "invocationJobSummaries": [job_summary(j, who.region, account) for j in page.jobs]
+        "invocationJobSummaries": [job_summary(j, who.region, account, jobs.cost(j)) for j in page.jobs]
     }
     if page.next_token:
         body["nextToken"] = page.next_token
@@ -146,4 +146,4 @@ def read_output(identifier: str, name: str, who: CallerDep, jobs: ServiceDep, re
 @router.get("/model-invocation-job/{identifier:path}")
 async def get_job(identifier: str, who: CallerDep, jobs: ServiceDep, request: Request) -> dict[str, Any]:
     job = await jobs.get_async(who.tenant.name, _job_id(identifier))
-    return job_summary(job, who.region, _account(request))
+    return job_summary(job, who.region, _account(request), jobs.cost(job))

@@ -12,6 +12,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
+from bulkinfer.providers.cost import JobCost
 from bulkinfer.store.batch_jobs import BatchJob
 from bulkinfer.store.job_events import JobEvent
 
@@ -125,8 +126,10 @@ def job_arn(job_id: str, region: str, account: str) -> str:
     return f"arn:aws:bedrock:{region}:{account}:model-invocation-job/{job_id}"
 
 
-def job_summary(job: BatchJob, region: str, account: str) -> dict[str, Any]:
-    """A job as Get and List return it: only members that have a value, times in ISO 8601 UTC."""
+def job_summary(job: BatchJob, region: str, account: str, cost: JobCost) -> dict[str, Any]:
+    """A job as Get and List return it: only members that have a value, times in ISO 8601 UTC. Then
+    bulkinfer's own members, which boto3 leaves out of what it returns (the raw body keeps them): the
+    tokens, and the cost with the prices used (``estimatedCostUSD`` null where the price is unknown)."""
     request = job.request
     timeout = request.get("timeoutDurationInHours") or 24
     body: dict[str, Any] = {
@@ -151,7 +154,13 @@ def job_summary(job: BatchJob, region: str, account: str) -> dict[str, Any]:
         "successRecordCount": job.success,
         "errorRecordCount": job.errors,
     }
-    return {key: value for key, value in body.items() if value is not None}
+    own = {
+        "inputTokenCount": job.input_tokens or 0,
+        "outputTokenCount": job.output_tokens or 0,
+        "estimatedCostUSD": None if cost.usd is None else round(cost.usd, 6),
+        "prices": cost.prices.as_json(),
+    }
+    return {key: value for key, value in body.items() if value is not None} | own
 
 
 def event_view(event: JobEvent) -> dict[str, Any]:

@@ -296,7 +296,17 @@ async def render(job: BatchJob, request: Request, files: FileService) -> dict[st
         "metadata": details.get("metadata"),
         # bulkinfer's own: why a batch is where it is (validation's word, an outage being waited out)
         "status_message": job.message,
+        **cost_fields(request, job),
     }
+
+
+def cost_fields(request: Request, job: BatchJob) -> dict[str, Any]:
+    """bulkinfer's own fields of a batch object (both SDKs keep fields they do not know): the cost of
+    the tokens in ``usage`` (null where the model's price is unknown) and the prices used."""
+    batch: BatchService = request.app.state.batch
+    cost = batch.cost(job)
+    usd = None if cost.usd is None else round(cost.usd, 6)
+    return {"estimated_cost_usd": usd, "prices": cost.prices.as_json()}
 
 
 def _failure(job: BatchJob, status: str) -> list[dict[str, Any]] | None:

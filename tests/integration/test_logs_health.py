@@ -94,6 +94,10 @@ def test_the_json_log_has_a_line_per_request_and_per_job_change_and_no_secret(
     file_id = upload(sdk, [line(f"c{i}", f"hello {i}") for i in range(5)])
     batch = create_batch(sdk, file_id)
     assert wait(sdk, batch.id, {"completed", "failed"}).status == "completed"
+    timeline = show_status(server, arn)  # the stored timeline, as `bulkinfer status JOB --server` shows it
+    assert [name for name in LIFECYCLE if name in timeline] == LIFECYCLE, timeline
+    assert "it waits for one of slow-echo's job slots" in timeline
+    assert "it got one of slow-echo's job slots" in timeline
     for path in ("/health", "/ready"):
         answer = httpx.get(f"{server.url}{path}?token={SECRET}")  # (a query string is never logged)
         assert answer.status_code == 200, answer.text
@@ -126,6 +130,14 @@ def test_the_json_log_has_a_line_per_request_and_per_job_change_and_no_secret(
             assert entry["tenant"] == "default" and entry["api"] == api, entry
         ended = next(e for e in entries if e["event"] == "job.ended" and e["job_id"] == job)
         assert ended["status"] == "Completed" and ended["processed"] == (20 if api == "bedrock" else 5)
+
+
+def show_status(server: Server, arn: str) -> str:
+    command = [sys.executable, "-m", "bulkinfer", "status", arn, "--server", server.url]
+    env = {**os.environ, "AWS_ACCESS_KEY_ID": ACCESS_KEY, "AWS_SECRET_ACCESS_KEY": SECRET, "COLUMNS": "300"}
+    shown = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
+    assert shown.returncode == 0, shown.stderr
+    return shown.stdout
 
 
 def test_ready_answers_503_while_the_database_is_away_and_names_no_url(tmp_path: Path) -> None:

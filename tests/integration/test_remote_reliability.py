@@ -18,8 +18,11 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
+from botocore.credentials import Credentials
 
+from bulkinfer.cli.remote import Signed
 from bulkinfer.engine.job import JobReport, LocalJob, RunRequest
 from bulkinfer.engine.progress import NoProgress
 from bulkinfer.providers.remote.limits import LimitRegistry
@@ -260,7 +263,17 @@ def test_the_service_shows_a_paused_job_and_finishes_it(tmp_path: Path, simulato
         assert "remote not answering since" in message
         simulator.go_up()
         job = wait_status(bedrock, arn, {"Completed", "Failed"}, timeout=90)
+        job_id = arn.rsplit("/", 1)[1]
+        signed = Signed(Credentials("AKIDTENANTA", "secret"), "eu-west-1")  # (the tenant client() signs as)
+        timeline = orjson.loads(
+            signed.send("GET", f"{server.url}/model-invocation-job/{job_id}/events").content
+        )
     finally:
         server.stop()
     assert job["status"] == "Completed" and job.get("message") in (None, "")
     assert job.get("errorRecordCount", 0) == 0
+    names = [e["event"] for e in timeline["events"]]  # the pause and its end are on the job's timeline
+    assert names.index("job.started") < names.index("job.paused") < names.index("job.answering")
+    paused = next(e for e in timeline["events"] if e["event"] == "job.paused")
+    assert "remote not answering since" in paused["reason"] and paused["status"] == "InProgress"
+    assert names[-1] == "job.ended"

@@ -188,3 +188,48 @@ def test_details_noted_at_once_by_several_writers_all_stay(store: BatchJobStore)
     again = store.get(created.job_id)
     assert again is not None and again.details is not None
     assert again.details["key0"] == 0 and again.details["new"] == 1
+
+
+def test_every_change_is_on_the_timeline_with_its_reason(store: BatchJobStore) -> None:
+    created = store.create(job())
+    validating = store.transition(created, JobStatus.VALIDATING, owner="a", lease_until=time.time() + 60)
+    assert validating is not None
+    scheduled = store.transition(validating, JobStatus.SCHEDULED, owner=None, lease_until=None)
+    assert scheduled is not None
+    claimed = store.claim("echo", "a", slots=1, lease_s=-1)
+    assert claimed is not None
+    assert store.release_expired() == 1  # its replica stopped renewing: back to Scheduled
+    again = store.claim("echo", "b", slots=1, lease_s=60)
+    assert again is not None
+    store.note(again, "job.paused", "paused: echo not answering since 12:00:00 (refused); retrying")
+    ended = store.transition(again, JobStatus.FAILED, message="the model crashed")
+    assert ended is not None
+    assert store.transition(again, JobStatus.COMPLETED) is None  # a change that lost leaves no event
+
+    timeline = store.events(created.job_id)
+    assert [(e.name, e.status) for e in timeline] == [
+        ("job.submitted", "Submitted"),
+        ("job.validating", "Validating"),
+        ("job.scheduled", "Scheduled"),
+        ("job.started", "InProgress"),
+        ("job.let_go", "Scheduled"),
+        ("job.resumed", "InProgress"),
+        ("job.paused", "InProgress"),
+        ("job.failed", "Failed"),
+    ]
+    reasons = [e.reason or "" for e in timeline]
+    assert "echo's job slots" in reasons[2] and "echo's job slots" in reasons[3]
+    assert "stopped renewing its lease" in reasons[4]
+    assert reasons[6].startswith("paused: echo not answering") and reasons[7] == "the model crashed"
+    assert [e.at for e in timeline] == sorted(e.at for e in timeline)
+    assert {e.tenant for e in timeline} == {"team"} and store.events("no-such-job") == []
+
+
+def test_the_timeline_keeps_the_newest_events_and_goes_with_its_job(store: BatchJobStore) -> None:
+    created = store.create(job())
+    for n in range(5):
+        store.note(created, "job.paused", f"pause {n}")
+    assert [e.reason for e in store.events(created.job_id, limit=2)] == ["pause 3", "pause 4"]
+    stopped = store.transition(created, JobStatus.STOPPED)
+    assert stopped is not None and store.delete(stopped)
+    assert store.events(created.job_id) == []

@@ -430,7 +430,9 @@ def _resume_command(job: JobRecord, output: Path) -> str:
 
 
 def _show_server_job(server: str, target: str) -> None:
-    out.print(remote.job_table(remote.client(server).get_model_invocation_job(jobIdentifier=target)))
+    job, events = remote.job_events(server, target)
+    out.print(remote.job_table(job))
+    out.print(remote.events_table(events))
 
 
 @app.command(cls=Command)

@@ -100,6 +100,26 @@ class ServerOutputs:
         return self._signed.send("GET", url, stream=stream)
 
 
+def job_events(server: str, job: str) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """A server job (as Get returns it) and its timeline, from our ``/events`` route."""
+    session = _session()
+    bedrock = session.client("bedrock", endpoint_url=server_url(server))
+    found: dict[str, Any] = bedrock.get_model_invocation_job(jobIdentifier=job)
+    credentials = session.get_credentials().get_frozen_credentials()
+    url = f"{server.rstrip('/')}/model-invocation-job/{job_id_of(found)}/events"
+    response = Signed(credentials, session.region_name).send("GET", url)
+    return found, list(orjson.loads(response.content)["events"])
+
+
+def events_table(events: list[dict[str, Any]]) -> Table:
+    table = Table(title="Timeline")
+    for column in ("time", "event", "status", "reason"):
+        table.add_column(column)
+    for e in events:  # the server's text (a reason quotes a provider's error): never markup
+        table.add_row(*(Text(str(e.get(key) or "")) for key in ("time", "event", "status", "reason")))
+    return table
+
+
 def _client_error(response: Any) -> Exception:
     """The server's error as boto3 raises it, so the CLI reports it as it reports any other."""
     from botocore.exceptions import ClientError

@@ -30,7 +30,7 @@ from typing import Any, TypeVar
 from bulkinfer.domain.job import SERVICE_ENDED, JobStatus
 from bulkinfer.domain.tally import MediaTally
 from bulkinfer.domain.tenant import EVERYTHING, NotGranted, Tenant, Tenants
-from bulkinfer.engine.job import LocalJob, MediaSettings, RunRequest
+from bulkinfer.engine.job import PAUSE_CHECK_S, LocalJob, MediaSettings, RunRequest
 from bulkinfer.engine.retry import RetryBase, manifest_usage, read_manifest
 from bulkinfer.engine.runner import EngineSettings
 from bulkinfer.errors import BulkinferError, InputError, JobLocked
@@ -606,7 +606,12 @@ class Scheduler:
         )
 
     async def _finish(self, job: BatchJob, local: LocalJob, counts: LiveCounts) -> None:
-        report = await local.execute(counts)
+        pauses = asyncio.create_task(self._note_pauses(job, local), name=f"pauses-{job.job_id}")
+        try:
+            report = await local.execute(counts)
+        finally:
+            pauses.cancel()
+            await asyncio.gather(pauses, return_exceptions=True)
         if self._staging is not None:
             await self._publish(job)
         c = report.counts
@@ -621,6 +626,21 @@ class Scheduler:
             output_tokens=c.output_tokens,
             message=job.message,  # validation's word on invalid records; no outage is current any more
         )
+
+    async def _note_pauses(self, job: BatchJob, local: LocalJob) -> None:
+        """Put each time the job's provider stops answering, and answers again, on its timeline."""
+        noted: str | None = None
+        while True:
+            await asyncio.sleep(PAUSE_CHECK_S)
+            paused = local.paused
+            if paused == noted:
+                continue
+            name, reason = ("job.paused", paused) if paused else ("job.answering", f"{job.model_id} answers")
+            try:
+                await self._db(self._store.note, job, name, reason)
+            except Exception:  # the timeline is a courtesy: the job goes on, the next change is noted
+                log.warning("job %s: could not store %s", job.job_id, name, exc_info=True)
+            noted = paused
 
     async def _publish(self, job: BatchJob) -> None:
         """Upload the outputs, waiting out an S3 outage with the job InProgress and saying why."""

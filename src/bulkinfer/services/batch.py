@@ -16,6 +16,7 @@ from bulkinfer.faults import failpoint
 from bulkinfer.providers.catalog import Catalog
 from bulkinfer.scheduler.scheduler import Scheduler, deadline, input_uri, output_uri
 from bulkinfer.store.batch_jobs import BatchJob, BatchJobStore, JobFilter
+from bulkinfer.store.job_events import JobEvent
 
 
 class JobNotFound(BulkinferError):
@@ -160,6 +161,11 @@ class BatchService:
         job = self._store.get(job_id)
         owner = job.tenant if job is not None and tenant is None else tenant
         return self._visible(owner or "", job_id, job)
+
+    def events(self, tenant: str, job_id: str) -> list[JobEvent]:
+        """A tenant's job's timeline (another tenant's job is not found)."""
+        self.get(tenant, job_id)
+        return self._store.events(job_id)
 
     def ended(self, tenant: str, job_id: str) -> BatchJob:
         """One of the caller's jobs whose outputs can be read: it must have ended."""

@@ -200,6 +200,7 @@ class BatchJobStore:
             new = [c.job for c, o in zip(creates, outcomes, strict=True) if o is c.job]
             if new:
                 conn.execute(insert(batch_jobs), [_row(job) for job in new])
+                job_events.save(conn, [job_events.of_submit(job) for job in new])
                 announce(conn, new[0].job_id)
         for job in new:
             job_events.submitted(job)
@@ -259,9 +260,32 @@ class BatchJobStore:
 
         def write() -> int:
             with self._engine.begin() as conn:
-                return int(conn.execute(query).rowcount)
+                deleted = int(conn.execute(query).rowcount)
+                if deleted:
+                    job_events.forget(conn, job.job_id)
+                return deleted
 
         return self._retry(write) == 1
+
+    def events(self, job_id: str, limit: int = 200) -> list[job_events.JobEvent]:
+        """A job's timeline: its newest ``limit`` events, oldest first."""
+
+        def read() -> list[job_events.JobEvent]:
+            with self._engine.connect() as conn:
+                return job_events.read(conn, job_id, limit)
+
+        return self._retry(read)
+
+    def note(self, job: BatchJob, name: str, reason: str) -> None:
+        """Store an event that changes no status (``job.paused``, ``job.answering``) and log it."""
+        noted = job_events.of_note(job, name, reason, time.time())
+
+        def write() -> None:
+            with self._engine.begin() as conn:
+                job_events.save(conn, [noted])
+
+        self._retry(write)
+        job_events.noted(job, name, reason)
 
     def by_token(self, tenant: str, token: str) -> BatchJob | None:
         c = batch_jobs.c
@@ -298,10 +322,13 @@ class BatchJobStore:
         if held_by is not None:
             query = query.where(c.owner == held_by)
 
+        changed = job_events.of_change(job, new, changes, now)
+
         def write() -> bool:
             with self._engine.begin() as conn:
                 if conn.execute(query.values(**values)).rowcount != 1:
                     return False
+                job_events.save(conn, [changed])
                 announce(conn, job.job_id)
                 return True
 
@@ -436,28 +463,35 @@ class BatchJobStore:
             )
             if conn.execute(claimed.values(status=JobStatus.IN_PROGRESS.value, **changes)).rowcount != 1:
                 return None
+            job = _job(row)
+            job_events.save(conn, [job_events.of_change(job, JobStatus.IN_PROGRESS, changes, now)])
             announce(conn, row["job_id"])
-        job = _job(row)
         job_events.changed(job, JobStatus.IN_PROGRESS, changes)
         return replace(job, status=JobStatus.IN_PROGRESS, **changes)
 
     def adopt(self, job: BatchJob, owner: str, lease_s: float) -> BatchJob | None:
         """Take up a leased job (Validating or Stopping) that no replica holds any more."""
         c = batch_jobs.c
-        lease_until = time.time() + lease_s
+        now = time.time()
+        lease_until = now + lease_s
         query = (
             update(batch_jobs)
             .where(c.job_id == job.job_id, c.status == job.status.value, c.owner.is_(None))
             .values(owner=owner, lease_until=lease_until)
         )
+        reason = "its replica stopped"
+        adopted = job_events.of_note(job, "job.resumed", f"taken up again ({reason})", now)
 
         def write() -> int:
             with self._engine.begin() as conn:
-                return int(conn.execute(query).rowcount)
+                taken = int(conn.execute(query).rowcount)
+                if taken:
+                    job_events.save(conn, [adopted])
+                return taken
 
         if self._retry(write) != 1:
             return None
-        job_events.taken_up(job, "its replica stopped")
+        job_events.taken_up(job, reason)
         return replace(job, owner=owner, lease_until=lease_until)
 
     def renew(self, owner: str, job_ids: list[str], lease_s: float) -> list[BatchJob]:
@@ -541,12 +575,15 @@ class BatchJobStore:
                     .mappings()
                     .all()
                 )
-                if requeued or orphaned:
+                released = [_job(r) for r in (*requeued, *orphaned)]
+                if released:
+                    notes = [job_events.of_note(j, "job.let_go", reason, now) for j in released]
+                    job_events.save(conn, notes)
                     announce(conn, "*")
-            return [_job(r) for r in (*requeued, *orphaned)]
+            return released
 
-        released = self._retry(write)
         reason = "the server restarted" if everyone else "its replica stopped renewing its lease"
+        released = self._retry(write)
         for job in released:
             job_events.let_go(job, reason)
         return len(released)

@@ -23,7 +23,7 @@ from bulkinfer.store.schema import metadata
 if TYPE_CHECKING:
     from alembic.config import Config
 
-HEAD = "0004"
+HEAD = "0005"
 """The newest revision in ``migrations/versions`` (a test keeps the two in step)."""
 
 INITIAL = "0001"

@@ -88,6 +88,21 @@ batch_jobs = Table(
     Index("ix_batch_jobs_tenant_api", "tenant", "api", "submit_time"),
 )
 
+# Every change of a service job, with its time and reason: the timeline the API, CLI and dashboard show.
+# Written in the transaction that makes the change, so a change is never stored without its event.
+job_events = Table(
+    "job_events",
+    metadata,
+    Column("seq", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True),
+    Column("job_id", String(64), nullable=False),
+    Column("tenant", String(128), nullable=False),
+    Column("at", Float, nullable=False),
+    Column("name", String(32), nullable=False),
+    Column("status", String(32), nullable=False),
+    Column("reason", Text),
+    Index("ix_job_events_job_seq", "job_id", "seq"),
+)
+
 # Files uploaded through the OpenAI Files API (their bytes live in the files bucket, at ``uri``).
 files = Table(
     "files",

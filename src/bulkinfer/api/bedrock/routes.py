@@ -16,6 +16,7 @@ from bulkinfer.api.bedrock.schemas import (
     CreateJobRequest,
     ListJobsQuery,
     RetryJobRequest,
+    event_view,
     job_arn,
     job_summary,
 )
@@ -113,6 +114,13 @@ def _outputs(request: Request, who: Caller, jobs: BatchService, identifier: str)
     job = jobs.ended(who.tenant.name, _job_id(identifier))  # 409 until it has ended
     who.tenant.check_read(output_uri(job), "outputDataConfig.s3OutputDataConfig.s3Uri")
     return job_outputs(request.app.state.settings, job, who.tenant.grants.may_read)
+
+
+@router.get("/model-invocation-job/{identifier:path}/events")
+def list_events(identifier: str, who: CallerDep, jobs: ServiceDep) -> dict[str, Any]:
+    """Our own route: the job's timeline, each change of status (or provider pause) with its reason."""
+    events = jobs.events(who.tenant.name, _job_id(identifier))
+    return {"events": [event_view(e) for e in events]}
 
 
 @router.get("/model-invocation-job/{identifier:path}/outputs")

@@ -13,6 +13,7 @@ from typing import Annotated, Any, Literal
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from bulkinfer.store.batch_jobs import BatchJob
+from bulkinfer.store.job_events import JobEvent
 
 
 def _fullmatch(pattern: str) -> AfterValidator:
@@ -151,6 +152,11 @@ def job_summary(job: BatchJob, region: str, account: str) -> dict[str, Any]:
         "errorRecordCount": job.errors,
     }
     return {key: value for key, value in body.items() if value is not None}
+
+
+def event_view(event: JobEvent) -> dict[str, Any]:
+    """One step of a job's timeline as our ``/events`` route returns it."""
+    return {"time": _iso(event.at), "event": event.name, "status": event.status, "reason": event.reason}
 
 
 def _iso(timestamp: float | None) -> str | None:

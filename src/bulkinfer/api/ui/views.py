@@ -18,6 +18,7 @@ from bulkinfer.formats.jsonl import split_lines
 from bulkinfer.providers.catalog import Catalog, RemoteSpec
 from bulkinfer.providers.remote.limits import LimitRegistry, ModelLimits
 from bulkinfer.store.batch_jobs import BatchJob
+from bulkinfer.store.job_events import JobEvent
 
 STOPPABLE = frozenset({JobStatus.SUBMITTED, JobStatus.VALIDATING, JobStatus.SCHEDULED, JobStatus.IN_PROGRESS})
 """Statuses a stop is accepted in (see `BatchService.stop`)."""
@@ -85,16 +86,9 @@ def job_detail(job: BatchJob, catalog: Catalog, history: Throughput, now: float)
     }
 
 
-def timeline(job: BatchJob) -> list[dict[str, str]]:
-    """The job's own times, until the store keeps a timeline of its changes."""
-    steps = [("submitted", job.submit_time, JobStatus.SUBMITTED.value, "")]
-    if job.start_time is not None:
-        steps.append(("started", job.start_time, JobStatus.IN_PROGRESS.value, ""))
-    if job.end_time is not None:
-        steps.append(("ended", job.end_time, job.status.value, job.message or ""))
-    return [
-        {"at": when(at), "event": name, "status": status, "reason": why} for name, at, status, why in steps
-    ]
+def timeline(events: list[JobEvent]) -> list[dict[str, str]]:
+    """The job's stored changes of state, oldest first, each with its reason."""
+    return [{"at": when(e.at), "event": e.name, "status": e.status, "reason": e.reason or ""} for e in events]
 
 
 def output_links(job: BatchJob, files: OutputFiles) -> list[dict[str, str]]:

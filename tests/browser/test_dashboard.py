@@ -60,7 +60,23 @@ def chromium() -> WebDriver:
     for flag in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1280,800"):
         options.add_argument(flag)
     service = Service(executable_path=shutil.which("chromedriver") or "/usr/bin/chromedriver")
-    return webdriver.Chrome(service=service, options=options)
+    driver = webdriver.Chrome(service=service, options=options)
+    fit(driver, 800)
+    return driver
+
+
+def fit(driver: WebDriver, height: int) -> None:
+    """Make the page's viewport (not the window) 1280 x ``height``."""
+    driver.set_window_size(1280, height)
+    inner = driver.execute_script("return window.innerHeight")
+    driver.set_window_size(1280, 2 * height - int(inner))
+
+
+def whole_page(driver: WebDriver, path: Path) -> None:
+    """A screenshot of the whole page, however tall, then the viewport as it was."""
+    fit(driver, int(driver.execute_script("return document.documentElement.scrollHeight")))
+    driver.save_screenshot(str(path))
+    fit(driver, 800)
 
 
 @pytest.fixture
@@ -105,12 +121,17 @@ def processed(driver: WebDriver, job_id: str) -> int:
     return int(text.replace(",", ""))
 
 
+def chart_points(driver: WebDriver) -> int:
+    lines = driver.find_elements(By.CSS_SELECTOR, "#chart polyline.rps")
+    return len((lines[0].get_attribute("points") or "").split()) if lines else 0
+
+
 def no_reload_since_marked(driver: WebDriver) -> bool:
     return bool(driver.execute_script("return window.__notReloaded === true"))
 
 
-def test_a_tenant_watches_its_job_move_stops_it_and_sees_no_one_elses(server: Server, browser: WebDriver) -> None:
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+def submit(server: Server) -> tuple[Any, dict[str, str]]:
+    """Alice's job with failed records (ended), Bob's job, and Alice's long job (running)."""
     write_jsonl(server.bucket("ui-input") / "long.jsonl", records(600))
     bad = [{"recordId": f"B{i:010d}", "modelInput": {"nonsense": i}} for i in range(3)]
     write_jsonl(server.bucket("ui-input") / "mixed.jsonl", [*records(20, "M"), *bad])
@@ -120,52 +141,64 @@ def test_a_tenant_watches_its_job_move_stops_it_and_sees_no_one_elses(server: Se
     bobs = create(bob, "bobs-secret-job", "s3://ui-input/mixed.jsonl", "s3://ui-output/bob/", "crawl-echo")
     long = create(alice, "alice-long", "s3://ui-input/long.jsonl", "s3://ui-output/long/", "crawl-echo")
     wait_status(alice, long, {"InProgress"}, WAIT_S)
-    long_id, mixed_id, bobs_id = (arn.rsplit("/", 1)[1] for arn in (long, mixed, bobs))
+    arns = {"long": long, "mixed": mixed, "bobs": bobs}
+    return alice, {name: arn.rsplit("/", 1)[1] for name, arn in arns.items()}
 
-    # no credentials: the browser is asked for them
-    code, headers = status_of(f"{server.url}/ui")
-    assert code == 401 and headers["www-authenticate"].startswith('Basic realm="bulkinfer"')
 
-    # signed in (the browser keeps the credentials for the site, as after its sign-in prompt)
+def sign_in(browser: WebDriver, server: Server) -> None:
+    """Alice signs in: the browser keeps her credentials for the site, as after its sign-in prompt."""
     host = server.url.removeprefix("http://")
     browser.get(f"http://{ALICE}:{ALICE_SECRET}@{host}/ui")
-    browser.get(f"{server.url}/ui")
-    until(browser, lambda d: d.find_elements(By.CSS_SELECTOR, f'tr[data-job="{long_id}"]'), "alice's job listed")
-    page = browser.find_element(By.ID, "jobs").text
-    assert "alice-long" in page and "alice-mixed" in page
-    assert "bobs-secret-job" not in browser.page_source and bobs_id not in browser.page_source
+    browser.get(f"{server.url}/ui")  # (a page whose address holds credentials may not fetch())
+
+
+def text_of(driver: WebDriver, element_id: str) -> str:
+    return str(driver.find_element(By.ID, element_id).text)
+
+
+def test_a_tenant_watches_its_job_move_stops_it_and_sees_no_one_elses(
+    server: Server, browser: WebDriver
+) -> None:
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    alice, ids = submit(server)
+    code, headers = status_of(f"{server.url}/ui")  # no credentials: the browser is asked for them
+    assert code == 401 and headers["www-authenticate"].startswith('Basic realm="bulkinfer"')
+
+    sign_in(browser, server)
+    row = f'tr[data-job="{ids["long"]}"]'
+    until(browser, lambda d: d.find_elements(By.CSS_SELECTOR, row), "alice's job is not listed")
+    assert "alice-long" in text_of(browser, "jobs") and "alice-mixed" in text_of(browser, "jobs")
+    assert "bobs-secret-job" not in browser.page_source and ids["bobs"] not in browser.page_source
 
     # the processed count moves on the page, without a reload
     browser.execute_script("window.__notReloaded = true")
-    first = processed(browser, long_id)
-    until(browser, lambda d: processed(d, long_id) > first, "the processed count never moved")
+    first = processed(browser, ids["long"])
+    until(browser, lambda d: processed(d, ids["long"]) > first, "the processed count never moved")
     assert no_reload_since_marked(browser)
     browser.save_screenshot(str(ARTIFACTS / "jobs.png"))
 
     # the job page: Stop, then Stopped, without a reload
-    browser.get(f"{server.url}/ui/jobs/{long_id}")
+    browser.get(f"{server.url}/ui/jobs/{ids['long']}")
     browser.execute_script("window.__notReloaded = true")
-    until(browser, lambda d: len(d.find_elements(By.CSS_SELECTOR, "#chart polyline")) == 2, "no chart drawn")
+    until(browser, lambda d: chart_points(d) >= 5, "no chart of five samples drawn")
     browser.find_element(By.ID, "stop").click()
-    until(browser, lambda d: d.find_element(By.ID, "status").text == "Stopped", "the job never showed Stopped")
+    until(browser, lambda d: text_of(d, "status") == "Stopped", "the job never showed Stopped")
     assert no_reload_since_marked(browser)
     assert not browser.find_element(By.ID, "stop").is_displayed()
-    until(browser, lambda d: "manifest.json.out" in d.find_element(By.ID, "outputs").text, "no outputs listed")
-    timeline = browser.find_element(By.ID, "timeline").text
-    assert "job.stopping" in timeline and "job.ended" in timeline
-    assert "alice-long" in browser.find_element(By.TAG_NAME, "h1").text
-    browser.save_screenshot(str(ARTIFACTS / "job-stopped.png"))
-    assert wait_status(alice, long, {"Stopped"}, 5)["status"] == "Stopped"  # the API agrees
+    until(browser, lambda d: "manifest.json.out" in text_of(d, "outputs"), "no outputs listed")
+    assert "job.stopping" in text_of(browser, "timeline") and "job.ended" in text_of(browser, "timeline")
+    whole_page(browser, ARTIFACTS / "job-stopped.png")
+    assert wait_status(alice, f"{ids['long']}", {"Stopped"}, 5)["status"] == "Stopped"  # the API agrees
 
-    # a job with failed records shows a sample of its error lines, and its cost
-    browser.get(f"{server.url}/ui/jobs/{mixed_id}")
-    samples = browser.find_element(By.ID, "error-samples").text
-    assert "B0000000000" in samples and "modelInput" in samples
-    browser.save_screenshot(str(ARTIFACTS / "job-errors.png"))
+    # a job with failed records shows a sample of its error lines
+    browser.get(f"{server.url}/ui/jobs/{ids['mixed']}")
+    assert "B0000000000" in text_of(browser, "error-samples")
+    assert "modelInput" in text_of(browser, "error-samples")
+    whole_page(browser, ARTIFACTS / "job-errors.png")
 
     # another tenant's job is not found, on the page and by status
-    browser.get(f"{server.url}/ui/jobs/{bobs_id}")
+    browser.get(f"{server.url}/ui/jobs/{ids['bobs']}")
     assert browser.find_element(By.TAG_NAME, "h1").text == "404"
-    assert status_of(f"{server.url}/ui/jobs/{bobs_id}", ALICE, ALICE_SECRET)[0] == 404
-    assert status_of(f"{server.url}/ui/jobs/{bobs_id}", BOB, BOB_SECRET)[0] == 200
+    assert status_of(f"{server.url}/ui/jobs/{ids['bobs']}", ALICE, ALICE_SECRET)[0] == 404
+    assert status_of(f"{server.url}/ui/jobs/{ids['bobs']}", BOB, BOB_SECRET)[0] == 200
     assert status_of(f"{server.url}/ui", ALICE, "not-alices-secret")[0] == 401

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from bulkinfer.api.ui.history import Throughput
+from bulkinfer.api.ui.routes import TEMPLATES, Wanted
 from bulkinfer.api.ui.views import cost, job_row, model_rows
 from bulkinfer.domain.job import JobStatus
 from bulkinfer.providers.catalog import Catalog
@@ -54,3 +55,20 @@ def test_a_model_row_shows_its_limits_slots_and_queue(tmp_path: Path) -> None:
     (row,) = model_rows(models, ["priced"], {"priced": (1, 4)}, 2, LimitRegistry())
     assert row["slots"] == "1 / 2" and row["queue"] == "4"
     assert row["limits"] == "600 rpm, at most 16 calls" and row["state"] == "not called yet"
+
+
+def test_pages_escape_every_text_they_show(tmp_path: Path) -> None:
+    job = BatchJob(
+        "j1", "<img src=x onerror=alert(1)>", "<script>alert(1)</script>", "echo", JobStatus.FAILED, 1, 2
+    )
+    row = job_row(job, catalog(tmp_path), Throughput(), 3.0)
+    page = TEMPLATES.get_template("jobs.html").render(
+        viewer="<b>",
+        jobs=[row],
+        statuses=[],
+        models=["</option><script>"],
+        query=Wanted("", "", 'x"y'),
+        more=None,
+    )
+    assert "<script>alert" not in page and "<img" not in page and "</option><script>" not in page
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page and "&lt;b&gt;" in page

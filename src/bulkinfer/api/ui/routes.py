@@ -31,7 +31,7 @@ PREFIX = "/ui"
 PAGE_SIZE = 50
 STATIC = Path(__file__).parent / "static"
 router = APIRouter(prefix=PREFIX, include_in_schema=False)
-_templates = Environment(
+TEMPLATES = Environment(
     loader=PackageLoader("bulkinfer.api.ui", "templates"),
     autoescape=select_autoescape(default=True, default_for_string=True),
 )
@@ -75,7 +75,7 @@ def _job(request: Request, who: Viewer, job_id: str) -> BatchJob:
 
 
 def _page(name: str, who: Viewer, **context: Any) -> HTMLResponse:
-    html = _templates.get_template(name).render(viewer=who.name, **context)
+    html = TEMPLATES.get_template(name).render(viewer=who.name, **context)
     return HTMLResponse(html, headers={"Cache-Control": "no-store"})
 
 
@@ -225,7 +225,7 @@ async def _refused(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, Refused)
     if request.url.path.startswith(f"{PREFIX}/api/"):
         return JSONResponse({"message": str(exc)}, exc.status, headers=exc.headers)
-    html = _templates.get_template("error.html").render(status=exc.status, message=str(exc), viewer=None)
+    html = TEMPLATES.get_template("error.html").render(status=exc.status, message=str(exc), viewer=None)
     return HTMLResponse(html, exc.status, headers=exc.headers)
 
 

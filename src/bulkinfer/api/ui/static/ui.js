@@ -83,9 +83,12 @@ function chart(svg, series) {
   const NS = "http://www.w3.org/2000/svg";
   const W = 800, H = 200, PAD = 4;
   const scale = document.getElementById("chart-scale");
+  const none = series.length < 2;
   svg.replaceChildren();
-  if (series.length < 2) {
-    scale.textContent = "No throughput samples on this server yet.";
+  svg.classList.toggle("none", none);
+  document.getElementById("chart-legend").classList.toggle("none", none);
+  if (none) {
+    scale.textContent = "No throughput samples of this job on this server (they are taken each second while it runs here).";
     return;
   }
   const t0 = series[0][0], t1 = series[series.length - 1][0];

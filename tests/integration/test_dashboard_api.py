@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from tests.conftest import SLOW_ECHO_CATALOG as CATALOG
 from tests.conftest import write_jsonl
 from tests.integration.test_bedrock_api import (
     CATALOG,

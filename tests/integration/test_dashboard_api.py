@@ -15,7 +15,6 @@ import pytest
 from tests.conftest import SLOW_ECHO_CATALOG as CATALOG
 from tests.conftest import write_jsonl
 from tests.integration.test_bedrock_api import (
-    CATALOG,
     Server,
     client,
     create,

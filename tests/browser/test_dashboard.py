@@ -174,6 +174,8 @@ def test_a_tenant_watches_its_job_move_stops_it_and_sees_no_one_elses(
     browser.execute_script("window.__notReloaded = true")
     first = processed(browser, ids["long"])
     until(browser, lambda d: processed(d, ids["long"]) > first, "the processed count never moved")
+    rate = f"{row} td.rate"
+    until(browser, lambda d: d.find_element(By.CSS_SELECTOR, rate).text, "no records/s shown")
     assert no_reload_since_marked(browser)
     browser.save_screenshot(str(ARTIFACTS / "jobs.png"))
 

@@ -54,7 +54,7 @@ function jobRow(j) {
   count.append(el("span", j.processed, "processed"), document.createTextNode(` / ${j.total}`));
   progress.append(bar(j.percent), count);
   tr.append(status, name, el("td", j.model), el("td", j.tenant), el("td", j.api), progress,
-    el("td", j.rate, "num"), el("td", j.errors, "num"), el("td", j.cost, "num"), el("td", j.submitted));
+    el("td", j.rate, "num rate"), el("td", j.errors, "num"), el("td", j.cost, "num"), el("td", j.submitted));
   return tr;
 }
 

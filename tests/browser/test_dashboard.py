@@ -198,6 +198,10 @@ def test_a_tenant_watches_its_job_move_stops_it_and_sees_no_one_elses(
     assert "modelInput" in text_of(browser, "error-samples")
     whole_page(browser, ARTIFACTS / "job-errors.png")
 
+    browser.get(f"{server.url}/ui/models")
+    until(browser, lambda d: "crawl-echo" in text_of(d, "models"), "the model is not listed")
+    browser.save_screenshot(str(ARTIFACTS / "models.png"))
+
     # another tenant's job is not found, on the page and by status
     browser.get(f"{server.url}/ui/jobs/{ids['bobs']}")
     assert browser.find_element(By.TAG_NAME, "h1").text == "404"

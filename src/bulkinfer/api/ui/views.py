@@ -148,7 +148,7 @@ def model_rows(
 def _limits(remote: RemoteSpec | None, live: ModelLimits | None, local_concurrency: int) -> dict[str, str]:
     if remote is None:
         return {
-            "limits": f"{local_concurrency} micro-batches at once",
+            "limits": f"micro-batches in flight: {local_concurrency}",
             "concurrency": "",
             "state": "local",
         }

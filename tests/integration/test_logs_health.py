@@ -98,6 +98,7 @@ def test_the_json_log_has_a_line_per_request_and_per_job_change_and_no_secret(
     assert [name for name in LIFECYCLE if name in timeline] == LIFECYCLE, timeline
     assert "it waits for one of slow-echo's job slots" in timeline
     assert "it got one of slow-echo's job slots" in timeline
+    assert "20 records processed: 20 succeeded, 0 failed" in timeline
     for path in ("/health", "/ready"):
         answer = httpx.get(f"{server.url}{path}?token={SECRET}")  # (a query string is never logged)
         assert answer.status_code == 200, answer.text

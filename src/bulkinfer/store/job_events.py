@@ -107,8 +107,18 @@ def of_change(before: BatchJob, after: JobStatus, changes: Mapping[str, Any], at
         "job.resumed": f"it got one of {model}'s job slots again; it goes on from its committed records",
         "job.let_go": "its replica gave it up; it is taken up again from its committed records",
     }.get(name, _REASONS.get(name))
-    reason = changes.get("message") if after.is_terminal or after == JobStatus.STOPPED else None
+    reason = None
+    if after.is_terminal or after == JobStatus.STOPPED:
+        reason = changes.get("message") or _tally(changes)
     return _event(before, at, name, after, reason or default)
+
+
+def _tally(changes: Mapping[str, Any]) -> str | None:
+    """An ended job's counts, said: what it did, when no message says why it ended."""
+    if changes.get("processed") is None:
+        return None
+    said = f"{changes['processed']} records processed: {changes.get('success') or 0} succeeded"
+    return f"{said}, {changes.get('errors') or 0} failed"
 
 
 def of_note(job: BatchJob, name: str, reason: str, at: float) -> JobEvent:

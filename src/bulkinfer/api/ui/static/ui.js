@@ -22,10 +22,12 @@ async function getJSON(url) {
   return response.json();
 }
 
+// Calls fn every POLL_MS until it returns false (a failed call is tried again at the next tick).
 function poll(fn) {
   const tick = async () => {
-    try { await fn(); } catch (err) { /* the next poll tries again */ }
-    setTimeout(tick, POLL_MS);
+    let again = true;
+    try { again = (await fn()) !== false; } catch (err) { /* the next poll tries again */ }
+    if (again) setTimeout(tick, POLL_MS);
   };
   setTimeout(tick, POLL_MS);
 }
@@ -153,6 +155,7 @@ function jobPage() {
   poll(async () => {
     job = await getJSON(`/ui/api/jobs/${encodeURIComponent(job.id)}`);
     showJob(job);
+    return !job.ended_now; // an ended job changes no more: its outputs are not read again
   });
 }
 

@@ -55,11 +55,14 @@ ARTIFACTS = Path(os.environ.get("BULKINFER_TEST_ARTIFACTS", Path(__file__).paren
 
 def chromium() -> WebDriver:
     """Headless Chromium at 1280x800 (as root it needs ``--no-sandbox``)."""
+    browser, driver_path = shutil.which("chromium"), shutil.which("chromedriver")
+    if browser is None or driver_path is None:  # (never Selenium Manager's download of another build)
+        pytest.fail("Debian's chromium and chromium-driver are needed: run scripts/chromium as root")
     options = Options()
-    options.binary_location = shutil.which("chromium") or "/usr/bin/chromium"
+    options.binary_location = browser
     for flag in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1280,800"):
         options.add_argument(flag)
-    service = Service(executable_path=shutil.which("chromedriver") or "/usr/bin/chromedriver")
+    service = Service(executable_path=driver_path)
     driver = webdriver.Chrome(service=service, options=options)
     fit(driver, 800)
     return driver

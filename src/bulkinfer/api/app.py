@@ -29,6 +29,8 @@ from bulkinfer.api.openai.files import router as files_router
 from bulkinfer.api.openai.inference import router as openai_inference_router
 from bulkinfer.api.runtime.routes import router as runtime_router
 from bulkinfer.api.tenants import check_models, load_tenants, open_tenants, single_tenant
+from bulkinfer.api.ui import routes as dashboard
+from bulkinfer.api.ui.history import Throughput
 from bulkinfer.domain.tenant import Tenant, Tenants, with_own_areas
 from bulkinfer.engine.job import MediaSettings
 from bulkinfer.errors import ConfigError, UserError
@@ -129,6 +131,8 @@ def create_app(settings: ServerSettings, tenants: Tenants | None = None) -> Fast
         sender = WebhookSender(store, webhooks) if webhooks is not None else None
         if sender is not None:
             loops.start("webhooks", sender.step)
+        app.state.ui_store, app.state.ui_limits = store, scheduler.limits
+        loops.start("dashboard-throughput", app.state.ui_history.step_of(scheduler.running_counts))
         if settings.watch and settings.watch_model:
             owner = watch_tenant(tenants, settings)
             watch = WatchFolder(
@@ -156,6 +160,7 @@ def create_app(settings: ServerSettings, tenants: Tenants | None = None) -> Fast
     app.state.settings = settings
     app.state.tenants = tenants
     app.state.readiness = Readiness(store.revision)
+    app.state.ui_history = Throughput()
     errors.install(app)
     app.add_middleware(
         Gate,
@@ -165,6 +170,7 @@ def create_app(settings: ServerSettings, tenants: Tenants | None = None) -> Fast
         respond=errors.refusal,
         public=(DOCS_PATHS if settings.docs else frozenset()) | HEALTH_PATHS | {METRICS_PATH},
         streamed={("POST", "/v1/files"): settings.max_file_bytes + 2**20},  # (an upload's form fields)
+        own_auth=(dashboard.PREFIX,),
     )
     app.add_middleware(CountRequests, pressure=pressure)
     app.add_middleware(AccessLog)  # (the last added runs first: it sees every request, refused or not)
@@ -179,6 +185,7 @@ def create_app(settings: ServerSettings, tenants: Tenants | None = None) -> Fast
     app.include_router(anthropic_messages_router)
     app.include_router(models_router)
     app.include_router(metrics_router)
+    dashboard.install(app)
     return app
 
 

@@ -267,8 +267,12 @@ class Gate:
         public: frozenset[str] = frozenset(),
         max_buffered: int | None = None,
         streamed: Mapping[tuple[str, str], int] | None = None,
+        own_auth: tuple[str, ...] = (),
     ) -> None:
+        """``own_auth``: path prefixes (``/ui``) whose routes check the caller themselves (the dashboard
+        takes HTTP Basic, which no other route accepts); their bodies are still capped here."""
         self._app = app
+        self._own_auth = own_auth
         self._streamed = dict(streamed or {})
         self._auth = auth
         self._max_body = max_body
@@ -297,7 +301,8 @@ class Gate:
         stream_cap = self._streamed.get((scope["method"], scope["path"]))
         if length.isdigit() and int(length) > max(self._max_body, stream_cap or 0):
             raise BodyTooLarge(max(self._max_body, stream_cap or 0))
-        public = scope["path"] in self._public
+        path = scope["path"]
+        public = path in self._public or any(path == p or path.startswith(p + "/") for p in self._own_auth)
         claim = None if public else self._auth.claim(headers, scope["path"])
         if isinstance(claim, Caller) and stream_cap is not None:
             # no signature to check over the body: it goes to the route as it comes (an upload, spooled

@@ -187,6 +187,10 @@ class Scheduler:
         running = self._running.get(job_id)
         return running.counts if running else None
 
+    def running_counts(self) -> dict[str, LiveCounts]:
+        """Each job running here and its live counts (a copy of the mapping; the counts go on moving)."""
+        return {job_id: running.counts for job_id, running in self._running.items()}
+
     def paused(self, job_id: str) -> str | None:
         """Why a job running here is held back (its model's provider is down), if it is."""
         running = self._running.get(job_id)

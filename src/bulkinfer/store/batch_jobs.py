@@ -119,10 +119,12 @@ class _Create:
 
 @dataclass(frozen=True, slots=True)
 class JobFilter:
-    tenant: str
+    tenant: str | None
+    """Whose jobs; None for every tenant's (the dashboard in development mode, which shows all)."""
     api: str | None = None
     """Only the jobs one API made (None: every API's)."""
     status: JobStatus | None = None
+    model: str | None = None
     name_contains: str | None = None
     submitted_after: float | None = None
     submitted_before: float | None = None
@@ -422,7 +424,11 @@ class BatchJobStore:
 
     def find(self, wanted: JobFilter, offset: int = 0, limit: int | None = None) -> list[BatchJob]:
         c = batch_jobs.c
-        query = select(batch_jobs).where(c.tenant == wanted.tenant)
+        query = select(batch_jobs)
+        if wanted.tenant is not None:
+            query = query.where(c.tenant == wanted.tenant)
+        if wanted.model is not None:
+            query = query.where(c.model_id == wanted.model)
         if wanted.api is not None:
             query = query.where(c.api == wanted.api)
         if wanted.status is not None:

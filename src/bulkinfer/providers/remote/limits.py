@@ -226,6 +226,12 @@ class LimitRegistry:
                 limits = self._limits[name] = ModelLimits(spec)
             return limits
 
+    def get(self, name: str) -> ModelLimits | None:
+        """A model's limits, once a job on it has called it in this process (read-only use: the
+        dashboard shows its adaptive concurrency and breaker)."""
+        with self._lock:
+            return self._limits.get(name)
+
     def stats(self) -> dict[str, CallStats]:
         """Each model's call counts so far in this process."""
         with self._lock:

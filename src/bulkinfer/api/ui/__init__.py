@@ -1,0 +1,1 @@
+"""The web dashboard at ``/ui``: server-rendered pages that poll small JSON endpoints for live figures."""

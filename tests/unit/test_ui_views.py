@@ -33,10 +33,10 @@ def catalog(tmp_path: Path) -> Catalog:
 
 def test_cost_is_unknown_without_a_price_and_in_dollars_with_one(tmp_path: Path) -> None:
     models = catalog(tmp_path)
-    assert cost(models, "priced", 1_000_000, 500_000) == "$2.0000"
+    assert cost(models, "priced", 1_000_000, 500_000) == "$2.000000"
     assert cost(models, "unpriced", 1_000_000, 500_000) == "unknown"
     assert cost(models, "no-longer-in-the-catalog", 10, 10) == "unknown"
-    assert cost(models, "echo", 10, 10) == "$0.0000"  # a local model is free, and known to be
+    assert cost(models, "echo", 10, 10) == "$0.000000"  # a local model is free, and known to be
 
 
 def test_a_job_row_shows_progress_and_an_ended_jobs_average_rate(tmp_path: Path) -> None:

@@ -13,9 +13,9 @@ from bulkinfer.api.bedrock.outputs import MANIFEST, OutputFiles
 from bulkinfer.api.ui.history import Throughput
 from bulkinfer.domain.job import SERVICE_ENDED, JobStatus
 from bulkinfer.engine.finalize import error_message
-from bulkinfer.errors import UserError
 from bulkinfer.formats.jsonl import split_lines
 from bulkinfer.providers.catalog import Catalog, RemoteSpec
+from bulkinfer.providers.cost import cost_in, usd_text
 from bulkinfer.providers.remote.limits import LimitRegistry, ModelLimits
 from bulkinfer.store.batch_jobs import BatchJob
 from bulkinfer.store.job_events import JobEvent
@@ -34,11 +34,7 @@ def when(at: float | None) -> str:
 
 def cost(catalog: Catalog, model: str, input_tokens: int, output_tokens: int) -> str:
     """Estimated cost in USD, or "unknown" where the model has no price (never $0 for unknown)."""
-    try:
-        usd = catalog.get(model).estimated_cost(input_tokens, output_tokens)
-    except UserError:  # a model no longer in the catalog
-        usd = None
-    return "unknown" if usd is None else f"${usd:,.4f}"
+    return usd_text(cost_in(catalog, model, input_tokens, output_tokens).usd)
 
 
 def rate(job: BatchJob, history: Throughput, now: float) -> str:

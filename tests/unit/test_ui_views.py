@@ -6,9 +6,10 @@ from pathlib import Path
 
 from bulkinfer.api.ui.history import Throughput
 from bulkinfer.api.ui.routes import TEMPLATES, Wanted
-from bulkinfer.api.ui.views import cost, job_row, model_rows
+from bulkinfer.api.ui.views import cost, job_row, model_rows, prices_text
 from bulkinfer.domain.job import JobStatus
 from bulkinfer.providers.catalog import Catalog
+from bulkinfer.providers.cost import cost_in
 from bulkinfer.providers.remote.limits import LimitRegistry
 from bulkinfer.store.batch_jobs import BatchJob
 
@@ -37,6 +38,14 @@ def test_cost_is_unknown_without_a_price_and_in_dollars_with_one(tmp_path: Path)
     assert cost(models, "unpriced", 1_000_000, 500_000) == "unknown"
     assert cost(models, "no-longer-in-the-catalog", 10, 10) == "unknown"
     assert cost(models, "echo", 10, 10) == "$0.000000"  # a local model is free, and known to be
+
+
+def test_the_job_page_says_the_prices_its_cost_is_worked_out_with(tmp_path: Path) -> None:
+    models = catalog(tmp_path)
+    priced = prices_text(cost_in(models, "priced", 0, 0).prices)
+    assert priced.startswith("$1.0000 in, $2.0000 out per 1M tokens") and "catalog" in priced
+    assert prices_text(cost_in(models, "unpriced", 0, 0).prices).startswith("unknown")
+    assert "local model" in prices_text(cost_in(models, "echo", 0, 0).prices)
 
 
 def test_a_job_row_shows_progress_and_an_ended_jobs_average_rate(tmp_path: Path) -> None:

@@ -15,7 +15,7 @@ from bulkinfer.domain.job import SERVICE_ENDED, JobStatus
 from bulkinfer.engine.finalize import error_message
 from bulkinfer.formats.jsonl import split_lines
 from bulkinfer.providers.catalog import Catalog, RemoteSpec
-from bulkinfer.providers.cost import cost_in, usd_text
+from bulkinfer.providers.cost import Prices, cost_in, usd_text
 from bulkinfer.providers.remote.limits import LimitRegistry, ModelLimits
 from bulkinfer.store.batch_jobs import BatchJob
 from bulkinfer.store.job_events import JobEvent
@@ -74,12 +74,22 @@ def job_detail(job: BatchJob, catalog: Catalog, history: Throughput, now: float)
         "input_tokens": f"{job.input_tokens or 0:,}",
         "output_tokens": f"{job.output_tokens or 0:,}",
         "message": job.message or "",
+        "prices": prices_text(cost_in(catalog, job.model_id, 0, 0).prices),
         "started": when(job.start_time),
         "ended": when(job.end_time),
         "stoppable": job.status in STOPPABLE,
         "ended_now": job.status in SERVICE_ENDED,
         "series": [[round(p.at, 3), round(p.per_s, 3), round(p.error_rate, 4)] for p in points],
     }
+
+
+def prices_text(prices: Prices) -> str:
+    """The rates a job's cost is worked out with, or where they are missing from."""
+    if not prices.known:
+        return prices.source
+    discount = f", less the batch discount of {prices.batch_discount:.0%}" if prices.batch_discount else ""
+    rates = f"${prices.input_per_million:,.4f} in, ${prices.output_per_million:,.4f} out per 1M tokens"
+    return f"{rates}{discount} ({prices.source})"
 
 
 def timeline(events: list[JobEvent]) -> list[dict[str, str]]:

@@ -169,6 +169,9 @@ def test_the_outbox_gets_a_row_per_committed_change_and_none_for_a_lost_one(tmp_
     retry_at = store.webhook_sent(due[1], "status 500", 5.0)
     assert retry_at is not None and retry_at > time.time() + 4.0
 
+    assert store.prune_webhooks(before=time.time() + 1.0) == 1  # only the delivered one is done with
+    assert store.prune_webhooks(before=time.time() + 1.0) == 0
+
 
 def test_a_job_requeued_when_its_replica_went_away_is_told(tmp_path: Path) -> None:
     server = hooks.Webhooks(KEY, (hooks.Target("http://10.0.0.1/h", "eventbridge", guarded=False),))

@@ -21,7 +21,7 @@ from bulkinfer.logs import event
 from bulkinfer.media.guard import AddressGuard, GuardedBackend
 from bulkinfer.services import webhooks as hooks
 from bulkinfer.store.batch_jobs import BatchJobStore
-from bulkinfer.store.webhooks import Delivery
+from bulkinfer.store.webhooks import KEEP_S, Delivery
 
 log = logging.getLogger("bulkinfer.webhooks")
 
@@ -31,6 +31,7 @@ BATCH = 20
 HOLD_S = 60.0
 """How long a claimed row is this sender's: longer than a pass can take."""
 IDLE_S = 1.0
+PRUNE_EVERY_S = 3600.0
 """Longest wait between passes that found nothing to send."""
 
 
@@ -38,6 +39,7 @@ class WebhookSender:
     def __init__(self, store: BatchJobStore, config: hooks.Webhooks) -> None:
         self._store = store
         self._config = config
+        self._next_prune = 0.0
         self._open = httpx.AsyncClient(timeout=TIMEOUT_S, follow_redirects=False, trust_env=False)
         self._guarded = httpx.AsyncClient(
             timeout=TIMEOUT_S,
@@ -47,7 +49,11 @@ class WebhookSender:
         )
 
     async def step(self) -> None:
-        """One pass: send what is due, then wait a little if there was nothing."""
+        """One pass: send what is due, then wait a little if there was nothing (and, once an hour,
+        prune the rows done with)."""
+        if time.monotonic() >= self._next_prune:
+            self._next_prune = time.monotonic() + PRUNE_EVERY_S
+            await asyncio.to_thread(self._store.prune_webhooks, time.time() - KEEP_S)
         due = await asyncio.to_thread(self._store.claim_webhooks, BATCH, HOLD_S)
         await asyncio.gather(*(self._send(d) for d in due))
         if len(due) < BATCH:

@@ -279,6 +279,15 @@ class BatchJobStore:
 
         return self._retry(write)
 
+    def prune_webhooks(self, before: float) -> int:
+        """Remove deliveries done with (delivered or given up) for events older than ``before``."""
+
+        def write() -> int:
+            with self._engine.begin() as conn:
+                return outbox.prune(conn, before)
+
+        return self._retry(write)
+
     def get(self, job_id: str) -> BatchJob | None:
         return self._one(select(batch_jobs).where(batch_jobs.c.job_id == job_id))
 

@@ -14,7 +14,7 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Connection, func, insert, select, update
+from sqlalchemy import Connection, delete, func, insert, select, update
 
 from bulkinfer.logs import event
 from bulkinfer.services import webhooks as hooks
@@ -30,6 +30,8 @@ MAX_PENDING_PER_JOB = 100
 MAX_RETRY_S = 24 * 3600.0
 """The longest wait between attempts; an event not delivered after `GIVE_UP_S` is given up."""
 GIVE_UP_S = 3 * 24 * 3600.0
+KEEP_S = 7 * 24 * 3600.0
+"""How long a delivered or given-up row is kept (to see what was sent) before it is pruned."""
 RETRY_FACTOR = 6
 
 
@@ -130,6 +132,12 @@ def failed(conn: Connection, delivery: Delivery, error: str, base_s: float) -> f
     values = {"attempts": attempts, "last_error": error[:1000], "next_attempt_at": retry_at}
     conn.execute(update(table).where(c.id == delivery.id).values(given_up=retry_at is None, **values))
     return retry_at
+
+
+def prune(conn: Connection, before: float) -> int:
+    """Forget deliveries made (or given up) for events older than ``before``: the outbox is not a log."""
+    c = table.c
+    return int(conn.execute(delete(table).where(c.next_attempt_at.is_(None), c.created_at < before)).rowcount)
 
 
 def retry_delay_s(attempts: int, base_s: float) -> float:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import hmac
@@ -9,12 +10,14 @@ import time
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
+from unittest.mock import patch
 
 import orjson
 import pytest
 
 from bulkinfer.domain.job import JobStatus
 from bulkinfer.errors import ConfigError, UserError
+from bulkinfer.scheduler import webhooks as webhook_sender
 from bulkinfer.scheduler.webhooks import WebhookSender
 from bulkinfer.services import webhooks as hooks
 from bulkinfer.store.batch_jobs import BatchJobStore
@@ -194,3 +197,46 @@ async def test_a_tenants_url_is_guarded_again_at_delivery(tmp_path: Path) -> Non
     finally:
         await sender.close()
     assert error is not None and "loopback" in error
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://example.com:99999/",
+        "http://example.com:abc/",
+        "http://example.com:0/",
+        "http://[::1",
+        f"http://{'a' * 300}.example.com/",
+        "ftp://example.com/",
+        "http:///no-host",
+    ],
+)
+async def test_a_malformed_job_url_is_a_400_naming_its_field_never_a_crash(url: str) -> None:
+    metadata = {"metadata": {hooks.METADATA_KEY: url}}
+    with pytest.raises(UserError, match=rf"metadata\.{hooks.METADATA_KEY}"):
+        await hooks.check_job_url(CONFIG, {}, metadata)
+
+
+async def test_a_receiver_that_trickles_its_answer_is_cut_off(tmp_path: Path) -> None:
+    """httpx's timeouts are per read: a byte every few seconds would hold the sender for good."""
+
+    async def trickle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read(65536)
+        for byte in b"HTTP/1.1 200 OK\r\n":
+            writer.write(bytes([byte]))
+            await writer.drain()
+            await asyncio.sleep(0.5)
+        writer.close()
+
+    server = await asyncio.start_server(trickle, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    store = BatchJobStore(f"sqlite:///{tmp_path / 'jobs.db'}")
+    sender = WebhookSender(store, CONFIG)
+    row = Delivery(1, "msg_1", "job", f"http://127.0.0.1:{port}/h", False, b"{}", time.time(), 0)
+    try:
+        with patch.object(webhook_sender, "TIMEOUT_S", 1.0):
+            error = await sender.post(row)
+    finally:
+        await sender.close()
+        server.close()
+    assert error is not None and "Timeout" in error

@@ -26,13 +26,14 @@ from bulkinfer.store.webhooks import KEEP_S, Delivery
 log = logging.getLogger("bulkinfer.webhooks")
 
 TIMEOUT_S = 10.0
+"""The most one attempt may take, whole: a receiver that trickles its answer is cut off then."""
 BATCH = 20
 """Most rows sent in one pass (at once)."""
 HOLD_S = 60.0
-"""How long a claimed row is this sender's: longer than a pass can take."""
+"""How long a claimed row is this sender's: longer than a pass can take (one attempt's TIMEOUT_S)."""
 IDLE_S = 1.0
-PRUNE_EVERY_S = 3600.0
 """Longest wait between passes that found nothing to send."""
+PRUNE_EVERY_S = 3600.0
 
 
 class WebhookSender:
@@ -55,7 +56,12 @@ class WebhookSender:
             self._next_prune = time.monotonic() + PRUNE_EVERY_S
             await asyncio.to_thread(self._store.prune_webhooks, time.time() - KEEP_S)
         due = await asyncio.to_thread(self._store.claim_webhooks, BATCH, HOLD_S)
-        await asyncio.gather(*(self._send(d) for d in due))
+        # every send ends before the pass does (none is left running); a failure to record one is
+        # raised then, for the supervisor to log and back off (the row comes due again after HOLD_S)
+        outcomes = await asyncio.gather(*(self._send(d) for d in due), return_exceptions=True)
+        for outcome in outcomes:
+            if isinstance(outcome, BaseException):
+                raise outcome
         if len(due) < BATCH:
             await asyncio.sleep(min(IDLE_S, self._config.retry_base_s))
 
@@ -72,9 +78,10 @@ class WebhookSender:
         stamp = int(time.time())
         sent = hooks.headers(self._config.secret, delivery.webhook_id, stamp, delivery.payload)
         try:
-            request = client.build_request("POST", delivery.url, content=delivery.payload, headers=sent)
-            response = await client.send(request, stream=True)
-            await response.aclose()  # (its body is never read)
+            async with asyncio.timeout(TIMEOUT_S):  # (httpx's timeouts are per read, not per request)
+                request = client.build_request("POST", delivery.url, content=delivery.payload, headers=sent)
+                response = await client.send(request, stream=True)
+                await response.aclose()  # (its body is never read)
         except Exception as exc:  # a connection refused, a timeout, the guard's refusal, a bad URL
             return f"{type(exc).__name__}: {exc}"[:500]
         if 200 <= response.status_code < 300:

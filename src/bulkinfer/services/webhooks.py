@@ -113,9 +113,14 @@ def parse_secret(value: str, where: str) -> bytes:
 
 
 def check_scheme(url: str, where: str) -> None:
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ConfigError(f"{where}: {url!r} is not an http(s) URL")
+    """Raise a `ConfigError` unless ``url`` is http(s) with a host and a valid port (not 0)."""
+    try:
+        parts = urlsplit(url)
+        valid = parts.scheme in ("http", "https") and bool(parts.hostname) and parts.port != 0
+    except ValueError:
+        valid = False
+    if not valid:
+        raise ConfigError(f"{where}: {url[:200]!r} is not an http(s) URL")
 
 
 def job_url(request: Mapping[str, Any], details: Mapping[str, Any] | None) -> tuple[str, str] | None:
@@ -143,6 +148,8 @@ async def check_job_url(config: Webhooks | None, request: Mapping[str, Any], det
         await guard_url(config, url)
     except (ConfigError, MediaError) as exc:
         raise UserError(f"{field}: {exc}") from None
+    except (ValueError, UnicodeError):  # a port out of range, a bracket left open, a label too long
+        raise UserError(f"{field}: {url[:200]!r} is not a valid URL") from None
 
 
 async def guard_url(config: Webhooks, url: str) -> None:

@@ -83,3 +83,20 @@ def test_development_mode_shows_every_tenants_jobs_and_stops_only_from_the_page(
     assert call(f"{server.url}/ui/jobs/nosuchjob")[0] == 404
     assert call(f"{server.url}/ui/api/jobs?after=nosuchjob")[0] == 404
     assert call(f"{server.url}/ui/api/jobs?status=Bogus")[0] == 200  # an unknown filter is no filter
+    for bad in ("/ui/jobs/%00", "/ui/api/jobs/a%00b", "/ui/jobs/x%00/outputs/y", "/ui/api/jobs?after=%00"):
+        assert call(f"{server.url}{bad}")[0] == 404, bad  # (PostgreSQL refuses a NUL: never sent to it)
+    assert get_json(f"{server.url}/ui/api/jobs?model=%00")["jobs"] == []
+
+    answer = urllib.request.urlopen(f"{server.url}{detail['outputs'][0]['url']}", timeout=10)
+    assert answer.headers["Content-Disposition"].startswith("attachment;")  # a download, never a page
+    for path in ("/ui", f"/ui/jobs/{done_id}", "/ui/api/jobs", "/ui/jobs/nosuchjob"):
+        request = urllib.request.Request(f"{server.url}{path}")
+        try:
+            headers = urllib.request.urlopen(request, timeout=10).headers
+        except urllib.error.HTTPError as exc:
+            headers = exc.headers
+        assert (
+            headers["X-Frame-Options"] == "DENY"
+            and "frame-ancestors 'none'" in headers["Content-Security-Policy"]
+        )
+        assert headers["X-Content-Type-Options"] == "nosniff", path

@@ -55,7 +55,15 @@ def test_a_stop_must_carry_the_pages_header_and_come_from_this_site() -> None:
     assert from_our_page(Headers({CSRF_HEADER: "1"}), host)  # a client that sends neither (curl)
     assert not from_our_page(Headers({}), host)  # a cross-site form cannot set the header
     assert not from_our_page(Headers({**ours, CSRF_HEADER: "0"}), host)
-    assert not from_our_page(Headers({**ours, "origin": "http://evil.example"}), host)
-    assert not from_our_page(Headers({**ours, "origin": "null"}), host)
+    older = {CSRF_HEADER: "1"}  # a browser without Sec-Fetch-Site: its Origin tells
+    assert from_our_page(Headers({**older, "origin": f"http://{host}"}), host)
+    assert not from_our_page(Headers({**older, "origin": "http://evil.example"}), host)
+    assert not from_our_page(Headers({**older, "origin": "null"}), host)
     assert not from_our_page(Headers({**ours, "sec-fetch-site": "cross-site"}), host)
     assert not from_our_page(Headers({**ours, "sec-fetch-site": "same-site"}), host)
+    # behind a reverse proxy that rewrites Host: the browser's Sec-Fetch-Site, or X-Forwarded-Host
+    proxied = {**ours, "origin": "https://bulkinfer.example.com"}
+    assert from_our_page(Headers(proxied), host)
+    no_fetch_site = {CSRF_HEADER: "1", "origin": "https://bulkinfer.example.com"}
+    assert not from_our_page(Headers(no_fetch_site), host)
+    assert from_our_page(Headers({**no_fetch_site, "x-forwarded-host": "bulkinfer.example.com"}), host)

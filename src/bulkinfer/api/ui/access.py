@@ -76,7 +76,8 @@ def from_our_page(headers: Headers, host: str) -> bool:
     if headers.get(CSRF_HEADER) != "1":
         return False
     site = headers.get("sec-fetch-site")
-    if site is not None and site != "same-origin":
-        return False
+    if site is not None:  # the browser's own word, which a reverse proxy's rewritten Host cannot spoil
+        return site == "same-origin"
     origin = headers.get("origin")
-    return origin is None or origin.split("://", 1)[-1] == host
+    hosts = {host, headers.get("x-forwarded-host")}
+    return origin is None or origin.split("://", 1)[-1] in hosts

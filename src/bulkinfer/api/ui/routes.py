@@ -11,6 +11,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
+from urllib.parse import quote
 
 from fastapi import APIRouter, Depends, FastAPI, Query, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
@@ -23,12 +24,15 @@ from bulkinfer.api.ui.access import REALM, Viewer, from_our_page, signed_in
 from bulkinfer.api.ui.history import Throughput
 from bulkinfer.domain.job import SERVICE_ENDED, JobStatus
 from bulkinfer.domain.tenant import NotGranted, Tenants
+from bulkinfer.engine.job import JOB_ID_PATTERN
 from bulkinfer.errors import BulkinferError
 from bulkinfer.services.batch import BatchService, JobConflict, JobNotFound
 from bulkinfer.store.batch_jobs import BatchJob, JobFilter
 
 PREFIX = "/ui"
 PAGE_SIZE = 50
+MAX_MODEL_NAME = 2048
+"""Longest model name a filter may hold (as the job store keeps them)."""
 STATIC = Path(__file__).parent / "static"
 router = APIRouter(prefix=PREFIX, include_in_schema=False)
 TEMPLATES = Environment(
@@ -69,9 +73,11 @@ def _history(request: Request) -> Throughput:
 
 def _job(request: Request, who: Viewer, job_id: str) -> BatchJob:
     try:
+        if not JOB_ID_PATTERN.fullmatch(job_id):  # (nor is a NUL byte sent on to the database)
+            raise JobNotFound(job_id)
         return _batch(request).get_any(job_id, who.name)
     except JobNotFound:
-        raise Refused(404, f"no job {job_id}") from None
+        raise Refused(404, f"no job {job_id[:100]}") from None
 
 
 def _page(name: str, who: Viewer, **context: Any) -> HTMLResponse:
@@ -102,11 +108,15 @@ WantedDep = Annotated[Wanted, Depends(wanted)]
 
 def _listing(request: Request, who: Viewer, query: Wanted) -> dict[str, Any]:
     status = JobStatus(query.status) if query.status in set(JobStatus) else None
+    if not query.model.isprintable() or len(query.model) > MAX_MODEL_NAME:  # no model is named so
+        return {"jobs": [], "more": None}
     filters = JobFilter(tenant=who.name, status=status, model=query.model or None)
     try:
+        if query.after and not JOB_ID_PATTERN.fullmatch(query.after):
+            raise JobNotFound(query.after)
         jobs, more = _batch(request).page(filters, PAGE_SIZE, after=query.after or None)
     except JobNotFound:
-        raise Refused(404, f"no job {query.after}") from None
+        raise Refused(404, f"no job {query.after[:100]}") from None
     now, catalog, history = time.time(), _batch(request).catalog, _history(request)
     rows = [views.job_row(job, catalog, history, now) for job in jobs]
     return {"jobs": rows, "more": jobs[-1].job_id if more and jobs else None}
@@ -192,7 +202,9 @@ def output(request: Request, who: ViewerDep, job_id: str, name: str) -> Response
     files = _outputs(request, job)
     if files is None or name not in files.sizes():
         raise Refused(404, f"job {job_id} has no output file {name!r}")
-    return StreamingResponse(files.read(name), media_type="text/plain; charset=utf-8")
+    # a download, never a page of ours: a record's text cannot run as the dashboard's
+    download = {"Content-Disposition": f"attachment; filename*=UTF-8''{quote(name.rsplit('/', 1)[-1])}"}
+    return StreamingResponse(files.read(name), media_type="text/plain; charset=utf-8", headers=download)
 
 
 def _models(request: Request, who: Viewer) -> list[dict[str, Any]]:
@@ -229,8 +241,29 @@ async def _refused(request: Request, exc: Exception) -> Response:
     return HTMLResponse(html, exc.status, headers=exc.headers)
 
 
+SAFE_HEADERS = {
+    "Content-Security-Policy": (  # (inline style attributes draw the progress bars)
+        "default-src 'self'; style-src 'self' 'unsafe-inline'; frame-ancestors 'none'; base-uri 'none'; "
+        "form-action 'self'"
+    ),
+    "X-Frame-Options": "DENY",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "same-origin",
+}
+"""On every dashboard answer: no page elsewhere may frame it (a lured click on Stop), nothing is run
+but its own script, and nothing is sniffed into another type."""
+
+
+async def _safe_headers(request: Request, call_next: Any) -> Response:
+    response: Response = await call_next(request)
+    if request.url.path == PREFIX or request.url.path.startswith(f"{PREFIX}/"):
+        response.headers.update(SAFE_HEADERS)
+    return response
+
+
 def install(app: FastAPI) -> None:
     """Add the dashboard to an app: its routes, its static files and its error pages."""
     app.include_router(router)
+    app.middleware("http")(_safe_headers)
     app.mount(f"{PREFIX}/static", StaticFiles(directory=STATIC), name="ui-static")
     app.add_exception_handler(Refused, _refused)

@@ -12,6 +12,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from botocore.exceptions import ClientError
 
@@ -59,11 +60,11 @@ class Receiver:
             self.got.append(Received(path, headers, body, status))
             return status
 
-    def events(self, path: str) -> dict[str, dict[str, Any]]:
+    def events(self, path: str, secret: str = SECRET) -> dict[str, dict[str, Any]]:
         """Each event delivered (a 200) to ``path``, by webhook id, its signature verified."""
         with self.lock:
             return {
-                r.headers["webhook-id"]: verify(SECRET, r.body, r.headers)
+                r.headers["webhook-id"]: verify(secret, r.body, r.headers)
                 for r in self.got
                 if r.path == path and r.status == 200
             }
@@ -188,8 +189,15 @@ def test_an_openai_batch_with_a_webhook_in_its_metadata_is_told_it_completed(hoo
     )
     assert wait(sdk, created.id, {"completed", "failed"}).status == "completed"
 
-    receiver.wait_for(lambda: bool(receiver.events("/batch")))
-    (told,) = receiver.events("/batch").values()
+    # its own URL is signed with the tenant's key (which it reads from the server), not the server's
+    answer = httpx.get(f"{server.url}/webhooks/secret", headers={"Authorization": "Bearer sk-any"})
+    assert answer.status_code == 200, answer.text
+    tenant_secret = answer.json()["secret"]
+    assert tenant_secret.startswith("whsec_") and tenant_secret != SECRET
+    receiver.wait_for(lambda: any(r.path == "/batch" and r.status == 200 for r in receiver.got))
+    with pytest.raises(AssertionError):
+        receiver.events("/batch")  # the server's key does not verify it
+    (told,) = receiver.events("/batch", tenant_secret).values()
     assert told["type"] == "batch.completed" and told["object"] == "event"
     assert told["data"] == {"id": created.id}
 

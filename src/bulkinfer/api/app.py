@@ -31,6 +31,7 @@ from bulkinfer.api.runtime.routes import router as runtime_router
 from bulkinfer.api.tenants import check_models, load_tenants, open_tenants, single_tenant
 from bulkinfer.api.ui import routes as dashboard
 from bulkinfer.api.ui.history import Throughput
+from bulkinfer.api.webhooks import router as webhooks_router
 from bulkinfer.domain.tenant import Tenant, Tenants, with_own_areas
 from bulkinfer.engine.job import MediaSettings
 from bulkinfer.errors import ConfigError, UserError
@@ -159,6 +160,7 @@ def create_app(settings: ServerSettings, tenants: Tenants | None = None) -> Fast
     app = FastAPI(title="bulkinfer", version=__version__, lifespan=lifespan, **docs)  # type: ignore[arg-type]
     app.state.settings = settings
     app.state.tenants = tenants
+    app.state.webhooks = webhooks
     app.state.readiness = Readiness(store.revision)
     app.state.ui_history = Throughput()
     errors.install(app)
@@ -185,6 +187,7 @@ def create_app(settings: ServerSettings, tenants: Tenants | None = None) -> Fast
     app.include_router(anthropic_messages_router)
     app.include_router(models_router)
     app.include_router(metrics_router)
+    app.include_router(webhooks_router)
     dashboard.install(app)
     return app
 

@@ -76,7 +76,10 @@ class WebhookSender:
         """Send one row; None when it was delivered (a 2xx), else why not."""
         client = self._guarded if delivery.guarded else self._open
         stamp = int(time.time())
-        sent = hooks.headers(self._config.secret, delivery.webhook_id, stamp, delivery.payload)
+        key = self._config.secret
+        if delivery.tenant is not None:
+            key = hooks.tenant_key(key, delivery.tenant)
+        sent = hooks.headers(key, delivery.webhook_id, stamp, delivery.payload)
         try:
             async with asyncio.timeout(TIMEOUT_S):  # (httpx's timeouts are per read, not per request)
                 request = client.build_request("POST", delivery.url, content=delivery.payload, headers=sent)

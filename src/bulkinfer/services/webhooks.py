@@ -242,6 +242,17 @@ def new_webhook_id() -> str:
     return f"msg_{uuid.uuid4().hex}"
 
 
+def tenant_key(server_key: bytes, tenant: str) -> bytes:
+    """The key a tenant's own URLs are signed with: derived from the server's, one per tenant, so a
+    tenant that verifies its webhooks can sign nothing the server's targets or another tenant trust."""
+    return hmac.new(server_key, f"bulkinfer webhooks of tenant {tenant}".encode(), hashlib.sha256).digest()
+
+
+def secret_text(key: bytes) -> str:
+    """A key as Standard Webhooks libraries take it."""
+    return f"whsec_{base64.b64encode(key).decode()}"
+
+
 def signature(secret: bytes, webhook_id: str, timestamp: int, body: bytes) -> str:
     """The ``webhook-signature`` header: HMAC-SHA256 of ``{id}.{timestamp}.{body}``, Standard Webhooks."""
     signed = f"{webhook_id}.{timestamp}.".encode() + body

@@ -111,6 +111,7 @@ webhook_deliveries = Table(
     Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True),
     Column("webhook_id", String(64), nullable=False),
     Column("job_id", String(64), nullable=False),
+    Column("tenant", String(128)),
     Column("url", Text, nullable=False),
     Column("guarded", Boolean, nullable=False),
     Column("payload", Text, nullable=False),

@@ -47,6 +47,8 @@ class Delivery:
     payload: bytes
     created_at: float
     attempts: int
+    tenant: str | None = None
+    """Whose own URL it goes to (signed with that tenant's key); None: one of the server's targets."""
 
 
 def enqueue(conn: Connection, config: hooks.Webhooks | None, job: BatchJob, at: float) -> None:
@@ -66,7 +68,7 @@ def enqueue(conn: Connection, config: hooks.Webhooks | None, job: BatchJob, at: 
         webhook_id = hooks.new_webhook_id()
         body = hooks.payload(config, target.style, change, webhook_id)
         if body is not None:
-            rows.append(_row(job.job_id, target, webhook_id, body, at))
+            rows.append(_row(job, target, webhook_id, body, at))
     if rows and _pending(conn, job.job_id) + len(rows) > MAX_PENDING_PER_JOB:
         said = f"job {job.job_id} has {MAX_PENDING_PER_JOB} webhooks undelivered: this change is not sent"
         event(log, "webhook.dropped", said, level=logging.WARNING, job_id=job.job_id)
@@ -75,10 +77,11 @@ def enqueue(conn: Connection, config: hooks.Webhooks | None, job: BatchJob, at: 
         conn.execute(insert(table), rows)
 
 
-def _row(job_id: str, target: hooks.Target, webhook_id: str, body: bytes, at: float) -> dict[str, Any]:
+def _row(job: BatchJob, target: hooks.Target, webhook_id: str, body: bytes, at: float) -> dict[str, Any]:
     return {
         "webhook_id": webhook_id,
-        "job_id": job_id,
+        "job_id": job.job_id,
+        "tenant": job.tenant if target.guarded else None,
         "url": target.url,
         "guarded": target.guarded,
         "payload": body.decode(),
@@ -108,7 +111,7 @@ def claim(conn: Connection, limit: int, hold_s: float) -> list[Delivery]:
     if rows:
         ids = [r["id"] for r in rows]
         conn.execute(update(table).where(c.id.in_(ids)).values(next_attempt_at=now + hold_s))
-    kept = ("id", "webhook_id", "job_id", "url", "guarded", "created_at", "attempts")
+    kept = ("id", "webhook_id", "job_id", "url", "guarded", "created_at", "attempts", "tenant")
     return [Delivery(payload=r["payload"].encode(), **{k: r[k] for k in kept}) for r in rows]
 
 

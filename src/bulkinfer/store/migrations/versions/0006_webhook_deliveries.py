@@ -29,6 +29,7 @@ def upgrade() -> None:
             ),
             sa.Column("webhook_id", sa.String(64), nullable=False),
             sa.Column("job_id", sa.String(64), nullable=False),
+            sa.Column("tenant", sa.String(128), nullable=True),
             sa.Column("url", sa.Text(), nullable=False),
             sa.Column("guarded", sa.Boolean(), nullable=False),
             sa.Column("payload", sa.Text(), nullable=False),

@@ -19,6 +19,7 @@ from typing import Any
 
 import pytest
 from selenium import webdriver
+from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
 from selenium.webdriver.chrome.options import Options
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
@@ -104,7 +105,11 @@ def server(tmp_path: Path) -> Iterator[Server]:
 
 
 def until(driver: WebDriver, condition: Callable[[WebDriver], Any], what: str) -> Any:
-    return WebDriverWait(driver, WAIT_S, poll_frequency=0.2).until(condition, message=what)
+    # The pages redraw rows and the chart at each poll: an element found just before a redraw is
+    # stale when read, which says nothing about the condition; it is looked for again.
+    ignored = (NoSuchElementException, StaleElementReferenceException)
+    wait = WebDriverWait(driver, WAIT_S, poll_frequency=0.2, ignored_exceptions=ignored)
+    return wait.until(condition, message=what)
 
 
 def status_of(url: str, key: str | None = None, secret: str | None = None) -> tuple[int, dict[str, str]]:
@@ -175,7 +180,7 @@ def test_a_tenant_watches_its_job_move_stops_it_and_sees_no_one_elses(
 
     # the processed count moves on the page, without a reload
     browser.execute_script("window.__notReloaded = true")
-    first = processed(browser, ids["long"])
+    first = until(browser, lambda d: processed(d, ids["long"]) + 1, "no processed count shown") - 1
     until(browser, lambda d: processed(d, ids["long"]) > first, "the processed count never moved")
     rate = f"{row} td.rate"
     until(browser, lambda d: d.find_element(By.CSS_SELECTOR, rate).text, "no records/s shown")

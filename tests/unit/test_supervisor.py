@@ -59,3 +59,22 @@ def test_a_request_that_never_ends_stops_counting(monkeypatch: pytest.MonkeyPatc
     assert pressure.in_flight == 1
     monkeypatch.setattr(module, "STALE_S", -1.0)
     assert pressure.in_flight == 0
+
+
+async def test_a_loop_whose_step_swallows_its_cancel_still_stops() -> None:
+    """Python 3.11's wait_for can swallow a cancel that comes as its wait ends: the loop must still end,
+    or whatever stops it (a server's shutdown) waits for good."""
+    swallowed = asyncio.Event()
+
+    async def step() -> None:
+        try:
+            await asyncio.sleep(30)
+        except asyncio.CancelledError:
+            swallowed.set()  # (and returns as if its wait had ended)
+
+    loops = Loops()
+    loops.start("swallower", step)
+    await asyncio.sleep(0.05)
+    stopping = asyncio.create_task(loops.stop())
+    done, _ = await asyncio.wait({stopping}, timeout=30)
+    assert swallowed.is_set() and stopping in done

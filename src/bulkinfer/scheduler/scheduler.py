@@ -239,8 +239,11 @@ class Scheduler:
         return await asyncio.get_running_loop().run_in_executor(self._lease_thread, fn, *args)
 
     async def _wait(self, event: asyncio.Event, timeout: float) -> None:
+        # (asyncio.timeout, not wait_for: on Python 3.11 wait_for can swallow a cancel that comes as its
+        # wait ends, and a loop that swallows its cancel keeps `close` waiting for good)
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(event.wait(), timeout=max(timeout, 0.0))
+            async with asyncio.timeout(max(timeout, 0.0)):
+                await event.wait()
         event.clear()
 
     # leases
@@ -250,9 +253,8 @@ class Scheduler:
         await self._wait(self._leases_wake, lease / 4)
         held = list(self._running) + sorted(self._validating)
         asked = time.monotonic()
-        rows = await asyncio.wait_for(
-            self._lease_call(self._store.renew, self.replica, held, lease), lease / 3
-        )
+        async with asyncio.timeout(lease / 3):
+            rows = await self._lease_call(self._store.renew, self.replica, held, lease)
         self._lease_confirmed = asked
         self._check_held({row.job_id: row for row in rows}, held)
 

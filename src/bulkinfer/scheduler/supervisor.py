@@ -29,6 +29,7 @@ async def supervise(name: str, step: Callable[[], Awaitable[None]]) -> None:
     the next try waits a backoff that grows while the failures go on."""
     failures = 0
     while True:
+        _stop_if_cancelled()
         try:
             await step()
         except asyncio.CancelledError:
@@ -45,6 +46,14 @@ async def supervise(name: str, step: Callable[[], Awaitable[None]]) -> None:
             if failures:
                 log.warning("%s loop recovered after %d failures", name, failures)
             failures = 0
+
+
+def _stop_if_cancelled() -> None:
+    """End the loop if it was asked to stop, even where a step swallowed the `CancelledError` (a
+    library's race, such as Python 3.11's ``wait_for``): a loop that outlives its cancel hangs shutdown."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
 
 
 class Loops:

@@ -253,8 +253,8 @@ def test_a_flood_of_chunked_bodies_with_a_bad_signature_stops_at_the_cap(bench: 
     with peak_rss(bench.pid) as seen:
         statuses = flood(bench.port, forged_authorization(), chunked=True)
     # each read to the cap (413), or refused once the server's budget for bodies in memory is spent (503):
-    # never to the signature check
-    assert set(statuses) <= {413, 503} and 413 in statuses, statuses
+    # never to the signature check (which of the two each gets is a race, so neither is required)
+    assert statuses and set(statuses) <= {413, 503}, statuses
     assert growth(seen) < MAX_FLOOD_GROWTH, f"RSS grew {growth(seen) / MiB:.0f} MiB"
 
 

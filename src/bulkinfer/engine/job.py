@@ -11,6 +11,7 @@ import shutil
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
+from functools import partial
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, TypeVar
 
@@ -32,7 +33,7 @@ from bulkinfer.faults import failpoint
 from bulkinfer.formats.jsonl import count_lines
 from bulkinfer.formats.manifest import ManifestInfo, build_manifest
 from bulkinfer.formats.records import get_format, results_of_unrun
-from bulkinfer.providers.base import Provider
+from bulkinfer.providers.base import JobContext, Provider
 from bulkinfer.providers.catalog import Catalog, ImageSettings, ModelSpec
 from bulkinfer.providers.cost import job_cost
 from bulkinfer.providers.registry import load_provider
@@ -151,6 +152,9 @@ class RunRequest:
     """A new job is a retry of this finished job: it keeps its successes and runs the rest again."""
     record_format: str | None = None
     """The format of the input lines (see formats.records); None: found from the files' first lines."""
+    deadline: float | None = None
+    """When a service's job times out (epoch seconds): a provider batch API runs what it could not
+    finish by then on its on-demand model."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -227,6 +231,9 @@ class LocalJob:
         with the job's lock released."""
         self.paused: str | None = None
         """Why the model holds this job's records back right now (its provider is down), if it does."""
+        self.activity: str | None = None
+        """What the job's message says while it runs: why it is paused, or what its provider is doing
+        (the provider jobs behind it)."""
         self._final_on_stop = JobStatus.STOPPED
         self._run_started = time.monotonic()
         self.store = (
@@ -437,7 +444,7 @@ class LocalJob:
         provider: Provider | None = None
         try:
             status(f"loading model {self.spec.name}")
-            provider = await asyncio.to_thread(load_provider, self.spec, self.request.limits)
+            provider = await asyncio.to_thread(load_provider, self.spec, self.request.limits, self._context())
             return await self._run(provider, progress, status)
         except BaseException as exc:
             named = self._named(exc)
@@ -453,6 +460,16 @@ class LocalJob:
         finally:
             if provider is not None:
                 await provider.aclose()
+
+    def _context(self) -> JobContext:
+        """What a provider that runs the whole job (a provider batch API) is told of it."""
+        batch = self.spec.remote.batch if self.spec.remote is not None else None
+        on_demand = None
+        if batch is not None and batch.on_demand is not None:
+            spec = Catalog.load(self.request.catalog_file).get(batch.on_demand)
+            limits = self.request.limits
+            on_demand = partial(load_provider, spec, limits)
+        return JobContext(self.job_id, self.store.provider_jobs(), self.request.deadline, on_demand)
 
     def _named(self, exc: BaseException) -> BaseException:
         """A full disk said plainly, whichever write found it."""
@@ -585,11 +602,12 @@ class LocalJob:
         shown: str | None = None
         while True:
             await asyncio.sleep(PAUSE_CHECK_S)
-            paused = provider.paused()
-            if paused != shown:
-                shown = self.paused = paused
-                status(paused or f"running {self.spec.name}")
-                self.job = await asyncio.to_thread(self.store.update_job, self.job, message=paused)
+            self.paused = paused = provider.paused()
+            self.activity = said = paused or provider.activity()
+            if said != shown:
+                shown = said
+                status(said or f"running {self.spec.name}")
+                self.job = await asyncio.to_thread(self.store.update_job, self.job, message=said)
 
     def _finalize(self, record_counts: dict[int, int], chunk_dir: Path, final: JobStatus) -> JobReport:
         """Write outputs and manifest. Completed: every record, checked; Stopped: what finished."""

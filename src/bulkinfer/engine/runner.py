@@ -52,6 +52,11 @@ class EngineSettings:
 
     @classmethod
     def for_model(cls, spec: ModelSpec) -> EngineSettings:
+        if spec.remote is not None and spec.remote.batch is not None:
+            # A batch is a provider job: read one more than the provider runs at once, so the next
+            # is ready the moment a slot frees.
+            size = spec.remote.batch.max_records_per_job
+            return cls(block_records=size, blocks_in_flight=spec.concurrency + 1, chunk_records=size)
         block = min(4096, max(64, spec.batch_size * 4))
         if spec.remote is not None:
             # One record per call. A block is done when its slowest record is, and a record may

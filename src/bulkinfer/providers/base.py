@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from bulkinfer.domain.request import ChatRequest, EmbeddingRequest, ImagePart, Outcome, RecordError, Request
+
+if TYPE_CHECKING:
+    from bulkinfer.store.provider_jobs import ProviderJobs
 
 
 @dataclass(frozen=True, slots=True)
@@ -22,6 +26,19 @@ class Capabilities:
     """Dialects the model speaks itself: records in them are sent as written (``Request.native``)."""
     keyed: bool = False
     """Requests carry a ``key`` naming their record, sent as an idempotency key (remote providers)."""
+
+
+@dataclass(frozen=True, slots=True)
+class JobContext:
+    """What a provider that runs a whole job (a provider batch API) must know of it."""
+
+    job_id: str
+    provider_jobs: ProviderJobs
+    """Where the job's provider jobs are recorded (its state store)."""
+    deadline: float | None = None
+    """When the job times out (epoch seconds); None: never."""
+    on_demand: Callable[[], Provider] | None = None
+    """Loads the model that runs what the batch API cannot (too few records, too late), if there is one."""
 
 
 class Provider(ABC):
@@ -49,6 +66,10 @@ class Provider(ABC):
 
     def paused(self) -> str | None:
         """Why dispatch is held back right now (a provider that is down), or None while it runs."""
+        return None
+
+    def activity(self) -> str | None:
+        """What the job's message shows while it runs (the provider jobs behind it), or None."""
         return None
 
     def refusal(self, request: Request) -> RecordError | None:

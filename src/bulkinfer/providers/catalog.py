@@ -23,8 +23,17 @@ class PriceEntry(BaseModel):
     batch_discount: float = Field(0.0, ge=0, le=1, description="fraction off on-demand for batch jobs")
 
 
-REMOTE_PROVIDERS = frozenset({"openai", "anthropic", "bedrock"})
-REMOTE_DEFAULT_DIALECT = {"openai": "openai-chat", "anthropic": "anthropic", "bedrock": "anthropic"}
+BATCH_PROVIDERS = frozenset({"openai-batch", "anthropic-batch", "bedrock-batch"})
+"""Providers' own batch APIs: a job runs as provider batch jobs (``providers.batchapi``)."""
+REMOTE_PROVIDERS = frozenset({"openai", "anthropic", "bedrock"}) | BATCH_PROVIDERS
+REMOTE_DEFAULT_DIALECT = {
+    "openai": "openai-chat",
+    "anthropic": "anthropic",
+    "bedrock": "anthropic",
+    "openai-batch": "openai-chat",
+    "anthropic-batch": "anthropic",
+    "bedrock-batch": "anthropic",
+}
 UNLIMITED_CONCURRENCY = 256
 """Records in flight at once for a remote model with no max_concurrency; adaptive concurrency rules below."""
 
@@ -47,7 +56,16 @@ class ModelEntry(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     provider: Literal[
-        "echo", "transformers", "sentence-transformers", "ocr", "openai", "anthropic", "bedrock"
+        "echo",
+        "transformers",
+        "sentence-transformers",
+        "ocr",
+        "openai",
+        "anthropic",
+        "bedrock",
+        "openai-batch",
+        "anthropic-batch",
+        "bedrock-batch",
     ]
     description: str = ""
     kind: Literal["chat", "embedding"] = "chat"
@@ -74,6 +92,19 @@ class ModelEntry(BaseModel):
     max_concurrency: int | None = Field(None, ge=1, le=4096)
     max_attempts: int = Field(8, ge=1, le=100)
     timeout_seconds: float = Field(60.0, gt=0)
+    # Provider batch APIs (provider = "*-batch"): how jobs are cut into provider jobs and followed.
+    staging: str | None = Field(
+        None, description="s3:// prefix where bedrock-batch stages inputs and outputs"
+    )
+    s3_endpoint_url: str | None = Field(None, description="S3 endpoint of the staging bucket (bedrock-batch)")
+    role_arn: str | None = Field(None, description="IAM role Bedrock reads and writes the staging with")
+    max_provider_jobs: int = Field(10, ge=1, le=1000, description="the provider's concurrent batch jobs")
+    min_records_per_job: int = Field(1, ge=1, description="smaller provider jobs go to on_demand instead")
+    max_records_per_job: int = Field(50_000, ge=1, le=1_000_000)
+    max_bytes_per_job: int = Field(200 * 2**20, ge=1024)
+    poll_seconds: float = Field(60.0, gt=0, description="the longest wait between polls of a provider job")
+    on_demand: str | None = Field(None, description="the catalog model that runs what batch cannot")
+    turnaround_hours: float = Field(24.0, gt=0, description="how long a provider job may take")
 
 
 class CatalogFile(BaseModel):
@@ -116,6 +147,27 @@ class RemoteSpec:
     max_concurrency: int | None = None
     max_attempts: int = 8
     timeout_seconds: float = 60.0
+    batch: BatchSpec | None = None
+    """Set for a provider batch API (``provider = "*-batch"``)."""
+
+
+@dataclass(frozen=True, slots=True)
+class BatchSpec:
+    """How a job on a provider's batch API is cut into provider jobs, and how those are followed."""
+
+    staging: str | None = None
+    s3_endpoint_url: str | None = None
+    role_arn: str | None = None
+    max_provider_jobs: int = 10
+    """The provider's concurrent batch jobs for this model, shared by every job on it."""
+    min_records_per_job: int = 1
+    max_records_per_job: int = 50_000
+    max_bytes_per_job: int = 200 * 2**20
+    poll_seconds: float = 60.0
+    on_demand: str | None = None
+    """The catalog model (an on-demand provider) that runs records batch cannot: too few, or too late."""
+    turnaround_hours: float = 24.0
+    """How long a provider job may take: a job whose deadline is nearer runs on ``on_demand``."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -166,6 +218,7 @@ class Catalog:
             except OSError as exc:
                 raise ConfigError(f"cannot read model catalog {user_file}: {exc.strerror}") from exc
             specs.update(_parse(text, str(user_file)))
+        _check_on_demand(specs, str(user_file))
         return cls(specs)
 
     def get(self, name: str, visible: Callable[[str], bool] | None = None) -> ModelSpec:
@@ -198,6 +251,21 @@ def _parse(text: str, source: str) -> dict[str, ModelSpec]:
     return {name: _spec(name, entry, source) for name, entry in parsed.models.items()}
 
 
+def _check_on_demand(specs: dict[str, ModelSpec], source: str) -> None:
+    """Each provider batch API's ``on_demand`` names a model of the catalog that is not one itself."""
+    for spec in specs.values():
+        name = spec.remote.batch.on_demand if spec.remote and spec.remote.batch else None
+        if name is None:
+            continue
+        other = specs.get(name)
+        if other is None:
+            raise ConfigError(f"{source}: models.{spec.name}.on_demand: no model {name!r} in the catalog")
+        if other.remote is not None and other.remote.batch is not None:
+            raise ConfigError(f"{source}: models.{spec.name}.on_demand: {name!r} is a batch API itself")
+        if other.kind != spec.kind:
+            raise ConfigError(f"{source}: models.{spec.name}.on_demand: {name!r} is a {other.kind} model")
+
+
 def _spec(name: str, entry: ModelEntry, source: str) -> ModelSpec:
     from bulkinfer.dialects.registry import get_dialect
 
@@ -220,8 +288,8 @@ def _spec(name: str, entry: ModelEntry, source: str) -> ModelSpec:
         context_length=entry.context_length,
         default_max_tokens=entry.default_max_tokens,
         # A remote model takes one record per call; its limits, not micro-batches, bound the work.
-        concurrency=(remote.max_concurrency or UNLIMITED_CONCURRENCY) if remote else entry.concurrency,
-        batch_size=1 if remote else entry.batch_size,
+        concurrency=_concurrency(entry, remote),
+        batch_size=_batch_size(entry, remote),
         token_budget=entry.token_budget,
         price=Price(**entry.price.model_dump()),
         description=entry.description,
@@ -236,7 +304,9 @@ def _spec(name: str, entry: ModelEntry, source: str) -> ModelSpec:
 
 def _remote(name: str, entry: ModelEntry, source: str) -> RemoteSpec | None:
     if entry.provider not in REMOTE_PROVIDERS:
-        remote_keys = set(RemoteSpec.__dataclass_fields__) & entry.model_fields_set
+        remote_keys = (set(RemoteSpec.__dataclass_fields__) | set(BatchSpec.__dataclass_fields__)) & (
+            entry.model_fields_set
+        )
         if remote_keys:
             key = sorted(remote_keys)[0]
             raise ConfigError(f"{source}: models.{name}.{key}: only remote providers take this key")
@@ -252,10 +322,51 @@ def _remote(name: str, entry: ModelEntry, source: str) -> RemoteSpec | None:
         max_concurrency=entry.max_concurrency,
         max_attempts=entry.max_attempts,
         timeout_seconds=entry.timeout_seconds,
+        batch=_batch(name, entry, source),
     )
+
+
+def _batch(name: str, entry: ModelEntry, source: str) -> BatchSpec | None:
+    batch_keys = set(BatchSpec.__dataclass_fields__) & entry.model_fields_set
+    if entry.provider not in BATCH_PROVIDERS:
+        if batch_keys:
+            key = sorted(batch_keys)[0]
+            raise ConfigError(
+                f"{source}: models.{name}.{key}: only provider batch APIs (*-batch) take this key"
+            )
+        return None
+    if entry.provider == "bedrock-batch":
+        for key in ("staging", "role_arn"):
+            if getattr(entry, key) is None:
+                raise ConfigError(f"{source}: models.{name}.{key}: bedrock-batch needs it")
+        if not str(entry.staging).startswith("s3://"):
+            raise ConfigError(f"{source}: models.{name}.staging: an s3:// prefix, as s3://bucket/prefix/")
+    elif entry.staging is not None or entry.role_arn is not None or entry.s3_endpoint_url is not None:
+        key = next(k for k in ("staging", "role_arn", "s3_endpoint_url") if getattr(entry, k) is not None)
+        raise ConfigError(f"{source}: models.{name}.{key}: only bedrock-batch takes this key")
+    if entry.min_records_per_job > entry.max_records_per_job:
+        raise ConfigError(f"{source}: models.{name}.min_records_per_job: more than max_records_per_job")
+    if entry.on_demand == name:
+        raise ConfigError(f"{source}: models.{name}.on_demand: names this model itself")
+    return BatchSpec(**{key: getattr(entry, key) for key in BatchSpec.__dataclass_fields__})
+
+
+def _concurrency(entry: ModelEntry, remote: RemoteSpec | None) -> int:
+    if remote is None:
+        return entry.concurrency
+    if remote.batch is not None:  # a batch is a provider job: as many at once as the provider runs
+        return remote.batch.max_provider_jobs
+    return remote.max_concurrency or UNLIMITED_CONCURRENCY
+
+
+def _batch_size(entry: ModelEntry, remote: RemoteSpec | None) -> int:
+    if remote is None:
+        return entry.batch_size
+    # A provider batch API takes a provider job's worth of records at once; any other remote, one.
+    return remote.batch.max_records_per_job if remote.batch is not None else 1
 
 
 def _remote_default_dialect(entry: ModelEntry) -> str:
     if entry.kind == "embedding":
-        return "openai-embeddings" if entry.provider == "openai" else "titan-embed"
+        return "openai-embeddings" if entry.provider in ("openai", "openai-batch") else "titan-embed"
     return REMOTE_DEFAULT_DIALECT[entry.provider]

@@ -5,15 +5,18 @@ from __future__ import annotations
 import dataclasses
 
 from bulkinfer.errors import ConfigError
-from bulkinfer.providers.base import Capabilities, Provider
+from bulkinfer.providers.base import Capabilities, JobContext, Provider
 from bulkinfer.providers.catalog import ModelSpec
 from bulkinfer.providers.remote.limits import LimitRegistry
 
 
-def load_provider(spec: ModelSpec, limits: LimitRegistry | None = None) -> Provider:
+def load_provider(
+    spec: ModelSpec, limits: LimitRegistry | None = None, job: JobContext | None = None
+) -> Provider:
     """Load a model (may take seconds for a local one); run it in a thread from async code.
 
     ``limits`` holds the rate limits of remote models, shared by every job of the process that uses it.
+    ``job`` is the job the model is loaded for: a provider batch API needs it (it runs the whole job).
     A model with ``image_text = "ocr"`` comes wrapped so that it is given the text of images.
     """
     if spec.image_text == "ocr":
@@ -21,11 +24,17 @@ def load_provider(spec: ModelSpec, limits: LimitRegistry | None = None) -> Provi
         from bulkinfer.providers.ocr import OcrEngine
 
         ocr = OcrEngine.load()  # first, so a missing rapidocr is said before a model loads for nothing
-        return ImageTextProvider(_load(spec, limits), ocr)
-    return _load(spec, limits)
+        return ImageTextProvider(_load(spec, limits, job), ocr)
+    return _load(spec, limits, job)
 
 
-def _load(spec: ModelSpec, limits: LimitRegistry | None) -> Provider:
+def _load(spec: ModelSpec, limits: LimitRegistry | None, job: JobContext | None) -> Provider:
+    if spec.remote is not None and spec.remote.batch is not None:
+        from bulkinfer.providers.batchapi.load import batch_provider
+
+        if job is None:
+            raise ConfigError(f"model {spec.name}: a provider batch API runs whole jobs, not single requests")
+        return batch_provider(spec, limits or LimitRegistry(), job)
     if spec.remote is not None:
         from bulkinfer.providers.remote.provider import remote_provider
 
@@ -55,7 +64,8 @@ def capabilities_of(spec: ModelSpec) -> Capabilities:
     if spec.remote is not None:
         from bulkinfer.providers.remote.provider import remote_capabilities
 
-        capabilities = remote_capabilities(spec)
+        native = frozenset(spec.dialects) if spec.remote.batch is not None else frozenset()
+        capabilities = remote_capabilities(spec, native)
     else:
         capabilities = _local_class(spec).capabilities
     if spec.image_text == "ocr":  # as ImageTextProvider: images reach the model as their text

@@ -196,6 +196,12 @@ class Scheduler:
         running = self._running.get(job_id)
         return running.job.paused if running and running.job else None
 
+    def activity(self, job_id: str) -> str | None:
+        """What a job running here is doing, as its message says: why it is paused, or its provider's
+        jobs (a provider batch API's)."""
+        running = self._running.get(job_id)
+        return running.job.activity if running and running.job else None
+
     # the loops
 
     async def run(self) -> None:
@@ -726,6 +732,7 @@ class Scheduler:
             media=replace(self._media, grants=self._tenants.get(job.tenant).grants),
             retry_of=retry_of,
             record_format=record_format(job.request),
+            deadline=job.expires_at,
         )
 
 

@@ -205,7 +205,7 @@ class BatchService:
             success=live.processed - live.errors,
             input_tokens=live.input_tokens,
             output_tokens=live.output_tokens,
-            message=self._scheduler.paused(job.job_id) or job.message,
+            message=self._scheduler.activity(job.job_id) or job.message,
         )
 
     def list(self, wanted: JobFilter, page_size: int, token: str | None) -> Page:

@@ -22,7 +22,7 @@ class LocalBuckets:
         """The ``s3://`` URI of a path reached through ``uri``, as the path resolves (symbolic links
         followed), in the same bucket; "" for a path outside that bucket. Grants are checked on this,
         so a link in one tenant's folder to another's in the same bucket is granted by where it leads."""
-        bucket = _split(uri)[0]
+        bucket = split_s3(uri)[0]
         resolved, bucket_dir = path.resolve(), (self.root / bucket).resolve()
         if not resolved.is_relative_to(bucket_dir):
             return ""
@@ -31,11 +31,11 @@ class LocalBuckets:
 
     def bucket_dir(self, uri: str) -> Path:
         """The folder of an ``s3://`` URI's bucket: every input file listed must resolve inside it."""
-        return self.root / _split(uri)[0]
+        return self.root / split_s3(uri)[0]
 
     def path(self, uri: str, *, must_exist: bool = True) -> Path:
         """The local path of an ``s3://`` URI."""
-        bucket, key = _split(uri)
+        bucket, key = split_s3(uri)
         if ".." in key.split("/"):
             raise InputError(f"{uri}: a key may not contain '..'")
         bucket_dir = self.root / bucket
@@ -49,7 +49,7 @@ class LocalBuckets:
         return target
 
 
-def _split(uri: str) -> tuple[str, str]:
+def split_s3(uri: str) -> tuple[str, str]:
     """An ``s3://`` URI's bucket and key."""
     match = S3_URI.fullmatch(uri)
     if match is None:

@@ -125,6 +125,32 @@ webhook_deliveries = Table(
     Index("ix_webhook_deliveries_job", "job_id"),
 )
 
+# Jobs this store's jobs run as on a provider's batch API (providers.batchapi), one row each, written
+# before the provider job is created: a restart finds and follows it rather than create it again.
+provider_jobs = Table(
+    "provider_jobs",
+    metadata,
+    Column("token", String(64), primary_key=True),
+    Column("job_id", String(64), nullable=False),
+    Column("model", String(200), nullable=False),
+    Column("seq", Integer, nullable=False),
+    Column("attempt", Integer, nullable=False),
+    Column("keys", Text, nullable=False),
+    Column("state", String(16), nullable=False),
+    Column("provider_id", Text),
+    Column("provider_file", Text),
+    Column("provider_status", String(32)),
+    Column("total", Integer, nullable=False),
+    Column("done", Integer, nullable=False),
+    Column("failed", Integer, nullable=False),
+    Column("created_at", Float, nullable=False),
+    Column("heartbeat_at", Float, nullable=False),
+    Column("ended_at", Float),
+    Column("message", Text),
+    Index("ix_provider_jobs_job", "job_id", "seq"),
+    Index("ix_provider_jobs_model_state", "model", "state"),
+)
+
 # Files uploaded through the OpenAI Files API (their bytes live in the files bucket, at ``uri``).
 files = Table(
     "files",

@@ -27,6 +27,7 @@ from bulkinfer.domain.lineset import LineSet
 from bulkinfer.errors import UserError
 from bulkinfer.storage.files import DiskFull
 from bulkinfer.store.migrate import upgrade
+from bulkinfer.store.provider_jobs import ProviderJobs
 from bulkinfer.store.schema import chunks, jobs
 from bulkinfer.transient import is_transient_db, retrying_call
 
@@ -134,6 +135,10 @@ class StateStore:
 
     def close(self) -> None:
         self._engine.dispose()
+
+    def provider_jobs(self) -> ProviderJobs:
+        """The provider batch jobs of this store's jobs, through the same retries."""
+        return ProviderJobs(self._engine, self._call)
 
     def _call(self, fn: Callable[[], T]) -> T:
         """Run one unit of work, retrying transient errors; name a full disk or a damaged file."""

@@ -48,7 +48,7 @@ class AnthropicCall:
         except anthropic.AnthropicError as exc:
             convert(anthropic, exc, timeout)
         parsed = json_body(content)
-        result = _result(parsed)
+        result = message_result(parsed)
         result.latency_ms = int((time.monotonic() - started) * 1000)
         if request.native is not None:
             result.native = parsed
@@ -83,7 +83,7 @@ def _block(part: TextPart | ImagePart) -> dict[str, Any]:
     return {"type": "image", "source": {"type": "url", "url": part.url}}
 
 
-def _result(body: dict[str, Any]) -> ChatResult:
+def message_result(body: dict[str, Any]) -> ChatResult:
     try:
         text = "".join(b.get("text", "") for b in body["content"] if b.get("type") == "text")
         usage = body.get("usage") or {}

@@ -78,7 +78,7 @@ class BedrockCall:
             else:
                 result = await self._invoke(client, request)
         except (ClientError, BotoCoreError) as exc:
-            raise _converted(exc, timeout) from exc
+            raise converted(exc, timeout) from exc
         result.latency_ms = int((time.monotonic() - started) * 1000)
         return Answer(result, RateHints())
 
@@ -103,7 +103,7 @@ class BedrockCall:
         return self._client
 
     async def _invoke(self, client: Any, request: Request) -> Result:
-        body = request.native.body if request.native is not None else _titan_body(request)
+        body = request.native.body if request.native is not None else titan_body(request)
         response = await client.invoke_model(
             modelId=self._spec.remote_model,
             body=orjson.dumps(body),
@@ -112,7 +112,7 @@ class BedrockCall:
         )
         async with response["body"] as stream:
             parsed = json_body(await stream.read())
-        result = _invoke_result(parsed, request)
+        result = invoke_result(parsed, request)
         if request.native is not None:
             result.native = parsed
         return result
@@ -160,7 +160,7 @@ def _block(part: TextPart | ImagePart) -> dict[str, Any]:
     return {"image": {"format": part.media_type.removeprefix("image/"), "source": {"bytes": part.data}}}
 
 
-def _titan_body(request: Request) -> dict[str, Any]:
+def titan_body(request: Request) -> dict[str, Any]:
     if not isinstance(request, EmbeddingRequest) or len(request.texts) != 1:
         raise Permanent("Bedrock embedding models take one text per record")
     body: dict[str, Any] = {"inputText": request.texts[0]}
@@ -169,7 +169,7 @@ def _titan_body(request: Request) -> dict[str, Any]:
     return body
 
 
-def _invoke_result(body: dict[str, Any], request: Request) -> Result:
+def invoke_result(body: dict[str, Any], request: Request) -> Result:
     try:
         if isinstance(request, EmbeddingRequest):
             vector = tuple(float(x) for x in body["embedding"])
@@ -187,7 +187,7 @@ def _invoke_result(body: dict[str, Any], request: Request) -> Result:
         raise Retryable(f"malformed InvokeModel response: missing {exc}") from exc
 
 
-def _converted(exc: ClientError | BotoCoreError, timeout: float) -> CallFailed:
+def converted(exc: ClientError | BotoCoreError, timeout: float) -> CallFailed:
     if isinstance(exc, EndpointConnectionError):
         return ProviderDown(f"cannot connect: {exc}")
     if isinstance(exc, ReadTimeoutError | ConnectTimeoutError):

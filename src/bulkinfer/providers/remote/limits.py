@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
+from bulkinfer.providers.batchapi.polling import Bell
 from bulkinfer.providers.catalog import RemoteSpec
 from bulkinfer.providers.remote.breaker import Breaker
 from bulkinfer.providers.remote.call import RateHints
@@ -217,6 +218,7 @@ class LimitRegistry:
 
     def __init__(self) -> None:
         self._limits: dict[str, ModelLimits] = {}
+        self._bells: dict[str, Bell] = {}
         self._lock = threading.Lock()  # providers load in threads: two jobs may ask at once
 
     def for_model(self, name: str, spec: RemoteSpec) -> ModelLimits:
@@ -225,6 +227,14 @@ class LimitRegistry:
             if limits is None:
                 limits = self._limits[name] = ModelLimits(spec)
             return limits
+
+    def bell(self, name: str) -> Bell:
+        """What a model's provider batch jobs ring when one ends here, freeing a slot."""
+        with self._lock:
+            bell = self._bells.get(name)
+            if bell is None:
+                bell = self._bells[name] = Bell()
+            return bell
 
     def get(self, name: str) -> ModelLimits | None:
         """A model's limits, once a job on it has called it in this process (read-only use: the

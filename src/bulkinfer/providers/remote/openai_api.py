@@ -47,7 +47,7 @@ class OpenAICall:
             convert(openai, exc, timeout)
         body = json_body(raw.content)
         latency = int((time.monotonic() - started) * 1000)
-        result = _chat_result(body) if isinstance(request, ChatRequest) else _embedding_result(body)
+        result = chat_result(body) if isinstance(request, ChatRequest) else embedding_result(body)
         result.latency_ms = latency
         if request.native is not None:
             result.native = body
@@ -120,7 +120,7 @@ def embedding_body(request: EmbeddingRequest) -> dict[str, Any]:
     return body
 
 
-def _chat_result(body: dict[str, Any]) -> ChatResult:
+def chat_result(body: dict[str, Any]) -> ChatResult:
     try:
         choice = body["choices"][0]
         text = choice["message"].get("content") or ""
@@ -135,7 +135,7 @@ def _chat_result(body: dict[str, Any]) -> ChatResult:
         raise Retryable(f"malformed chat completion: missing {exc}") from exc
 
 
-def _embedding_result(body: dict[str, Any]) -> Result:
+def embedding_result(body: dict[str, Any]) -> Result:
     try:
         rows = sorted(body["data"], key=lambda row: row["index"])
         vectors = tuple(tuple(float(x) for x in row["embedding"]) for row in rows)

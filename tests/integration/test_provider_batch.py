@@ -78,6 +78,29 @@ max_provider_jobs = 2
 max_records_per_job = 1000
 poll_seconds = 2
 max_attempts = 6
+
+[models.sim-gpt-direct]
+provider = "openai"
+remote_model = "sim-gpt"
+base_url = "{simulator}"
+max_attempts = 8
+
+[models.gpt-batch-min]
+provider = "openai-batch"
+remote_model = "sim-gpt"
+base_url = "{provider}/v1"
+max_provider_jobs = 2
+max_records_per_job = 1000
+min_records_per_job = 100
+on_demand = "sim-gpt-direct"
+poll_seconds = 2
+
+[models.gpt-batch-slow]
+provider = "openai-batch"
+remote_model = "sim-gpt"
+base_url = "{provider}/v1"
+turnaround_hours = 48
+on_demand = "sim-gpt-direct"
 """
 
 
@@ -113,7 +136,13 @@ def start_batch_server(world: dict[str, Any], data_dir: Path) -> Server:
     catalog = world["root"] / "batch.toml"
     provider: Server = world["provider"]
     catalog.write_text(
-        BATCH_CATALOG.format(provider=provider.url, s3=world["s3"], staging=STAGING_BUCKET, role=ROLE)
+        BATCH_CATALOG.format(
+            provider=provider.url,
+            s3=world["s3"],
+            staging=STAGING_BUCKET,
+            role=ROLE,
+            simulator=world["sim"].openai_base_url,
+        )
     )
     os.environ.update(S3_CREDENTIALS)
     try:
@@ -221,3 +250,85 @@ def max_overlap(jobs: list[dict[str, Any]]) -> int:
         running += step
         most = max(most, running)
     return most
+
+
+def test_a_stop_cancels_the_provider_jobs_and_keeps_what_they_finished(
+    world: dict[str, Any], tmp_path: Path
+) -> None:
+    provider: Server = world["provider"]
+    before = {j["job_id"] for j in provider_jobs(provider)}
+    server = start_batch_server(world, tmp_path / "data")
+    try:
+        for f in range(FILES):
+            rows = [openai_record(record_id(f, n), f"file {f} record {n}") for n in range(RECORDS_PER_FILE)]
+            write_jsonl(server.bucket("calls") / f"part-{f}.jsonl", rows)
+        bedrock = client(server)
+        arn = create(bedrock, "stopped-midway", "s3://calls/", "s3://results/", model="gpt-batch")
+        deadline = time.monotonic() + 120
+        while True:  # the first provider jobs have ended and the next are running
+            mine = [j for j in provider_jobs(provider) if j["job_id"] not in before]
+            if len(mine) >= 3 and any(j["end_time"] is None for j in mine):
+                break
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        bedrock.stop_model_invocation_job(jobIdentifier=arn)
+        job = wait_status(bedrock, arn, {"Stopped"}, timeout=120)
+    finally:
+        server.stop()
+    mine = [j for j in provider_jobs(provider) if j["job_id"] not in before]
+    assert all(j["end_time"] is not None for j in mine), mine  # none left running at the provider
+    assert {j["status"] for j in mine} <= {"Completed", "Stopped"}, mine
+    assert "Stopped" in {j["status"] for j in mine}, mine  # the running ones were cancelled
+    job_id = arn.rsplit("/", 1)[1]
+    kept = [
+        line
+        for f in range(FILES)
+        for line in read_jsonl_if(tmp_path / "data" / "s3" / "results" / job_id / f"part-{f}.jsonl.out")
+    ]
+    assert len(kept) == job["processedRecordCount"]
+    # the first two provider jobs' successes at least (the records they failed were not sent again)
+    assert 1.5 * RECORDS_PER_FILE <= len(kept) < FILES * RECORDS_PER_FILE
+    assert len({line["recordId"] for line in kept}) == len(kept)
+
+
+def test_small_remainders_and_jobs_near_their_deadline_run_on_demand(
+    world: dict[str, Any], tmp_path: Path
+) -> None:
+    provider: Server = world["provider"]
+    sim: SimulatorThread = world["sim"]
+    before = {j["job_id"] for j in provider_jobs(provider)}
+    server = start_batch_server(world, tmp_path / "data")
+    try:
+        rows = [openai_record(record_id(0, n), f"remainder {n}") for n in range(1000)]
+        write_jsonl(server.bucket("calls") / "part-0.jsonl", rows)
+        extra = [openai_record(record_id(1, n), f"remainder tail {n}") for n in range(30)]
+        write_jsonl(server.bucket("calls") / "part-1.jsonl", extra)
+        write_jsonl(
+            server.bucket("late") / "late.jsonl",
+            [openai_record(record_id(2, n), f"late {n}") for n in range(40)],
+        )
+        bedrock = client(server)
+        arn = create(bedrock, "remainder", "s3://calls/", "s3://results/", model="gpt-batch-min")
+        late = create(bedrock, "late", "s3://late/", "s3://results/", model="gpt-batch-slow")
+        for name in (arn, late):
+            job = wait_status(bedrock, name, {"Completed", "Failed"}, timeout=120)
+            assert job["status"] == "Completed", job.get("message")
+    finally:
+        server.stop()
+    mine = [j for j in provider_jobs(provider) if j["job_id"] not in before]
+    # the 1,000-record file went as one provider job; the 30-record file, and the few records the
+    # provider failed, were fewer than min_records_per_job: they ran on demand, as did the late job
+    assert len(mine) == 1, mine
+    direct = {
+        key for key in sim.stats().per_id if key.startswith((arn.rsplit("/", 1)[1], late.rsplit("/", 1)[1]))
+    }
+    late_id = late.rsplit("/", 1)[1]
+    assert {key for key in direct if key.startswith(late_id)} == {
+        f"{late_id}:{record_id(2, n)}" for n in range(40)
+    }
+    job_id = arn.rsplit("/", 1)[1]
+    assert {f"{job_id}:{record_id(1, n)}" for n in range(30)} <= direct
+
+
+def read_jsonl_if(path: Path) -> list[dict[str, Any]]:
+    return read_jsonl(path) if path.exists() else []

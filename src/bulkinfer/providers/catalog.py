@@ -104,7 +104,9 @@ class ModelEntry(BaseModel):
     max_bytes_per_job: int = Field(200 * 2**20, ge=1024)
     poll_seconds: float = Field(60.0, gt=0, description="the longest wait between polls of a provider job")
     on_demand: str | None = Field(None, description="the catalog model that runs what batch cannot")
-    turnaround_hours: float = Field(24.0, gt=0, description="how long a provider job may take")
+    turnaround_hours: float = Field(
+        1.0, gt=0, description="how long a provider job usually takes; a nearer deadline goes on_demand"
+    )
 
 
 class CatalogFile(BaseModel):
@@ -166,7 +168,7 @@ class BatchSpec:
     poll_seconds: float = 60.0
     on_demand: str | None = None
     """The catalog model (an on-demand provider) that runs records batch cannot: too few, or too late."""
-    turnaround_hours: float = 24.0
+    turnaround_hours: float = 1.0
     """How long a provider job may take: a job whose deadline is nearer runs on ``on_demand``."""
 
 

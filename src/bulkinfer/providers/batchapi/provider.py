@@ -266,12 +266,8 @@ class BatchProvider(Provider):
         if again:
             for i in again:
                 outcomes[i] = None
+            # (a stop leaves them None: UNSENT, unfinished, like records never sent)
             await self._send(again, row.attempt + 1, requests, outcomes)
-            for i in again:  # a retry that was stopped keeps the provider's error, not UNSENT
-                if outcomes[i] is None and not self._stop.is_set:
-                    outcomes[i] = RecordError(
-                        500, "the provider did not answer this record", "ProviderJobEnded"
-                    )
 
     def _lines_again(
         self, row: ProviderJob, indexes: list[int], requests: Sequence[Request]

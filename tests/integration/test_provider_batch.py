@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -188,8 +190,10 @@ def test_a_job_keeps_two_provider_jobs_running_survives_a_kill_and_resubmits_fai
     try:
         job = wait_status(client(second), arn, {"Completed", "Failed", "PartiallyCompleted"}, timeout=240)
         assert job["status"] == "Completed", job.get("message")
+        shown = show_status(second, arn)  # `bulkinfer status JOB --server` lists the provider jobs
     finally:
         second.stop()
+    assert "Provider jobs" in shown
 
     total = FILES * RECORDS_PER_FILE
     for f in range(FILES):
@@ -207,6 +211,21 @@ def test_a_job_keeps_two_provider_jobs_running_survives_a_kill_and_resubmits_fai
     assert len(mine) > FILES
     assert max_overlap(mine) == 2
     assert world["sim"].stats().by_outcome.get(Outcome.ERROR_500, 0) > 0
+    assert all(j["job_id"] in shown for j in mine), shown
+
+
+def show_status(server: Server, arn: str) -> str:
+    command = [sys.executable, "-m", "bulkinfer", "status", arn, "--server", server.url]
+    keys = {
+        "AWS_ACCESS_KEY_ID": "AKIDTENANTA",
+        "AWS_SECRET_ACCESS_KEY": "secret",
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }
+    shown = subprocess.run(
+        command, env={**os.environ, **keys, "COLUMNS": "400"}, capture_output=True, text=True
+    )
+    assert shown.returncode == 0, shown.stderr
+    return shown.stdout
 
 
 def openai_record(rid: str, text: str) -> dict[str, Any]:

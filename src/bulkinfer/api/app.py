@@ -120,12 +120,13 @@ def create_app(settings: ServerSettings, tenants: Tenants | None = None) -> Fast
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         scheduler = Scheduler(store, settings, catalog, pressure=pressure, tenants=tenants)
         pool = ModelPool(catalog)
-        app.state.batch = BatchService(store, scheduler, catalog, webhooks)
+        app.state.metrics = Metrics.of_server(settings, token, store, scheduler, catalog)
+        provider_jobs = app.state.metrics.state.provider_jobs()
+        app.state.batch = BatchService(store, scheduler, catalog, webhooks, provider_jobs)
         media = MediaSettings.of_service(settings.fetch_allow, settings.data_dir, settings.s3_endpoint_url)
         media = replace(media, tally=scheduler.media_tally)  # on-demand calls' images count too
         app.state.invoke = InvokeService(catalog, pool, media)
         app.state.files = files
-        app.state.metrics = Metrics.of_server(settings, token, store, scheduler, catalog)
         tasks = [asyncio.create_task(scheduler.run())]
         loops = Loops()
         loops.start("file-expiry", lambda: files.expiry_step(FILE_EXPIRY_EVERY_S))

@@ -273,6 +273,11 @@ class Metrics:
             headers={"WWW-Authenticate": "Bearer"},
         )
 
+    @property
+    def state(self) -> StateStore:
+        """The engine's state store, which the server reads (jobs' committed counts, provider jobs)."""
+        return self._state
+
     def close(self) -> None:
         self._state.close()
 

@@ -442,9 +442,11 @@ def _resume_command(job: JobRecord, output: Path) -> str:
 
 
 def _show_server_job(server: str, target: str) -> None:
-    job, events = remote.job_events(server, target)
+    job, found = remote.job_events(server, target)
     out.print(remote.job_table(job))
-    out.print(remote.events_table(events))
+    out.print(remote.events_table(found["events"]))
+    if found.get("providerJobs"):
+        out.print(remote.provider_jobs_table(found["providerJobs"]))
 
 
 @app.command(cls=Command)

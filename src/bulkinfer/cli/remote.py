@@ -123,15 +123,16 @@ class ServerOutputs:
         return self._signed.send("GET", url, stream=stream)
 
 
-def job_events(server: str, job: str) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """A server job (as Get returns it) and its timeline, from our ``/events`` route."""
+def job_events(server: str, job: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A server job (as Get returns it) and our ``/events`` route's answer: its timeline (``events``)
+    and the provider batch jobs it ran as (``providerJobs``)."""
     session = _session()
     bedrock = session.client("bedrock", endpoint_url=server_url(server))
     found: dict[str, Any] = bedrock.get_model_invocation_job(jobIdentifier=job)
     credentials = session.get_credentials().get_frozen_credentials()
     url = f"{server.rstrip('/')}/model-invocation-job/{job_id_of(found)}/events"
     response = Signed(credentials, session.region_name).send("GET", url)
-    return found, list(orjson.loads(response.content)["events"])
+    return found, dict(orjson.loads(response.content))
 
 
 def events_table(events: list[dict[str, Any]]) -> Table:
@@ -140,6 +141,28 @@ def events_table(events: list[dict[str, Any]]) -> Table:
         table.add_column(column)
     for e in events:  # the server's text (a reason quotes a provider's error): never markup
         table.add_row(*(Text(str(e.get(key) or "")) for key in ("time", "event", "status", "reason")))
+    return table
+
+
+def provider_jobs_table(provider_jobs: list[dict[str, Any]]) -> Table:
+    table = Table(title="Provider jobs")
+    columns = (
+        "providerJobId",
+        "attempt",
+        "records",
+        "providerStatus",
+        "done",
+        "failed",
+        "createdAt",
+        "endedAt",
+    )
+    table.add_column("provider job", overflow="fold")  # an ARN is long: shown whole
+    for column in ("attempt", "records", "status", "done", "failed", "created", "ended"):
+        table.add_column(column)
+    for p in provider_jobs:  # the provider's words: never markup
+        shown = {**p, "providerJobId": p.get("providerJobId") or p.get("token"),
+                 "providerStatus": p.get("providerStatus") or p.get("state")}  # fmt: skip
+        table.add_row(*(Text(str(shown.get(key) if shown.get(key) is not None else "")) for key in columns))
     return table
 
 

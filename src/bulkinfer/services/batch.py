@@ -19,6 +19,7 @@ from bulkinfer.scheduler.scheduler import Scheduler, deadline, input_uri, output
 from bulkinfer.services import webhooks as hooks
 from bulkinfer.store.batch_jobs import BatchJob, BatchJobStore, JobFilter
 from bulkinfer.store.job_events import JobEvent
+from bulkinfer.store.provider_jobs import ProviderJob, ProviderJobs
 
 
 class JobNotFound(BulkinferError):
@@ -75,8 +76,10 @@ class BatchService:
         scheduler: Scheduler,
         catalog: Catalog,
         webhooks: hooks.Webhooks | None = None,
+        provider_jobs: ProviderJobs | None = None,
     ) -> None:
         self._store = store
+        self._provider_jobs = provider_jobs
         self._webhooks = webhooks
         self._scheduler = scheduler
         self._catalog = catalog
@@ -183,6 +186,11 @@ class BatchService:
         """A tenant's job's timeline (another tenant's job is not found)."""
         self.get(tenant, job_id)
         return self._store.events(job_id)
+
+    def provider_jobs(self, tenant: str, job_id: str) -> list[ProviderJob]:
+        """The provider batch jobs a tenant's job ran as (a ``*-batch`` model's), oldest first."""
+        self.get(tenant, job_id)
+        return [] if self._provider_jobs is None else self._provider_jobs.of_job(job_id)
 
     def ended(self, tenant: str, job_id: str) -> BatchJob:
         """One of the caller's jobs whose outputs can be read: it must have ended."""

@@ -19,6 +19,7 @@ from bulkinfer.api.bedrock.schemas import (
     event_view,
     job_arn,
     job_summary,
+    provider_job_view,
 )
 from bulkinfer.domain.job import JobStatus
 from bulkinfer.errors import UserError
@@ -120,9 +121,15 @@ def _outputs(request: Request, who: Caller, jobs: BatchService, identifier: str)
 
 @router.get("/model-invocation-job/{identifier:path}/events")
 def list_events(identifier: str, who: CallerDep, jobs: ServiceDep) -> dict[str, Any]:
-    """Our own route: the job's timeline, each change of status (or provider pause) with its reason."""
-    events = jobs.events(who.tenant.name, _job_id(identifier))
-    return {"events": [event_view(e) for e in events]}
+    """Our own route: the job's timeline, each change of status (or provider pause) with its reason, and
+    the provider batch jobs it ran as (a ``*-batch`` model's)."""
+    tenant, job_id = who.tenant.name, _job_id(identifier)
+    events = jobs.events(tenant, job_id)
+    provider_jobs = jobs.provider_jobs(tenant, job_id)
+    return {
+        "events": [event_view(e) for e in events],
+        "providerJobs": [provider_job_view(p) for p in provider_jobs],
+    }
 
 
 @router.get("/model-invocation-job/{identifier:path}/outputs")

@@ -15,6 +15,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 from bulkinfer.providers.cost import JobCost
 from bulkinfer.store.batch_jobs import BatchJob
 from bulkinfer.store.job_events import JobEvent
+from bulkinfer.store.provider_jobs import ProviderJob
 
 
 def _fullmatch(pattern: str) -> AfterValidator:
@@ -166,6 +167,23 @@ def job_summary(job: BatchJob, region: str, account: str, cost: JobCost) -> dict
 def event_view(event: JobEvent) -> dict[str, Any]:
     """One step of a job's timeline as our ``/events`` route returns it."""
     return {"time": _iso(event.at), "event": event.name, "status": event.status, "reason": event.reason}
+
+
+def provider_job_view(job: ProviderJob) -> dict[str, Any]:
+    """One provider batch job behind a job (a ``*-batch`` model's), as our ``/events`` route lists it."""
+    return {
+        "providerJobId": job.provider_id,
+        "token": job.token,
+        "attempt": job.attempt,
+        "records": len(job.keys),
+        "state": job.state,
+        "providerStatus": job.provider_status,
+        "done": job.done,
+        "failed": job.failed,
+        "createdAt": _iso(job.created_at),
+        "endedAt": _iso(job.ended_at),
+        "message": job.message,
+    }
 
 
 def _iso(timestamp: float | None) -> str | None:

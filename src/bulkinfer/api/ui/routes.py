@@ -145,6 +145,7 @@ def _detail(request: Request, who: Viewer, job_id: str) -> dict[str, Any]:
     job = _job(request, who, job_id)
     detail = views.job_detail(job, _batch(request).catalog, _history(request), time.time())
     detail["timeline"] = views.timeline(_batch(request).events(job.tenant, job.job_id))
+    detail["provider_jobs"] = views.provider_jobs(_batch(request).provider_jobs(job.tenant, job.job_id))
     detail["outputs"], detail["error_samples"] = _ended_outputs(request, job)
     return detail
 

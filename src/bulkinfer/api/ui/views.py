@@ -19,6 +19,7 @@ from bulkinfer.providers.cost import Prices, cost_in, usd_text
 from bulkinfer.providers.remote.limits import LimitRegistry, ModelLimits
 from bulkinfer.store.batch_jobs import BatchJob
 from bulkinfer.store.job_events import JobEvent
+from bulkinfer.store.provider_jobs import ProviderJob
 
 STOPPABLE = frozenset({JobStatus.SUBMITTED, JobStatus.VALIDATING, JobStatus.SCHEDULED, JobStatus.IN_PROGRESS})
 """Statuses a stop is accepted in (see `BatchService.stop`)."""
@@ -95,6 +96,21 @@ def prices_text(prices: Prices) -> str:
 def timeline(events: list[JobEvent]) -> list[dict[str, str]]:
     """The job's stored changes of state, oldest first, each with its reason."""
     return [{"at": when(e.at), "event": e.name, "status": e.status, "reason": e.reason or ""} for e in events]
+
+
+def provider_jobs(jobs: list[ProviderJob]) -> list[dict[str, str]]:
+    """The provider batch jobs the job ran as (a ``*-batch`` model's), oldest first."""
+    return [
+        {
+            "id": j.provider_id or j.token,
+            "attempt": str(j.attempt),
+            "status": j.provider_status or j.state,
+            "progress": f"{j.done:,} done, {j.failed:,} failed of {j.total:,}",
+            "created": when(j.created_at),
+            "ended": when(j.ended_at) if j.ended_at else "",
+        }
+        for j in jobs
+    ]
 
 
 def output_links(job: BatchJob, files: OutputFiles) -> list[dict[str, str]]:

@@ -193,11 +193,19 @@ class BatchProvider(Provider):
             sendable.append(i)
         if not sendable:
             return
-        if self._goes_on_demand(len(sendable)):
+        if self._too_late():
             await self._run_on_demand(sendable, requests, outcomes)
             return
         parts = _cut(sendable, lines, self._batch.max_records_per_job, self._batch.max_bytes_per_job)
-        await asyncio.gather(*(self._send_part(part, attempt, requests, outcomes) for part in parts))
+        small = [i for part in parts if self._too_small(part) for i, _ in part]
+        await asyncio.gather(
+            self._run_on_demand(small, requests, outcomes),
+            *(
+                self._send_part(part, attempt, requests, outcomes)
+                for part in parts
+                if not self._too_small(part)
+            ),
+        )
 
     async def _send_part(
         self,
@@ -312,6 +320,9 @@ class BatchProvider(Provider):
     async def _follow(self, row: ProviderJob, lines: list[bytes] | None) -> dict[str, Answer]:
         """Create the provider job if it is not there yet, poll it until it ends, and read its answers
         (by record key). A create the provider refuses for good ends the job with no answers."""
+        if row.ended and row.provider_id is None:  # refused (by an earlier run): so are its records
+            error = RecordError(400, f"the provider refused the batch job: {row.message}", "ValidationError")
+            return dict.fromkeys(row.keys, Answer(error=error))
         if row.provider_id is None:
             try:
                 row = await self._create(row, lines)
@@ -343,8 +354,9 @@ class BatchProvider(Provider):
             return self._api.create(self._rows.get(token, row), lines, save)
 
         while True:
-            if self._stop.is_set:
-                return row
+            if self._stop.is_set and self._rows.get(token, row).provider_file is None:
+                return row  # nothing of it was sent: it need not be made (a create that may have
+                # reached the provider is sent again, to be found and cancelled)
             try:
                 provider_id = await self._outage_safe_forever(create)
             except SlotsFull:
@@ -400,17 +412,22 @@ class BatchProvider(Provider):
 
     # on demand
 
-    def _goes_on_demand(self, records: int) -> bool:
-        if self._load_on_demand is None:
+    def _too_small(self, part: list[tuple[int, bytes]]) -> bool:
+        """A part too small for a provider job, where an on-demand model can run it instead."""
+        return self._load_on_demand is not None and len(part) < self._batch.min_records_per_job
+
+    def _too_late(self) -> bool:
+        """Whether the job's deadline is nearer than a provider job's turnaround (and an on-demand
+        model can run its records instead)."""
+        if self._load_on_demand is None or self._deadline is None:
             return False
-        if records < self._batch.min_records_per_job:
-            return True
-        turnaround = self._batch.turnaround_hours * 3600
-        return self._deadline is not None and self._clock() + turnaround > self._deadline
+        return self._clock() + self._batch.turnaround_hours * 3600 > self._deadline
 
     async def _run_on_demand(
         self, indexes: list[int], requests: Sequence[Request], outcomes: list[Outcome | None]
     ) -> None:
+        if not indexes:
+            return
         if self._on_demand is None:
             assert self._load_on_demand is not None
             self._on_demand = await asyncio.to_thread(self._load_on_demand)

@@ -123,6 +123,9 @@ function showJob(job) {
   document.getElementById("stop").hidden = !job.stoppable;
   chart(document.getElementById("chart"), job.series);
   fillRows(document.getElementById("timeline"), job.timeline, ["at", "event", "status", "reason"], "");
+  document.getElementById("provider-jobs-section").hidden = !job.provider_jobs.length;
+  fillRows(document.getElementById("provider-jobs"), job.provider_jobs,
+    ["id", "attempt", "status", "progress", "created", "ended"], "");
   fillRows(document.getElementById("error-samples"), job.error_samples, ["record", "error"],
     job.ended_now ? "None." : "None yet: read from the outputs once the job ends.");
   const outputs = document.getElementById("outputs");

@@ -22,6 +22,7 @@ commits them as it commits any model's.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 import time
@@ -46,6 +47,14 @@ STALE_POLLS = 10
 SLOT_RECHECK_S = 2.0
 """How often a part waiting for a slot looks again, for slots freed by other processes."""
 OUTAGE_BACKOFF_MAX_S = 60.0
+STOPPING_TRIES = 3
+"""Tries a call gets once the job is stopping (a cancel, a last poll) before it is given up."""
+CANCELLED_POLL_S = 5.0
+"""The longest wait between polls of a provider job that was cancelled."""
+
+
+class Abandoned(Exception):
+    """A call given up because the job is stopping while its provider (or database) does not answer."""
 
 
 class BatchProvider(Provider):
@@ -97,7 +106,10 @@ class BatchProvider(Provider):
     # the Provider seam
 
     async def infer(self, requests: Sequence[Request]) -> list[Outcome]:
-        await self._load()
+        try:
+            await self._load()
+        except Abandoned:
+            return [UNSENT] * len(requests)
         outcomes: list[Outcome | None] = [None] * len(requests)
         sent_before: dict[str, list[int]] = {}
         fresh = []
@@ -109,8 +121,9 @@ class BatchProvider(Provider):
                 fresh.append(i)
         steps = [self._collect(self._rows[t], idx, requests, outcomes) for t, idx in sent_before.items()]
         steps.append(self._send(fresh, 1, requests, outcomes))
-        await asyncio.gather(*steps)
-        return [UNSENT if o is None else o for o in outcomes]
+        with contextlib.suppress(Abandoned):  # a stop's: what it was for is left unsent
+            await _all(steps)
+        return [UNSENT if o is None else o for o in outcomes]  # (None: unsent, or given up at a stop)
 
     def stop(self) -> None:
         self._stop.set()
@@ -198,14 +211,9 @@ class BatchProvider(Provider):
             return
         parts = _cut(sendable, lines, self._batch.max_records_per_job, self._batch.max_bytes_per_job)
         small = [i for part in parts if self._too_small(part) for i, _ in part]
-        await asyncio.gather(
-            self._run_on_demand(small, requests, outcomes),
-            *(
-                self._send_part(part, attempt, requests, outcomes)
-                for part in parts
-                if not self._too_small(part)
-            ),
-        )
+        big = [part for part in parts if not self._too_small(part)]
+        sends = [self._send_part(part, attempt, requests, outcomes) for part in big]
+        await _all([self._run_on_demand(small, requests, outcomes), *sends])
 
     async def _send_part(
         self,
@@ -242,9 +250,7 @@ class BatchProvider(Provider):
         )
         stale = STALE_POLLS * self._batch.poll_seconds
         slots = self._batch.max_provider_jobs
-        while not await self._outage_safe_forever(
-            lambda: asyncio.to_thread(self._jobs.claim, row, slots, stale)
-        ):
+        while not await self._outage_safe(lambda: asyncio.to_thread(self._jobs.claim, row, slots, stale)):
             if await self._stop.unless_stopped(self._bell.wait(SLOT_RECHECK_S)) is STOPPED:
                 return None
         self._rows[row.token] = row
@@ -338,7 +344,7 @@ class BatchProvider(Provider):
         try:
             if not row.ended:
                 row = await self._until_ended(row)
-            answers = await self._outage_safe_forever(lambda: self._api.results(row))
+            answers = await self._outage_safe(lambda: self._api.results(row))
         except Permanent as exc:  # the provider lost the job: its records go again
             log.warning("job %s: provider job %s: %s", self._job_id, row.provider_id, exc)
             await self._end(row, provider_status="lost", message=str(exc))
@@ -358,7 +364,7 @@ class BatchProvider(Provider):
                 return row  # nothing of it was sent: it need not be made (a create that may have
                 # reached the provider is sent again, to be found and cancelled)
             try:
-                provider_id = await self._outage_safe_forever(create)
+                provider_id = await self._outage_safe(create)
             except SlotsFull:
                 await self._stop.unless_stopped(self._bell.wait(SLOT_RECHECK_S * 5))
                 continue
@@ -374,9 +380,9 @@ class BatchProvider(Provider):
         last: tuple[Any, ...] | None = None
         while True:
             if self._stop.is_set and not cancelled:
-                await self._outage_safe_forever(lambda: self._api.cancel(provider_id))
+                await self._outage_safe(lambda: self._api.cancel(provider_id))
                 cancelled = True
-            status = await self._outage_safe_forever(lambda: self._api.status(provider_id))
+            status = await self._outage_safe(lambda: self._api.status(provider_id))
             seen = (status.state, status.done, status.failed)
             changes = {"provider_status": status.state, "done": status.done, "failed": status.failed}
             if status.total:
@@ -391,8 +397,8 @@ class BatchProvider(Provider):
             last = seen
             if not cancelled:
                 await self._stop.unless_stopped(asyncio.sleep(interval))
-            else:
-                await asyncio.sleep(interval)
+            else:  # cancelled: soon to end
+                await asyncio.sleep(min(interval, CANCELLED_POLL_S))
 
     async def _end(self, row: ProviderJob, **changes: Any) -> ProviderJob:
         row = await self._save(row, state=ENDED, ended_at=self._clock(), **changes)
@@ -406,7 +412,7 @@ class BatchProvider(Provider):
         return save
 
     async def _save(self, row: ProviderJob, **changes: Any) -> ProviderJob:
-        saved = await self._outage_safe_forever(lambda: asyncio.to_thread(self._jobs.save, row, **changes))
+        saved = await self._outage_safe(lambda: asyncio.to_thread(self._jobs.save, row, **changes))
         self._rows[row.token] = saved
         return saved
 
@@ -439,10 +445,11 @@ class BatchProvider(Provider):
 
     # outages
 
-    async def _outage_safe_forever(self, call: Callable[[], Awaitable[T]]) -> T:
+    async def _outage_safe(self, call: Callable[[], Awaitable[T]]) -> T:
         """Await ``call``, retrying with backoff whatever may pass (the provider or the database down,
         a throttle, a 5xx); a ``Permanent`` refusal or ``SlotsFull`` is raised. The job's message says
-        while it waits; a stop or cancel ends the wait."""
+        while it waits (`paused`). Once the job is stopping, a few tries are all it gets: then it
+        raises `Abandoned`, and what it was for is left to a resume (unsent, or followed again)."""
         failures = 0
         while True:
             try:
@@ -451,14 +458,31 @@ class BatchProvider(Provider):
                 raise
             except Exception as exc:
                 failures += 1
+                if self._stop.is_set and failures >= STOPPING_TRIES:
+                    raise Abandoned(str(exc)) from exc
                 if self._down is None:
                     self._down = (self._clock(), f"{type(exc).__name__}: {exc}"[:300])
-                log.warning("job %s: %s's batch API: %s; retrying", self._job_id, self._spec.name, exc)
+                    log.warning("job %s: %s's batch API: %s; retrying", self._job_id, self._spec.name, exc)
                 ceiling = min(OUTAGE_BACKOFF_MAX_S, 0.5 * 2 ** min(failures, 10))
-                await asyncio.sleep(self._rng.uniform(ceiling / 2, ceiling))
+                pause = self._rng.uniform(ceiling / 2, ceiling)
+                if self._stop.is_set:
+                    await asyncio.sleep(min(pause, 1.0))
+                else:
+                    await self._stop.unless_stopped(asyncio.sleep(pause))
                 continue
-            self._down = None
+            if self._down is not None:
+                log.info("job %s: %s's batch API answers again", self._job_id, self._spec.name)
+                self._down = None
             return value
+
+
+async def _all(steps: Sequence[Awaitable[Any]]) -> None:
+    """Await every step, even when one fails (none is left running), then raise the first failure,
+    preferring one that is not `Abandoned` (a stop's)."""
+    results = await asyncio.gather(*steps, return_exceptions=True)
+    failures = [r for r in results if isinstance(r, BaseException)]
+    if failures:
+        raise next((f for f in failures if not isinstance(f, Abandoned)), failures[0])
 
 
 def _cut(

@@ -329,7 +329,11 @@ def test_small_remainders_and_jobs_near_their_deadline_run_on_demand(
         bedrock = client(server)
         arn = create(bedrock, "remainder", "s3://calls/", "s3://results/", model="gpt-batch-min")
         late = create(bedrock, "late", "s3://late/", "s3://results/", model="gpt-batch-slow")
-        for name in (arn, late):
+        # OpenAI chat bodies through Anthropic's batch API: translated there and back
+        chat = [openai_record(record_id(3, n), f"translated {n}") for n in range(50)]
+        write_jsonl(server.bucket("translated") / "chat.jsonl", chat)
+        translated = create(bedrock, "translated", "s3://translated/", "s3://results/", model="claude-batch")
+        for name in (arn, late, translated):
             job = wait_status(bedrock, name, {"Completed", "Failed"}, timeout=120)
             assert job["status"] == "Completed", job.get("message")
     finally:
@@ -337,7 +341,9 @@ def test_small_remainders_and_jobs_near_their_deadline_run_on_demand(
     mine = [j for j in provider_jobs(provider) if j["job_id"] not in before]
     # the 1,000-record file went as one provider job; the 30-record file, and the few records the
     # provider failed, were fewer than min_records_per_job: they ran on demand, as did the late job
-    assert len(mine) == 1, mine
+    assert len([j for j in mine if j["api"] == "openai"]) == 1, mine
+    # the Anthropic batch was created under bulkinfer's token, as its Idempotency-Key
+    assert {j["client_token"].split("-")[0] for j in mine if j["api"] == "anthropic"} == {"key:bulkinfer"}
     direct = {
         key for key in sim.stats().per_id if key.startswith((arn.rsplit("/", 1)[1], late.rsplit("/", 1)[1]))
     }
@@ -347,6 +353,10 @@ def test_small_remainders_and_jobs_near_their_deadline_run_on_demand(
     }
     job_id = arn.rsplit("/", 1)[1]
     assert {f"{job_id}:{record_id(1, n)}" for n in range(30)} <= direct
+    lines = read_jsonl(tmp_path / "data" / "s3" / "results" / translated.rsplit("/", 1)[1] / "chat.jsonl.out")
+    assert [line["recordId"] for line in lines] == [record_id(3, n) for n in range(50)]
+    assert [answer_text(line) for line in lines] == [f"translated {n}" for n in range(50)]
+    assert all("choices" in line["modelOutput"] for line in lines)  # answered in the records' own dialect
 
 
 def read_jsonl_if(path: Path) -> list[dict[str, Any]]:

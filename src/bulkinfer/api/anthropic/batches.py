@@ -17,7 +17,7 @@ from datetime import UTC, datetime
 from typing import Annotated, Any
 
 import orjson
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Depends, Header, Query, Request
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -72,7 +72,12 @@ def job_id_of(identifier: str) -> str:
 
 @router.post("/v1/messages/batches")
 async def create_batch(
-    body: CreateBatch, who: CallerDep, jobs: ServiceDep, files: FilesDep, request: Request
+    body: CreateBatch,
+    who: CallerDep,
+    jobs: ServiceDep,
+    files: FilesDep,
+    request: Request,
+    idempotency_key: Annotated[str | None, Header(max_length=256)] = None,
 ) -> dict[str, Any]:
     tenant = who.tenant
     settings: ServerSettings = request.app.state.settings
@@ -81,8 +86,13 @@ async def create_batch(
     area = own_area(settings.files_bucket, tenant.name)
     lines = [orjson.dumps(r) for r in body.requests]
     _check_sizes(lines)
-    token = await asyncio.to_thread(jobs.dedupe_token, tenant.name, None, b"\n".join(lines))
+    token = await asyncio.to_thread(jobs.dedupe_token, tenant.name, idempotency_key, b"\n".join(lines))
     found = await asyncio.to_thread(jobs.by_token, tenant.name, token)
+    if found is not None and idempotency_key:  # a create sent again (a client's retry, a restart's)
+        if found.api != API:
+            raise UserError("Idempotency-Key: given before for a job of another API; give another key")
+        if (found.details or {}).get("requestCount") != len(lines):
+            raise UserError("Idempotency-Key: given before for a different request; give another key")
     if found is not None and found.api == API:
         return _render(await _with_live(jobs, found), request)
     source = f"{area}messages/{uuid.uuid4().hex}.jsonl"

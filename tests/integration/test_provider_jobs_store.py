@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from bulkinfer.store.provider_jobs import CREATING, ENDED, ProviderJob, ProviderJobs, token_of
+from bulkinfer.store.provider_jobs import CREATING, ENDED, ProviderJob, ProviderJobs
 from bulkinfer.store.state import StateStore
 from tests.integration.test_bedrock_api import database
 
@@ -38,7 +38,7 @@ def provider_job(
 ) -> ProviderJob:
     now = time.time()
     return ProviderJob(
-        token=token_of(job_id, seq),
+        token=f"test-{job_id}-{seq}",
         job_id=job_id,
         model=model,
         seq=seq,

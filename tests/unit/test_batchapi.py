@@ -35,7 +35,7 @@ from bulkinfer.providers.batchapi.polling import MIN_POLL_S, Bell, next_poll
 from bulkinfer.providers.batchapi.provider import BatchProvider, _cut
 from bulkinfer.providers.catalog import Catalog, ModelSpec, _parse
 from bulkinfer.providers.remote.call import Permanent
-from bulkinfer.store.provider_jobs import CREATING, ENDED, RUNNING, ProviderJob, token_of
+from bulkinfer.store.provider_jobs import CREATING, ENDED, RUNNING, ProviderJob
 from bulkinfer.store.state import StateStore
 
 MODEL = "gpt-batch"
@@ -182,6 +182,16 @@ def texts(outcomes: Sequence[Outcome]) -> list[Any]:
 
 def answers(keys: Sequence[int]) -> list[str]:
     return [f"answer to job:{i}" for i in keys]
+
+
+def token_of(job_id: str, seq: int) -> str:
+    """The token of a row a test writes itself (the provider draws its own at random)."""
+    return f"test-{job_id}-{seq}"
+
+
+def seq_token(store: StateStore, seq: int) -> str:
+    """The token the provider drew for its provider job at ``seq``."""
+    return next(r.token for r in store.provider_jobs().of_job(JOB) if r.seq == seq)
 
 
 def row_of(
@@ -374,7 +384,7 @@ async def test_a_restarted_provider_follows_the_provider_jobs_of_the_records_sen
     await second.aclose()
     assert texts(more) == answers([6, 7])
     assert [(token, job.keys) for token, _, job in api.creates[2:]] == [
-        (token_of(JOB, 3), ("job:6", "job:7"))
+        (seq_token(store, 3), ("job:6", "job:7"))
     ]
     assert {r.state for r in store.provider_jobs().of_job(JOB)} == {ENDED}
     assert api.problems == []
@@ -390,7 +400,7 @@ async def test_a_provider_job_killed_before_anything_was_sent_is_ended_and_its_r
 
     assert texts(outcomes) == answers(range(3))
     assert [(token, lines is not None, job.keys) for token, lines, job in api.creates] == [
-        (token_of(JOB, 2), True, ("job:0", "job:1", "job:2"))
+        (seq_token(store, 2), True, ("job:0", "job:1", "job:2"))
     ]
     first, second = jobs.of_job(JOB)
     assert (first.state, first.provider_status, first.provider_id) == (ENDED, "not created", None)
@@ -577,3 +587,119 @@ def test_a_batch_model_takes_as_many_records_and_jobs_as_its_provider(tmp_path: 
     assert (spec.concurrency, spec.batch_size) == (4, 1000)
     assert spec.remote.batch.on_demand == "gpt"
     assert spec.default_dialect == "openai-chat"
+
+
+# what a hostile review found
+
+
+async def test_two_runs_of_one_job_id_in_two_stores_never_share_a_provider_job(tmp_path: Path) -> None:
+    api = FakeBatchApi()
+    day_one, day_two = StateStore.at(tmp_path / "one.db"), StateStore.at(tmp_path / "two.db")
+    try:
+        await run(batch_provider(batch_spec(), api, day_one), requests(2))
+        await run(batch_provider(batch_spec(), api, day_two), requests(2))
+    finally:
+        day_one.close()
+        day_two.close()
+    assert len(api.jobs) == 2  # each run made its own, under tokens of its own
+    assert len({token for token, _, _ in api.creates}) == 2
+
+
+class ExpiredKeyApi(FakeBatchApi):
+    """Its polls are refused (401) until the operator renews the key."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.refusals = 3
+
+    async def status(self, provider_id: str) -> Status:
+        if self.refusals:
+            self.refusals -= 1
+            raise Permanent("provider refused the request: 401: invalid key", code=401)
+        return await super().status(provider_id)
+
+
+async def test_a_refused_credential_pauses_the_job_instead_of_losing_its_provider_jobs(
+    store: StateStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(provider_module, "OUTAGE_BACKOFF_MAX_S", 0.01)
+    api = ExpiredKeyApi()
+    provider = batch_provider(batch_spec(), api, store)
+    outcomes = await run(provider, requests(3))
+    assert texts(outcomes) == answers(range(3))
+    assert len(api.creates) == 1 and api.cancels == []  # followed through the refusals, not given up
+    assert api.refusals == 0
+
+
+class GarbledApi(FakeBatchApi):
+    """Fails one way our own code cannot expect: its results raise a plain error once."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.garbled = 1
+
+    async def results(self, job: ProviderJob) -> dict[int, Answer]:
+        if self.garbled:
+            self.garbled -= 1
+            raise ValueError("unexpected shape")
+        return await super().results(job)
+
+
+async def test_an_unexpected_failure_is_said_on_the_records_and_they_go_again_not_retried_forever(
+    store: StateStore,
+) -> None:
+    api = GarbledApi()
+    outcomes = await run(batch_provider(batch_spec(max_attempts=2), api, store), requests(2))
+    assert texts(outcomes) == answers(range(2))  # sent again in a second provider job
+    assert len(api.creates) == 2
+    first = store.provider_jobs().of_job(JOB)[0]
+    assert first.provider_status == "unfollowed" and "unexpected shape" in (first.message or "")
+
+
+async def test_records_a_stop_left_unanswered_use_no_attempt_when_the_job_resumes(
+    store: StateStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(provider_module, "STALE_POLLS", 100_000)
+    spec = batch_spec(max_attempts=1)
+    api = FakeBatchApi(auto_end=False)
+    first = batch_provider(spec, api, store)
+    task = asyncio.create_task(first.infer(requests(3)))
+    await until(lambda: len(api.polled) == 1)
+    first.stop()
+    assert texts(await asyncio.wait_for(task, WAIT_S)) == [UNSENT] * 3
+    await first.aclose()
+
+    api.auto_end = True
+    outcomes = await run(batch_provider(spec, api, store), requests(3))  # the job resumed
+    assert texts(outcomes) == answers(range(3))  # max_attempts 1, yet sent again: the stop was ours
+    assert [job.attempt for _, _, job in api.creates] == [1, 1]
+
+
+class FailedWholeApi(FakeBatchApi):
+    async def status(self, provider_id: str) -> Status:
+        job = self.jobs[provider_id]
+        job.ended = True
+        self.polled.add(provider_id)
+        return Status("failed", True, total=len(job.keys), message="input file: line 1 is not JSON")
+
+    async def results(self, job: ProviderJob) -> dict[int, Answer]:
+        return {}
+
+
+async def test_a_provider_job_that_failed_whole_is_sent_again_once_then_its_reason_is_the_error(
+    store: StateStore,
+) -> None:
+    api = FailedWholeApi()
+    outcomes = await run(batch_provider(batch_spec(max_attempts=8), api, store), requests(2))
+    assert len(api.creates) == 2  # once more, not eight times
+    for outcome in outcomes:
+        assert isinstance(outcome, RecordError) and outcome.kind == "ProviderJobFailed"
+        assert "line 1 is not JSON" in outcome.message
+
+
+async def test_answers_are_let_go_once_handed_back(store: StateStore) -> None:
+    provider = batch_provider(batch_spec(max_records_per_job=2), FakeBatchApi(), store)
+    for start in range(0, 10, 2):
+        await asyncio.wait_for(provider.infer(requests(2, start=start)), WAIT_S)
+    assert provider._follows == {}
+    await provider.aclose()

@@ -605,9 +605,13 @@ class LocalJob:
             self.paused = paused = provider.paused()
             self.activity = said = paused or provider.activity()
             if said != shown:
-                shown = said
                 status(said or f"running {self.spec.name}")
-                self.job = await asyncio.to_thread(self.store.update_job, self.job, message=said)
+                try:
+                    self.job = await asyncio.to_thread(self.store.update_job, self.job, message=said)
+                except Exception:  # the message is a courtesy: shown live, stored at the next change
+                    log.warning("job %s: could not store its message", self.job_id, exc_info=True)
+                    continue
+                shown = said
 
     def _finalize(self, record_counts: dict[int, int], chunk_dir: Path, final: JobStatus) -> JobReport:
         """Write outputs and manifest. Completed: every record, checked; Stopped: what finished."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import tomllib
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -34,6 +35,8 @@ REMOTE_DEFAULT_DIALECT = {
     "anthropic-batch": "anthropic",
     "bedrock-batch": "anthropic",
 }
+S3_PREFIX = re.compile(r"s3://[a-z0-9][-.a-z0-9]{1,61}[a-z0-9](/.*)?")
+"""A staging prefix: a bucket and, maybe, a folder in it."""
 UNLIMITED_CONCURRENCY = 256
 """Records in flight at once for a remote model with no max_concurrency; adaptive concurrency rules below."""
 
@@ -105,7 +108,10 @@ class ModelEntry(BaseModel):
     poll_seconds: float = Field(60.0, gt=0, description="the longest wait between polls of a provider job")
     on_demand: str | None = Field(None, description="the catalog model that runs what batch cannot")
     turnaround_hours: float = Field(
-        1.0, gt=0, description="how long a provider job usually takes; a nearer deadline goes on_demand"
+        1.0,
+        gt=0,
+        le=8760,
+        description="how long a provider job usually takes; a nearer deadline goes on_demand",
     )
 
 
@@ -341,7 +347,7 @@ def _batch(name: str, entry: ModelEntry, source: str) -> BatchSpec | None:
         for key in ("staging", "role_arn"):
             if getattr(entry, key) is None:
                 raise ConfigError(f"{source}: models.{name}.{key}: bedrock-batch needs it")
-        if not str(entry.staging).startswith("s3://"):
+        if S3_PREFIX.fullmatch(str(entry.staging)) is None:
             raise ConfigError(f"{source}: models.{name}.staging: an s3:// prefix, as s3://bucket/prefix/")
     elif entry.staging is not None or entry.role_arn is not None or entry.s3_endpoint_url is not None:
         key = next(k for k in ("staging", "role_arn", "s3_endpoint_url") if getattr(entry, k) is not None)

@@ -13,6 +13,7 @@ stopped beating (its process died and nobody resumed the job) stops holding a sl
 from __future__ import annotations
 
 import hashlib
+import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, fields, replace
@@ -57,16 +58,18 @@ class ProviderJob:
     failed: int = 0
     ended_at: float | None = None
     message: str | None = None
+    cancelled: bool = False
+    """Cancelled by bulkinfer (a stop): what it left unanswered is no attempt of the records'."""
 
     @property
     def ended(self) -> bool:
         return self.state == ENDED
 
 
-def token_of(job_id: str, seq: int) -> str:
-    """A provider job's token: the same for the same job and place, unique across jobs and stores."""
-    digest = hashlib.sha256(f"{job_id}:{seq}".encode()).hexdigest()[:16]
-    return f"bulkinfer-{digest}-{seq}"
+def new_token() -> str:
+    """A provider job's token, random: unique across jobs, runs and stores (two runs given the same
+    job id must not find each other's provider jobs). Kept in its row, so a restart reuses it."""
+    return f"bulkinfer-{secrets.token_hex(12)}"
 
 
 class ProviderJobs:
@@ -112,6 +115,16 @@ class ProviderJobs:
 
         count: int = self._call(read)
         return count
+
+    def beat(self, job_id: str) -> None:
+        """Say that the job's live provider jobs are followed still, so they keep their slots."""
+
+        def write() -> None:
+            with self._engine.begin() as conn:
+                live = (table.c.job_id == job_id) & (table.c.state != ENDED)
+                conn.execute(update(table).where(live).values(heartbeat_at=time.time()))
+
+        self._call(write)
 
     def save(self, job: ProviderJob, **changes: Any) -> ProviderJob:
         """Write ``changes`` (with a heartbeat) and return the job with them."""

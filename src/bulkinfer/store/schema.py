@@ -147,6 +147,7 @@ provider_jobs = Table(
     Column("heartbeat_at", Float, nullable=False),
     Column("ended_at", Float),
     Column("message", Text),
+    Column("cancelled", Boolean, nullable=False, server_default=false()),
     Index("ix_provider_jobs_job", "job_id", "seq"),
     Index("ix_provider_jobs_model_state", "model", "state"),
 )

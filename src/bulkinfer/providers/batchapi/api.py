@@ -7,14 +7,18 @@ outcomes. Slots, polling, merging, resubmission and restarts are `BatchProvider`
 
 from __future__ import annotations
 
+import logging
 from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
+
 from bulkinfer.domain.request import Outcome, RecordError, Request
 from bulkinfer.store.provider_jobs import ProviderJob
 
+log = logging.getLogger(__name__)
 RETRYABLE_CODES = frozenset({408, 429})
 
 Save = Callable[..., Awaitable[ProviderJob]]
@@ -85,6 +89,17 @@ class BatchApi(ABC):
 
     async def aclose(self) -> None:  # noqa: B027 - optional hook
         """Close the clients."""
+
+
+def read_line(raw: bytes, read: Callable[[Any, dict[int, Answer]], None], answers: dict[int, Answer]) -> None:
+    """Read one result line with ``read``; a line the provider garbled is skipped (its record, with
+    no answer, is sent again), never the end of the file's other answers."""
+    if not raw.strip():
+        return
+    try:
+        read(orjson.loads(raw), answers)
+    except (ValueError, TypeError, KeyError, AttributeError) as exc:
+        log.warning("a provider's result line could not be read (%s): %.200r", exc, raw)
 
 
 def retryable(error: RecordError) -> bool:

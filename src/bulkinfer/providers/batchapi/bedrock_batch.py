@@ -17,7 +17,7 @@ from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
 from bulkinfer.domain.request import ChatRequest, Outcome, RecordError, Request
-from bulkinfer.providers.batchapi.api import Answer, BatchApi, Save, SlotsFull, Status
+from bulkinfer.providers.batchapi.api import Answer, BatchApi, Save, SlotsFull, Status, read_line
 from bulkinfer.providers.catalog import ModelSpec
 from bulkinfer.providers.remote.anthropic_api import messages_body
 from bulkinfer.providers.remote.bedrock_api import INVOKE_DIALECTS, converted, invoke_result, titan_body
@@ -106,8 +106,7 @@ class BedrockBatchApi(BatchApi):
         body = await asyncio.to_thread(response["Body"].read)
         answers: dict[int, Answer] = {}
         for raw in body.splitlines():
-            if raw.strip():
-                _read_line(orjson.loads(raw), answers)
+            read_line(raw, _read_line, answers)
         return answers
 
     def outcome(self, body: dict[str, Any], request: Request) -> Outcome:
@@ -135,7 +134,7 @@ def _record_id(index: int) -> str:
     return f"R{index:010d}"
 
 
-def _read_line(line: dict[str, Any], answers: dict[int, Answer]) -> None:
+def _read_line(line: Any, answers: dict[int, Answer]) -> None:
     record_id = str(line.get("recordId", ""))
     if not (record_id.startswith("R") and record_id[1:].isdigit()):
         return

@@ -12,7 +12,7 @@ import openai
 import orjson
 
 from bulkinfer.domain.request import ChatRequest, Outcome, RecordError, Request
-from bulkinfer.providers.batchapi.api import Answer, BatchApi, Save, Status
+from bulkinfer.providers.batchapi.api import Answer, BatchApi, Save, Status, read_line
 from bulkinfer.providers.catalog import ModelSpec
 from bulkinfer.providers.remote.call import Permanent
 from bulkinfer.providers.remote.openai_api import (
@@ -108,8 +108,7 @@ class OpenAIBatchApi(BatchApi):
             except openai.OpenAIError as exc:
                 convert(openai, exc, self._timeout)
             for raw in content.content.splitlines():
-                if raw.strip():
-                    _read_line(orjson.loads(raw), answers)
+                read_line(raw, _read_line, answers)
         return answers
 
     def outcome(self, body: dict[str, Any], request: Request) -> Outcome:
@@ -136,7 +135,7 @@ class OpenAIBatchApi(BatchApi):
             convert(openai, exc, self._timeout)
 
 
-def _read_line(line: dict[str, Any], answers: dict[int, Answer]) -> None:
+def _read_line(line: Any, answers: dict[int, Answer]) -> None:
     try:
         index = int(line["custom_id"])
     except (KeyError, TypeError, ValueError):

@@ -35,9 +35,10 @@ from bulkinfer.providers.base import Capabilities, Provider
 from bulkinfer.providers.batchapi.api import Answer, BatchApi, SlotsFull, retryable
 from bulkinfer.providers.batchapi.polling import Bell, next_poll
 from bulkinfer.providers.catalog import BatchSpec, ModelSpec
-from bulkinfer.providers.remote.call import Permanent
+from bulkinfer.providers.remote.call import CallFailed, Permanent
 from bulkinfer.stopping import STOPPED, StopSignal
-from bulkinfer.store.provider_jobs import CREATING, ENDED, RUNNING, ProviderJob, ProviderJobs, token_of
+from bulkinfer.store.provider_jobs import CREATING, ENDED, RUNNING, ProviderJob, ProviderJobs, new_token
+from bulkinfer.transient import is_transient_db
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -51,6 +52,18 @@ STOPPING_TRIES = 3
 """Tries a call gets once the job is stopping (a cancel, a last poll) before it is given up."""
 CANCELLED_POLL_S = 5.0
 """The longest wait between polls of a provider job that was cancelled."""
+HEARTBEAT_MAX_S = 30.0
+CREDENTIALS = frozenset({401, 403})
+"""A provider's refusals that a new key or a fixed role ends: the job pauses, as for an outage."""
+FAILED_WHOLE = frozenset({"failed", "Failed"})
+"""Provider job states of a job that failed as a whole (its input, its role): sent again once only."""
+# Why a provider job ended without its provider's answers
+REFUSED = "refused"
+"""The provider refused the create: the records' error lines say why."""
+NOT_CREATED = "not created"
+"""Nothing was sent (a kill or a stop came first): its records go again."""
+NOT_SENT_AGAIN = "not sent again"
+"""A create a kill cut short could not be sent again (its inputs were not kept): its records go again."""
 
 
 class Abandoned(Exception):
@@ -96,6 +109,10 @@ class BatchProvider(Provider):
         self._home: dict[str, str] = {}
         """Each record key sent before, to the token of the last provider job it was sent in."""
         self._follows: dict[str, asyncio.Task[dict[str, Answer]]] = {}
+        self._waiting: dict[str, set[str]] = {}
+        """The keys not yet handed back of each followed provider job: once none is left, its answers
+        are let go."""
+        self._beating: asyncio.Task[None] | None = None
         self._seq = 0
         self._loaded = False
         self._load_lock = asyncio.Lock()
@@ -154,9 +171,10 @@ class BatchProvider(Provider):
         return f"provider jobs: {'; '.join(parts)}"
 
     async def aclose(self) -> None:
-        for task in self._follows.values():
+        tasks = [*self._follows.values(), *([self._beating] if self._beating else [])]
+        for task in tasks:
             task.cancel()
-        await asyncio.gather(*self._follows.values(), return_exceptions=True)
+        await asyncio.gather(*tasks, return_exceptions=True)
         if self._on_demand is not None:
             await self._on_demand.aclose()
         await self._api.aclose()
@@ -171,14 +189,16 @@ class BatchProvider(Provider):
             for row in rows:
                 if row.state == CREATING and row.provider_file is None:
                     # killed before anything was sent: its records are sent afresh
-                    row = await self._end(row, provider_status="not created")
+                    row = await self._end(row, provider_status=NOT_CREATED)
                 self._rows[row.token] = row
-                if row.provider_status == "not created":
+                if row.provider_status in (NOT_CREATED, NOT_SENT_AGAIN):
                     continue
                 for key in row.keys:
                     self._home[key] = row.token
+                self._waiting[row.token] = set(row.keys)
             self._seq = max((r.seq for r in rows), default=0)
             self._loaded = True
+            self._beating = asyncio.create_task(self._beat())
             for row in self._rows.values():  # live ones hold slots: follow them now, not when asked
                 if not row.ended and (row.provider_id is not None or self._api.keeps_inputs):
                     self._follows[row.token] = asyncio.create_task(self._follow(row, None))
@@ -237,7 +257,7 @@ class BatchProvider(Provider):
         self._seq += 1
         now = self._clock()
         row = ProviderJob(
-            token=token_of(self._job_id, self._seq),
+            token=new_token(),
             job_id=self._job_id,
             model=self._spec.name,
             seq=self._seq,
@@ -254,6 +274,7 @@ class BatchProvider(Provider):
             if await self._stop.unless_stopped(self._bell.wait(SLOT_RECHECK_S)) is STOPPED:
                 return None
         self._rows[row.token] = row
+        self._waiting[row.token] = set(keys)
         for key in keys:
             self._home[key] = row.token
         return row
@@ -271,17 +292,36 @@ class BatchProvider(Provider):
             lines = self._lines_again(row, indexes, requests) if row.provider_id is None else None
             follow = self._follows[row.token] = asyncio.create_task(self._follow(row, lines))
         answers = await asyncio.shield(follow)
+        self._handed_back(row.token, [requests[i].key or "" for i in indexes])
+        row = self._rows.get(row.token, row)
         again: list[int] = []
+        same: list[int] = []
         for i in indexes:
-            outcome = self._outcome(answers.get(requests[i].key or ""), requests[i], row)
-            if isinstance(outcome, RecordError) and self._may_retry(outcome, row.attempt):
+            answer = answers.get(requests[i].key or "")
+            if answer is None and row.cancelled and not self._stop.is_set:
+                same.append(i)  # our own stop cancelled it: no attempt of the record's
+                continue
+            outcome = self._outcome(answer, requests[i], row)
+            if isinstance(outcome, RecordError) and self._may_retry(outcome, row):
                 again.append(i)
+                continue
             outcomes[i] = outcome
-        if again:
-            for i in again:
-                outcomes[i] = None
-            # (a stop leaves them None: UNSENT, unfinished, like records never sent)
-            await self._send(again, row.attempt + 1, requests, outcomes)
+        # (a stop leaves them None: UNSENT, unfinished, like records never sent)
+        await _all(
+            [
+                self._send(again, row.attempt + 1, requests, outcomes),
+                self._send(same, row.attempt, requests, outcomes),
+            ]
+        )
+
+    def _handed_back(self, token: str, keys: list[str]) -> None:
+        waiting = self._waiting.get(token)
+        if waiting is None:
+            return
+        waiting.difference_update(keys)
+        if not waiting:  # every record of it answered: let its answers go
+            del self._waiting[token]
+            self._follows.pop(token, None)
 
     def _lines_again(
         self, row: ProviderJob, indexes: list[int], requests: Sequence[Request]
@@ -301,6 +341,9 @@ class BatchProvider(Provider):
             if self._stop.is_set:
                 return UNSENT
             status = row.provider_status or row.state
+            if status in FAILED_WHOLE:
+                message = f"provider job {row.provider_id} failed: {row.message or 'no reason given'}"
+                return RecordError(502, message, "ProviderJobFailed", row.attempt)
             why = f"; the provider job ended {status}" + (f": {row.message}" if row.message else "")
             return RecordError(500, f"{row.provider_id or row.token} did not answer this record{why}",
                                "ProviderJobEnded", row.attempt)  # fmt: skip
@@ -318,38 +361,64 @@ class BatchProvider(Provider):
             result.attempts = row.attempt
         return result
 
-    def _may_retry(self, error: RecordError, attempt: int) -> bool:
-        return retryable(error) and attempt < self._max_attempts and not self._stop.is_set
+    def _may_retry(self, error: RecordError, row: ProviderJob) -> bool:
+        if self._stop.is_set or row.attempt >= self._max_attempts:
+            return False
+        if error.kind == "ProviderJobFailed":  # the whole provider job failed: once more at most
+            return row.attempt == 1
+        return retryable(error)
 
     # following one provider job
 
     async def _follow(self, row: ProviderJob, lines: list[bytes] | None) -> dict[str, Answer]:
         """Create the provider job if it is not there yet, poll it until it ends, and read its answers
-        (by record key). A create the provider refuses for good ends the job with no answers."""
-        if row.ended and row.provider_id is None:  # refused (by an earlier run): so are its records
-            error = RecordError(400, f"the provider refused the batch job: {row.message}", "ValidationError")
-            return dict.fromkeys(row.keys, Answer(error=error))
+        (by record key). A record with no answer (the job lost, never made) is sent again."""
+        if row.ended and row.provider_id is None:  # ended by an earlier run before it was made
+            return _refused(row, 400, str(row.message)) if row.provider_status == REFUSED else {}
         if row.provider_id is None:
             try:
                 row = await self._create(row, lines)
             except Permanent as exc:
-                row = await self._end(row, provider_status="refused", message=str(exc))
                 if lines is None:  # not the records' fault: they go again, in a job of their own
+                    await self._end(row, provider_status=NOT_SENT_AGAIN, message=str(exc))
                     return {}
-                error = RecordError(exc.code, f"the provider refused the batch job: {exc}", exc.kind)
-                return dict.fromkeys(row.keys, Answer(error=error))
+                row = await self._end(row, provider_status=REFUSED, message=str(exc))
+                return _refused(row, exc.code, str(exc), exc.kind)
+            except (Abandoned, asyncio.CancelledError):
+                raise
+            except Exception as exc:  # our own failure: said on the records, which go again (bounded)
+                log.exception("job %s: creating a provider job failed", self._job_id)
+                row = await self._end(row, provider_status=REFUSED, message=f"{type(exc).__name__}: {exc}")
+                return _refused(row, 502, f"{type(exc).__name__}: {exc}", "ProviderError")
             if row.provider_id is None:  # stopped before it was created
-                await self._end(row, provider_status="not created")
+                await self._end(row, provider_status=NOT_CREATED)
                 return {}
         try:
             if not row.ended:
                 row = await self._until_ended(row)
             answers = await self._outage_safe(lambda: self._api.results(row))
-        except Permanent as exc:  # the provider lost the job: its records go again
-            log.warning("job %s: provider job %s: %s", self._job_id, row.provider_id, exc)
+        except (Abandoned, asyncio.CancelledError):
+            raise
+        except Exception as exc:
+            return await self._lost(row, exc)
+        return {row.keys[n]: answer for n, answer in answers.items() if 0 <= n < len(row.keys)}
+
+    async def _lost(self, row: ProviderJob, exc: Exception) -> dict[str, Answer]:
+        """A provider job that can no longer be followed: lost by its provider (404: its records go
+        again), or refused or failed here for another reason (its records' error lines say so)."""
+        if isinstance(exc, Permanent) and exc.code == 404:
+            log.warning("job %s: provider job %s is gone: %s", self._job_id, row.provider_id, exc)
             await self._end(row, provider_status="lost", message=str(exc))
             return {}
-        return {row.keys[n]: answer for n, answer in answers.items() if 0 <= n < len(row.keys)}
+        log.error("job %s: provider job %s cannot be followed: %s", self._job_id, row.provider_id, exc)
+        if row.provider_id is not None and not row.ended:
+            with contextlib.suppress(Exception):  # (best effort: it is not followed any more)
+                await self._api.cancel(row.provider_id)
+        why = f"{type(exc).__name__}: {exc}"
+        row = await self._end(row, provider_status="unfollowed", message=why)
+        return _refused(
+            row, 502, f"bulkinfer could not follow provider job {row.provider_id}: {why}", "ProviderError"
+        )
 
     async def _create(self, row: ProviderJob, lines: list[bytes] | None) -> ProviderJob:
         """Create the provider job; ``lines`` is None for a create a kill interrupted whose lines the
@@ -381,6 +450,7 @@ class BatchProvider(Provider):
         while True:
             if self._stop.is_set and not cancelled:
                 await self._outage_safe(lambda: self._api.cancel(provider_id))
+                row = await self._save(row, cancelled=True)
                 cancelled = True
             status = await self._outage_safe(lambda: self._api.status(provider_id))
             seen = (status.state, status.done, status.failed)
@@ -415,6 +485,17 @@ class BatchProvider(Provider):
         saved = await self._outage_safe(lambda: asyncio.to_thread(self._jobs.save, row, **changes))
         self._rows[row.token] = saved
         return saved
+
+    async def _beat(self) -> None:
+        """Keep this job's live provider jobs' slots while they are followed, however long a wait
+        (a slow create, an outage) keeps their rows from being written otherwise."""
+        every = min(HEARTBEAT_MAX_S, self._batch.poll_seconds)
+        while True:
+            await asyncio.sleep(every)
+            try:
+                await asyncio.to_thread(self._jobs.beat, self._job_id)
+            except Exception:  # (the next beat tries again; a row goes stale only after many)
+                log.warning("job %s: could not mark its provider jobs followed", self._job_id, exc_info=True)
 
     # on demand
 
@@ -454,9 +535,9 @@ class BatchProvider(Provider):
         while True:
             try:
                 value = await call()
-            except (Permanent, SlotsFull, asyncio.CancelledError):
-                raise
             except Exception as exc:
+                if not _passes(exc):
+                    raise
                 failures += 1
                 if self._stop.is_set and failures >= STOPPING_TRIES:
                     raise Abandoned(str(exc)) from exc
@@ -474,6 +555,25 @@ class BatchProvider(Provider):
                 log.info("job %s: %s's batch API answers again", self._job_id, self._spec.name)
                 self._down = None
             return value
+
+
+def _passes(exc: Exception) -> bool:
+    """Whether a failure may pass if the call is made again: an outage (provider or database), a
+    throttle, a 5xx, a credential the operator can renew. A refusal, our own bug or a config mistake
+    will not, and is raised."""
+    if isinstance(exc, Permanent):
+        return exc.code in CREDENTIALS
+    if isinstance(exc, CallFailed):
+        return True
+    return isinstance(exc, OSError) or is_transient_db(exc)
+
+
+def _refused(row: ProviderJob, code: int, message: str, kind: str = "ValidationError") -> dict[str, Answer]:
+    """Every record of the provider job answered with the same error."""
+    error = RecordError(
+        code, f"the provider batch job was refused: {message}" if code < 500 else message, kind
+    )
+    return dict.fromkeys(row.keys, Answer(error=error))
 
 
 async def _all(steps: Sequence[Awaitable[Any]]) -> None:

@@ -38,6 +38,7 @@ def upgrade() -> None:
             sa.Column("heartbeat_at", sa.Float(), nullable=False),
             sa.Column("ended_at", sa.Float(), nullable=True),
             sa.Column("message", sa.Text(), nullable=True),
+            sa.Column("cancelled", sa.Boolean(), nullable=False, server_default=sa.false()),
         )
     op.create_index("ix_provider_jobs_job", "provider_jobs", ["job_id", "seq"], if_not_exists=True)
     op.create_index("ix_provider_jobs_model_state", "provider_jobs", ["model", "state"], if_not_exists=True)

@@ -356,7 +356,7 @@ def test_small_remainders_and_jobs_near_their_deadline_run_on_demand(
     lines = read_jsonl(tmp_path / "data" / "s3" / "results" / translated.rsplit("/", 1)[1] / "chat.jsonl.out")
     assert [line["recordId"] for line in lines] == [record_id(3, n) for n in range(50)]
     assert all(f"translated {n}" in answer_text(line) for n, line in enumerate(lines))
-    assert all("choices" in line["modelOutput"] for line in lines)  # answered in the records' own dialect
+    assert all("choices" in line["modelOutput"] for line in lines), lines[0]  # answered in the records' own dialect
 
 
 def read_jsonl_if(path: Path) -> list[dict[str, Any]]:

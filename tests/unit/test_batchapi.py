@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import math
+import random
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -30,7 +31,7 @@ from bulkinfer.domain.request import (
 from bulkinfer.errors import ConfigError
 from bulkinfer.providers.base import Provider
 from bulkinfer.providers.batchapi import provider as provider_module
-from bulkinfer.providers.batchapi.api import Answer, BatchApi, Save, Status
+from bulkinfer.providers.batchapi.api import Answer, BatchApi, Save, Status, read_line
 from bulkinfer.providers.batchapi.polling import MIN_POLL_S, Bell, next_poll
 from bulkinfer.providers.batchapi.provider import BatchProvider, _cut
 from bulkinfer.providers.catalog import Catalog, ModelSpec, _parse
@@ -703,3 +704,100 @@ async def test_answers_are_let_go_once_handed_back(store: StateStore) -> None:
         await asyncio.wait_for(provider.infer(requests(2, start=start)), WAIT_S)
     assert provider._follows == {}
     await provider.aclose()
+
+
+class SurprisingCreateApi(FakeBatchApi):
+    """Its first creates make the provider job, then fail in a way nobody expected (an SDK's surprise)."""
+
+    def __init__(self, surprises: int) -> None:
+        super().__init__()
+        self.surprises = surprises
+
+    async def create(self, job: ProviderJob, lines: list[bytes] | None, save: Save) -> str:
+        provider_id = await super().create(job, lines, save)
+        if self.surprises:
+            self.surprises -= 1
+            raise RuntimeError("the SDK could not read the answer")
+        return provider_id
+
+
+async def test_a_create_that_fails_unexpectedly_is_sent_again_under_its_token_not_made_twice(
+    store: StateStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(random.Random, "uniform", lambda self, a, b: 0.0)
+    api = SurprisingCreateApi(surprises=provider_module.CREATE_TRIES - 1)
+    outcomes = await run(batch_provider(batch_spec(), api, store), requests(3))
+    assert texts(outcomes) == answers(range(3))
+    assert len(api.jobs) == 1  # found again under its token, not left running beside a second
+    assert len({token for token, _, _ in api.creates}) == 1
+
+
+async def test_a_create_that_keeps_failing_unexpectedly_is_said_on_the_records_which_go_again(
+    store: StateStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(random.Random, "uniform", lambda self, a, b: 0.0)
+    api = SurprisingCreateApi(surprises=provider_module.CREATE_TRIES)
+    outcomes = await run(batch_provider(batch_spec(max_attempts=2), api, store), requests(2))
+    assert texts(outcomes) == answers(range(2))  # the second attempt's provider job answered
+    first = min(store.provider_jobs().of_job(JOB), key=lambda r: r.seq)
+    assert first.provider_status == "failed here" and "could not read the answer" in (first.message or "")
+
+
+async def test_records_of_a_create_that_failed_here_go_again_after_a_restart(store: StateStore) -> None:
+    jobs = store.provider_jobs()
+    failed = row_of(1, ("job:0", "job:1"), provider_file="file-abc")
+    assert jobs.claim(failed, 10, 600)
+    jobs.save(failed, state=ENDED, provider_status="failed here", message="RuntimeError: a bug")
+    api = FakeBatchApi()
+    outcomes = await run(batch_provider(batch_spec(max_attempts=2), api, store), requests(2))
+    assert texts(outcomes) == answers(range(2))  # not a refusal of the records: they were sent again
+    assert token_of(JOB, 1) not in [token for token, _, _ in api.creates]
+
+
+class HungApi(FakeBatchApi):
+    """A provider that stops answering once its jobs are made: polls and cancels never return."""
+
+    async def status(self, provider_id: str) -> Status:
+        self.polled.add(provider_id)
+        await asyncio.Event().wait()
+        raise AssertionError("unreachable")
+
+    async def cancel(self, provider_id: str) -> None:
+        await asyncio.Event().wait()
+
+
+async def test_a_stop_gives_up_on_a_provider_that_hangs_instead_of_waiting_for_it(
+    store: StateStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(provider_module, "STOPPING_CALL_S", 0.05)
+    monkeypatch.setattr(provider_module, "STALE_POLLS", 100_000)
+    api = HungApi(auto_end=False)
+    provider = batch_provider(batch_spec(), api, store)
+    task = asyncio.create_task(provider.infer(requests(2)))
+    await until(lambda: len(api.polled) == 1)
+    provider.stop()
+    # the poll under way when the stop came is let go; the cancel and last polls are given up
+    assert texts(await asyncio.wait_for(task, WAIT_S)) == [UNSENT] * 2
+    await provider.aclose()
+    (row,) = store.provider_jobs().of_job(JOB)
+    assert not row.ended  # left to be followed again when the job resumes
+
+
+def test_anthropic_result_lines_are_read_each_on_its_own() -> None:
+    from bulkinfer.providers.batchapi.anthropic_batch import _read
+
+    lines = [
+        b'{"custom_id": "0", "result": {"type": "succeeded", "message": {"content": []}}}',
+        b'{"custom_id": "1", "result": {"type": "succ',  # garbled: skipped, not the end of the rest
+        b'{"custom_id": "2", "result": {"type": "errored", "error": {"type": "error", "error": '
+        b'{"type": "overloaded_error", "message": "busy"}}}}',
+        b'{"custom_id": "3", "result": {"type": "expired"}}',
+        b'{"custom_id": "x", "result": {"type": "succeeded", "message": {}}}',
+    ]
+    answers_read: dict[int, Answer] = {}
+    for line in lines:
+        read_line(line, _read, answers_read)
+    assert sorted(answers_read) == [0, 2]
+    assert answers_read[0].body == {"content": []}
+    error = answers_read[2].error
+    assert error is not None and error.code == 529 and "busy" in error.message

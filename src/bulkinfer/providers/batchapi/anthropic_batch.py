@@ -12,10 +12,10 @@ import anthropic
 import orjson
 
 from bulkinfer.domain.request import ChatRequest, Outcome, RecordError, Request
-from bulkinfer.providers.batchapi.api import Answer, BatchApi, Save, Status
+from bulkinfer.providers.batchapi.api import Answer, BatchApi, Save, Status, read_line
 from bulkinfer.providers.catalog import ModelSpec
 from bulkinfer.providers.remote.anthropic_api import NATIVE_DIALECTS, message_result, messages_body
-from bulkinfer.providers.remote.call import Permanent
+from bulkinfer.providers.remote.call import Permanent, Retryable
 from bulkinfer.providers.remote.sdk import api_key, convert
 from bulkinfer.store.provider_jobs import ProviderJob
 
@@ -87,18 +87,21 @@ class AnthropicBatchApi(BatchApi):
 
     async def results(self, job: ProviderJob) -> dict[int, Answer]:
         assert job.provider_id is not None
-        answers: dict[int, Answer] = {}
         try:
-            async for item in await self._client.messages.batches.results(job.provider_id):
-                try:
-                    index = int(item.custom_id)
-                except ValueError:
-                    continue
-                answer = _answer(item.result)
-                if answer is not None:
-                    answers[index] = answer
+            # (the SDK finds the results' address; its lines are read here, so that one line the
+            # provider garbled is skipped instead of ending the file's other answers)
+            stream = await self._client.messages.batches.results(job.provider_id)
         except anthropic.AnthropicError as exc:
             convert(anthropic, exc, self._timeout)
+        try:
+            content = await stream.http_response.aread()
+        except Exception as exc:  # the SDK's HTTP client's own error: the connection broke mid-file
+            raise Retryable(f"connection lost reading results: {exc}") from exc
+        finally:
+            await stream.close()
+        answers: dict[int, Answer] = {}
+        for raw in content.splitlines():
+            read_line(raw, _read, answers)
         return answers
 
     def outcome(self, body: dict[str, Any], request: Request) -> Outcome:
@@ -117,14 +120,15 @@ class AnthropicBatchApi(BatchApi):
         await self._client.close()
 
 
-def _answer(result: Any) -> Answer | None:
-    """A result's answer; None for a request the batch never ran (expired, canceled)."""
-    if result.type == "succeeded":
-        return Answer(body=result.message.model_dump(mode="json", exclude_none=True))
-    if result.type != "errored":
-        return None
-    detail = result.error.error
-    kind = str(getattr(detail, "type", "api_error"))
-    message = str(getattr(detail, "message", "") or kind)
-    code = ERROR_CODES.get(kind, 500)
-    return Answer(error=RecordError(code, f"the provider answered {kind}: {message}", kind))
+def _read(item: dict[str, Any], answers: dict[int, Answer]) -> None:
+    """One result line; a request the batch never ran (expired, canceled) has no answer."""
+    index = int(item["custom_id"])
+    result = item["result"]
+    if result["type"] == "succeeded":
+        answers[index] = Answer(body=dict(result["message"]))
+    elif result["type"] == "errored":
+        detail = (result.get("error") or {}).get("error") or {}
+        kind = str(detail.get("type") or "api_error")
+        message = str(detail.get("message") or kind)
+        code = ERROR_CODES.get(kind, 500)
+        answers[index] = Answer(error=RecordError(code, f"the provider answered {kind}: {message}", kind))

@@ -36,7 +36,7 @@ from bulkinfer.providers.batchapi.api import Answer, BatchApi, SlotsFull, retrya
 from bulkinfer.providers.batchapi.polling import Bell, next_poll
 from bulkinfer.providers.catalog import BatchSpec, ModelSpec
 from bulkinfer.providers.remote.call import CallFailed, Permanent
-from bulkinfer.stopping import STOPPED, StopSignal
+from bulkinfer.stopping import STOPPED, Stopped, StopSignal
 from bulkinfer.store.provider_jobs import CREATING, ENDED, RUNNING, ProviderJob, ProviderJobs, new_token
 from bulkinfer.transient import is_transient_db
 
@@ -50,6 +50,11 @@ SLOT_RECHECK_S = 2.0
 OUTAGE_BACKOFF_MAX_S = 60.0
 STOPPING_TRIES = 3
 """Tries a call gets once the job is stopping (a cancel, a last poll) before it is given up."""
+STOPPING_CALL_S = 10.0
+"""How long one such try may take (a provider that hangs must not hold a stop for its full timeout)."""
+CREATE_TRIES = 3
+"""Tries a create gets, under its one token, when it fails in a way nobody expected (our own bug, an
+SDK's surprise): it may have reached the provider, so it is sent again to be found before it is given up."""
 CANCELLED_POLL_S = 5.0
 """The longest wait between polls of a provider job that was cancelled."""
 HEARTBEAT_MAX_S = 30.0
@@ -64,6 +69,8 @@ NOT_CREATED = "not created"
 """Nothing was sent (a kill or a stop came first): its records go again."""
 NOT_SENT_AGAIN = "not sent again"
 """A create a kill cut short could not be sent again (its inputs were not kept): its records go again."""
+FAILED_HERE = "failed here"
+"""The create failed here, in a way nobody expected: the records' error lines say why, and they go again."""
 
 
 class Abandoned(Exception):
@@ -374,7 +381,7 @@ class BatchProvider(Provider):
         """Create the provider job if it is not there yet, poll it until it ends, and read its answers
         (by record key). A record with no answer (the job lost, never made) is sent again."""
         if row.ended and row.provider_id is None:  # ended by an earlier run before it was made
-            return _refused(row, 400, str(row.message)) if row.provider_status == REFUSED else {}
+            return _never_made(row)
         if row.provider_id is None:
             try:
                 row = await self._create(row, lines)
@@ -388,8 +395,9 @@ class BatchProvider(Provider):
                 raise
             except Exception as exc:  # our own failure: said on the records, which go again (bounded)
                 log.exception("job %s: creating a provider job failed", self._job_id)
-                row = await self._end(row, provider_status=REFUSED, message=f"{type(exc).__name__}: {exc}")
-                return _refused(row, 502, f"{type(exc).__name__}: {exc}", "ProviderError")
+                why = f"{type(exc).__name__}: {exc}"
+                row = await self._end(row, provider_status=FAILED_HERE, message=why)
+                return _refused(row, 502, why, "ProviderError")
             if row.provider_id is None:  # stopped before it was created
                 await self._end(row, provider_status=NOT_CREATED)
                 return {}
@@ -428,6 +436,7 @@ class BatchProvider(Provider):
         def create() -> Awaitable[str]:  # as the row is now: a try may have saved the input's id
             return self._api.create(self._rows.get(token, row), lines, save)
 
+        surprises = 0
         while True:
             if self._stop.is_set and self._rows.get(token, row).provider_file is None:
                 return row  # nothing of it was sent: it need not be made (a create that may have
@@ -436,6 +445,16 @@ class BatchProvider(Provider):
                 provider_id = await self._outage_safe(create)
             except SlotsFull:
                 await self._stop.unless_stopped(self._bell.wait(SLOT_RECHECK_S * 5))
+                continue
+            except (Permanent, Abandoned):
+                raise
+            except Exception:
+                surprises += 1
+                if surprises >= CREATE_TRIES:
+                    raise
+                log.warning("job %s: a create failed unexpectedly; sending it again under its token",
+                            self._job_id, exc_info=True)  # fmt: skip
+                await self._stop.unless_stopped(asyncio.sleep(self._rng.uniform(0.5, 1.0) * surprises))
                 continue
             row = await self._save(self._rows.get(token, row), provider_id=provider_id, state=RUNNING)
             log.info("job %s: provider job %s created (%d records)", self._job_id, provider_id, row.total)
@@ -534,7 +553,7 @@ class BatchProvider(Provider):
         failures = 0
         while True:
             try:
-                value = await call()
+                value = await self._within_stop(call)
             except Exception as exc:
                 if not _passes(exc):
                     raise
@@ -556,6 +575,29 @@ class BatchProvider(Provider):
                 self._down = None
             return value
 
+    async def _within_stop(self, call: Callable[[], Awaitable[T]]) -> T:
+        """Await ``call``; once the job is stopping, for ``STOPPING_CALL_S`` at most (then
+        ``TimeoutError``), so a provider that hangs cannot hold a stop for its full timeout. (Unlike a
+        record's call, a call given up here loses nothing: a create is sent again under its token, a
+        provider job is followed again when the job resumes.)"""
+        if self._stop.is_set:
+            async with asyncio.timeout(STOPPING_CALL_S):
+                return await call()
+        task = asyncio.ensure_future(call())
+        try:
+            got = await self._stop.unless_stopped(_shielded(task))
+        except BaseException:
+            task.cancel()
+            raise
+        if not isinstance(got, Stopped):
+            return got
+        async with asyncio.timeout(STOPPING_CALL_S):  # (cancels the call if it passes)
+            return await task
+
+
+async def _shielded(task: asyncio.Future[T]) -> T:
+    return await asyncio.shield(task)
+
 
 def _passes(exc: Exception) -> bool:
     """Whether a failure may pass if the call is made again: an outage (provider or database), a
@@ -566,6 +608,15 @@ def _passes(exc: Exception) -> bool:
     if isinstance(exc, CallFailed):
         return True
     return isinstance(exc, OSError) or is_transient_db(exc)
+
+
+def _never_made(row: ProviderJob) -> dict[str, Answer]:
+    """The answers of a provider job an earlier run ended before it was made."""
+    if row.provider_status == REFUSED:
+        return _refused(row, 400, str(row.message))
+    if row.provider_status == FAILED_HERE:  # not the records' fault: they go again
+        return _refused(row, 502, str(row.message), "ProviderError")
+    return {}  # never sent: they go again
 
 
 def _refused(row: ProviderJob, code: int, message: str, kind: str = "ValidationError") -> dict[str, Answer]:

@@ -42,6 +42,7 @@ from bulkinfer.cli.summary import GONE, print_catalog, print_dry_run, print_jobs
 from bulkinfer.dialects.registry import get_dialect
 from bulkinfer.domain.job import SERVICE_ENDED, TRANSITIONS, Counts, JobStatus
 from bulkinfer.engine import history
+from bulkinfer.engine.cluster import RayExecutor
 from bulkinfer.engine.finalize import MANIFEST_NAME, error_message, merged_lines
 from bulkinfer.engine.job import STATE_DIR, LocalJob, MediaSettings, RunRequest, lock_is_held
 from bulkinfer.engine.retry import read_manifest
@@ -101,6 +102,46 @@ ModelsOption = Annotated[
 ]
 
 
+class ExecutorName(enum.StrEnum):
+    local = "local"
+    ray = "ray"
+
+
+ExecutorOption = Annotated[
+    ExecutorName,
+    typer.Option(
+        "--executor",
+        envvar="BULKINFER_EXECUTOR",
+        help="Where records run: local (this process) or ray (a Ray cluster's actors; see --ray-address).",
+    ),
+]
+RayAddressOption = Annotated[
+    str | None,
+    typer.Option(
+        "--ray-address",
+        envvar="RAY_ADDRESS",
+        help="The Ray cluster for --executor ray (e.g. 10.0.0.5:6379); default: a Ray started here.",
+    ),
+]
+RayActorsOption = Annotated[
+    int | None,
+    typer.Option(
+        "--ray-actors",
+        min=1,
+        help="Actors for --executor ray (default: one per GPU for a local model, else one per CPU).",
+    ),
+]
+
+
+def executor_of(name: ExecutorName, address: str | None, actors: int | None) -> RayExecutor | None:
+    """The executor the options name (None: this process); a usage problem exits 2 before any job."""
+    if name == ExecutorName.local:
+        if actors is not None:
+            raise UserError("--ray-actors is for --executor ray")
+        return None
+    return RayExecutor(address, actors)
+
+
 class RecordFormatName(enum.StrEnum):
     bedrock = "bedrock"
     openai = "openai"
@@ -154,6 +195,9 @@ def run(
         ),
     ] = None,
     s3_endpoint_url: RunS3EndpointOption = None,
+    executor: ExecutorOption = ExecutorName.local,
+    ray_address: RayAddressOption = None,
+    ray_actors: RayActorsOption = None,
 ) -> None:
     """Run a batch job to completion (or resume one)."""
     media = MediaSettings(fetch_allow=tuple(allow_fetch or ()), s3_endpoint_url=s3_endpoint_url)
@@ -169,6 +213,10 @@ def run(
             with _state(output) as store:
                 request = retry_request(request, store, None)
         request = _check_usage(request)
+        chosen = executor_of(executor, ray_address, ray_actors)
+        if chosen is not None:
+            chosen.check(Catalog.load(request.catalog_file).get(request.model))
+            request = replace(request, executor=chosen)
         if resume and job_id is None:
             request = replace(request, job_id=_latest_unfinished(output))
         if dry:

@@ -22,11 +22,13 @@ from bulkinfer.domain.job import TRANSITIONS, Counts, JobStatus, can_transition,
 from bulkinfer.domain.lineset import LineSet
 from bulkinfer.domain.tally import MediaTally
 from bulkinfer.domain.tenant import Grants
+from bulkinfer.engine.cluster import RayExecutor, ShardWork, shard_lines, without_tally
 from bulkinfer.engine.committer import Committer, rebuild_chunks
 from bulkinfer.engine.finalize import MANIFEST_NAME, finish_results, write_output
 from bulkinfer.engine.progress import ProgressSink
 from bulkinfer.engine.retry import RetryBase, carry_over, read_manifest
 from bulkinfer.engine.runner import EngineSettings, RecordPipeline
+from bulkinfer.engine.shards import ShardPlan, plan_shards
 from bulkinfer.engine.validate import format_of_files
 from bulkinfer.errors import BulkinferError, InputError, JobConflictError, JobLocked, UserError
 from bulkinfer.faults import failpoint
@@ -54,6 +56,8 @@ if TYPE_CHECKING:  # the media package (httpx, Pillow) loads only when a job run
 
 STATE_DIR = ".bulkinfer"
 PAUSE_CHECK_S = 0.5
+COMMITS_POLL_S = 1.0
+"""How often a job run elsewhere (on Ray) reads its progress from the state store."""
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -155,6 +159,8 @@ class RunRequest:
     deadline: float | None = None
     """When a service's job times out (epoch seconds): a provider batch API runs what it could not
     finish by then on its on-demand model."""
+    executor: RayExecutor | None = field(default=None, compare=False)
+    """Where the records run: None in this process; a `RayExecutor` on a Ray cluster's actors."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -214,6 +220,9 @@ class LocalJob:
         self.output_dir = request.output / self.job_id
         state_root = request.state_dir or request.output / STATE_DIR
         self.work_dir = state_root / self.job_id
+        self.store_file = state_root / "state.db"
+        """The state file, where no ``state_url`` names a database instead."""
+        self._followed = Counts()
         self.chunk_dir = self.work_dir / "chunks"
         self.settings = request.settings or EngineSettings.for_model(spec)
         self._forced = get_dialect(request.dialect) if request.dialect else None
@@ -223,6 +232,7 @@ class LocalJob:
             raise UserError(f"retrying the failed records of {found} batch lines is not supported yet")
         self._lock: IO[str] | None = None
         self._pipeline: RecordPipeline | None = None
+        self._executor = request.executor
         self._committer: Committer | None = None
         self._stop_requested = False
         self.writing: str | None = None
@@ -239,8 +249,10 @@ class LocalJob:
         self.store = (
             StateStore(request.state_url, patience_s=request.store_patience_s)
             if request.state_url
-            else StateStore.at(state_root / "state.db", patience_s=request.store_patience_s)
+            else StateStore.at(self.store_file, patience_s=request.store_patience_s)
         )
+        self.limits = request.limits or LimitRegistry(shared=self.store.rate_buckets())
+        """Remote models' rate limits: a service's, or this run's, shared with every process on its store."""
         try:
             self.job = self._open_job()
         except BaseException:
@@ -425,6 +437,8 @@ class LocalJob:
         self._final_on_stop = final
         if self._pipeline is not None:
             self._pipeline.request_stop()
+        if self._executor is not None:
+            self._executor.request_stop()
 
     # running
 
@@ -443,8 +457,10 @@ class LocalJob:
         self._run_started = time.monotonic()
         provider: Provider | None = None
         try:
+            if self._executor is not None:
+                return await self._run_on(self._executor, progress, status)
             status(f"loading model {self.spec.name}")
-            provider = await asyncio.to_thread(load_provider, self.spec, self.request.limits, self._context())
+            provider = await asyncio.to_thread(load_provider, self.spec, self.limits, self._context())
             return await self._run(provider, progress, status)
         except BaseException as exc:
             named = self._named(exc)
@@ -467,8 +483,7 @@ class LocalJob:
         on_demand = None
         if batch is not None and batch.on_demand is not None:
             spec = Catalog.load(self.request.catalog_file).get(batch.on_demand)
-            limits = self.request.limits
-            on_demand = partial(load_provider, spec, limits)
+            on_demand = partial(load_provider, spec, self.limits)
         return JobContext(self.job_id, self.store.provider_jobs(), self.request.deadline, on_demand)
 
     def _named(self, exc: BaseException) -> BaseException:
@@ -512,23 +527,28 @@ class LocalJob:
         ran = time.monotonic() - self._run_started
         return {**job.options, "active_seconds": job.options.get("active_seconds", 0.0) + ran}
 
-    async def _run(
-        self, provider: Provider, progress: ProgressSink, status: Callable[[str], None]
-    ) -> JobReport:
+    async def _start(self, progress: ProgressSink, status: Callable[[str], None]) -> Committer:
+        """The job InProgress, its chunk folder repaired, a retry's successes carried over."""
         started = self.job.started_at or now()
         # store calls go to a thread: a service runs many jobs on one event loop
         self.job = await asyncio.to_thread(
             self.store.update_job, self.job, status=JobStatus.IN_PROGRESS, started_at=started, message=None
         )
         settings = self.settings
-        chunk_dir = self.chunk_dir
-        chunk_dir.mkdir(parents=True, exist_ok=True)
+        self.chunk_dir.mkdir(parents=True, exist_ok=True)
         committer = self._committer = Committer(
-            self.store, self.job_id, chunk_dir, settings.chunk_records, settings.commit_interval_s
+            self.store, self.job_id, self.chunk_dir, settings.chunk_records, settings.commit_interval_s
         )
         await asyncio.to_thread(committer.repair)  # before orphans: a mismatched file becomes one
         await asyncio.to_thread(committer.remove_orphans)
         await self._carry_over(committer, progress, status)
+        return committer
+
+    async def _run(
+        self, provider: Provider, progress: ProgressSink, status: Callable[[str], None]
+    ) -> JobReport:
+        committer = await self._start(progress, status)
+        settings = self.settings
         media = self.request.media.resolver(media_policy(self.spec.images))
         self._pipeline = RecordPipeline(
             job_id=self.job_id,
@@ -554,19 +574,87 @@ class LocalJob:
             timer.cancel()
             watch.cancel()
             await media.aclose()
-        stopped_early = not self._pipeline.ran_everything
-        if stopped_early and self.request.keep_partial:
+        return await self._end(self._pipeline.ran_everything, self._pipeline.record_counts, status)
+
+    async def _run_on(
+        self, executor: RayExecutor, progress: ProgressSink, status: Callable[[str], None]
+    ) -> JobReport:
+        """Run the job's records elsewhere (a Ray cluster's actors), shard by shard; outputs are
+        written here, as a local run writes them."""
+        executor.check(self.spec)
+        await self._start(progress, status)
+        status(f"planning shards of {len(self.files)} files")
+        parts = await asyncio.to_thread(executor.parts)
+        plan = await asyncio.to_thread(self._plan, parts)
+        work = ShardWork(
+            job_id=self.job_id,
+            id_seed=self.id_seed,
+            spec=self.spec,
+            settings=self.settings,
+            record_format=self.format.name,
+            dialect=self.request.dialect,
+            files=tuple(self.files),
+            chunk_dir=self.chunk_dir,
+            state_url=self.request.state_url,
+            state_file=self.store_file,
+            store_patience_s=self.request.store_patience_s,
+            media=without_tally(self.request.media),
+            firsts=plan.firsts,
+        )
+        status(f"running {self.spec.name} on Ray ({len(plan.shards)} shards)")
+        watch = asyncio.create_task(self._follow_commits(progress))
+        try:
+            ran_everything = await executor.run(work, plan)
+        finally:
+            watch.cancel()
+        await asyncio.to_thread(self._committer_of().remove_orphans)  # an actor killed mid-commit
+        await self._follow_commits(progress, once=True)
+        return await self._end(ran_everything, plan.record_counts, status)
+
+    def _plan(self, parts: int) -> ShardPlan:
+        total = self.estimated_total()
+        lines = shard_lines(total, parts, self.spec)
+        return plan_shards(self.files, self.format, self.id_seed, lines, self.settings.max_line_bytes)
+
+    def _committer_of(self) -> Committer:
+        assert self._committer is not None
+        return self._committer
+
+    async def _follow_commits(self, progress: ProgressSink, once: bool = False) -> None:
+        """Advance ``progress`` by what other processes commit (polled from the state store)."""
+        last = await asyncio.to_thread(self.committed) if not once else self._followed
+        while True:
+            if not once:
+                await asyncio.sleep(COMMITS_POLL_S)
+            try:
+                counts = await asyncio.to_thread(self.committed)
+            except Exception:  # (progress is a courtesy: the next poll tries again)
+                log.warning("job %s: could not read its progress", self.job_id, exc_info=True)
+                continue
+            done = counts.processed - last.processed
+            if done > 0:
+                errors = counts.errors - last.errors
+                tokens_in = counts.input_tokens - last.input_tokens
+                progress.advance(done, errors, tokens_in, counts.output_tokens - last.output_tokens)
+            last = self._followed = counts
+            if once:
+                return
+
+    async def _end(
+        self, ran_everything: bool, counts: dict[int, int], status: Callable[[str], None]
+    ) -> JobReport:
+        """Write the outputs of a run that read every record, or what finished of one stopped early."""
+        chunk_dir = self.chunk_dir
+        if not ran_everything and self.request.keep_partial:
             status("writing the finished records")
-            counts = self._pipeline.record_counts
             final = self._final_on_stop
             return await self._writing("writing what finished", self._finalize, counts, chunk_dir, final)
-        if stopped_early:
+        if not ran_everything:
             self.job = self.store.update_job(
                 self.job, status=JobStatus.STOPPED, ended_at=now(), options=self._with_active_time(self.job)
             )
             return self.report()
         status("writing outputs")
-        counts = self._pipeline.record_counts
         return await self._writing("writing outputs", self._finalize, counts, chunk_dir, JobStatus.COMPLETED)
 
     async def _writing(self, what: str, write: Callable[..., T], *args: Any) -> T:

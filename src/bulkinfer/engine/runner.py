@@ -7,7 +7,7 @@ committer at any time, so memory stays flat whatever the input size.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -19,8 +19,9 @@ from bulkinfer.engine.committer import Committer, Finished
 from bulkinfer.engine.prepare import Prepared, at_line, finish, prepare, sampling_group, with_error
 from bulkinfer.engine.progress import ProgressSink
 from bulkinfer.engine.seen import SeenIds, id_hash, position, unpack
+from bulkinfer.engine.shards import Shard
 from bulkinfer.formats.bedrock import InputRecord
-from bulkinfer.formats.jsonl import split_lines
+from bulkinfer.formats.jsonl import Line, split_lines
 from bulkinfer.formats.records import BEDROCK, RecordFormat, duplicate_id
 from bulkinfer.providers.base import Provider
 from bulkinfer.providers.catalog import ModelSpec
@@ -111,7 +112,10 @@ class RecordPipeline:
         """Records given up unstarted at a stop: read, but neither run nor committed."""
         self._failure: BaseException | None = None
         self._seen = SeenIds()
+        self._firsts: Mapping[int, int] | None = None
         self._names: dict[int, str] = {}
+        self._reading: set[int] = set()
+        """The files being read (their indexes)."""
         self.record_counts: dict[int, int] = {}
         """Records seen per file index (committed or not), known once a file was read to its end."""
 
@@ -124,23 +128,43 @@ class RecordPipeline:
 
     @property
     def ran_everything(self) -> bool:
-        """Every record of every file was read and none was released at a stop."""
-        return len(self.record_counts) == len(self._names) and not self.released
+        """Every record of every file (or of the shard) was read and none was released at a stop."""
+        return self._reading <= self.record_counts.keys() and not self.released
 
     @property
     def stopping(self) -> bool:
         return self._stopping
 
     async def run(self, files: Sequence[InputFile]) -> None:
+        """Run every record of these files (the job's inputs, all of them)."""
         self._names = {f.index: f.name for f in files}
+        self._reading = set(self._names)
+        max_line = self._settings.max_line_bytes
+        await self._drive((f, split_lines(read_blocks(f.path), max_line)) for f in files)
+
+    async def run_shard(self, files: Sequence[InputFile], shard: Shard, firsts: Mapping[int, int]) -> None:
+        """Run the records of one shard of the job's ``files``; ``firsts`` says where each repeated
+        record id was first seen (see `engine.shards`). ``ran_everything`` then says whether every
+        record of the shard was run."""
+        self._names = {f.index: f.name for f in files}
+        self._firsts = firsts
+        f = next(f for f in files if f.index == shard.file_index)
+        blocks = read_blocks(f.path, start=shard.start, end=shard.end)
+        lines = (
+            (shard.first_line - 1 + n, raw) for n, raw in split_lines(blocks, self._settings.max_line_bytes)
+        )
+        self._reading = {f.index}
+        await self._drive([(f, lines)])
+
+    async def _drive(self, sources: Iterable[tuple[InputFile, Iterable[tuple[int, Line]]]]) -> None:
         window = asyncio.Semaphore(self._settings.blocks_in_flight)
         running: set[asyncio.Task[None]] = set()
         cancelled = False
         try:
-            for f in files:
+            for f, lines in sources:
                 if self._stopping:
                     break
-                await self._read_file(f, window, running)
+                await self._read_file(f, lines, window, running)
             await asyncio.gather(*running)
             if self._failure is not None:
                 raise self._failure
@@ -155,7 +179,11 @@ class RecordPipeline:
                 await self._committer.flush()
 
     async def _read_file(
-        self, f: InputFile, window: asyncio.Semaphore, running: set[asyncio.Task[None]]
+        self,
+        f: InputFile,
+        lines: Iterable[tuple[int, Line]],
+        window: asyncio.Semaphore,
+        running: set[asyncio.Task[None]],
     ) -> None:
         done = LineSet()
         for chunk in await asyncio.to_thread(self._store.chunks, self._job_id, f.index):
@@ -167,7 +195,7 @@ class RecordPipeline:
         pending: list[InputRecord] = []
         ready: list[InputRecord] = []
         count = 0
-        for number, raw in split_lines(read_blocks(f.path), self._settings.max_line_bytes):
+        for number, raw in lines:
             count += 1
             pending.append(self._format.parse(raw, number, source=f.name, seed=seed))
             if len(pending) >= size:
@@ -185,9 +213,11 @@ class RecordPipeline:
 
     def _checked(self, f: InputFile, records: list[InputRecord], done: LineSet) -> list[InputRecord]:
         """The records still to run, with repeated record ids turned into errors. Call in line order."""
-        firsts = self._seen.first(
-            [id_hash(r.record_id) for r in records], [position(f.index, r.line) for r in records]
-        )
+        positions = [position(f.index, r.line) for r in records]
+        if self._firsts is not None:  # a shard: found before it ran
+            firsts = [self._firsts.get(where, where) for where in positions]
+        else:
+            firsts = self._seen.first([id_hash(r.record_id) for r in records], positions)
         block = []
         for record, first in zip(records, firsts, strict=True):
             if record.line in done:

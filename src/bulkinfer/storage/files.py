@@ -69,17 +69,32 @@ def _hidden(path: Path, root: Path) -> bool:
     return any(part.startswith(".") for part in path.relative_to(root).parts)
 
 
-def read_blocks(path: Path, block_bytes: int = READ_BLOCK_BYTES) -> Iterator[bytes]:
-    """A file's bytes in blocks, without the byte-order mark some editors put before UTF-8 text."""
+def read_blocks(
+    path: Path, block_bytes: int = READ_BLOCK_BYTES, start: int = 0, end: int | None = None
+) -> Iterator[bytes]:
+    """A file's bytes in blocks (those from ``start`` up to ``end`` only, where given), without the
+    byte-order mark some editors put before UTF-8 text."""
+    left = None if end is None else end - start
     try:
         with path.open("rb") as f:
-            first = f.read(max(block_bytes, len(UTF8_BOM))).removeprefix(UTF8_BOM)
+            f.seek(start)
+            first = f.read(_upto(max(block_bytes, len(UTF8_BOM)), left))
+            if left is not None:
+                left -= len(first)
+            if start == 0:
+                first = first.removeprefix(UTF8_BOM)
             if first:
                 yield first
-            while block := f.read(block_bytes):
+            while block := f.read(_upto(block_bytes, left)):
+                if left is not None:
+                    left -= len(block)
                 yield block
     except OSError as exc:
         raise InputError(f"cannot read {path}: {exc.strerror}") from exc
+
+
+def _upto(size: int, left: int | None) -> int:
+    return size if left is None else max(0, min(size, left))
 
 
 class DiskFull(BulkinferError):

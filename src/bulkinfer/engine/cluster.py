@@ -1,0 +1,305 @@
+"""The Ray executor: one job's shards run by Ray actors across a cluster, exactly once.
+
+The process that runs the job (``bulkinfer run``, or a service's replica) plans the shards, then keeps
+every actor fed with one shard at a time. Each actor loads the model once (on a GPU of its own where
+the cluster has GPUs and the model is local) and runs each shard through the same `RecordPipeline` a
+local job uses, committing its chunks to the job's chunk folder and state store as a local job does; so
+the outputs, written by the same finalize step, do not depend on the executor.
+
+- **Exactly once.** A shard skips the lines already committed. An actor that dies (its worker process
+  or its node killed) is restarted by Ray and its shard sent again, so its records that were in flight
+  run again; those committed stay committed once.
+- **Shared state.** The chunk folder and the state store must be reachable by every node: on one machine
+  the defaults are; on several, a shared filesystem for ``--output`` and PostgreSQL (``--database-url``
+  for ``serve``). Remote models' rate limits are kept in the state store, for all actors together.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import os
+from collections import deque
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from bulkinfer.engine.committer import Committer
+from bulkinfer.engine.progress import NoProgress
+from bulkinfer.engine.runner import EngineSettings, RecordPipeline
+from bulkinfer.engine.shards import Shard, ShardPlan
+from bulkinfer.errors import BulkinferError, UserError
+from bulkinfer.providers.base import Provider
+from bulkinfer.providers.catalog import ModelSpec
+from bulkinfer.storage.files import InputFile
+
+log = logging.getLogger(__name__)
+
+SHARDS_PER_ACTOR = 4
+"""Shards planned per actor: enough that a slow shard or a restarted actor leaves no actor idle long."""
+MAX_SHARD_LINES = 100_000
+ACTOR_RESTARTS = 4
+"""Times one actor is restarted (and its shard sent again) after its process dies, before the job fails."""
+CPU_PER_ACTOR = 0.5
+"""A fraction, so that actors never take every CPU of a small node (Ray's own tasks need one)."""
+
+
+class ClusterError(BulkinferError):
+    """The Ray cluster could not run the job (not reachable, an actor failing again and again)."""
+
+
+@dataclass(frozen=True, slots=True)
+class ShardWork:
+    """What every actor needs to run any shard of one job; sent to each actor once."""
+
+    job_id: str
+    id_seed: str
+    spec: ModelSpec
+    settings: EngineSettings
+    record_format: str
+    dialect: str | None
+    files: tuple[InputFile, ...]
+    chunk_dir: Path
+    state_url: str | None
+    state_file: Path
+    store_patience_s: float
+    media: Any
+    """The job's `MediaSettings` (its tally left behind: it counts in the job's own process)."""
+    firsts: dict[int, int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class ShardDone:
+    shard: Shard
+    ran_everything: bool
+
+
+class ShardWorker:
+    """A Ray actor's body: the model, loaded once, and the shards sent to it, one at a time."""
+
+    def __init__(self, work: ShardWork) -> None:
+        self._work = work
+        self._store: Any = None
+        self._provider: Provider | None = None
+        self._opening = asyncio.Lock()
+        self._pipelines: set[RecordPipeline] = set()
+        self._stopped = False
+
+    async def run(self, shard: Shard) -> ShardDone:
+        work = self._work
+        provider, store = await self._open()
+        committer = Committer(
+            store, work.job_id, work.chunk_dir, work.settings.chunk_records, work.settings.commit_interval_s
+        )
+        media = work.media.resolver(_media_policy(work.spec))
+        pipeline = RecordPipeline(
+            job_id=work.job_id,
+            spec=work.spec,
+            provider=provider,
+            store=store,
+            committer=committer,
+            progress=NoProgress(),
+            settings=work.settings,
+            forced_dialect=_dialect(work.dialect),
+            media=media,
+            id_seed=work.id_seed,
+            record_format=_format(work.record_format),
+        )
+        if self._stopped:
+            pipeline.request_stop()
+        self._pipelines.add(pipeline)
+        timer = asyncio.create_task(committer.run_timer())
+        try:
+            await pipeline.run_shard(work.files, shard, work.firsts)
+        finally:
+            timer.cancel()
+            self._pipelines.discard(pipeline)
+            await media.aclose()
+        return ShardDone(shard, pipeline.ran_everything)
+
+    async def stop(self) -> None:
+        """Start nothing more; shards under way commit what their calls under way answer."""
+        self._stopped = True
+        for pipeline in self._pipelines:
+            pipeline.request_stop()
+
+    async def close(self) -> None:
+        if self._provider is not None:
+            await self._provider.aclose()
+        if self._store is not None:
+            self._store.close()
+
+    async def _open(self) -> tuple[Provider, Any]:
+        async with self._opening:
+            if self._provider is None:
+                from bulkinfer.providers.registry import load_provider
+                from bulkinfer.providers.remote.limits import LimitRegistry
+                from bulkinfer.store.state import StateStore
+
+                work = self._work
+                if work.state_url:
+                    self._store = StateStore(work.state_url, patience_s=work.store_patience_s)
+                else:
+                    self._store = StateStore.at(work.state_file, patience_s=work.store_patience_s)
+                limits = LimitRegistry()
+                self._provider = await asyncio.to_thread(load_provider, work.spec, limits)
+            return self._provider, self._store
+
+
+def _media_policy(spec: ModelSpec) -> Any:
+    from bulkinfer.engine.job import media_policy
+
+    return media_policy(spec.images)
+
+
+def _dialect(name: str | None) -> Any:
+    from bulkinfer.dialects.registry import get_dialect
+
+    return get_dialect(name) if name else None
+
+
+def _format(name: str) -> Any:
+    from bulkinfer.formats.records import get_format
+
+    return get_format(name)
+
+
+class RayExecutor:
+    """Runs a job's shards on a Ray cluster (``address``: a running cluster's; None: ``RAY_ADDRESS``,
+    or a Ray started in this process for this machine)."""
+
+    def __init__(self, address: str | None = None, actors: int | None = None) -> None:
+        self.address = address or os.environ.get("RAY_ADDRESS") or None
+        self.actors = actors
+        self._stopping = False
+        self._handles: list[Any] = []
+
+    def check(self, spec: ModelSpec) -> None:
+        """What makes a job impossible on Ray, said before the job exists."""
+        if spec.remote is not None and spec.remote.batch is not None:
+            raise UserError(
+                f"model {spec.name} runs through its provider's batch API, which runs the job's records at "
+                "the provider: run it with the local executor (leave out --executor ray)"
+            )
+        try:
+            import ray  # noqa: F401
+        except ImportError:
+            raise UserError("--executor ray needs Ray: pip install 'bulkinfer[ray]'") from None
+
+    def parts(self) -> int:
+        """How many shards to cut a job into (connects to the cluster)."""
+        self._connect()
+        return max(1, self._actor_count(None)) * SHARDS_PER_ACTOR
+
+    def request_stop(self) -> None:
+        self._stopping = True
+        for handle in self._handles:
+            handle.stop.remote()
+
+    async def run(self, work: ShardWork, plan: ShardPlan) -> bool:
+        """Run every shard; whether every record of every shard was run (not stopped early)."""
+        ray = await asyncio.to_thread(self._connect)
+        count = min(self._actor_count(work.spec), max(1, len(plan.shards)))
+        options = self._actor_options(ray, work.spec)
+        worker = ray.remote(ShardWorker).options(**options)
+        handles = self._handles = [worker.remote(work) for _ in range(count)]
+        log.info("job %s: %d shards on %d Ray actors", work.job_id, len(plan.shards), count)
+        try:
+            return await self._feed(handles, deque(plan.shards))
+        finally:
+            self._handles = []
+            await _closed(ray, handles)
+
+    async def _feed(self, handles: list[Any], shards: deque[Shard]) -> bool:
+        """Keep every actor running a shard until none is left (or the job stops)."""
+        idle = list(handles)
+        running: dict[asyncio.Future[Any], tuple[Any, Shard]] = {}
+        everything = True
+        while running or (shards and not self._stopping):
+            while idle and shards and not self._stopping:
+                handle, shard = idle.pop(), shards.popleft()
+                if self._stopping:
+                    handle.stop.remote()
+                running[asyncio.wrap_future(handle.run.remote(shard).future())] = (handle, shard)
+            done, _ = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
+            for future in done:
+                handle, shard = running.pop(future)
+                try:
+                    result: ShardDone = future.result()
+                except Exception as exc:
+                    self.request_stop()
+                    await asyncio.gather(*running, return_exceptions=True)
+                    why = f"shard {shard.name} failed on the Ray cluster: {_cause(exc)}"
+                    raise ClusterError(why) from exc
+                everything = everything and result.ran_everything
+                idle.append(handle)
+        return everything and not shards
+
+    def _connect(self) -> Any:
+        try:
+            import ray
+        except ImportError:
+            raise UserError("--executor ray needs Ray: pip install 'bulkinfer[ray]'") from None
+        if not ray.is_initialized():
+            try:
+                ray.init(
+                    address=self.address,
+                    include_dashboard=False,
+                    logging_level=logging.WARNING,
+                    log_to_driver=False,
+                    configure_logging=False,
+                )
+            except Exception as exc:
+                where = self.address or "a Ray started here"
+                raise ClusterError(f"cannot connect to the Ray cluster at {where}: {exc}") from exc
+        return ray
+
+    def _actor_count(self, spec: ModelSpec | None) -> int:
+        if self.actors:
+            return self.actors
+        import ray
+
+        resources = ray.cluster_resources()  # type: ignore[no-untyped-call]
+        gpus = int(resources.get("GPU", 0))
+        if gpus and (spec is None or spec.remote is None):
+            return gpus
+        return max(1, int(resources.get("CPU", 1) / (2 * CPU_PER_ACTOR)))
+
+    def _actor_options(self, ray: Any, spec: ModelSpec) -> dict[str, Any]:
+        options: dict[str, Any] = {
+            "max_restarts": ACTOR_RESTARTS,
+            "max_task_retries": ACTOR_RESTARTS,
+            "max_concurrency": 4,  # a shard, and a stop beside it
+        }
+        if spec.remote is None and ray.cluster_resources().get("GPU", 0) >= 1:
+            options["num_gpus"] = 1
+        else:
+            options["num_cpus"] = CPU_PER_ACTOR
+        return options
+
+
+def shard_lines(total_records: int, parts: int, spec: ModelSpec) -> int:
+    """Lines a shard holds: the job cut into about ``parts`` shards, none smaller than a model batch."""
+    return max(spec.batch_size, min(MAX_SHARD_LINES, math.ceil(total_records / max(1, parts))))
+
+
+async def _closed(ray: Any, handles: list[Any]) -> None:
+    """Close the actors' providers, then end the actors."""
+    closing = [asyncio.wrap_future(h.close.remote().future()) for h in handles]
+    await asyncio.gather(*closing, return_exceptions=True)
+    for handle in handles:
+        try:
+            ray.kill(handle)
+        except Exception:  # (an actor already gone)
+            log.debug("a Ray actor was already gone", exc_info=True)
+
+
+def _cause(exc: BaseException) -> str:
+    cause = getattr(exc, "cause", None) or exc
+    return f"{type(cause).__name__}: {cause}"[:2000]
+
+
+def without_tally(media: Any) -> Any:
+    """Media settings to send to actors: a service's tally counts in its own process."""
+    return replace(media, tally=None)

@@ -1,0 +1,183 @@
+"""``--executor ray``: jobs run by `bulkinfer run` (a subprocess, as a user runs it) on the actors of a real
+Ray cluster started on 127.0.0.1 for this module; killed workers, stops and resumes on either executor."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import orjson
+import psutil
+import pytest
+
+from tests.acceptance.test_cli import committed_records
+from tests.conftest import anthropic_record, read_jsonl, write_jsonl
+
+pytest.importorskip("ray")
+
+BULKINFER = [sys.executable, "-m", "bulkinfer"]
+RAY = str(Path(sys.executable).parent / "ray")
+RAY_ENV = {
+    # Ray binds to the machine's own address unless told it is not a cluster of several hosts; and every
+    # process of a cluster must agree on its authentication (see shared/reference on Ray's traps).
+    "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
+    "RAY_AUTH_MODE": "disabled",
+    "RAY_USAGE_STATS_ENABLED": "0",
+}
+ACTOR = "ray::ShardWorker"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _env() -> dict[str, str]:
+    return {**os.environ, **RAY_ENV, "COLUMNS": "200", "PYTHONUNBUFFERED": "1"}
+
+
+@pytest.fixture(scope="module")
+def ray_address(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A Ray head of 2 CPUs on 127.0.0.1, for this module's jobs."""
+    port = _free_port()
+    start = [RAY, "start", "--head", f"--port={port}", "--num-cpus=2", "--num-gpus=0"]
+    start += ["--include-dashboard=false", "--disable-usage-stats", "--node-ip-address=127.0.0.1"]
+    subprocess.run(start, env=_env(), check=True, capture_output=True, timeout=120)
+    try:
+        yield f"127.0.0.1:{port}"
+    finally:
+        subprocess.run([RAY, "stop", "--force"], env=_env(), capture_output=True, timeout=120)
+
+
+def run_args(source: Path, out: Path, model: str, job_id: str, *extra: str | Path) -> list[str]:
+    args = [*BULKINFER, "run", str(source), "--model", model, "--output", str(out), "--job-id", job_id]
+    return args + [str(e) for e in extra]
+
+
+def bulkinfer(args: list[str], timeout: float = 600) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(args, capture_output=True, text=True, timeout=timeout, env=_env())
+
+
+def assert_each_once_in_order(output: Path, ids: list[str]) -> list[dict[str, object]]:
+    lines = read_jsonl(output)
+    assert [line["recordId"] for line in lines] == ids
+    return lines
+
+
+def test_echo_records_over_two_actors_come_out_once_in_input_order(tmp_path: Path, ray_address: str) -> None:
+    total = 200_000
+    ids = [f"R{i:07d}" for i in range(total)]
+    source = write_jsonl(tmp_path / "in" / "records.jsonl", (anthropic_record(i, f"text {i}") for i in ids))
+    out = tmp_path / "out"
+    ray = bulkinfer(run_args(source, out, "echo", "onray", "--executor", "ray",
+                             "--ray-address", ray_address, "--ray-actors", "2"))  # fmt: skip
+    assert ray.returncode == 0, ray.stderr
+    lines = assert_each_once_in_order(out / "onray" / "records.jsonl.out", ids)
+    for line in lines[:: total // 100]:
+        model_output = line["modelOutput"]
+        assert isinstance(model_output, dict)
+        assert model_output["content"][0]["text"] == f"text {line['recordId']}"
+    manifest = orjson.loads((out / "onray" / "manifest.json.out").read_bytes())
+    assert (manifest["totalRecordCount"], manifest["successRecordCount"]) == (total, total)
+
+
+def test_a_local_model_runs_on_two_actors(tmp_path: Path, ray_address: str) -> None:
+    ids = [f"Q{i:03d}" for i in range(64)]
+    records = (anthropic_record(i, f"Say the number {n}.", max_tokens=4) for n, i in enumerate(ids))
+    source = write_jsonl(tmp_path / "in" / "records.jsonl", records)
+    out = tmp_path / "out"
+    args = run_args(source, out, "smollm2-135m-instruct", "smol", "--executor", "ray",
+                    "--ray-address", ray_address, "--ray-actors", "2")  # fmt: skip
+    done = bulkinfer(args)
+    assert done.returncode == 0, done.stderr
+    for line in assert_each_once_in_order(out / "smol" / "records.jsonl.out", ids):
+        assert "error" not in line
+        model_output = line["modelOutput"]
+        assert isinstance(model_output, dict) and model_output["usage"]["output_tokens"] > 0
+
+
+@contextlib.contextmanager
+def started(args: list[str], log: Path) -> Iterator[subprocess.Popen[bytes]]:
+    """The CLI started, its output in ``log``; killed if the test ends first."""
+    with log.open("wb") as sink, subprocess.Popen(args, stdout=sink, stderr=sink, env=_env()) as job:
+        try:
+            yield job
+        finally:
+            if job.poll() is None:
+                job.kill()
+
+
+def _actor_processes() -> list[psutil.Process]:
+    found = []
+    for process in psutil.process_iter(["cmdline"]):
+        with contextlib.suppress(psutil.Error):
+            if any(ACTOR in part for part in process.info["cmdline"] or ()):
+                found.append(process)
+    return found
+
+
+def _wait_for(predicate: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.1)
+
+
+def test_a_ray_worker_killed_mid_job_leaves_every_record_in_the_output_once(
+    tmp_path: Path, ray_address: str, echo_catalog: Callable[..., Path]
+) -> None:
+    total = 1_200
+    catalog = echo_catalog(delay_s=0.05, batch_size=10, concurrency=2)
+    ids = [f"K{i:05d}" for i in range(total)]
+    source = write_jsonl(tmp_path / "in" / "records.jsonl", (anthropic_record(i, i) for i in ids))
+    out = tmp_path / "out"
+    args = run_args(source, out, "echo-test", "killed", "--models", catalog, "--executor", "ray",
+                    "--ray-address", ray_address, "--ray-actors", "2")  # fmt: skip
+    with started(args, tmp_path / "killed.log") as job:
+        _wait_for(lambda: committed_records(out, "killed") >= 100, 300, "records committed")
+        actors = _actor_processes()
+        assert actors, "no actor process found"
+        actors[0].send_signal(signal.SIGKILL)
+        assert job.wait(timeout=600) == 0, (tmp_path / "killed.log").read_text()
+    assert_each_once_in_order(out / "killed" / "records.jsonl.out", ids)
+    manifest = orjson.loads((out / "killed" / "manifest.json.out").read_bytes())
+    assert manifest["successRecordCount"] == total
+
+
+def test_a_job_stopped_on_ray_resumes_on_the_local_executor_exactly_once(
+    tmp_path: Path, ray_address: str, echo_catalog: Callable[..., Path]
+) -> None:
+    total = 1_000
+    catalog = echo_catalog(delay_s=0.05, batch_size=10, concurrency=1)
+    ids = [f"S{i:05d}" for i in range(total)]
+    source = write_jsonl(tmp_path / "in" / "records.jsonl", (anthropic_record(i, i) for i in ids))
+    out = tmp_path / "out"
+    args = run_args(source, out, "echo-test", "moved", "--models", catalog, "--executor", "ray",
+                    "--ray-address", ray_address, "--ray-actors", "2")  # fmt: skip
+    with started(args, tmp_path / "moved.log") as job:
+        _wait_for(lambda: committed_records(out, "moved") >= 50, 300, "records committed")
+        job.send_signal(signal.SIGINT)
+        assert job.wait(timeout=300) == 130, (tmp_path / "moved.log").read_text()
+    assert 0 < committed_records(out, "moved") < total
+    local = bulkinfer(run_args(source, out, "echo-test", "moved", "--models", catalog))
+    assert local.returncode == 0, local.stderr
+    assert_each_once_in_order(out / "moved" / "records.jsonl.out", ids)
+
+
+def test_a_provider_batch_model_is_refused_before_any_job(tmp_path: Path) -> None:
+    catalog = tmp_path / "catalog.toml"
+    catalog.write_text('[models.gpt-batch]\nprovider = "openai-batch"\nbase_url = "http://127.0.0.1:9/v1"\n')
+    source = write_jsonl(tmp_path / "in.jsonl", [anthropic_record("a", "hi")])
+    done = bulkinfer(run_args(source, tmp_path / "out", "gpt-batch", "nope", "--models", catalog,
+                              "--executor", "ray"))  # fmt: skip
+    assert done.returncode == 2, done.stderr
+    assert "batch API" in done.stderr and "--executor ray" in done.stderr
+    assert not (tmp_path / "out" / ".bulkinfer").exists()

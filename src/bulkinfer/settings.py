@@ -92,6 +92,11 @@ class ServerSettings(BaseSettings):
         "eventbridge", description="Payload style sent to the server-wide webhooks."
     )
     webhook_retry_base_s: float = Field(5.0, gt=0, description="Wait before a failed webhook's first retry.")
+    executor: Literal["local", "ray"] = Field(
+        "local", description="Where jobs' records run: in this process, or on a Ray cluster's actors."
+    )
+    ray_address: str | None = Field(None, description="The Ray cluster of executor ray (None: RAY_ADDRESS).")
+    ray_actors: int | None = Field(None, ge=1, description="Actors a job gets on Ray (None: by the cluster).")
     log_level: LogLevel = Field("info", description="Least severe log lines written (stderr).")
     log_format: LogFormat = Field("text", description="Log lines as text, or one JSON object a line.")
 

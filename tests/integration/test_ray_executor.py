@@ -181,3 +181,49 @@ def test_a_provider_batch_model_is_refused_before_any_job(tmp_path: Path) -> Non
     assert done.returncode == 2, done.stderr
     assert "batch API" in done.stderr and "--executor ray" in done.stderr
     assert not (tmp_path / "out" / ".bulkinfer").exists()
+
+
+def test_a_service_runs_its_jobs_on_ray_and_a_stop_keeps_what_finished(
+    tmp_path: Path, ray_address: str
+) -> None:
+    from tests.faults.conftest import (
+        SLOW_CATALOG,
+        Launcher,
+        assert_complete_outputs,
+        assert_partial_exactly_once,
+        client,
+        create,
+        ids_in,
+        job_id,
+        local_outputs,
+        wait_ended,
+        wait_for,
+        write_records,
+    )
+
+    catalog = tmp_path / "models.toml"
+    catalog.write_text(SLOW_CATALOG)
+    launcher = Launcher(tmp_path)
+    on_ray = {**RAY_ENV, "BULKINFER_EXECUTOR": "ray", "RAY_ADDRESS": ray_address, "BULKINFER_RAY_ACTORS": "2"}
+    try:
+        serve = launcher.start(tmp_path / "data", catalog, env=on_ray)
+        whole = write_records(serve.bucket("in-bucket") / "whole.jsonl", 300)
+        stopped = write_records(serve.bucket("in-bucket") / "stopped.jsonl", 5_000, "S")
+        bedrock = client(serve)
+        arn = create(bedrock, "whole", "s3://in-bucket/whole.jsonl", "s3://out-bucket/")
+        job = wait_ended(bedrock, arn, timeout=300)
+        assert job["status"] == "Completed", job
+        assert_complete_outputs(
+            local_outputs(serve.bucket("out-bucket") / job_id(arn)), {"whole.jsonl": whole}
+        )
+
+        arn = create(bedrock, "stopped", "s3://in-bucket/stopped.jsonl", "s3://out-bucket/")
+        wait_for(bedrock, arn, lambda job: job.get("processedRecordCount", 0) > 0, "records done", 300)
+        bedrock.stop_model_invocation_job(jobIdentifier=arn)
+        job = wait_ended(bedrock, arn, timeout=300)
+        assert job["status"] == "Stopped", job
+        written = ids_in(local_outputs(serve.bucket("out-bucket") / job_id(arn))["stopped.jsonl.out"])
+        assert_partial_exactly_once(written, stopped)
+        assert "Ray actors" in serve.log.read_text()  # (the job said where it ran)
+    finally:
+        launcher.close()

@@ -127,6 +127,7 @@ RayActorsOption = Annotated[
     int | None,
     typer.Option(
         "--ray-actors",
+        envvar="BULKINFER_RAY_ACTORS",
         min=1,
         help="Actors for --executor ray (default: one per GPU for a local model, else one per CPU).",
     ),
@@ -760,6 +761,9 @@ def serve(
         LogFormatName,
         typer.Option(envvar="BULKINFER_LOG_FORMAT", help="Log lines (stderr): text, or a JSON object each."),
     ] = LogFormatName.text,
+    executor: ExecutorOption = ExecutorName.local,
+    ray_address: RayAddressOption = None,
+    ray_actors: RayActorsOption = None,
 ) -> None:
     """Serve the Bedrock, OpenAI and Anthropic batch APIs (boto3, openai and anthropic SDKs with their
     endpoint or base URL) and run their jobs."""
@@ -798,9 +802,14 @@ def serve(
             webhook_secret_env=webhook_secret_env,
             webhook_format=webhook_format.value,
             webhook_retry_base_s=webhook_retry_base_s,
+            executor=executor.value,
+            ray_address=ray_address,
+            ray_actors=ray_actors,
         )
+        if executor_of(executor, ray_address, ray_actors) is not None:
+            RayExecutor.importable()
         settings.webhook_config()  # (a URL without a secret, or not http(s): said before anything starts)
-    except ConfigError as exc:
+    except (ConfigError, UserError) as exc:
         _usage(str(exc))
     except ValidationError as exc:  # (an option typer cannot check by its type alone)
         first = exc.errors()[0]

@@ -20,6 +20,7 @@ import asyncio
 import logging
 import math
 import os
+import threading
 from collections import deque
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -36,6 +37,7 @@ from bulkinfer.storage.files import InputFile
 
 log = logging.getLogger(__name__)
 
+_CONNECTING = threading.Lock()
 SHARDS_PER_ACTOR = 4
 """Shards planned per actor: enough that a slow shard or a restarted actor leaves no actor idle long."""
 MAX_SHARD_LINES = 100_000
@@ -175,13 +177,22 @@ class RayExecutor:
         self._stopping = False
         self._handles: list[Any] = []
 
+    @staticmethod
+    def takes(spec: ModelSpec) -> bool:
+        """Whether a job on this model can run on Ray (a service runs the others in its own process)."""
+        return spec.remote is None or spec.remote.batch is None
+
     def check(self, spec: ModelSpec) -> None:
         """What makes a job impossible on Ray, said before the job exists."""
-        if spec.remote is not None and spec.remote.batch is not None:
+        if not self.takes(spec):
             raise UserError(
                 f"model {spec.name} runs through its provider's batch API, which runs the job's records at "
                 "the provider: run it with the local executor (leave out --executor ray)"
             )
+        self.importable()
+
+    @staticmethod
+    def importable() -> None:
         try:
             import ray  # noqa: F401
         except ImportError:
@@ -241,6 +252,10 @@ class RayExecutor:
             import ray
         except ImportError:
             raise UserError("--executor ray needs Ray: pip install 'bulkinfer[ray]'") from None
+        with _CONNECTING:  # (jobs of a service start in threads of their own)
+            return self._connect_once(ray)
+
+    def _connect_once(self, ray: Any) -> Any:
         if not ray.is_initialized():
             try:
                 ray.init(

@@ -457,7 +457,7 @@ class LocalJob:
         self._run_started = time.monotonic()
         provider: Provider | None = None
         try:
-            if self._executor is not None:
+            if self._executor is not None and self._executor.takes(self.spec):
                 return await self._run_on(self._executor, progress, status)
             status(f"loading model {self.spec.name}")
             provider = await asyncio.to_thread(load_provider, self.spec, self.limits, self._context())

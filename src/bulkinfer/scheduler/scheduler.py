@@ -30,6 +30,7 @@ from typing import Any, TypeVar
 from bulkinfer.domain.job import SERVICE_ENDED, JobStatus
 from bulkinfer.domain.tally import MediaTally
 from bulkinfer.domain.tenant import EVERYTHING, NotGranted, Tenant, Tenants
+from bulkinfer.engine.cluster import RayExecutor
 from bulkinfer.engine.job import PAUSE_CHECK_S, LocalJob, MediaSettings, RunRequest
 from bulkinfer.engine.retry import RetryBase, manifest_usage, read_manifest
 from bulkinfer.engine.runner import EngineSettings
@@ -733,7 +734,13 @@ class Scheduler:
             retry_of=retry_of,
             record_format=record_format(job.request),
             deadline=job.expires_at,
+            executor=self._executor(),
         )
+
+    def _executor(self) -> RayExecutor | None:
+        """A job's own executor (it holds the job's actors): None runs the job in this process."""
+        settings = self._settings
+        return RayExecutor(settings.ray_address, settings.ray_actors) if settings.executor == "ray" else None
 
 
 def _openai_invalid(job: BatchJob, check: FileCheck) -> dict[str, Any]:

@@ -118,6 +118,5 @@ def _compare(
     return count, rates
 
 
-
 if __name__ == "__main__":
     raise SystemExit(main())

@@ -22,7 +22,7 @@ import math
 import os
 import threading
 from collections import deque
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -68,7 +68,6 @@ class ShardWork:
     store_patience_s: float
     media: Any
     """The job's `MediaSettings` (its tally left behind: it counts in the job's own process)."""
-    firsts: dict[int, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,7 +87,16 @@ class ShardWorker:
         self._pipelines: set[RecordPipeline] = set()
         self._stopped = False
 
-    async def run(self, shard: Shard) -> ShardDone:
+    async def warm(self) -> None:
+        """Load the model, and what a shard's first records would otherwise wait for."""
+        await self._open()
+        work = self._work
+        _dialect(work.dialect)
+        _format(work.record_format)
+        await work.media.resolver(_media_policy(work.spec)).aclose()
+
+    async def run(self, shard: Shard, firsts: dict[int, int]) -> ShardDone:
+        """Run a shard; ``firsts``: where its repeated record ids were first seen (see ``engine.shards``)."""
         work = self._work
         provider, store = await self._open()
         committer = Committer(
@@ -113,7 +121,7 @@ class ShardWorker:
         self._pipelines.add(pipeline)
         timer = asyncio.create_task(committer.run_timer())
         try:
-            await pipeline.run_shard(work.files, shard, work.firsts)
+            await pipeline.run_shard(work.files, shard, firsts)
         finally:
             timer.cancel()
             self._pipelines.discard(pipeline)
@@ -144,7 +152,7 @@ class ShardWorker:
                     self._store = StateStore(work.state_url, patience_s=work.store_patience_s)
                 else:
                     self._store = StateStore.at(work.state_file, patience_s=work.store_patience_s)
-                limits = LimitRegistry()
+                limits = LimitRegistry(shared=self._store.rate_buckets())  # (one limit for every actor)
                 self._provider = await asyncio.to_thread(load_provider, work.spec, limits)
             return self._provider, self._store
 
@@ -198,31 +206,35 @@ class RayExecutor:
         except ImportError:
             raise UserError("--executor ray needs Ray: pip install 'bulkinfer[ray]'") from None
 
-    def parts(self) -> int:
-        """How many shards to cut a job into (connects to the cluster)."""
-        self._connect()
-        return max(1, self._actor_count(None)) * SHARDS_PER_ACTOR
-
     def request_stop(self) -> None:
         self._stopping = True
         for handle in self._handles:
             handle.stop.remote()
 
-    async def run(self, work: ShardWork, plan: ShardPlan) -> bool:
-        """Run every shard; whether every record of every shard was run (not stopped early)."""
+    async def start(self, work: ShardWork) -> int:
+        """Start the job's actors, which load the model while the job's shards are planned (call
+        `close` in the end, whatever happens); how many there are."""
         ray = await asyncio.to_thread(self._connect)
-        count = min(self._actor_count(work.spec), max(1, len(plan.shards)))
-        options = self._actor_options(ray, work.spec)
-        worker = ray.remote(ShardWorker).options(**options)
-        handles = self._handles = [worker.remote(work) for _ in range(count)]
-        log.info("job %s: %d shards on %d Ray actors", work.job_id, len(plan.shards), count)
-        try:
-            return await self._feed(handles, deque(plan.shards))
-        finally:
-            self._handles = []
-            await _closed(ray, handles)
+        worker = ray.remote(ShardWorker).options(**self._actor_options(ray, work.spec))
+        self._handles = [worker.remote(work) for _ in range(self._actor_count(work.spec))]
+        for handle in self._handles:
+            handle.warm.remote()  # (a failure to load shows again, and is said, at the first shard)
+        if self._stopping:
+            self.request_stop()
+        return len(self._handles)
 
-    async def _feed(self, handles: list[Any], shards: deque[Shard]) -> bool:
+    async def run(self, work: ShardWork, plan: ShardPlan) -> bool:
+        """Run every shard on the started actors; whether every record of every shard was run."""
+        log.info("job %s: %d shards on %d Ray actors", work.job_id, len(plan.shards), len(self._handles))
+        return await self._feed(self._handles, deque(plan.shards), plan.firsts)
+
+    async def close(self) -> None:
+        """End the actors (their providers closed first)."""
+        handles, self._handles = self._handles, []
+        if handles:
+            await _closed(self._connect(), handles)
+
+    async def _feed(self, handles: list[Any], shards: deque[Shard], firsts: dict[int, int]) -> bool:
         """Keep every actor running a shard until none is left (or the job stops)."""
         idle = list(handles)
         running: dict[asyncio.Future[Any], tuple[Any, Shard]] = {}
@@ -232,7 +244,8 @@ class RayExecutor:
                 handle, shard = idle.pop(), shards.popleft()
                 if self._stopping:
                     handle.stop.remote()
-                running[asyncio.wrap_future(handle.run.remote(shard).future())] = (handle, shard)
+                sent = handle.run.remote(shard, shard.firsts_in(firsts))
+                running[asyncio.wrap_future(sent.future())] = (handle, shard)
             done, _ = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
             for future in done:
                 handle, shard = running.pop(future)

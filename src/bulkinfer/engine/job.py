@@ -22,7 +22,7 @@ from bulkinfer.domain.job import TRANSITIONS, Counts, JobStatus, can_transition,
 from bulkinfer.domain.lineset import LineSet
 from bulkinfer.domain.tally import MediaTally
 from bulkinfer.domain.tenant import Grants
-from bulkinfer.engine.cluster import RayExecutor, ShardWork, shard_lines, without_tally
+from bulkinfer.engine.cluster import SHARDS_PER_ACTOR, RayExecutor, ShardWork, shard_lines, without_tally
 from bulkinfer.engine.committer import Committer, rebuild_chunks
 from bulkinfer.engine.finalize import MANIFEST_NAME, finish_results, write_output
 from bulkinfer.engine.progress import ProgressSink
@@ -583,9 +583,6 @@ class LocalJob:
         written here, as a local run writes them."""
         executor.check(self.spec)
         await self._start(progress, status)
-        status(f"planning shards of {len(self.files)} files")
-        parts = await asyncio.to_thread(executor.parts)
-        plan = await asyncio.to_thread(self._plan, parts)
         work = ShardWork(
             job_id=self.job_id,
             id_seed=self.id_seed,
@@ -599,14 +596,18 @@ class LocalJob:
             state_file=self.store_file,
             store_patience_s=self.request.store_patience_s,
             media=without_tally(self.request.media),
-            firsts=plan.firsts,
         )
-        status(f"running {self.spec.name} on Ray ({len(plan.shards)} shards)")
         watch = asyncio.create_task(self._follow_commits(progress))
         try:
+            status(f"starting actors of {self.spec.name} on Ray")
+            actors = await executor.start(work)
+            status(f"planning shards of {len(self.files)} files")  # (while the actors load the model)
+            plan = await asyncio.to_thread(self._plan, actors * SHARDS_PER_ACTOR)
+            status(f"running {self.spec.name} on {actors} Ray actors ({len(plan.shards)} shards)")
             ran_everything = await executor.run(work, plan)
         finally:
             watch.cancel()
+            await executor.close()
         await asyncio.to_thread(self._committer_of().remove_orphans)  # an actor killed mid-commit
         await self._follow_commits(progress, once=True)
         return await self._end(ran_everything, plan.record_counts, status)

@@ -17,6 +17,9 @@ from bulkinfer.formats.jsonl import split_lines
 from bulkinfer.formats.records import RecordFormat
 from bulkinfer.storage.files import READ_BLOCK_BYTES, InputFile, read_blocks
 
+MAX_LINE = (1 << 40) - 1
+"""A line number past any file's last (see `engine.seen.position`)."""
+
 
 @dataclass(frozen=True, slots=True)
 class Shard:
@@ -26,6 +29,13 @@ class Shard:
     start: int
     end: int
     first_line: int
+    end_line: int
+    """The line after its last (the next shard's first)."""
+
+    def firsts_in(self, firsts: dict[int, int]) -> dict[int, int]:
+        """Of a plan's ``firsts``, those of this shard's lines."""
+        low, high = position(self.file_index, self.first_line), position(self.file_index, self.end_line)
+        return {where: first for where, first in firsts.items() if low <= where < high}
 
     @property
     def name(self) -> str:
@@ -83,10 +93,9 @@ def _repeats(
 def _cut(f: InputFile, shard_lines: int) -> list[Shard]:
     """One file's shards: byte ranges that start and end at line ends."""
     starts = list(_line_starts(f.path, shard_lines))
-    size = f.path.stat().st_size
-    ends = [start for start, _ in starts[1:]] + [size]
+    ends = [*starts[1:], (f.path.stat().st_size, MAX_LINE)]
     pairs = zip(starts, ends, strict=True)
-    return [Shard(f.index, start, end, line) for (start, line), end in pairs if start < end]
+    return [Shard(f.index, start, end, line, after) for (start, line), (end, after) in pairs if start < end]
 
 
 def _line_starts(path: Path, every: int) -> Iterator[tuple[int, int]]:

@@ -142,7 +142,7 @@ class Scheduler:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._running: dict[str, Running] = {}
         self._validating: set[str] = set()
-        self.limits = LimitRegistry()  # every job on a remote model shares that model's rate limits
+        self.limits = LimitRegistry(shared=store.rate_buckets())  # every job on a model, every replica
         self.media_tally = MediaTally()  # (both read by the metrics)
         self._media = replace(
             MediaSettings.of_service(settings.fetch_allow, settings.data_dir, settings.s3_endpoint_url),

@@ -28,6 +28,7 @@ from bulkinfer.store import webhooks as outbox
 from bulkinfer.store.batcher import Batcher
 from bulkinfer.store.migrate import current_revision, upgrade
 from bulkinfer.store.notify import Listener, announce
+from bulkinfer.store.rate_buckets import RateBuckets
 from bulkinfer.store.schema import batch_jobs
 from bulkinfer.store.state import make_engine
 from bulkinfer.transient import is_transient_db, retrying_call
@@ -166,6 +167,10 @@ class BatchJobStore:
 
     def close(self) -> None:
         self._engine.dispose()
+
+    def rate_buckets(self) -> RateBuckets:
+        """The remote models' rate limits, shared by every replica on this store."""
+        return RateBuckets(self._engine)
 
     def revision(self) -> str | None:
         """The database's schema revision, asked once, with no retry (a readiness check wants to know

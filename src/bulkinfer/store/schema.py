@@ -166,3 +166,13 @@ files = Table(
     Column("uri", Text, nullable=False),
     Index("ix_files_tenant_created", "tenant", "created_at"),
 )
+
+# A token bucket per model and limit kind, shared by every process on this database (see rate_buckets.py).
+rate_buckets = Table(
+    "rate_buckets",
+    metadata,
+    Column("model", String(200), primary_key=True),
+    Column("kind", String(16), primary_key=True),
+    Column("level", Float, nullable=False),
+    Column("stamp", Float, nullable=False),
+)

@@ -28,6 +28,7 @@ from bulkinfer.errors import UserError
 from bulkinfer.storage.files import DiskFull
 from bulkinfer.store.migrate import upgrade
 from bulkinfer.store.provider_jobs import ProviderJobs
+from bulkinfer.store.rate_buckets import RateBuckets
 from bulkinfer.store.schema import chunks, jobs
 from bulkinfer.transient import is_transient_db, retrying_call
 
@@ -139,6 +140,10 @@ class StateStore:
     def provider_jobs(self) -> ProviderJobs:
         """The provider batch jobs of this store's jobs, through the same retries."""
         return ProviderJobs(self._engine, self._call)
+
+    def rate_buckets(self) -> RateBuckets:
+        """The rate limits shared by every process on this store (their callers wait out outages)."""
+        return RateBuckets(self._engine)
 
     def _call(self, fn: Callable[[], T]) -> T:
         """Run one unit of work, retrying transient errors; name a full disk or a damaged file."""

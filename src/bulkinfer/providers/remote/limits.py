@@ -1,22 +1,34 @@
 """Rate limits shared by every job on one model: token buckets for requests and tokens per minute, and a
-concurrency limit that adapts to how the provider copes (AIMD: grow while healthy, halve on 429)."""
+concurrency limit that adapts to how the provider copes (AIMD: grow while healthy, halve on 429).
+
+The buckets are local to the process (`TokenBucket`) or shared by every process on one state store
+(`SharedBucket`: replicas, workers), so that together they stay under the configured limit; adaptive
+concurrency and a provider's holds stay each process's own, as each sees its own 429s.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import collections
+import logging
 import math
 import threading
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from functools import partial
+from typing import Protocol
 
 from bulkinfer.providers.batchapi.polling import Bell
 from bulkinfer.providers.catalog import RemoteSpec
 from bulkinfer.providers.remote.breaker import Breaker
 from bulkinfer.providers.remote.call import RateHints
 from bulkinfer.providers.remote.stats import CallStats
+from bulkinfer.store.rate_buckets import Ask, Grant
+from bulkinfer.transient import MAX_BACKOFF_S, is_transient_db
+
+log = logging.getLogger(__name__)
 
 HEADROOM = 0.98
 """Fraction of a configured per-minute limit we aim for. A provider counting over a rolling minute
@@ -27,8 +39,33 @@ DECREASE = 0.5
 MAX_HOLD_S = 300.0
 COOLDOWN_S = 1.0
 """After a decrease, further 429s within this time are from calls already in flight: ignore them."""
+LEASE_S = 0.25
+"""A process takes at most this long's worth of a shared limit ahead of its need, and spends it within
+as long or drops it; the shared bucket holds ``BURST_SECONDS - LEASE_S``, so all processes together
+burst no more than one process with a local bucket."""
 
 Clock = Callable[[], float]
+Sleep = Callable[[float], Awaitable[None]]
+
+
+class Bucket(Protocol):
+    """One per-minute limit: what `ModelLimits` takes from before each call."""
+
+    async def take(self, amount: float) -> None:
+        """Wait until ``amount`` may be spent, and spend it."""
+
+    def charge(self, amount: float) -> None:
+        """Take (or, negative, give back) ``amount`` after the fact, when the real usage is known."""
+
+
+BucketFactory = Callable[[str, float], Bucket]
+"""Makes a model's bucket of one kind ("requests", "input_tokens", "output_tokens") and per-minute limit."""
+
+
+class Leases(Protocol):
+    """Where shared buckets live (``bulkinfer.store.rate_buckets``)."""
+
+    def lease(self, model: str, kind: str, ask: Ask) -> Grant: ...
 
 
 class TokenBucket:
@@ -63,6 +100,104 @@ class TokenBucket:
         """Take (or, negative, give back) tokens after the fact, when the real usage is known."""
         self._refill()
         self._level = min(self.capacity, self._level - amount)
+
+
+class SharedBucket:
+    """A `TokenBucket` kept in a state store, so the processes sharing the store share the limit.
+
+    Takes come from a local lease; when it is short, one transaction asks the store for what is missing
+    plus up to `LEASE_S` of this process's recent demand (never more than `LEASE_S` of the rate), so the
+    database sees a few transactions a second per process whatever the rate. A lease not spent within
+    `LEASE_S` is dropped (only what one waiting take has gathered toward its own amount is kept), so
+    any window of T seconds sees at most ``rate * (T + BURST_SECONDS)`` from all processes together,
+    as from one local bucket, plus less than one take per process. Charges go with the next ask. While
+    the store does not answer, takes wait: a limit that cannot be read is not skipped, as N processes
+    would then send N times it.
+    """
+
+    def __init__(
+        self,
+        leases: Leases,
+        model: str,
+        kind: str,
+        per_minute: float,
+        clock: Clock = time.monotonic,
+        sleep: Sleep = asyncio.sleep,
+    ) -> None:
+        self.rate = per_minute * HEADROOM / 60.0
+        self.capacity = max(1.0, self.rate * (BURST_SECONDS - LEASE_S))
+        self._leases = leases
+        self._model = model
+        self._kind = kind
+        self._clock = clock
+        self._sleep = sleep
+        self._held = 0.0
+        self._held_until = 0.0
+        self._owed = 0.0
+        self._demand = 0.0
+        """What was asked for lately: decays by e every `LEASE_S`, so about `LEASE_S` of demand."""
+        self._demand_at = clock()
+        self._down = False
+        self._lock = asyncio.Lock()
+
+    async def take(self, amount: float) -> None:
+        recent = self._asked(amount)
+        async with self._lock:
+            if self._clock() >= self._held_until:
+                self._held = 0.0  # (what a take gathers toward its amount is kept while it waits)
+            while self._held < amount:
+                extra = min(self.rate * LEASE_S, recent)
+                ask = Ask(self.rate, self.capacity, amount - self._held, extra, self._owed)
+                asked_at = self._clock()
+                grant = await self._ask(ask)
+                self._owed -= ask.charge
+                if grant.amount:
+                    self._held, self._held_until = self._held + grant.amount, asked_at + LEASE_S
+                else:
+                    await self._sleep(grant.wait_s)
+            self._held -= amount
+
+    def charge(self, amount: float) -> None:
+        if amount > 0:  # first from the lease in hand: it counts at once, with no transaction
+            spent = min(amount, self._held)
+            self._held -= spent
+            amount -= spent
+        self._owed += amount
+
+    def _asked(self, amount: float) -> float:
+        """Note a take of ``amount``; the demand before it."""
+        now = self._clock()
+        before = self._demand * math.exp(-(now - self._demand_at) / LEASE_S)
+        self._demand, self._demand_at = before + amount, now
+        return before
+
+    async def _ask(self, ask: Ask) -> Grant:
+        pause = 0.1
+        while True:
+            try:
+                grant = await asyncio.to_thread(self._leases.lease, self._model, self._kind, ask)
+            except Exception as exc:
+                if not is_transient_db(exc):
+                    raise
+                self._say_down(exc)
+                await self._sleep(pause)
+                pause = min(pause * 2, MAX_BACKOFF_S)
+                continue
+            self._say_down(None)
+            return grant
+
+    def _say_down(self, error: Exception | None) -> None:
+        """Log an outage of the store once as it starts, and once as it ends."""
+        if (error is not None) == self._down:
+            return
+        self._down = error is not None
+        what = f"the shared {self._kind} limit of {self._model}"
+        if error is not None:
+            log.warning(
+                "%s is not answering (%s); its calls wait", what, error, extra={"action": "limit_down"}
+            )
+        else:
+            log.info("%s answers again", what, extra={"action": "limit_up"})
 
 
 class AdaptiveConcurrency:
@@ -134,14 +269,17 @@ class ModelLimits:
     """Every limit of one model; ``slot`` is entered around each call. ``breaker`` holds calls back
     while the provider is down."""
 
-    def __init__(self, spec: RemoteSpec, clock: Clock = time.monotonic) -> None:
+    def __init__(
+        self, spec: RemoteSpec, clock: Clock = time.monotonic, buckets: BucketFactory | None = None
+    ) -> None:
         self.breaker = Breaker()
         self.stats = CallStats()
         """What the calls did (for metrics)."""
         self.concurrency = AdaptiveConcurrency(spec.max_concurrency or 1024, clock)
-        self._requests = _bucket(spec.requests_per_minute, clock)
-        self._input = _bucket(spec.input_tokens_per_minute, clock)
-        self._output = _bucket(spec.output_tokens_per_minute, clock)
+        make = buckets or (lambda _kind, per_minute: TokenBucket(per_minute, clock))
+        self._requests = _bucket(make, "requests", spec.requests_per_minute)
+        self._input = _bucket(make, "input_tokens", spec.input_tokens_per_minute)
+        self._output = _bucket(make, "output_tokens", spec.output_tokens_per_minute)
         self._clock = clock
         self._hold_until = 0.0
         self._requests_per_minute = spec.requests_per_minute
@@ -206,17 +344,20 @@ class ModelLimits:
             await asyncio.sleep(wait)
 
 
-def _bucket(per_minute: float | None, clock: Clock) -> TokenBucket | None:
-    return TokenBucket(per_minute, clock) if per_minute else None
+def _bucket(make: BucketFactory, kind: str, per_minute: float | None) -> Bucket | None:
+    return make(kind, per_minute) if per_minute else None
 
 
 class LimitRegistry:
     """One ``ModelLimits`` per model name, so every job on a model shares its limits.
 
-    Built once per process (the server, or one ``bulkinfer run``) and passed down to providers.
+    Built once per process (the server, or one ``bulkinfer run``) and passed down to providers. Given
+    ``shared`` (a state store's ``rate_buckets()``), its per-minute limits hold across every process on
+    that store; without, within this process only.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, shared: Leases | None = None) -> None:
+        self._shared = shared
         self._limits: dict[str, ModelLimits] = {}
         self._bells: dict[str, Bell] = {}
         self._lock = threading.Lock()  # providers load in threads: two jobs may ask at once
@@ -225,7 +366,8 @@ class LimitRegistry:
         with self._lock:
             limits = self._limits.get(name)
             if limits is None:
-                limits = self._limits[name] = ModelLimits(spec)
+                buckets = None if self._shared is None else partial(SharedBucket, self._shared, name)
+                limits = self._limits[name] = ModelLimits(spec, buckets=buckets)
             return limits
 
     def bell(self, name: str) -> Bell:

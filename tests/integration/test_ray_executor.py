@@ -227,3 +227,26 @@ def test_a_service_runs_its_jobs_on_ray_and_a_stop_keeps_what_finished(
         assert "Ray actors" in serve.log.read_text()  # (the job said where it ran)
     finally:
         launcher.close()
+
+
+def test_a_remote_model_on_two_actors_stays_under_its_limit(tmp_path: Path, ray_address: str) -> None:
+    from bulkinfer.testing import SimulatorConfig, SimulatorThread
+    from tests.integration.test_remote_reliability import catalog, records
+
+    count = 200
+    config = SimulatorConfig(requests_per_minute=600, latency_median_s=0.01)
+    with SimulatorThread(config) as sim:
+        models = catalog(tmp_path / "m.toml", sim, requests_per_minute=600, max_attempts=20, batch_size=1)
+        source = write_jsonl(tmp_path / "in" / "a.jsonl", records(count))
+        on_ray = ["--executor", "ray", "--ray-address", ray_address, "--ray-actors", "2"]
+        args = run_args(source, tmp_path / "out", "remote", "limited", "--models", models, *on_ray)
+        done = bulkinfer(args)
+        assert done.returncode == 0, done.stderr
+        stats = sim.idle_stats()
+    assert stats.successes == count
+    assert stats.rate_limited < 0.01 * stats.calls, stats.by_outcome
+    times = stats.success_times
+    assert len(times) <= 600 / 60 * (times[-1] - times[0] + config.burst_s) + 1  # at most the limit
+    callers = {line["recordId"] for line in read_jsonl(tmp_path / "out" / "limited" / "a.jsonl.out")}
+    assert len(callers) == count
+    assert "2 Ray actors" in done.stderr  # (both actors ran: the job said so)

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -27,11 +26,8 @@ from pathlib import Path
 
 import orjson
 
-RAY_ENV = {
-    "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
-    "RAY_AUTH_MODE": "disabled",
-    "RAY_USAGE_STATS_ENABLED": "0",
-}
+from bulkinfer.testing.ray_head import RAY_ENV, ray_head
+
 CATALOG = """
 [models.paced]
 provider = "echo"
@@ -52,24 +48,14 @@ def main() -> int:
     parser.add_argument("--num-cpus", type=int, default=2)
     args = parser.parse_args()
     env = {**os.environ, **RAY_ENV}
-    ray = str(Path(sys.executable).parent / "ray")
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    start = [ray, "start", "--head", f"--port={port}", f"--num-cpus={args.num_cpus}", "--num-gpus=0"]
-    start += ["--include-dashboard=false", "--disable-usage-stats", "--node-ip-address=127.0.0.1"]
-    subprocess.run(start, env=env, check=True, capture_output=True)
-    try:
-        with tempfile.TemporaryDirectory() as folder:
-            root = Path(folder)
-            catalog = root / "models.toml"
-            catalog.write_text(CATALOG.format(delay=args.delay_s))
-            runs = {
-                "echo": _compare(root, "echo", args.records, catalog, f"127.0.0.1:{port}", env),
-                "paced": _compare(root, "paced", args.paced_records, catalog, f"127.0.0.1:{port}", env),
-            }
-    finally:
-        subprocess.run([ray, "stop", "--force"], env=env, capture_output=True)
+    with ray_head(args.num_cpus) as head, tempfile.TemporaryDirectory() as folder:
+        root = Path(folder)
+        catalog = root / "models.toml"
+        catalog.write_text(CATALOG.format(delay=args.delay_s))
+        runs = {
+            "echo": _compare(root, "echo", args.records, catalog, head.address, env),
+            "paced": _compare(root, "paced", args.paced_records, catalog, head.address, env),
+        }
     for model, (count, rates) in runs.items():
         local = rates["local"]
         print(f"{model}: {count:,} records")

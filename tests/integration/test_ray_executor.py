@@ -6,7 +6,6 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -17,44 +16,40 @@ import orjson
 import psutil
 import pytest
 
+from bulkinfer.testing.ray_head import RAY_ENV, RayHead, ray_head
 from tests.acceptance.test_cli import committed_records
 from tests.conftest import anthropic_record, read_jsonl, write_jsonl
 
 pytest.importorskip("ray")
 
 BULKINFER = [sys.executable, "-m", "bulkinfer"]
-RAY = str(Path(sys.executable).parent / "ray")
-RAY_ENV = {
-    # Ray binds to the machine's own address unless told it is not a cluster of several hosts; and every
-    # process of a cluster must agree on its authentication (see shared/reference on Ray's traps).
-    "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
-    "RAY_AUTH_MODE": "disabled",
-    "RAY_USAGE_STATS_ENABLED": "0",
-}
 ACTOR = "ray::ShardWorker"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _env() -> dict[str, str]:
     return {**os.environ, **RAY_ENV, "COLUMNS": "200", "PYTHONUNBUFFERED": "1"}
 
 
+def actor_processes(head: RayHead) -> list[psutil.Process]:
+    """The actors' worker processes of this cluster."""
+    found = []
+    for process in psutil.Process(head.pid).children(recursive=True):
+        with contextlib.suppress(psutil.Error):
+            if any(ACTOR in part for part in process.cmdline()):
+                found.append(process)
+    return found
+
+
 @pytest.fixture(scope="module")
-def ray_address(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def ray_cluster() -> Iterator[RayHead]:
     """A Ray head of 2 CPUs on 127.0.0.1, for this module's jobs."""
-    port = _free_port()
-    start = [RAY, "start", "--head", f"--port={port}", "--num-cpus=2", "--num-gpus=0"]
-    start += ["--include-dashboard=false", "--disable-usage-stats", "--node-ip-address=127.0.0.1"]
-    subprocess.run(start, env=_env(), check=True, capture_output=True, timeout=120)
-    try:
-        yield f"127.0.0.1:{port}"
-    finally:
-        subprocess.run([RAY, "stop", "--force"], env=_env(), capture_output=True, timeout=120)
+    with ray_head() as head:
+        yield head
+
+
+@pytest.fixture
+def ray_address(ray_cluster: RayHead) -> str:
+    return ray_cluster.address
 
 
 def run_args(source: Path, out: Path, model: str, job_id: str, *extra: str | Path) -> list[str]:
@@ -115,15 +110,6 @@ def started(args: list[str], log: Path) -> Iterator[subprocess.Popen[bytes]]:
                 job.kill()
 
 
-def _actor_processes() -> list[psutil.Process]:
-    found = []
-    for process in psutil.process_iter(["cmdline"]):
-        with contextlib.suppress(psutil.Error):
-            if any(ACTOR in part for part in process.info["cmdline"] or ()):
-                found.append(process)
-    return found
-
-
 def _wait_for(predicate: Callable[[], bool], timeout: float, what: str) -> None:
     deadline = time.monotonic() + timeout
     while not predicate():
@@ -132,7 +118,7 @@ def _wait_for(predicate: Callable[[], bool], timeout: float, what: str) -> None:
 
 
 def test_a_ray_worker_killed_mid_job_leaves_every_record_in_the_output_once(
-    tmp_path: Path, ray_address: str, echo_catalog: Callable[..., Path]
+    tmp_path: Path, ray_cluster: RayHead, echo_catalog: Callable[..., Path]
 ) -> None:
     total = 1_200
     catalog = echo_catalog(delay_s=0.05, batch_size=10, concurrency=2)
@@ -140,10 +126,10 @@ def test_a_ray_worker_killed_mid_job_leaves_every_record_in_the_output_once(
     source = write_jsonl(tmp_path / "in" / "records.jsonl", (anthropic_record(i, i) for i in ids))
     out = tmp_path / "out"
     args = run_args(source, out, "echo-test", "killed", "--models", catalog, "--executor", "ray",
-                    "--ray-address", ray_address, "--ray-actors", "2")  # fmt: skip
+                    "--ray-address", ray_cluster.address, "--ray-actors", "2")  # fmt: skip
     with started(args, tmp_path / "killed.log") as job:
         _wait_for(lambda: committed_records(out, "killed") >= 100, 300, "records committed")
-        actors = _actor_processes()
+        actors = actor_processes(ray_cluster)
         assert actors, "no actor process found"
         actors[0].send_signal(signal.SIGKILL)
         assert job.wait(timeout=600) == 0, (tmp_path / "killed.log").read_text()

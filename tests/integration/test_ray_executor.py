@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import orjson
@@ -72,8 +73,7 @@ def test_echo_records_over_two_actors_come_out_once_in_input_order(tmp_path: Pat
     ids = [f"R{i:07d}" for i in range(total)]
     source = write_jsonl(tmp_path / "in" / "records.jsonl", (anthropic_record(i, f"text {i}") for i in ids))
     out = tmp_path / "out"
-    ray = bulkinfer(run_args(source, out, "echo", "onray", "--executor", "ray",
-                             "--ray-address", ray_address, "--ray-actors", "2"))  # fmt: skip
+    ray = bulkinfer(run_args(source, out, "echo", "onray", *on_ray(ray_address)))
     assert ray.returncode == 0, ray.stderr
     lines = assert_each_once_in_order(out / "onray" / "records.jsonl.out", ids)
     for line in lines[:: total // 100]:
@@ -89,9 +89,7 @@ def test_a_local_model_runs_on_two_actors(tmp_path: Path, ray_address: str) -> N
     records = (anthropic_record(i, f"Say the number {n}.", max_tokens=4) for n, i in enumerate(ids))
     source = write_jsonl(tmp_path / "in" / "records.jsonl", records)
     out = tmp_path / "out"
-    args = run_args(source, out, "smollm2-135m-instruct", "smol", "--executor", "ray",
-                    "--ray-address", ray_address, "--ray-actors", "2")  # fmt: skip
-    done = bulkinfer(args)
+    done = bulkinfer(run_args(source, out, "smollm2-135m-instruct", "smol", *on_ray(ray_address)))
     assert done.returncode == 0, done.stderr
     for line in assert_each_once_in_order(out / "smol" / "records.jsonl.out", ids):
         assert "error" not in line
@@ -117,16 +115,36 @@ def _wait_for(predicate: Callable[[], bool], timeout: float, what: str) -> None:
         time.sleep(0.1)
 
 
+@dataclass(frozen=True)
+class SlowJob:
+    """A job on a slow echo model (50 ms a batch of 10), to act on while it runs on Ray."""
+
+    source: Path
+    out: Path
+    ids: list[str]
+    catalog: Path
+
+    @classmethod
+    def of(cls, folder: Path, echo_catalog: Callable[..., Path], total: int, concurrency: int) -> SlowJob:
+        ids = [f"K{i:05d}" for i in range(total)]
+        source = write_jsonl(folder / "in" / "records.jsonl", (anthropic_record(i, i) for i in ids))
+        catalog = echo_catalog(delay_s=0.05, batch_size=10, concurrency=concurrency)
+        return cls(source, folder / "out", ids, catalog)
+
+    def args(self, job_id: str, *extra: str) -> list[str]:
+        return run_args(self.source, self.out, "echo-test", job_id, "--models", self.catalog, *extra)
+
+
+def on_ray(address: str) -> list[str]:
+    return ["--executor", "ray", "--ray-address", address, "--ray-actors", "2"]
+
+
 def test_a_ray_worker_killed_mid_job_leaves_every_record_in_the_output_once(
     tmp_path: Path, ray_cluster: RayHead, echo_catalog: Callable[..., Path]
 ) -> None:
     total = 1_200
-    catalog = echo_catalog(delay_s=0.05, batch_size=10, concurrency=2)
-    ids = [f"K{i:05d}" for i in range(total)]
-    source = write_jsonl(tmp_path / "in" / "records.jsonl", (anthropic_record(i, i) for i in ids))
-    out = tmp_path / "out"
-    args = run_args(source, out, "echo-test", "killed", "--models", catalog, "--executor", "ray",
-                    "--ray-address", ray_cluster.address, "--ray-actors", "2")  # fmt: skip
+    slow = SlowJob.of(tmp_path, echo_catalog, total, concurrency=2)
+    out, ids, args = slow.out, slow.ids, slow.args("killed", *on_ray(ray_cluster.address))
     with started(args, tmp_path / "killed.log") as job:
         _wait_for(lambda: committed_records(out, "killed") >= 100, 300, "records committed")
         actors = actor_processes(ray_cluster)
@@ -142,18 +160,14 @@ def test_a_job_stopped_on_ray_resumes_on_the_local_executor_exactly_once(
     tmp_path: Path, ray_address: str, echo_catalog: Callable[..., Path]
 ) -> None:
     total = 1_000
-    catalog = echo_catalog(delay_s=0.05, batch_size=10, concurrency=1)
-    ids = [f"S{i:05d}" for i in range(total)]
-    source = write_jsonl(tmp_path / "in" / "records.jsonl", (anthropic_record(i, i) for i in ids))
-    out = tmp_path / "out"
-    args = run_args(source, out, "echo-test", "moved", "--models", catalog, "--executor", "ray",
-                    "--ray-address", ray_address, "--ray-actors", "2")  # fmt: skip
+    slow = SlowJob.of(tmp_path, echo_catalog, total, concurrency=1)
+    out, ids, args = slow.out, slow.ids, slow.args("moved", *on_ray(ray_address))
     with started(args, tmp_path / "moved.log") as job:
         _wait_for(lambda: committed_records(out, "moved") >= 50, 300, "records committed")
         job.send_signal(signal.SIGINT)
         assert job.wait(timeout=300) == 130, (tmp_path / "moved.log").read_text()
     assert 0 < committed_records(out, "moved") < total
-    local = bulkinfer(run_args(source, out, "echo-test", "moved", "--models", catalog))
+    local = bulkinfer(slow.args("moved"))
     assert local.returncode == 0, local.stderr
     assert_each_once_in_order(out / "moved" / "records.jsonl.out", ids)
 
@@ -224,8 +238,9 @@ def test_a_remote_model_on_two_actors_stays_under_its_limit(tmp_path: Path, ray_
     with SimulatorThread(config) as sim:
         models = catalog(tmp_path / "m.toml", sim, requests_per_minute=600, max_attempts=20, batch_size=1)
         source = write_jsonl(tmp_path / "in" / "a.jsonl", records(count))
-        on_ray = ["--executor", "ray", "--ray-address", ray_address, "--ray-actors", "2"]
-        args = run_args(source, tmp_path / "out", "remote", "limited", "--models", models, *on_ray)
+        args = run_args(
+            source, tmp_path / "out", "remote", "limited", "--models", models, *on_ray(ray_address)
+        )
         done = bulkinfer(args)
         assert done.returncode == 0, done.stderr
         stats = sim.idle_stats()

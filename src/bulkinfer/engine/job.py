@@ -597,6 +597,7 @@ class LocalJob:
             store_patience_s=self.request.store_patience_s,
             media=without_tally(self.request.media),
         )
+        self._followed = await asyncio.to_thread(self.committed)  # (what the progress starts from)
         watch = asyncio.create_task(self._follow_commits(progress))
         try:
             status(f"starting actors of {self.spec.name} on Ray")
@@ -609,7 +610,7 @@ class LocalJob:
             watch.cancel()
             await executor.close()
         await asyncio.to_thread(self._committer_of().remove_orphans)  # an actor killed mid-commit
-        await self._follow_commits(progress, once=True)
+        await self._read_commits(progress)
         return await self._end(ran_everything, plan.record_counts, status)
 
     def _plan(self, parts: int) -> ShardPlan:
@@ -621,25 +622,26 @@ class LocalJob:
         assert self._committer is not None
         return self._committer
 
-    async def _follow_commits(self, progress: ProgressSink, once: bool = False) -> None:
-        """Advance ``progress`` by what other processes commit (polled from the state store)."""
-        last = await asyncio.to_thread(self.committed) if not once else self._followed
+    async def _follow_commits(self, progress: ProgressSink) -> None:
+        """Advance ``progress`` by what other processes commit, polled from the state store."""
         while True:
-            if not once:
-                await asyncio.sleep(COMMITS_POLL_S)
-            try:
-                counts = await asyncio.to_thread(self.committed)
-            except Exception:  # (progress is a courtesy: the next poll tries again)
-                log.warning("job %s: could not read its progress", self.job_id, exc_info=True)
-                continue
-            done = counts.processed - last.processed
-            if done > 0:
-                errors = counts.errors - last.errors
-                tokens_in = counts.input_tokens - last.input_tokens
-                progress.advance(done, errors, tokens_in, counts.output_tokens - last.output_tokens)
-            last = self._followed = counts
-            if once:
-                return
+            await asyncio.sleep(COMMITS_POLL_S)
+            await self._read_commits(progress)
+
+    async def _read_commits(self, progress: ProgressSink) -> None:
+        try:
+            counts = await asyncio.to_thread(self.committed)
+        except Exception:  # (progress is a courtesy: the next poll tries again)
+            log.warning("job %s: could not read its progress", self.job_id, exc_info=True)
+            return
+        last, self._followed = self._followed, counts
+        if counts.processed > last.processed:
+            progress.advance(
+                counts.processed - last.processed,
+                counts.errors - last.errors,
+                counts.input_tokens - last.input_tokens,
+                counts.output_tokens - last.output_tokens,
+            )
 
     async def _end(
         self, ran_everything: bool, counts: dict[int, int], status: Callable[[str], None]

@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -251,3 +252,15 @@ def test_a_remote_model_on_two_actors_stays_under_its_limit(tmp_path: Path, ray_
     callers = {line["recordId"] for line in read_jsonl(tmp_path / "out" / "limited" / "a.jsonl.out")}
     assert len(callers) == count
     assert "2 Ray actors" in done.stderr  # (both actors ran: the job said so)
+
+
+def test_an_unreachable_cluster_is_said_before_any_job(tmp_path: Path) -> None:
+    with socket.socket() as closed:  # a port nobody listens on
+        closed.bind(("127.0.0.1", 0))
+        address = f"127.0.0.1:{closed.getsockname()[1]}"
+    source = write_jsonl(tmp_path / "in.jsonl", [anthropic_record("a", "hi")])
+    done = bulkinfer(run_args(source, tmp_path / "out", "echo", "nope", "--executor", "ray",
+                              "--ray-address", address), timeout=60)  # fmt: skip
+    assert done.returncode == 2, done.stderr
+    assert f"cannot reach the Ray cluster at {address}" in done.stderr
+    assert not (tmp_path / "out" / ".bulkinfer").exists()

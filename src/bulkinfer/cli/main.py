@@ -806,8 +806,10 @@ def serve(
             ray_address=ray_address,
             ray_actors=ray_actors,
         )
-        if executor_of(executor, ray_address, ray_actors) is not None:
-            RayExecutor.importable()
+        chosen = executor_of(executor, ray_address, ray_actors)
+        if chosen is not None:
+            chosen.importable()
+            chosen.reachable()
         settings.webhook_config()  # (a URL without a secret, or not http(s): said before anything starts)
     except (ConfigError, UserError) as exc:
         _usage(str(exc))

@@ -20,6 +20,7 @@ import asyncio
 import logging
 import math
 import os
+import socket
 import threading
 from collections import deque
 from dataclasses import dataclass, replace
@@ -38,6 +39,8 @@ from bulkinfer.storage.files import InputFile
 log = logging.getLogger(__name__)
 
 _CONNECTING = threading.Lock()
+DEFAULT_RAY_PORT = 6379
+PROBE_S = 5.0
 SHARDS_PER_ACTOR = 4
 """Shards planned per actor: enough that a slow shard or a restarted actor leaves no actor idle long."""
 MAX_SHARD_LINES = 100_000
@@ -198,6 +201,23 @@ class RayExecutor:
                 "the provider: run it with the local executor (leave out --executor ray)"
             )
         self.importable()
+        self.reachable()
+
+    def reachable(self) -> None:
+        """Whether the cluster's address answers at all: ``ray.init`` would wait for it for ever."""
+        if self.address in (None, "auto", "local"):
+            return
+        assert self.address is not None
+        where = self.address.removeprefix("ray://").rstrip("/")
+        host, _, port = where.rpartition(":") if ":" in where else (where, "", str(DEFAULT_RAY_PORT))
+        try:
+            with socket.create_connection((host.strip("[]"), int(port)), timeout=PROBE_S):
+                return
+        except (OSError, ValueError) as exc:
+            raise UserError(
+                f"cannot reach the Ray cluster at {self.address} ({exc}): start it (`ray start --head`) "
+                "or give its address with --ray-address HOST:PORT"
+            ) from None
 
     @staticmethod
     def importable() -> None:

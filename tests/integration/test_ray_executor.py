@@ -264,3 +264,23 @@ def test_an_unreachable_cluster_is_said_before_any_job(tmp_path: Path) -> None:
     assert done.returncode == 2, done.stderr
     assert f"cannot reach the Ray cluster at {address}" in done.stderr
     assert not (tmp_path / "out" / ".bulkinfer").exists()
+
+
+def test_relative_paths_mean_the_same_to_the_actors(tmp_path: Path, ray_address: str) -> None:
+    ids = [f"P{i:04d}" for i in range(300)]
+    write_jsonl(tmp_path / "in" / "records.jsonl", (anthropic_record(i, i) for i in ids))
+    args = run_args(Path("in"), Path("out"), "echo", "relative", *on_ray(ray_address))
+    done = subprocess.run(args, capture_output=True, text=True, timeout=600, env=_env(), cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert_each_once_in_order(tmp_path / "out" / "relative" / "records.jsonl.out", ids)
+
+
+def test_more_actors_than_the_cluster_can_place_is_said_before_any_job(
+    tmp_path: Path, ray_address: str
+) -> None:
+    source = write_jsonl(tmp_path / "in.jsonl", [anthropic_record("a", "hi")])
+    done = bulkinfer(run_args(source, tmp_path / "out", "echo", "crowd", "--executor", "ray",
+                              "--ray-address", ray_address, "--ray-actors", "64"), timeout=120)  # fmt: skip
+    assert done.returncode == 2, done.stderr
+    assert "--ray-actors 64" in done.stderr and "at most 4" in done.stderr
+    assert not (tmp_path / "out" / ".bulkinfer").exists()

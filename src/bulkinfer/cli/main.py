@@ -129,6 +129,7 @@ RayActorsOption = Annotated[
         "--ray-actors",
         envvar="BULKINFER_RAY_ACTORS",
         min=1,
+        max=4096,
         help="Actors for --executor ray (default: one per GPU for a local model, else one per CPU).",
     ),
 ]

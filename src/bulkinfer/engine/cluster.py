@@ -41,6 +41,8 @@ log = logging.getLogger(__name__)
 _CONNECTING = threading.Lock()
 DEFAULT_RAY_PORT = 6379
 PROBE_S = 5.0
+CONNECT_S = 60.0
+CLOSE_S = 10.0
 SHARDS_PER_ACTOR = 4
 """Shards planned per actor: enough that a slow shard or a restarted actor leaves no actor idle long."""
 MAX_SHARD_LINES = 100_000
@@ -202,6 +204,11 @@ class RayExecutor:
             )
         self.importable()
         self.reachable()
+        try:
+            self._connect()
+            self._actor_count(spec)  # (more actors than the cluster can place: said now)
+        except ClusterError as exc:
+            raise UserError(str(exc)) from None
 
     def reachable(self) -> None:
         """Whether the cluster's address answers at all: ``ray.init`` would wait for it for ever."""
@@ -289,7 +296,11 @@ class RayExecutor:
             return self._connect_once(ray)
 
     def _connect_once(self, ray: Any) -> Any:
-        if not ray.is_initialized():
+        if ray.is_initialized():
+            return ray
+        failure: list[BaseException] = []
+
+        def init() -> None:
             try:
                 ray.init(
                     address=self.address,
@@ -298,21 +309,40 @@ class RayExecutor:
                     log_to_driver=False,
                     configure_logging=False,
                 )
-            except Exception as exc:
-                where = self.address or "a Ray started here"
-                raise ClusterError(f"cannot connect to the Ray cluster at {where}: {exc}") from exc
+            except BaseException as exc:
+                failure.append(exc)
+
+        # ray.init waits for ever for an address that answers but is not Ray: in a thread of its own,
+        # which this process need not wait for, given up after a while
+        connecting = threading.Thread(target=init, name="ray-init", daemon=True)
+        connecting.start()
+        connecting.join(CONNECT_S)
+        where = self.address or "a Ray started here"
+        if connecting.is_alive():
+            why = f"no Ray cluster answered at {where} within {CONNECT_S:g} s: is it Ray's port?"
+            raise ClusterError(why)
+        if failure:
+            raise ClusterError(f"cannot connect to the Ray cluster at {where}: {failure[0]}") from failure[0]
         return ray
 
-    def _actor_count(self, spec: ModelSpec | None) -> int:
-        if self.actors:
-            return self.actors
+    def _actor_count(self, spec: ModelSpec) -> int:
+        """The actors to start: as asked, if the cluster can place them all (an actor it cannot place
+        would be sent shards it never runs), else by the cluster's GPUs or CPUs."""
         import ray
 
         resources = ray.cluster_resources()  # type: ignore[no-untyped-call]
         gpus = int(resources.get("GPU", 0))
-        if gpus and (spec is None or spec.remote is None):
-            return gpus
-        return max(1, int(resources.get("CPU", 1) / (2 * CPU_PER_ACTOR)))
+        on_gpus = gpus > 0 and spec.remote is None
+        room = gpus if on_gpus else int(resources.get("CPU", 0) / CPU_PER_ACTOR)
+        if self.actors:
+            if self.actors > room:
+                what = f"{gpus} GPUs" if on_gpus else f"{resources.get('CPU', 0):g} CPUs"
+                raise ClusterError(
+                    f"--ray-actors {self.actors}: the Ray cluster has {what}, room for {room} actors of "
+                    f"{'1 GPU' if on_gpus else f'{CPU_PER_ACTOR:g} CPU'} each; ask for at most {room}"
+                )
+            return self.actors
+        return gpus if on_gpus else max(1, room // 2)
 
     def _actor_options(self, ray: Any, spec: ModelSpec) -> dict[str, Any]:
         options: dict[str, Any] = {
@@ -333,9 +363,10 @@ def shard_lines(total_records: int, parts: int, spec: ModelSpec) -> int:
 
 
 async def _closed(ray: Any, handles: list[Any]) -> None:
-    """Close the actors' providers, then end the actors."""
+    """Close the actors' providers (a while at most: an actor may be gone or never placed), then end
+    the actors."""
     closing = [asyncio.wrap_future(h.close.remote().future()) for h in handles]
-    await asyncio.gather(*closing, return_exceptions=True)
+    await asyncio.wait(closing, timeout=CLOSE_S)
     for handle in handles:
         try:
             ray.kill(handle)
@@ -346,6 +377,19 @@ async def _closed(ray: Any, handles: list[Any]) -> None:
 def _cause(exc: BaseException) -> str:
     cause = getattr(exc, "cause", None) or exc
     return f"{type(cause).__name__}: {cause}"[:2000]
+
+
+def absolute_url(url: str | None) -> str | None:
+    """A state store URL that means the same in any working directory (a SQLite file's path made
+    absolute)."""
+    if url is None or not url.startswith("sqlite"):
+        return url
+    from sqlalchemy.engine import make_url
+
+    parsed = make_url(url)
+    if not parsed.database or parsed.database == ":memory:" or Path(parsed.database).is_absolute():
+        return url
+    return parsed.set(database=str(Path(parsed.database).absolute())).render_as_string(hide_password=False)
 
 
 def without_tally(media: Any) -> Any:

@@ -22,7 +22,14 @@ from bulkinfer.domain.job import TRANSITIONS, Counts, JobStatus, can_transition,
 from bulkinfer.domain.lineset import LineSet
 from bulkinfer.domain.tally import MediaTally
 from bulkinfer.domain.tenant import Grants
-from bulkinfer.engine.cluster import SHARDS_PER_ACTOR, RayExecutor, ShardWork, shard_lines, without_tally
+from bulkinfer.engine.cluster import (
+    SHARDS_PER_ACTOR,
+    RayExecutor,
+    ShardWork,
+    absolute_url,
+    shard_lines,
+    without_tally,
+)
 from bulkinfer.engine.committer import Committer, rebuild_chunks
 from bulkinfer.engine.finalize import MANIFEST_NAME, finish_results, write_output
 from bulkinfer.engine.progress import ProgressSink
@@ -590,10 +597,11 @@ class LocalJob:
             settings=self.settings,
             record_format=self.format.name,
             dialect=self.request.dialect,
-            files=tuple(self.files),
-            chunk_dir=self.chunk_dir,
-            state_url=self.request.state_url,
-            state_file=self.store_file,
+            # absolute: an actor's working directory is its raylet's, not this process's
+            files=tuple(replace(f, path=f.path.absolute()) for f in self.files),
+            chunk_dir=self.chunk_dir.absolute(),
+            state_url=absolute_url(self.request.state_url),
+            state_file=self.store_file.absolute(),
             store_patience_s=self.request.store_patience_s,
             media=without_tally(self.request.media),
         )

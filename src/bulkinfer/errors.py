@@ -11,7 +11,8 @@ whole job or a whole call::
     │   └── JobConflictError a job id reused with a different model or input
     │       └── JobLocked    the job's files are held by another run
     ├── RecordInvalid        one record's body does not fit its dialect (becomes an error line)
-    └── ProviderError        a model could not be loaded or called
+    ├── ProviderError        a model could not be loaded or called
+    └── JobFault             no record's fault, and no retry of a record passes it: the job ends
 """
 
 from __future__ import annotations
@@ -71,3 +72,9 @@ def _rebuild_record_invalid(message: str, field: str | None) -> RecordInvalid:
 
 class ProviderError(BulkinferError):
     """A model could not be loaded or called."""
+
+
+class JobFault(BulkinferError):
+    """A failure no record caused and retrying a record cannot pass (a shared rate limit that the state
+    store refuses to give, say): the job ends with it, its committed records kept, rather than turn
+    every record after it into an error line."""

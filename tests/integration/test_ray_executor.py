@@ -168,6 +168,8 @@ def test_a_job_stopped_on_ray_resumes_on_the_local_executor_exactly_once(
         job.send_signal(signal.SIGINT)
         assert job.wait(timeout=300) == 130, (tmp_path / "moved.log").read_text()
     assert 0 < committed_records(out, "moved") < total
+    hint = (tmp_path / "moved.log").read_text().split("Resume with:", 1)[1]
+    assert f"--executor ray --ray-address {ray_address} --ray-actors 2" in " ".join(hint.split())
     local = bulkinfer(slow.args("moved"))
     assert local.returncode == 0, local.stderr
     assert_each_once_in_order(out / "moved" / "records.jsonl.out", ids)

@@ -5,18 +5,24 @@ from __future__ import annotations
 
 import asyncio
 import multiprocessing
+import os
 import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
 import pytest
+import sqlalchemy
 
+from bulkinfer.domain.job import JobStatus
+from bulkinfer.engine.job import RunRequest
+from bulkinfer.errors import JobFault
 from bulkinfer.providers.remote.limits import BURST_SECONDS, HEADROOM, SharedBucket
 from bulkinfer.store.state import StateStore
 from bulkinfer.testing import SimulatorConfig, SimulatorThread
-from tests.conftest import write_jsonl
+from tests.conftest import run_job, write_jsonl
 from tests.integration.test_bedrock_api import database
 from tests.integration.test_remote_reliability import catalog, records
 
@@ -100,3 +106,42 @@ def test_two_runs_on_one_state_file_stay_under_the_providers_limit(tmp_path: Pat
     assert one.ended_at and two.ended_at
     overlap = min(one.ended_at, two.ended_at) - max(one.started_at, two.started_at)
     assert overlap > 0.5 * min(one.ended_at - one.started_at, two.ended_at - two.started_at)  # at once
+
+
+def test_a_limit_the_database_refuses_fails_the_job_and_no_record(tmp_path: Path) -> None:
+    """The state store's role may no longer read the limits (its grant revoked): waiting will not pass
+    and no record is at fault, so the job fails saying why, with no call sent and no error line."""
+    role = f"limited_{uuid.uuid4().hex[:8]}"
+    with database("postgres") as url, SimulatorThread(SimulatorConfig(latency_median_s=0.01)) as sim:
+        assert url is not None
+        StateStore(url).close()  # migrated by the owner
+        admin = sqlalchemy.create_engine(url, isolation_level="AUTOCOMMIT")
+        with admin.connect() as conn:
+            for grant in (
+                f"CREATE ROLE {role} LOGIN PASSWORD 'limited'",
+                f"GRANT ALL ON ALL TABLES IN SCHEMA public TO {role}",
+                f"GRANT ALL ON ALL SEQUENCES IN SCHEMA public TO {role}",
+                f"REVOKE ALL ON rate_buckets FROM {role}",
+            ):
+                conn.execute(sqlalchemy.text(grant))
+        limited = sqlalchemy.make_url(url).set(username=role, password="limited")
+        source = write_jsonl(tmp_path / "in" / "a.jsonl", records(20))
+        models = catalog(tmp_path / "m.toml", sim, requests_per_minute=600)
+        state = limited.render_as_string(hide_password=False)
+        request = RunRequest(source.parent, "remote", tmp_path / "out", "refused", models, state_url=state)
+        with pytest.raises(JobFault, match="requests limit of remote could not be read"):
+            run_job(request)
+        store = StateStore(url)
+        try:
+            job = store.get_job("refused")
+            assert job is not None and job.status == JobStatus.FAILED
+            assert "permission denied" in job.message
+        finally:
+            store.close()
+        assert sim.idle_stats().calls == 0
+        admin.dispose()
+    admin_url = os.environ["BULKINFER_TEST_POSTGRES_URL"]
+    dropper = sqlalchemy.create_engine(admin_url, isolation_level="AUTOCOMMIT")
+    with dropper.connect() as conn:
+        conn.execute(sqlalchemy.text(f"DROP ROLE IF EXISTS {role}"))
+    dropper.dispose()

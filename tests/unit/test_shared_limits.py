@@ -8,9 +8,12 @@ from functools import partial
 from pathlib import Path
 
 import pytest
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import OperationalError, ProgrammingError
 
-from bulkinfer.providers.catalog import RemoteSpec
+from bulkinfer.domain.request import ChatRequest, Message, TextPart
+from bulkinfer.errors import JobFault
+from bulkinfer.providers.catalog import RemoteSpec, _parse
+from bulkinfer.providers.remote.call import Answer
 from bulkinfer.providers.remote.limits import (
     BURST_SECONDS,
     HEADROOM,
@@ -20,6 +23,7 @@ from bulkinfer.providers.remote.limits import (
     Reservation,
     SharedBucket,
 )
+from bulkinfer.providers.remote.provider import RemoteProvider, remote_capabilities
 from bulkinfer.store.rate_buckets import Ask, Grant, MemoryRateBuckets, settle
 from bulkinfer.store.state import StateStore
 
@@ -130,6 +134,40 @@ async def test_a_store_that_does_not_answer_holds_takes_and_is_logged_once(
         await bucket.take(1)
     assert store.failures == 0 and clock.now > 1000.0
     assert [r.action for r in caplog.records] == ["limit_down", "limit_up"]  # type: ignore[attr-defined]
+
+
+class Refusing(MemoryRateBuckets):
+    """A store that refuses the limits' table, as PostgreSQL does once the role's grant is revoked."""
+
+    def lease(self, model: str, kind: str, ask: Ask) -> Grant:
+        raise ProgrammingError("SELECT", {}, Exception("permission denied for table rate_buckets"))
+
+
+async def test_a_store_that_refuses_the_limit_ends_the_job_rather_than_failing_its_records() -> None:
+    clock = FakeTime()
+    bucket = SharedBucket(Refusing(clock), "m", "requests", 600, clock, clock.sleep)
+    with pytest.raises(JobFault, match=r"limit of m could not be read.*permission denied"):
+        await bucket.take(1)
+
+    calls: list[object] = []
+
+    class NeverCalled:
+        async def __call__(self, request: object, timeout: float) -> Answer:
+            calls.append(request)
+            raise AssertionError("a call was made without the limit's leave")
+
+        async def aclose(self) -> None:
+            pass
+
+    spec = _parse('[models.m]\nprovider = "openai"\nrequests_per_minute = 600', "test catalog")["m"]
+    assert spec.remote is not None
+    buckets = partial(SharedBucket, Refusing(clock), "m", clock=clock, sleep=clock.sleep)
+    limits = ModelLimits(spec.remote, buckets=buckets)
+    provider = RemoteProvider(spec, NeverCalled(), limits, remote_capabilities(spec))
+    records = [ChatRequest(messages=(Message("user", (TextPart(f"q{i}"),)),)) for i in range(3)]
+    with pytest.raises(JobFault):  # not three error lines: each record after them would fail too
+        await provider.infer(records)
+    assert calls == []
 
 
 async def test_a_state_file_keeps_one_bucket_for_every_registry_on_it(tmp_path: Path) -> None:

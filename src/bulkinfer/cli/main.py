@@ -400,6 +400,10 @@ def _run_command(r: RunRequest, job_id: str | None) -> str:
         args += ["--dialect", r.dialect]
     if r.record_format is not None:
         args += ["--format", r.record_format]
+    if r.executor is not None:  # (a job resumes on either executor: the one it ran on, as asked)
+        args += ["--executor", "ray"]
+        args += ["--ray-address", r.executor.address] if r.executor.address else []
+        args += ["--ray-actors", str(r.executor.actors)] if r.executor.actors else []
     return shlex.join(args)
 
 

@@ -17,6 +17,7 @@ the outputs, written by the same finalize step, do not depend on the executor.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import logging
 import math
 import os
@@ -189,6 +190,7 @@ class RayExecutor:
         self.actors = actors
         self._stopping = False
         self._handles: list[Any] = []
+        self._warming: list[concurrent.futures.Future[None]] = []
 
     @staticmethod
     def takes(spec: ModelSpec) -> bool:
@@ -244,8 +246,9 @@ class RayExecutor:
         ray = await asyncio.to_thread(self._connect)
         worker = ray.remote(ShardWorker).options(**self._actor_options(ray, work.spec))
         self._handles = [worker.remote(work) for _ in range(self._actor_count(work.spec))]
-        for handle in self._handles:
-            handle.warm.remote()  # (a failure to load shows again, and is said, at the first shard)
+        # A failure to load shows again, and is said, at the first shard: its future here only keeps Ray
+        # from logging it as an error nobody read.
+        self._warming = [handle.warm.remote().future() for handle in self._handles]
         if self._stopping:
             self.request_stop()
         return len(self._handles)
@@ -257,7 +260,7 @@ class RayExecutor:
 
     async def close(self) -> None:
         """End the actors (their providers closed first)."""
-        handles, self._handles = self._handles, []
+        handles, self._handles, self._warming = self._handles, [], []
         if handles:
             await _closed(self._connect(), handles)
 
@@ -313,7 +316,10 @@ class RayExecutor:
                 failure.append(exc)
 
         # ray.init waits for ever for an address that answers but is not Ray: in a thread of its own,
-        # which this process need not wait for, given up after a while
+        # which this process need not wait for, given up after a while (Ray's SIGTERM handler is not
+        # wanted there: it would exit rather than stop the job as bulkinfer's does, so its warning is
+        # left out)
+        logging.getLogger("ray._private.worker").addFilter(_no_sigterm_warning)
         connecting = threading.Thread(target=init, name="ray-init", daemon=True)
         connecting.start()
         connecting.join(CONNECT_S)
@@ -372,6 +378,10 @@ async def _closed(ray: Any, handles: list[Any]) -> None:
             ray.kill(handle)
         except Exception:  # (an actor already gone)
             log.debug("a Ray actor was already gone", exc_info=True)
+
+
+def _no_sigterm_warning(record: logging.LogRecord) -> bool:
+    return not record.getMessage().startswith("SIGTERM handler is not set")
 
 
 def _cause(exc: BaseException) -> str:

@@ -150,10 +150,10 @@ class RunRequest:
     state_url: str | None = None
     """A database for the state instead of the file in ``state_dir`` (a service's PostgreSQL)."""
     keep_partial: bool = False
-    store_patience_s: float = DEFAULT_PATIENCE_S
-    """How long a state-store call waits out a database outage (a service keeps it under a lease)."""
     """On stop, write the finished records and a manifest and end Stopped, as a service's Stop does,
     instead of leaving the job to be resumed."""
+    store_patience_s: float = DEFAULT_PATIENCE_S
+    """How long a state-store call waits out a database outage (a service keeps it under a lease)."""
     media: MediaSettings = MediaSettings()
     limits: LimitRegistry | None = field(default=None, compare=False)
     """Rate limits of remote models, shared by every job of the process (a service passes its own)."""

@@ -20,6 +20,7 @@ from bulkinfer.engine.prepare import Prepared, at_line, finish, prepare, samplin
 from bulkinfer.engine.progress import ProgressSink
 from bulkinfer.engine.seen import SeenIds, id_hash, position, unpack
 from bulkinfer.engine.shards import Shard
+from bulkinfer.errors import JobFault
 from bulkinfer.formats.bedrock import InputRecord
 from bulkinfer.formats.jsonl import Line, split_lines
 from bulkinfer.formats.records import BEDROCK, RecordFormat, duplicate_id
@@ -364,6 +365,8 @@ class RecordPipeline:
     async def _infer(self, requests: list[Any]) -> list[Outcome]:
         try:
             outcomes = await self._provider.infer(requests)
+        except JobFault:
+            raise
         except Exception as exc:  # a model failure fails these records, not the job
             error = RecordError(500, f"model error: {type(exc).__name__}: {exc}", "ModelError")
             return [error] * len(requests)

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Protocol
 
+from bulkinfer.errors import JobFault
 from bulkinfer.providers.batchapi.polling import Bell
 from bulkinfer.providers.catalog import RemoteSpec
 from bulkinfer.providers.remote.breaker import Breaker
@@ -177,8 +178,9 @@ class SharedBucket:
             try:
                 grant = await asyncio.to_thread(self._leases.lease, self._model, self._kind, ask)
             except Exception as exc:
-                if not is_transient_db(exc):
-                    raise
+                if not is_transient_db(exc):  # (a revoked grant, a dropped table: waiting will not pass)
+                    what = f"the shared {self._kind} limit of {self._model}"
+                    raise JobFault(f"{what} could not be read from the state store: {exc}") from exc
                 self._say_down(exc)
                 await self._sleep(pause)
                 pause = min(pause * 2, MAX_BACKOFF_S)

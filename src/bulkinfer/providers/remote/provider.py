@@ -8,6 +8,7 @@ import time
 from collections.abc import Sequence
 
 from bulkinfer.domain.request import UNSENT, ChatRequest, Outcome, RecordError, Request, Result, Unsent
+from bulkinfer.errors import JobFault
 from bulkinfer.providers.base import Capabilities, Provider
 from bulkinfer.providers.catalog import ModelSpec, RemoteSpec
 from bulkinfer.providers.remote.call import Call, CallFailed, Permanent, ProviderDown, RateLimited, Retryable
@@ -32,7 +33,8 @@ class RemoteProvider(Provider):
     """Sends each request on its own, as many at once as the model's limits allow.
 
     ``infer`` never raises for a record: a permanent refusal, or retries running out, is that record's
-    error line, with the number of calls it took. Once ``stop`` is called, a record still waiting (for
+    error line, with the number of calls it took (it raises `JobFault` for what no record caused: the
+    shared limits refused by the state store). Once ``stop`` is called, a record still waiting (for
     the limits, the breaker or a retry's backoff) is given up as ``UNSENT``; calls already sent finish.
     """
 
@@ -49,7 +51,12 @@ class RemoteProvider(Provider):
         self._stop = StopSignal()
 
     async def infer(self, requests: Sequence[Request]) -> list[Outcome]:
-        return list(await asyncio.gather(*(self._one(r) for r in requests)))
+        try:  # (a task group: a call that ends the job cancels its siblings rather than leave them)
+            async with asyncio.TaskGroup() as group:
+                calls = [group.create_task(self._one(r)) for r in requests]
+        except BaseExceptionGroup as failed:
+            raise failed.exceptions[0] from None
+        return [call.result() for call in calls]
 
     def paused(self) -> str | None:
         breaker = self._breaker
@@ -71,7 +78,7 @@ class RemoteProvider(Provider):
             tries += 1
             try:
                 result = await self._attempt(request)
-            except asyncio.CancelledError:
+            except (asyncio.CancelledError, JobFault):  # (the call was not made, or not for this reason)
                 self._breaker.abandoned(probe)
                 raise
             except Permanent as exc:

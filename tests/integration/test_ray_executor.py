@@ -175,6 +175,29 @@ def test_a_job_stopped_on_ray_resumes_on_the_local_executor_exactly_once(
     assert_each_once_in_order(out / "moved" / "records.jsonl.out", ids)
 
 
+def test_a_job_stopped_at_once_on_ray_leaves_no_actor_and_resumes_exactly_once(
+    tmp_path: Path, ray_cluster: RayHead, echo_catalog: Callable[..., Path]
+) -> None:
+    """A second Ctrl-C (as a service's shutdown or fence) does not wait for the calls under way: the
+    actors are ended at once, and what they were running runs again at the resume."""
+    ids = [f"N{i:04d}" for i in range(200)]
+    source = write_jsonl(tmp_path / "in" / "records.jsonl", (anthropic_record(i, i) for i in ids))
+    catalog = echo_catalog(delay_s=3.0, batch_size=10, concurrency=2)  # calls long under way
+    out, log = tmp_path / "out", tmp_path / "now.log"
+    args = run_args(source, out, "echo-test", "now", "--models", catalog, *on_ray(ray_cluster.address))
+    with started(args, log) as job:
+        _wait_for(lambda: committed_records(out, "now") >= 10, 300, "records committed")
+        job.send_signal(signal.SIGINT)
+        _wait_for(lambda: "stopping:" in log.read_text(), 60, "the first Ctrl-C said")
+        job.send_signal(signal.SIGINT)
+        assert job.wait(timeout=120) == 130, log.read_text()
+    _wait_for(lambda: not actor_processes(ray_cluster), 60, "the actors ended")
+    assert committed_records(out, "now") < len(ids)
+    local = bulkinfer(run_args(source, out, "echo-test", "now", "--models", catalog))
+    assert local.returncode == 0, local.stderr
+    assert_each_once_in_order(out / "now" / "records.jsonl.out", ids)
+
+
 def test_a_provider_batch_model_is_refused_before_any_job(tmp_path: Path) -> None:
     catalog = tmp_path / "catalog.toml"
     catalog.write_text('[models.gpt-batch]\nprovider = "openai-batch"\nbase_url = "http://127.0.0.1:9/v1"\n')

@@ -191,6 +191,8 @@ class RayExecutor:
         self._stopping = False
         self._handles: list[Any] = []
         self._warming: list[concurrent.futures.Future[None]] = []
+        self._running: dict[asyncio.Future[Any], tuple[Any, Shard]] = {}
+        """The shards sent and not yet answered, with the actor running each."""
 
     @staticmethod
     def takes(spec: ModelSpec) -> bool:
@@ -259,15 +261,20 @@ class RayExecutor:
         return await self._feed(self._handles, deque(plan.shards), plan.firsts)
 
     async def close(self) -> None:
-        """End the actors (their providers closed first)."""
+        """End the actors: their providers closed first once every shard sent has answered, else at
+        once (the job was cancelled: a service's shutdown, or a fence because its lease may have
+        lapsed, where nothing more may be committed for it here; what was under way runs again)."""
         handles, self._handles, self._warming = self._handles, [], []
+        abandoned, self._running = list(self._running), {}
+        for answer in abandoned:
+            answer.cancel()  # (its actor is killed: nobody will read what it says)
         if handles:
-            await _closed(self._connect(), handles)
+            await _closed(self._connect(), handles, gracefully=not abandoned)
 
     async def _feed(self, handles: list[Any], shards: deque[Shard], firsts: dict[int, int]) -> bool:
         """Keep every actor running a shard until none is left (or the job stops)."""
         idle = list(handles)
-        running: dict[asyncio.Future[Any], tuple[Any, Shard]] = {}
+        running = self._running
         everything = True
         while running or (shards and not self._stopping):
             while idle and shards and not self._stopping:
@@ -284,6 +291,7 @@ class RayExecutor:
                 except Exception as exc:
                     self.request_stop()
                     await asyncio.gather(*running, return_exceptions=True)
+                    running.clear()
                     why = f"shard {shard.name} failed on the Ray cluster: {_cause(exc)}"
                     raise ClusterError(why) from exc
                 everything = everything and result.ran_everything
@@ -368,11 +376,12 @@ def shard_lines(total_records: int, parts: int, spec: ModelSpec) -> int:
     return max(spec.batch_size, min(MAX_SHARD_LINES, math.ceil(total_records / max(1, parts))))
 
 
-async def _closed(ray: Any, handles: list[Any]) -> None:
-    """Close the actors' providers (a while at most: an actor may be gone or never placed), then end
-    the actors."""
-    closing = [asyncio.wrap_future(h.close.remote().future()) for h in handles]
-    await asyncio.wait(closing, timeout=CLOSE_S)
+async def _closed(ray: Any, handles: list[Any], gracefully: bool) -> None:
+    """Close the actors' providers, if ``gracefully`` (a while at most: an actor may be gone or never
+    placed), then end the actors."""
+    if gracefully:
+        closing = [asyncio.wrap_future(h.close.remote().future()) for h in handles]
+        await asyncio.wait(closing, timeout=CLOSE_S)
     for handle in handles:
         try:
             ray.kill(handle)

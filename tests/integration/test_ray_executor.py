@@ -255,6 +255,67 @@ def test_a_service_runs_its_jobs_on_ray_and_a_stop_keeps_what_finished(
         launcher.close()
 
 
+def test_a_service_waits_out_its_ray_cluster_going_away(tmp_path: Path) -> None:
+    """The head killed mid-job: the service lives on (a Ray driver left connected to a dead head ends
+    its process), its jobs wait rather than fail, and they finish once a head is back at the address,
+    each record once."""
+    from tests.faults.conftest import (
+        SLOW_CATALOG,
+        Launcher,
+        assert_complete_outputs,
+        client,
+        create,
+        job_id,
+        local_outputs,
+        wait_ended,
+        wait_for,
+        write_records,
+    )
+
+    catalog = tmp_path / "models.toml"
+    catalog.write_text(SLOW_CATALOG)
+    launcher = Launcher(tmp_path)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = int(probe.getsockname()[1])
+    address = f"127.0.0.1:{port}"
+    on_ray = {**RAY_ENV, "BULKINFER_EXECUTOR": "ray", "RAY_ADDRESS": address, "BULKINFER_RAY_ACTORS": "2"}
+    try:
+        with ray_head(port=port) as head:
+            serve = launcher.start(tmp_path / "data", catalog, env=on_ray)
+            records = write_records(serve.bucket("in-bucket") / "lost.jsonl", 3_000)
+            bedrock = client(serve)
+            arn = create(bedrock, "lost", "s3://in-bucket/lost.jsonl", "s3://out-bucket/")
+            wait_for(bedrock, arn, lambda job: job.get("processedRecordCount", 0) > 0, "records done", 300)
+            kill_tree(head.pid)
+            waiting = wait_for(
+                bedrock,
+                arn,
+                lambda job: "waiting for the Ray cluster" in job.get("message", ""),
+                "a wait",
+                300,
+            )
+            assert waiting["processedRecordCount"] < len(records)
+        with ray_head(port=port):
+            job = wait_ended(bedrock, arn, timeout=300)
+            assert job["status"] == "Completed", job
+            assert "waiting" not in job.get("message", "")
+        assert_complete_outputs(
+            local_outputs(serve.bucket("out-bucket") / job_id(arn)), {"lost.jsonl": records}
+        )
+        assert serve.process.poll() is None, serve.log.read_text()[-3000:]
+    finally:
+        launcher.close()
+
+
+def kill_tree(pid: int) -> None:
+    """``kill -9`` a process and every process below it."""
+    root = psutil.Process(pid)
+    for process in [*root.children(recursive=True), root]:
+        with contextlib.suppress(psutil.Error):
+            process.kill()
+
+
 def test_a_remote_model_on_two_actors_stays_under_its_limit(tmp_path: Path, ray_address: str) -> None:
     from bulkinfer.testing import SimulatorConfig, SimulatorThread
     from tests.integration.test_remote_reliability import catalog, records

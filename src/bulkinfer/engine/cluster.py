@@ -39,11 +39,11 @@ from bulkinfer.storage.files import InputFile
 
 log = logging.getLogger(__name__)
 
-_CONNECTING = threading.Lock()
 DEFAULT_RAY_PORT = 6379
 PROBE_S = 5.0
 CONNECT_S = 60.0
 CLOSE_S = 10.0
+SHUTDOWN_S = 30.0
 SHARDS_PER_ACTOR = 4
 """Shards planned per actor: enough that a slow shard or a restarted actor leaves no actor idle long."""
 MAX_SHARD_LINES = 100_000
@@ -54,7 +54,62 @@ CPU_PER_ACTOR = 0.5
 
 
 class ClusterError(BulkinferError):
-    """The Ray cluster could not run the job (not reachable, an actor failing again and again)."""
+    """The Ray cluster could not run the job (an actor failing again and again)."""
+
+
+class ClusterUnavailable(ClusterError):
+    """The Ray cluster is not there now (not reachable, or lost while the job ran): it may be back later,
+    so a service takes the job up again then rather than fail it."""
+
+
+class _Connection:
+    """This process's one connection to Ray (Ray allows one), lent to the jobs that run on it.
+
+    It is held only while a job uses it: a driver left connected to a cluster whose head went away
+    exits its whole process a minute later (Ray's rule), and one reused after the head came back
+    crashes it. So the last job to give it back disconnects, and one found lost is lent to no new job
+    until then."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._users = 0
+        self._lost = False
+
+    def take(self, address: str | None) -> Any:
+        """Ray, connected to ``address`` for one more user (blocks: call it in a thread)."""
+        import ray
+
+        with self._lock:  # (jobs of a service start in threads of their own)
+            if self._lost:
+                raise ClusterUnavailable(
+                    "the connection to the Ray cluster was lost; it is made anew once "
+                    "the jobs that were on it have ended"
+                )
+            if not ray.is_initialized():
+                _init(ray, address)
+            self._users += 1
+            return ray
+
+    def lost(self) -> None:
+        self._lost = True
+
+    def give_back(self) -> None:
+        """One user less; the last one disconnects (blocks a while at most: call it in a thread)."""
+        import ray
+
+        with self._lock:
+            self._users -= 1
+            if self._users > 0 or not ray.is_initialized():
+                return
+            ending = threading.Thread(target=ray.shutdown, name="ray-shutdown", daemon=True)
+            ending.start()
+            ending.join(SHUTDOWN_S)  # (with the head gone, Ray takes some 15 s to let go)
+            if ending.is_alive():
+                log.warning("Ray did not disconnect within %g s; going on without waiting", SHUTDOWN_S)
+            self._lost = False
+
+
+_CONNECTION = _Connection()
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,6 +146,7 @@ class ShardWorker:
         self._provider: Provider | None = None
         self._opening = asyncio.Lock()
         self._pipelines: set[RecordPipeline] = set()
+        self._shards: dict[str, asyncio.Future[ShardDone]] = {}
         self._stopped = False
 
     async def warm(self) -> None:
@@ -102,7 +158,18 @@ class ShardWorker:
         await work.media.resolver(_media_policy(work.spec)).aclose()
 
     async def run(self, shard: Shard, firsts: dict[int, int]) -> ShardDone:
-        """Run a shard; ``firsts``: where its repeated record ids were first seen (see ``engine.shards``)."""
+        """Run a shard; ``firsts``: where its repeated record ids were first seen (see ``engine.shards``).
+
+        A shard sent again while it runs here (Ray resends a call to an actor it could not reach for a
+        while, and it "may or may not have been executed") is answered by the run under way: two runs
+        at once would both run its uncommitted lines, and commit them twice."""
+        underway = self._shards.get(shard.name)
+        if underway is None:
+            underway = self._shards[shard.name] = asyncio.ensure_future(self._run(shard, firsts))
+            underway.add_done_callback(lambda _: self._shards.pop(shard.name, None))
+        return await asyncio.shield(underway)
+
+    async def _run(self, shard: Shard, firsts: dict[int, int]) -> ShardDone:
         work = self._work
         provider, store = await self._open()
         committer = Committer(
@@ -193,6 +260,10 @@ class RayExecutor:
         self._warming: list[concurrent.futures.Future[None]] = []
         self._running: dict[asyncio.Future[Any], tuple[Any, Shard]] = {}
         """The shards sent and not yet answered, with the actor running each."""
+        self._ray: Any = None
+        """Ray, while this executor holds a use of the process's connection (see `_Connection`)."""
+        self._unplaced: set[Any] = set()
+        """Actors ended at a stop before they were placed (their shards never ran)."""
 
     @staticmethod
     def takes(spec: ModelSpec) -> bool:
@@ -200,22 +271,35 @@ class RayExecutor:
         return spec.remote is None or spec.remote.batch is None
 
     def check(self, spec: ModelSpec) -> None:
-        """What makes a job impossible on Ray, said before the job exists."""
+        """What makes a job impossible on Ray, said before the job exists (all as `UserError`)."""
+        try:
+            self.ready(spec)
+        except ClusterError as exc:
+            raise UserError(str(exc)) from None
+
+    def ready(self, spec: ModelSpec) -> None:
+        """Connect for a job (blocks: call it in a thread). `UserError` for what no wait mends (a model
+        Ray cannot run, more actors than the cluster holds), `ClusterUnavailable` for a cluster not
+        there now."""
         if not self.takes(spec):
             raise UserError(
                 f"model {spec.name} runs through its provider's batch API, which runs the job's records at "
                 "the provider: run it with the local executor (leave out --executor ray)"
             )
         self.importable()
-        self.reachable()
-        try:
-            self._connect()
-            self._actor_count(spec)  # (more actors than the cluster can place: said now)
-        except ClusterError as exc:
-            raise UserError(str(exc)) from None
+        self._probe()
+        self._connect()
+        self._actor_count(spec)  # (more actors than the cluster can place: said now)
 
     def reachable(self) -> None:
-        """Whether the cluster's address answers at all: ``ray.init`` would wait for it for ever."""
+        """Whether the cluster's address answers at all (`UserError` if not)."""
+        try:
+            self._probe()
+        except ClusterUnavailable as exc:
+            raise UserError(str(exc)) from None
+
+    def _probe(self) -> None:
+        """``ray.init`` waits for ever for an address that does not answer: it is tried first."""
         if self.address in (None, "auto", "local"):
             return
         assert self.address is not None
@@ -225,7 +309,7 @@ class RayExecutor:
             with socket.create_connection((host.strip("[]"), int(port)), timeout=PROBE_S):
                 return
         except (OSError, ValueError) as exc:
-            raise UserError(
+            raise ClusterUnavailable(
                 f"cannot reach the Ray cluster at {self.address} ({exc}): start it (`ray start --head`) "
                 "or give its address with --ray-address HOST:PORT"
             ) from None
@@ -238,9 +322,15 @@ class RayExecutor:
             raise UserError("--executor ray needs Ray: pip install 'bulkinfer[ray]'") from None
 
     def request_stop(self) -> None:
+        """Start no more shards; those under way commit what their calls under way answer. Actors not
+        placed yet (the cluster is full) are ended: waiting for room would hold the stop up."""
         self._stopping = True
-        for handle in self._handles:
-            handle.stop.remote()
+        for handle, warm in zip(self._handles, self._warming, strict=True):
+            if warm.done() or handle in self._unplaced:
+                handle.stop.remote()
+            else:
+                self._unplaced.add(handle)
+                self._ray.kill(handle, no_restart=True)
 
     async def start(self, work: ShardWork) -> int:
         """Start the job's actors, which load the model while the job's shards are planned (call
@@ -263,13 +353,20 @@ class RayExecutor:
     async def close(self) -> None:
         """End the actors: their providers closed first once every shard sent has answered, else at
         once (the job was cancelled: a service's shutdown, or a fence because its lease may have
-        lapsed, where nothing more may be committed for it here; what was under way runs again)."""
+        lapsed, where nothing more may be committed for it here; what was under way runs again).
+        Then give back the connection to Ray."""
         handles, self._handles, self._warming = self._handles, [], []
         abandoned, self._running = list(self._running), {}
         for answer in abandoned:
             answer.cancel()  # (its actor is killed: nobody will read what it says)
-        if handles:
-            await _closed(self._connect(), handles, gracefully=not abandoned)
+        ray, self._ray = self._ray, None
+        if ray is None:
+            return
+        try:
+            if handles:
+                await _closed(ray, handles, gracefully=not abandoned)
+        finally:
+            await asyncio.to_thread(_CONNECTION.give_back)
 
     async def _feed(self, handles: list[Any], shards: deque[Shard], firsts: dict[int, int]) -> bool:
         """Keep every actor running a shard until none is left (or the job stops)."""
@@ -289,62 +386,40 @@ class RayExecutor:
                 try:
                     result: ShardDone = future.result()
                 except Exception as exc:
+                    if handle in self._unplaced:  # ended at a stop before it ran anything
+                        everything = False
+                        continue
                     self.request_stop()
                     await asyncio.gather(*running, return_exceptions=True)
                     running.clear()
-                    why = f"shard {shard.name} failed on the Ray cluster: {_cause(exc)}"
-                    raise ClusterError(why) from exc
+                    raise self._failure(shard, exc) from exc
                 everything = everything and result.ran_everything
                 idle.append(handle)
         return everything and not shards
 
+    def _failure(self, shard: Shard, exc: BaseException) -> ClusterError:
+        """What a shard's failure means for the job: an error of its own (raised in the actor: the
+        model, the store) or actors dying again and again fail it; the cluster gone is transient."""
+        import ray.exceptions as rex
+
+        why = f"shard {shard.name} failed on the Ray cluster: {_cause(exc)}"
+        if isinstance(exc, rex.RayTaskError | rex.ActorDiedError):
+            return ClusterError(why)
+        _CONNECTION.lost()  # (unreachable actors, a system error: the head or its node went away)
+        return ClusterUnavailable(why)
+
     def _connect(self) -> Any:
-        try:
-            import ray
-        except ImportError:
-            raise UserError("--executor ray needs Ray: pip install 'bulkinfer[ray]'") from None
-        with _CONNECTING:  # (jobs of a service start in threads of their own)
-            return self._connect_once(ray)
-
-    def _connect_once(self, ray: Any) -> Any:
-        if ray.is_initialized():
-            return ray
-        failure: list[BaseException] = []
-
-        def init() -> None:
-            try:
-                ray.init(
-                    address=self.address,
-                    include_dashboard=False,
-                    logging_level=logging.WARNING,
-                    log_to_driver=False,
-                    configure_logging=False,
-                )
-            except BaseException as exc:
-                failure.append(exc)
-
-        # ray.init waits for ever for an address that answers but is not Ray: in a thread of its own,
-        # which this process need not wait for, given up after a while (Ray's SIGTERM handler is not
-        # wanted there: it would exit rather than stop the job as bulkinfer's does, so its warning is
-        # left out)
-        logging.getLogger("ray._private.worker").addFilter(_no_sigterm_warning)
-        connecting = threading.Thread(target=init, name="ray-init", daemon=True)
-        connecting.start()
-        connecting.join(CONNECT_S)
-        where = self.address or "a Ray started here"
-        if connecting.is_alive():
-            why = f"no Ray cluster answered at {where} within {CONNECT_S:g} s: is it Ray's port?"
-            raise ClusterError(why)
-        if failure:
-            raise ClusterError(f"cannot connect to the Ray cluster at {where}: {failure[0]}") from failure[0]
-        return ray
+        """Ray, connected, this executor holding one use of the connection (given back by `close`)."""
+        self.importable()
+        if self._ray is None:
+            self._ray = _CONNECTION.take(self.address)
+        return self._ray
 
     def _actor_count(self, spec: ModelSpec) -> int:
         """The actors to start: as asked, if the cluster can place them all (an actor it cannot place
         would be sent shards it never runs), else by the cluster's GPUs or CPUs."""
-        import ray
-
-        resources = ray.cluster_resources()  # type: ignore[no-untyped-call]
+        ray = self._connect()
+        resources = ray.cluster_resources()
         gpus = int(resources.get("GPU", 0))
         on_gpus = gpus > 0 and spec.remote is None
         room = gpus if on_gpus else int(resources.get("CPU", 0) / CPU_PER_ACTOR)
@@ -381,12 +456,52 @@ async def _closed(ray: Any, handles: list[Any], gracefully: bool) -> None:
     placed), then end the actors."""
     if gracefully:
         closing = [asyncio.wrap_future(h.close.remote().future()) for h in handles]
-        await asyncio.wait(closing, timeout=CLOSE_S)
+        done, late = await asyncio.wait(closing, timeout=CLOSE_S)
+        for answer in done:
+            answer.exception()  # (an actor gone: nothing to close; read, so it is not logged as lost)
+        for answer in late:
+            answer.cancel()
     for handle in handles:
         try:
             ray.kill(handle)
         except Exception:  # (an actor already gone)
             log.debug("a Ray actor was already gone", exc_info=True)
+
+
+def _init(ray: Any, address: str | None) -> None:
+    """Connect to the cluster at ``address``, or start one here (None)."""
+    failure: list[BaseException] = []
+    factory = logging.getLogRecordFactory()
+
+    def init() -> None:
+        try:
+            ray.init(
+                address=address,
+                include_dashboard=False,
+                logging_level=logging.WARNING,
+                log_to_driver=False,
+                configure_logging=False,
+            )
+        except BaseException as exc:
+            failure.append(exc)
+
+    # ray.init waits for ever for an address that answers but is not Ray: in a thread of its own,
+    # which this process need not wait for, given up after a while (Ray's SIGTERM handler is not
+    # wanted there: it would exit rather than stop the job as bulkinfer's does, so its warning is
+    # left out)
+    logging.getLogger("ray._private.worker").addFilter(_no_sigterm_warning)
+    connecting = threading.Thread(target=init, name="ray-init", daemon=True)
+    connecting.start()
+    connecting.join(CONNECT_S)
+    logging.setLogRecordFactory(factory)  # (Ray's adds a field to every record this process logs)
+    where = address or "a Ray started here"
+    if connecting.is_alive():
+        raise ClusterUnavailable(
+            f"no Ray cluster answered at {where} within {CONNECT_S:g} s: is it Ray's port?"
+        )
+    if failure:
+        why = f"cannot connect to the Ray cluster at {where}: {failure[0]}"
+        raise ClusterUnavailable(why) from failure[0]
 
 
 def _no_sigterm_warning(record: logging.LogRecord) -> bool:

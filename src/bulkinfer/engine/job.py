@@ -24,6 +24,7 @@ from bulkinfer.domain.tally import MediaTally
 from bulkinfer.domain.tenant import Grants
 from bulkinfer.engine.cluster import (
     SHARDS_PER_ACTOR,
+    ClusterUnavailable,
     RayExecutor,
     ShardWork,
     absolute_url,
@@ -473,10 +474,10 @@ class LocalJob:
             named = self._named(exc)
             if not self.request.keep_partial:
                 self._record_end(named)
-            elif isinstance(exc, Exception):  # a service's: off its event loop
-                await asyncio.to_thread(self._record_end, named)
-            # a service's job cancelled (shutdown, a lost lease) records nothing: its row is the
-            # service's to keep, and the database may be what is failing
+            elif isinstance(exc, Exception) and not isinstance(exc, ClusterUnavailable):
+                await asyncio.to_thread(self._record_end, named)  # a service's: off its event loop
+            # a service's job cancelled (shutdown, a lost lease) or its Ray cluster gone records
+            # nothing: its row is the service's to keep, and the database may be what is failing
             if named is not exc:
                 raise named from exc
             raise
@@ -588,9 +589,29 @@ class LocalJob:
     ) -> JobReport:
         """Run the job's records elsewhere (a Ray cluster's actors), shard by shard; outputs are
         written here, as a local run writes them."""
-        executor.check(self.spec)
-        await self._start(progress, status)
-        work = ShardWork(
+        watch: asyncio.Task[None] | None = None
+        try:  # (whatever happens, `close` ends the actors and gives back the connection to Ray)
+            await asyncio.to_thread(executor.ready, self.spec)
+            await self._start(progress, status)
+            work = self._shard_work()
+            self._followed = await asyncio.to_thread(self.committed)  # (what the progress starts from)
+            watch = asyncio.create_task(self._follow_commits(progress))
+            status(f"starting actors of {self.spec.name} on Ray")
+            actors = await executor.start(work)
+            status(f"planning shards of {len(self.files)} files")  # (while the actors load the model)
+            plan = await asyncio.to_thread(self._plan, actors * SHARDS_PER_ACTOR)
+            status(f"running {self.spec.name} on {actors} Ray actors ({len(plan.shards)} shards)")
+            ran_everything = await executor.run(work, plan)
+        finally:
+            if watch is not None:
+                watch.cancel()
+            await executor.close()
+        await asyncio.to_thread(self._committer_of().remove_orphans)  # an actor killed mid-commit
+        await self._read_commits(progress)
+        return await self._end(ran_everything, plan.record_counts, status)
+
+    def _shard_work(self) -> ShardWork:
+        return ShardWork(
             job_id=self.job_id,
             id_seed=self.id_seed,
             spec=self.spec,
@@ -605,21 +626,6 @@ class LocalJob:
             store_patience_s=self.request.store_patience_s,
             media=without_tally(self.request.media),
         )
-        self._followed = await asyncio.to_thread(self.committed)  # (what the progress starts from)
-        watch = asyncio.create_task(self._follow_commits(progress))
-        try:
-            status(f"starting actors of {self.spec.name} on Ray")
-            actors = await executor.start(work)
-            status(f"planning shards of {len(self.files)} files")  # (while the actors load the model)
-            plan = await asyncio.to_thread(self._plan, actors * SHARDS_PER_ACTOR)
-            status(f"running {self.spec.name} on {actors} Ray actors ({len(plan.shards)} shards)")
-            ran_everything = await executor.run(work, plan)
-        finally:
-            watch.cancel()
-            await executor.close()
-        await asyncio.to_thread(self._committer_of().remove_orphans)  # an actor killed mid-commit
-        await self._read_commits(progress)
-        return await self._end(ran_everything, plan.record_counts, status)
 
     def _plan(self, parts: int) -> ShardPlan:
         total = self.estimated_total()

@@ -30,7 +30,7 @@ from typing import Any, TypeVar
 from bulkinfer.domain.job import SERVICE_ENDED, JobStatus
 from bulkinfer.domain.tally import MediaTally
 from bulkinfer.domain.tenant import EVERYTHING, NotGranted, Tenant, Tenants
-from bulkinfer.engine.cluster import RayExecutor
+from bulkinfer.engine.cluster import ClusterUnavailable, RayExecutor
 from bulkinfer.engine.job import PAUSE_CHECK_S, LocalJob, MediaSettings, RunRequest
 from bulkinfer.engine.retry import RetryBase, manifest_usage, read_manifest
 from bulkinfer.engine.runner import EngineSettings
@@ -100,6 +100,9 @@ VALIDATION_BATCH = 20
 SWEEP_S = 60.0
 """How often staged copies of ended jobs are looked for."""
 CONFLICT_RETRY_S = 1.0
+CLUSTER_RETRY_S = 15.0
+"""How long a job whose Ray cluster is gone waits before it is taken up again."""
+WAITING_FOR_CLUSTER = "waiting for the Ray cluster: "
 """A job whose files another run still holds (one winding down) waits this long before it queues again."""
 FENCE_FRACTION = 0.7
 """Work on held jobs stops once the database has not confirmed their leases for this part of a lease:
@@ -569,8 +572,14 @@ class Scheduler:
             log.exception("job %s could not be opened", job.job_id)
             await self._end(job, JobStatus.FAILED, message=self._public(job, f"{type(exc).__name__}: {exc}"))
             return
+        cluster_gone: ClusterUnavailable | None = None
         try:  # from here on the job is open: whatever happens, close() releases its lock
             running.job = local
+            if (job.message or "").startswith(WAITING_FOR_CLUSTER):  # (it was, and runs now)
+                cleared: BatchJob | None = await self._db(
+                    self._store.update, job, held_by=self.replica, message=None
+                )
+                job = cleared or job
             committed = await asyncio.to_thread(local.committed)
             running.counts.processed = committed.processed
             running.counts.input_tokens = committed.input_tokens
@@ -580,6 +589,8 @@ class Scheduler:
             await self._finish(job, local, running.counts)
         except (asyncio.CancelledError, LeaseLost):
             raise  # shut down or fenced: the job resumes where it is held next
+        except ClusterUnavailable as exc:  # not the job's fault: it resumes once the cluster is back
+            cluster_gone = exc
         except Exception as exc:
             if _database_outage(exc):  # not the job's fault: it resumes once the database is back
                 log.warning("job %s: the database stopped answering (%s); letting it go", job.job_id, exc)
@@ -590,6 +601,25 @@ class Scheduler:
             await self._end(job, JobStatus.FAILED, message=self._public(job, message))
         finally:
             await close_job(local)
+        if cluster_gone is not None:
+            await self._wait_for_cluster(job, cluster_gone)
+
+    async def _wait_for_cluster(self, job: BatchJob, why: ClusterUnavailable) -> None:
+        """Say why a job waits, hold it a while (a cluster down answers at once: taken up again at once,
+        it would spin), then let it go to be taken up again from where it is."""
+        log.warning("job %s: %s; it is taken up again in %g s", job.job_id, why, CLUSTER_RETRY_S)
+        waiting = self._public(job, f"{WAITING_FOR_CLUSTER}{why}")[:2048]
+        await self._say(job, waiting)
+        await asyncio.sleep(CLUSTER_RETRY_S)
+        if not (job.message or "").startswith(WAITING_FOR_CLUSTER):
+            await self._say(job, job.message)  # (validation's word on invalid records, kept)
+        await self._let_go(job)
+
+    async def _say(self, job: BatchJob, message: str | None) -> None:
+        try:
+            await self._db(self._store.update, job, held_by=self.replica, message=message)
+        except Exception:  # (the message is a courtesy)
+            log.warning("job %s: could not store its message", job.job_id, exc_info=True)
 
     async def _let_go(self, job: BatchJob) -> None:
         """Give up holding a job so it is taken up again (here or elsewhere) from where it is:

@@ -36,12 +36,14 @@ class RayHead:
 
 
 @contextlib.contextmanager
-def ray_head(cpus: int = 2, timeout_s: float = 120) -> Iterator[RayHead]:
-    """Start a head of ``cpus`` CPUs and no GPU; it drains and ends its own processes when left."""
+def ray_head(cpus: int = 2, timeout_s: float = 120, port: int | None = None) -> Iterator[RayHead]:
+    """Start a head of ``cpus`` CPUs and no GPU (on ``port``, else a free one); it drains and ends its
+    own processes when left."""
     ray = str(Path(sys.executable).parent / "ray")
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = int(probe.getsockname()[1])
+    if port is None:
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = int(probe.getsockname()[1])
     env = {**os.environ, **RAY_ENV}
     with tempfile.TemporaryDirectory(prefix="ray") as folder:  # (short: Ray's socket paths are limited)
         log = Path(folder) / "head.log"

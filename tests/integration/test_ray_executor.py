@@ -157,6 +157,41 @@ def test_a_ray_worker_killed_mid_job_leaves_every_record_in_the_output_once(
     assert manifest["successRecordCount"] == total
 
 
+def test_an_actor_lost_for_good_leaves_its_shard_to_the_others(
+    tmp_path: Path, ray_cluster: RayHead, echo_catalog: Callable[..., Path]
+) -> None:
+    """One actor killed more times than Ray restarts it: the job goes on with the other, once each."""
+    from bulkinfer.engine.cluster import ACTOR_RESTARTS
+
+    total = 2_000
+    slow = SlowJob.of(tmp_path, echo_catalog, total, concurrency=1)
+    out, ids, args = slow.out, slow.ids, slow.args("lost", *on_ray(ray_cluster.address))
+    log = tmp_path / "lost.log"
+    with started(args, log) as job:
+        _wait_for(lambda: committed_records(out, "lost") >= 50, 300, "records committed")
+        victim = min(actor_processes(ray_cluster), key=lambda p: p.create_time())
+        for _ in range(ACTOR_RESTARTS + 1):
+            born = victim.create_time()
+            victim.kill()
+            if not _reborn(ray_cluster, born, job):
+                break
+            victim = max(actor_processes(ray_cluster), key=lambda p: p.create_time())
+        assert job.wait(timeout=600) == 0, log.read_text()
+    assert "lost for good" in log.read_text()
+    assert_each_once_in_order(out / "lost" / "records.jsonl.out", ids)
+
+
+def _reborn(head: RayHead, after: float, job: subprocess.Popen[bytes]) -> bool:
+    """Whether an actor process newer than ``after`` came up (Ray restarted the one killed)."""
+    deadline = time.monotonic() + 60
+    while job.poll() is None and time.monotonic() < deadline:
+        with contextlib.suppress(psutil.Error):
+            if any(p.create_time() > after for p in actor_processes(head)):
+                return True
+        time.sleep(0.2)
+    return False
+
+
 def test_a_job_stopped_on_ray_resumes_on_the_local_executor_exactly_once(
     tmp_path: Path, ray_address: str, echo_catalog: Callable[..., Path]
 ) -> None:

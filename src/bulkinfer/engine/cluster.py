@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import logging
 import math
 import os
@@ -48,6 +49,8 @@ SHARDS_PER_ACTOR = 4
 """Shards planned per actor: enough that a slow shard or a restarted actor leaves no actor idle long."""
 MAX_SHARD_LINES = 100_000
 ACTOR_RESTARTS = 4
+SHARD_LOSSES = 2
+"""Actors a shard may lose for good (each after its restarts) before the job fails with it."""
 """Times one actor is restarted (and its shard sent again) after its process dies, before the job fails."""
 CPU_PER_ACTOR = 0.5
 """A fraction, so that actors never take every CPU of a small node (Ray's own tasks need one)."""
@@ -326,8 +329,10 @@ class RayExecutor:
         placed yet (the cluster is full) are ended: waiting for room would hold the stop up."""
         self._stopping = True
         for handle, warm in zip(self._handles, self._warming, strict=True):
-            if warm.done() or handle in self._unplaced:
-                handle.stop.remote()
+            if handle in self._unplaced:
+                continue
+            if warm.done():
+                handle.stop.remote().future()  # (a future: an actor gone meanwhile is not logged)
             else:
                 self._unplaced.add(handle)
                 self._ray.kill(handle, no_restart=True)
@@ -373,11 +378,15 @@ class RayExecutor:
         idle = list(handles)
         running = self._running
         everything = True
+        losses: dict[str, int] = {}
+        """Actors lost for good while running each shard."""
         while running or (shards and not self._stopping):
+            if not idle and not running:
+                raise ClusterError(f"every Ray actor of the job was lost; {len(shards)} shards were left")
             while idle and shards and not self._stopping:
                 handle, shard = idle.pop(), shards.popleft()
                 if self._stopping:
-                    handle.stop.remote()
+                    handle.stop.remote().future()
                 sent = handle.run.remote(shard, shard.firsts_in(firsts))
                 running[asyncio.wrap_future(sent.future())] = (handle, shard)
             done, _ = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
@@ -389,6 +398,9 @@ class RayExecutor:
                     if handle in self._unplaced:  # ended at a stop before it ran anything
                         everything = False
                         continue
+                    if self._lost_for_good(handle, shard, exc, losses):
+                        shards.appendleft(shard)  # (to the next actor free: what it committed stays)
+                        continue
                     self.request_stop()
                     await asyncio.gather(*running, return_exceptions=True)
                     running.clear()
@@ -396,6 +408,27 @@ class RayExecutor:
                 everything = everything and result.ran_everything
                 idle.append(handle)
         return everything and not shards
+
+    def _lost_for_good(self, handle: Any, shard: Shard, exc: BaseException, losses: dict[str, int]) -> bool:
+        """Whether ``exc`` is an actor dead after all its restarts (its node gone, say) whose shard can
+        go to another actor: not when the shard has now lost `SHARD_LOSSES` actors (something in it
+        kills them)."""
+        import ray.exceptions as rex
+
+        if not isinstance(exc, rex.ActorDiedError):
+            return False
+        losses[shard.name] = losses.get(shard.name, 0) + 1
+        if losses[shard.name] >= SHARD_LOSSES:
+            return False
+        self._unplaced.add(handle)  # (as good as never placed: it is sent nothing more)
+        with contextlib.suppress(Exception):
+            self._ray.kill(handle, no_restart=True)
+        log.warning(
+            "a Ray actor was lost for good running shard %s (%s); the shard goes to another one",
+            shard.name,
+            _cause(exc).splitlines()[0],
+        )
+        return True
 
     def _failure(self, shard: Shard, exc: BaseException) -> ClusterError:
         """What a shard's failure means for the job: an error of its own (raised in the actor: the

@@ -25,6 +25,7 @@ import os
 import socket
 import threading
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -50,6 +51,8 @@ SHARDS_PER_ACTOR = 4
 MAX_SHARD_LINES = 100_000
 ACTOR_RESTARTS = 4
 SHARD_LOSSES = 2
+PLACEMENT_SAY_S = 10.0
+"""After how long actors the cluster has not placed are said (a model's load takes a while too)."""
 """Actors a shard may lose for good (each after its restarts) before the job fails with it."""
 """Times one actor is restarted (and its shard sent again) after its process dies, before the job fails."""
 CPU_PER_ACTOR = 0.5
@@ -151,6 +154,9 @@ class ShardWorker:
         self._pipelines: set[RecordPipeline] = set()
         self._shards: dict[str, asyncio.Future[ShardDone]] = {}
         self._stopped = False
+
+    async def placed(self) -> None:
+        """Answers once the actor runs (while `warm` loads the model beside it)."""
 
     async def warm(self) -> None:
         """Load the model, and what a shard's first records would otherwise wait for."""
@@ -261,6 +267,7 @@ class RayExecutor:
         self._stopping = False
         self._handles: list[Any] = []
         self._warming: list[concurrent.futures.Future[None]] = []
+        self._placed: list[concurrent.futures.Future[None]] = []
         self._running: dict[asyncio.Future[Any], tuple[Any, Shard]] = {}
         """The shards sent and not yet answered, with the actor running each."""
         self._ray: Any = None
@@ -346,21 +353,44 @@ class RayExecutor:
         # A failure to load shows again, and is said, at the first shard: its future here only keeps Ray
         # from logging it as an error nobody read.
         self._warming = [handle.warm.remote().future() for handle in self._handles]
+        self._placed = [handle.placed.remote().future() for handle in self._handles]
         if self._stopping:
             self.request_stop()
         return len(self._handles)
 
-    async def run(self, work: ShardWork, plan: ShardPlan) -> bool:
-        """Run every shard on the started actors; whether every record of every shard was run."""
+    async def run(self, work: ShardWork, plan: ShardPlan, status: Callable[[str], None]) -> bool:
+        """Run every shard on the started actors; whether every record of every shard was run.
+        ``status`` is told while actors wait for the cluster to place them."""
         log.info("job %s: %d shards on %d Ray actors", work.job_id, len(plan.shards), len(self._handles))
-        return await self._feed(self._handles, deque(plan.shards), plan.firsts)
+        placing = asyncio.create_task(self._watch_placement(work.job_id, status))
+        try:
+            return await self._feed(self._handles, deque(plan.shards), plan.firsts)
+        finally:
+            placing.cancel()
+
+    async def _watch_placement(self, job_id: str, status: Callable[[str], None]) -> None:
+        """Say when actors are not placed after a while (the cluster's CPUs or GPUs are taken by other
+        work: the job makes no progress until they are), and when they all are."""
+        await asyncio.sleep(PLACEMENT_SAY_S)
+        said = 0
+        while waiting := sum(not placed.done() for placed in self._placed):
+            if waiting != said:
+                log.warning("job %s: %d Ray actors not placed after %g s", job_id, waiting, PLACEMENT_SAY_S)
+                status(
+                    f"waiting for the Ray cluster to place {waiting} of {len(self._placed)} actors "
+                    "(its CPUs or GPUs are taken by other work)"
+                )
+                said = waiting
+            await asyncio.sleep(1.0)
+        if said:
+            status(f"running on {len(self._placed)} Ray actors")
 
     async def close(self) -> None:
         """End the actors: their providers closed first once every shard sent has answered, else at
         once (the job was cancelled: a service's shutdown, or a fence because its lease may have
         lapsed, where nothing more may be committed for it here; what was under way runs again).
         Then give back the connection to Ray."""
-        handles, self._handles, self._warming = self._handles, [], []
+        handles, self._handles, self._warming, self._placed = self._handles, [], [], []
         abandoned, self._running = list(self._running), {}
         for answer in abandoned:
             answer.cancel()  # (its actor is killed: nobody will read what it says)

@@ -601,7 +601,7 @@ class LocalJob:
             status(f"planning shards of {len(self.files)} files")  # (while the actors load the model)
             plan = await asyncio.to_thread(self._plan, actors * SHARDS_PER_ACTOR)
             status(f"running {self.spec.name} on {actors} Ray actors ({len(plan.shards)} shards)")
-            ran_everything = await executor.run(work, plan)
+            ran_everything = await executor.run(work, plan, status)
         finally:
             if watch is not None:
                 watch.cancel()

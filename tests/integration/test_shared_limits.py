@@ -135,7 +135,7 @@ def test_a_limit_the_database_refuses_fails_the_job_and_no_record(tmp_path: Path
         try:
             job = store.get_job("refused")
             assert job is not None and job.status == JobStatus.FAILED
-            assert "permission denied" in job.message
+            assert "permission denied" in (job.message or "")
         finally:
             store.close()
         assert sim.idle_stats().calls == 0

@@ -50,11 +50,11 @@ SHARDS_PER_ACTOR = 4
 """Shards planned per actor: enough that a slow shard or a restarted actor leaves no actor idle long."""
 MAX_SHARD_LINES = 100_000
 ACTOR_RESTARTS = 4
+"""Times one actor is restarted (and its shard sent again) after its process dies, before it is lost."""
 SHARD_LOSSES = 2
+"""Actors a shard may lose for good (each after its restarts) before the job fails with it."""
 PLACEMENT_SAY_S = 10.0
 """After how long actors the cluster has not placed are said (a model's load takes a while too)."""
-"""Actors a shard may lose for good (each after its restarts) before the job fails with it."""
-"""Times one actor is restarted (and its shard sent again) after its process dies, before the job fails."""
 CPU_PER_ACTOR = 0.5
 """A fraction, so that actors never take every CPU of a small node (Ray's own tasks need one)."""
 
@@ -288,9 +288,9 @@ class RayExecutor:
             raise UserError(str(exc)) from None
 
     def ready(self, spec: ModelSpec) -> None:
-        """Connect for a job (blocks: call it in a thread). `UserError` for what no wait mends (a model
-        Ray cannot run, more actors than the cluster holds), `ClusterUnavailable` for a cluster not
-        there now."""
+        """Connect for a job (blocks: call it in a thread). `UserError` or `ClusterError` for what no
+        wait mends (a model Ray cannot run, more actors than the cluster holds), `ClusterUnavailable`
+        for a cluster not there now."""
         if not self.takes(spec):
             raise UserError(
                 f"model {spec.name} runs through its provider's batch API, which runs the job's records at "

@@ -272,8 +272,8 @@ class RayExecutor:
         """The shards sent and not yet answered, with the actor running each."""
         self._ray: Any = None
         """Ray, while this executor holds a use of the process's connection (see `_Connection`)."""
-        self._unplaced: set[Any] = set()
-        """Actors ended at a stop before they were placed (their shards never ran)."""
+        self._ended: set[Any] = set()
+        """Actors this job ended itself: at a stop before they were placed, or lost for good."""
 
     @staticmethod
     def takes(spec: ModelSpec) -> bool:
@@ -335,13 +335,13 @@ class RayExecutor:
         """Start no more shards; those under way commit what their calls under way answer. Actors not
         placed yet (the cluster is full) are ended: waiting for room would hold the stop up."""
         self._stopping = True
-        for handle, warm in zip(self._handles, self._warming, strict=True):
-            if handle in self._unplaced:
+        for handle, placed in zip(self._handles, self._placed, strict=True):
+            if handle in self._ended:
                 continue
-            if warm.done():
+            if placed.done():
                 handle.stop.remote().future()  # (a future: an actor gone meanwhile is not logged)
             else:
-                self._unplaced.add(handle)
+                self._ended.add(handle)
                 self._ray.kill(handle, no_restart=True)
 
     async def start(self, work: ShardWork) -> int:
@@ -415,8 +415,6 @@ class RayExecutor:
                 raise ClusterError(f"every Ray actor of the job was lost; {len(shards)} shards were left")
             while idle and shards and not self._stopping:
                 handle, shard = idle.pop(), shards.popleft()
-                if self._stopping:
-                    handle.stop.remote().future()
                 sent = handle.run.remote(shard, shard.firsts_in(firsts))
                 running[asyncio.wrap_future(sent.future())] = (handle, shard)
             done, _ = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
@@ -425,7 +423,7 @@ class RayExecutor:
                 try:
                     result: ShardDone = future.result()
                 except Exception as exc:
-                    if handle in self._unplaced:  # ended at a stop before it ran anything
+                    if handle in self._ended:  # ended at a stop before it was placed
                         everything = False
                         continue
                     if self._lost_for_good(handle, shard, exc, losses):
@@ -450,7 +448,7 @@ class RayExecutor:
         losses[shard.name] = losses.get(shard.name, 0) + 1
         if losses[shard.name] >= SHARD_LOSSES:
             return False
-        self._unplaced.add(handle)  # (as good as never placed: it is sent nothing more)
+        self._ended.add(handle)  # (it is sent nothing more)
         with contextlib.suppress(Exception):
             self._ray.kill(handle, no_restart=True)
         log.warning(

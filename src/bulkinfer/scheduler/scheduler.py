@@ -100,10 +100,10 @@ VALIDATION_BATCH = 20
 SWEEP_S = 60.0
 """How often staged copies of ended jobs are looked for."""
 CONFLICT_RETRY_S = 1.0
+"""A job whose files another run still holds (one winding down) waits this long before it queues again."""
 CLUSTER_RETRY_S = 15.0
 """How long a job whose Ray cluster is gone waits before it is taken up again."""
 WAITING_FOR_CLUSTER = "waiting for the Ray cluster: "
-"""A job whose files another run still holds (one winding down) waits this long before it queues again."""
 FENCE_FRACTION = 0.7
 """Work on held jobs stops once the database has not confirmed their leases for this part of a lease:
 before another replica may take them (at the whole lease)."""
